@@ -1,0 +1,98 @@
+"""What runs on each node: the torchrun command line and the job's environment (pure)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import PurePath
+
+from launcher.errors import UsageError
+from launcher.node import RANK_PREFIX_TEMPLATE
+
+_JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,79}")
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_job_name(name: str) -> str:
+    """Job names become tmux session names and directory names: keep them plain."""
+    if not _JOB_NAME.fullmatch(name):
+        raise UsageError(
+            f"bad job name {name!r}: use letters, digits, '-' and '_' (up to 80, starting with a letter or digit)"
+        )
+    return name
+
+
+def default_job_name(script: str, now: float | None = None) -> str:
+    """``<script stem>-<yymmdd-hhmmss>``: readable, sortable, unique enough per launcher."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", PurePath(script).stem).strip("-_") or "job"
+    return f"{stem[:48]}-{time.strftime('%y%m%d-%H%M%S', time.localtime(now))}"
+
+
+def rdzv_endpoint(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def torchrun_argv(
+    *,
+    python: str,
+    nnodes: int,
+    nproc_per_node: str,
+    endpoint: str,
+    job: str,
+    is_host: bool,
+    log_dir: str,
+    script: str,
+    script_args: Sequence[str],
+) -> list[str]:
+    """torchrun for one node, as an argument list (never a shell string).
+
+    ``is_host`` tells the first node it serves the c10d store instead of letting torch
+    guess from host names, which fails behind ssh-config aliases and NAT.
+    """
+    return [
+        python,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        str(nnodes),
+        "--nproc-per-node",
+        nproc_per_node,
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        endpoint,
+        "--rdzv-id",
+        job,
+        "--rdzv-conf",
+        f"is_host={int(is_host)}",
+        "--max-restarts",
+        "0",
+        "--log-dir",
+        log_dir,
+        "--tee",
+        "3",
+        script,
+        *script_args,
+    ]
+
+
+def job_env(user_env: Mapping[str, str], log_dir: str) -> dict[str, str]:
+    """The variables the job gets on top of the node's login environment."""
+    env = {
+        "OMP_NUM_THREADS": "1",
+        "TORCHELASTIC_ERROR_FILE": f"{log_dir}/error.json",
+    }
+    env.update(user_env)
+    # Not overridable: the launcher reads ranks from this prefix and the output unbuffered.
+    env["TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"] = RANK_PREFIX_TEMPLATE
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def parse_env_assignment(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` from ``-e``; the value is kept byte for byte."""
+    key, sep, value = text.partition("=")
+    if not sep or not _ENV_KEY.fullmatch(key):
+        raise UsageError(f"bad -e {text!r}: expected KEY=VALUE with KEY a valid variable name")
+    return key, value

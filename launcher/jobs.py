@@ -1,0 +1,360 @@
+"""Launch, status, kill and logs: orchestration over the node agents.
+
+Launch is all or nothing: a failure on any host (or Ctrl-C) removes what was started on
+the others. Status, kill and logs are best effort per host and report every host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from launcher import commands
+from launcher.errors import HostError, JobError, LauncherError
+from launcher.hosts import Host
+from launcher.records import JobRecord, save_record
+from launcher.ssh import NodeAgent, SshOptions, for_each_host, open_agent
+
+JobState = Literal["running", "succeeded", "failed", "killed", "unknown"]
+HostState = Literal["running", "succeeded", "failed", "killed", "unknown", "unreachable"]
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything ``launch`` needs; the CLI fills it from its options."""
+
+    script: str
+    """The training script, as the nodes will open it (relative to ``cwd``)."""
+    script_args: tuple[str, ...] = ()
+    hosts: tuple[Host, ...] = ()
+    name: str | None = None
+    """Job name; default ``<script stem>-<time>``."""
+    nproc_per_node: str | None = None
+    """Processes per node (a number, or torchrun's ``gpu``/``auto``); default: the host's slots, else 1."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Extra variables for the job (``-e KEY=VALUE``)."""
+    python: str = sys.executable
+    cwd: str = field(default_factory=os.getcwd)
+    rdzv_port: int | None = None
+    """Port of the c10d store on the first host; default: one found free there."""
+    ssh: SshOptions = SshOptions()
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    host: str
+    state: HostState
+    exit_code: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    name: str
+    state: JobState
+    hosts: tuple[HostStatus, ...]
+
+
+@dataclass(frozen=True)
+class HostKill:
+    host: str
+    verified: bool
+    """True when nothing of the job is left on the host."""
+    message: str
+
+
+@dataclass(frozen=True)
+class LogLine:
+    host: str
+    rank: int | None
+    """Global rank, or None for the node's own messages (torchrun, launcher)."""
+    stream: Literal["o", "e"]
+    text: str
+    time: float
+
+
+# ---------------------------------------------------------------------------- launch
+
+
+async def launch_job(spec: LaunchSpec, on_host_ready: Callable[[str], None] | None = None) -> JobRecord:
+    """Start the job on every host, or on none."""
+    if not spec.hosts:
+        raise LauncherError("no hosts to launch on")
+    name = commands.check_job_name(spec.name or commands.default_job_name(spec.script))
+    ssh = replace(spec.ssh, python=spec.python)
+    agents: list[NodeAgent | None] = [None] * len(spec.hosts)
+    try:
+        prepared = await _connect_and_prepare(spec, name, ssh, agents)
+        endpoint = commands.rdzv_endpoint(_rendezvous_address(spec.hosts, agents), spec.rdzv_port or prepared[0]["port"])
+
+        async def start(index: int) -> None:
+            agent = agents[index]
+            assert agent is not None
+            log_dir = prepared[index]["run_dir"] + "/torchrun"
+            argv = commands.torchrun_argv(
+                python=spec.python,
+                nnodes=len(spec.hosts),
+                nproc_per_node=_nproc(spec, agent.host),
+                endpoint=endpoint,
+                job=name,
+                is_host=index == 0,
+                log_dir=log_dir,
+                script=spec.script,
+                script_args=spec.script_args,
+            )
+            env = commands.job_env(spec.env, log_dir)
+            await agent.call("start", job=name, argv=argv, env=env, cwd=spec.cwd)
+            if on_host_ready:
+                on_host_ready(agent.host.label)
+
+        await _all_or_nothing([start(i) for i in range(len(spec.hosts))], spec.hosts, "launch failed")
+    except BaseException:
+        await asyncio.shield(_roll_back(name, agents))
+        raise
+    finally:
+        await asyncio.gather(*(a.close() for a in agents if a is not None), return_exceptions=True)
+    record = JobRecord(
+        name=name,
+        hosts=spec.hosts,
+        launched_at=time.time(),
+        script=spec.script,
+        python=spec.python,
+        cwd=spec.cwd,
+        rdzv_endpoint=endpoint,
+    )
+    save_record(record)
+    return record
+
+
+async def _connect_and_prepare(spec: LaunchSpec, name: str, ssh: SshOptions, agents: list[NodeAgent | None]) -> list[dict[str, Any]]:
+    gate = asyncio.Semaphore(ssh.max_parallel)
+
+    async def prepare(index: int) -> dict[str, Any]:
+        agent = await open_agent(spec.hosts[index], ssh, gate)
+        agents[index] = agent
+        want_port = index == 0 and spec.rdzv_port is None
+        return await agent.call("prepare", job=name, cwd=spec.cwd, want_port=want_port)
+
+    return await _all_or_nothing([prepare(i) for i in range(len(spec.hosts))], spec.hosts, "launch failed, nothing was started")
+
+
+async def _all_or_nothing(steps: Sequence[Any], hosts: Sequence[Host], summary: str) -> list[Any]:
+    """Run one step per host at once; the first failure cancels the rest and raises JobError."""
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    failures = {}
+    for host, task in zip(hosts, tasks, strict=True):
+        if task.cancelled():
+            continue
+        exc = task.exception()
+        if isinstance(exc, HostError):
+            failures[host.label] = exc.message
+        elif exc is not None:
+            raise exc
+    if failures:
+        raise JobError(summary, failures)
+    return [task.result() for task in tasks]
+
+
+async def _roll_back(name: str, agents: Sequence[NodeAgent | None]) -> None:
+    """Remove whatever the failed launch started; hosts that refused have nothing of it."""
+
+    async def kill(agent: NodeAgent) -> None:
+        try:
+            await agent.call("kill", job=name, grace=3.0, timeout=30)
+        except (LauncherError, TimeoutError):
+            pass  # that host's agent is gone with its connection, and so is anything it started
+
+    await asyncio.gather(*(kill(a) for a in agents if a is not None))
+
+
+def _rendezvous_address(hosts: Sequence[Host], agents: Sequence[NodeAgent | None]) -> str:
+    """The first host's address as the other nodes reach it."""
+    first = agents[0]
+    assert first is not None
+    if first.info.get("address"):
+        return str(first.info["address"])
+    if len(hosts) == 1:
+        return "127.0.0.1"
+    # The first host is this machine: use the address our SSH connections leave from.
+    for agent in agents[1:]:
+        if agent is not None and agent.local_address:
+            return agent.local_address
+    raise LauncherError("cannot tell which address the other hosts reach this machine at")
+
+
+def _nproc(spec: LaunchSpec, host: Host) -> str:
+    if spec.nproc_per_node is not None:
+        return spec.nproc_per_node
+    return str(host.slots or 1)
+
+
+# ---------------------------------------------------------------------------- status
+
+
+async def job_status(record: JobRecord, ssh: SshOptions = SshOptions()) -> JobStatus:
+    async def one(host: Host) -> HostStatus:
+        answer = await _ask(host, ssh, "status", job=record.name)
+        return HostStatus(host.label, answer["state"], answer["exit_code"])
+
+    results = await for_each_host(record.hosts, one)
+    hosts = tuple(
+        r if isinstance(r, HostStatus) else HostStatus(h.label, "unreachable", error=_message(r))
+        for h, r in zip(record.hosts, results, strict=True)
+    )
+    return JobStatus(record.name, overall_state([h.state for h in hosts]), hosts)
+
+
+def overall_state(states: Sequence[str]) -> JobState:
+    """One word for the job: a kill or failure anywhere marks the whole job."""
+    for state in ("killed", "failed", "running"):
+        if state in states:
+            return state  # type: ignore[return-value]
+    if states and all(s == "succeeded" for s in states):
+        return "succeeded"
+    return "unknown"
+
+
+# ---------------------------------------------------------------------------- kill
+
+
+async def kill_job(record: JobRecord, grace: float = 10.0, ssh: SshOptions = SshOptions()) -> list[HostKill]:
+    async def one(host: Host) -> HostKill:
+        answer = await _ask(host, ssh, "kill", timeout=grace + 60, job=record.name, grace=grace)
+        if answer["left"]:
+            pids = ", ".join(str(pid) for pid, _ in answer["left"])
+            return HostKill(host.label, False, f"{len(answer['left'])} process(es) still alive: {pids}")
+        if answer["found"] == 0:
+            return HostKill(host.label, True, f"nothing running (job was {answer['state_before']})")
+        forced = f", {answer['forced']} needed SIGKILL" if answer["forced"] else ""
+        return HostKill(host.label, True, f"killed {answer['found']} process(es){forced}; none left")
+
+    results = await for_each_host(record.hosts, one)
+    return [
+        r if isinstance(r, HostKill) else HostKill(h.label, False, _message(r))
+        for h, r in zip(record.hosts, results, strict=True)
+    ]
+
+
+# ---------------------------------------------------------------------------- logs
+
+
+async def read_logs(record: JobRecord, ssh: SshOptions = SshOptions()) -> tuple[list[LogLine], dict[str, str]]:
+    """Everything the job printed so far, merged across hosts by time; and hosts that failed."""
+
+    async def one(host: Host) -> list[LogLine]:
+        agent = await open_agent(host, ssh)
+        try:
+            lines: list[LogLine] = []
+            offset = 0
+            while True:
+                answer = await agent.call("logs", job=record.name, offset=offset)
+                if not answer["records"]:
+                    return lines
+                lines.extend(_log_lines(host.label, answer["records"]))
+                offset = answer["offset"]
+        finally:
+            await agent.close()
+
+    results = await for_each_host(record.hosts, one)
+    lines = [line for r in results if isinstance(r, list) for line in r]
+    failures = {h.label: _message(r) for h, r in zip(record.hosts, results, strict=True) if isinstance(r, LauncherError)}
+    lines.sort(key=lambda line: line.time)
+    return lines, failures
+
+
+async def follow_logs(
+    record: JobRecord,
+    ssh: SshOptions = SshOptions(),
+    on_problem: Callable[[str, str], None] | None = None,
+    reconnect_for: float = 300.0,
+) -> AsyncIterator[LogLine]:
+    """Lines as they are printed, from the start, until the job has ended on every host.
+
+    A dropped connection is retried with backoff (for up to ``reconnect_for`` seconds)
+    from the last byte received, so no line is lost or repeated; ``on_problem`` hears
+    about it once per outage.
+    """
+    queue: asyncio.Queue[LogLine | None] = asyncio.Queue(maxsize=10_000)
+
+    async def one(host: Host) -> None:
+        offset = 0
+        delay = 0.5
+        down_since: float | None = None
+        while True:
+            try:
+                agent = await open_agent(host, ssh)
+            except HostError as exc:
+                down_since = down_since or time.monotonic()
+                if time.monotonic() - down_since > reconnect_for:
+                    raise
+                if on_problem and delay == 0.5:
+                    on_problem(host.label, f"{exc.message}; retrying")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10)
+                continue
+            if down_since is not None and on_problem:
+                on_problem(host.label, "reconnected")
+            down_since, delay = None, 0.5
+            try:
+                async for message in agent.stream("follow", job=record.name, offset=offset):
+                    for line in _log_lines(host.label, message.get("records", [])):
+                        await queue.put(line)
+                    offset = message.get("offset", offset)
+                    if message.get("ended"):
+                        return
+            except HostError as exc:
+                down_since = time.monotonic()
+                if on_problem:
+                    on_problem(host.label, f"{exc.message}; reconnecting")
+            finally:
+                await agent.close()
+
+    async def run_all() -> None:
+        try:
+            results = await for_each_host(record.hosts, one)
+            for host, result in zip(record.hosts, results, strict=True):
+                if isinstance(result, LauncherError) and on_problem:
+                    on_problem(host.label, f"gave up: {_message(result)}")
+        finally:
+            await queue.put(None)
+
+    runner = asyncio.ensure_future(run_all())
+    try:
+        while (line := await queue.get()) is not None:
+            yield line
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+
+
+def _log_lines(host: str, records: list[list[Any]]) -> list[LogLine]:
+    return [LogLine(host, rank, stream, text, stamp) for stamp, rank, stream, text in records]
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+async def _ask(host: Host, ssh: SshOptions, op: str, timeout: float = 60.0, **args: Any) -> dict[str, Any]:
+    agent = await open_agent(host, ssh)
+    try:
+        try:
+            return await agent.call(op, timeout=timeout, **args)
+        except TimeoutError:
+            raise HostError(host.label, f"no answer to {op} within {timeout:g} s") from None
+    finally:
+        await agent.close()
+
+
+def _message(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, HostError) else str(exc)

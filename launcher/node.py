@@ -1,0 +1,463 @@
+"""The part of launcher that runs ON each node: ``python -m launcher.node serve``.
+
+The launching machine starts one agent per host over SSH (or as a local process for
+``localhost``) and speaks to it in JSON lines: one request per line on stdin, one
+answer per line on stdout. Everything that acts on the node itself lives here: tmux
+sessions (libtmux), the job's processes (psutil), the per-node run directory with the
+job's output and exit status.
+
+``python -m launcher.node supervise RUN_DIR`` is what the job's tmux session runs: it
+starts the job's command, writes every output line to ``RUN_DIR/output.log`` labelled
+with the global rank, and records how the command ended in ``RUN_DIR/exit.json``.
+
+This module is imported on every node for every request, so it keeps its imports to
+the standard library; psutil and libtmux are imported where they are needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from launcher import __version__
+from launcher.paths import run_dir
+
+JOB_MARKER = "LAUNCHER_JOB"
+"""Environment variable set to the job name in every process of a job.
+
+Children inherit it across double forks and ``setsid``, so ``kill`` finds processes that
+left the tmux session's process tree; matching it exactly never touches another job.
+"""
+
+RANK_PREFIX_TEMPLATE = "\x1e${rank}\x1f"
+"""torchrun's ``TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE``: each worker line arrives as
+``RS <global rank> US <text>``. Control characters cannot be confused with output."""
+
+_RANK_PREFIX = re.compile(rb"\x1e(\d+)\x1f")
+_SESSION_PREFIX = "launcher-"
+_FOLLOW_POLL_S = 0.05
+_MAX_BATCH_BYTES = 256 * 1024
+
+
+class NodeError(Exception):
+    """A request the node cannot carry out; its message goes back to the launcher."""
+
+
+def session_name(job: str) -> str:
+    return _SESSION_PREFIX + job
+
+
+def this_run_dir(job: str) -> Path:
+    return run_dir(job, socket.gethostname())
+
+
+# ---------------------------------------------------------------------------- requests
+
+
+def hello() -> dict[str, Any]:
+    """Who and where this node is.
+
+    ``address`` is the address the launching machine reached us at (from sshd's
+    ``SSH_CONNECTION``): the one the other nodes should use for the rendezvous, even
+    when the hosts file names this node by an ssh-config alias.
+    """
+    ssh_connection = os.environ.get("SSH_CONNECTION", "").split()
+    return {
+        "version": __version__,
+        "hostname": socket.gethostname(),
+        "address": ssh_connection[2] if len(ssh_connection) == 4 else None,
+        "python": sys.executable,
+        "pid": os.getpid(),
+    }
+
+
+def prepare(job: str, cwd: str, want_port: bool) -> dict[str, Any]:
+    """Check that the job can start here; pick a free rendezvous port if asked."""
+    if not os.path.isdir(cwd):
+        raise NodeError(f"working directory {cwd} does not exist")
+    tmux = _tmux_server()
+    if tmux is None:
+        raise NodeError("tmux is not installed (install it, e.g. apt-get install tmux)")
+    if tmux.has_session(session_name(job)) or _read_status(job)["state"] == "running":
+        raise NodeError(f"job {job} is already running here")
+    answer: dict[str, Any] = {"run_dir": str(this_run_dir(job))}
+    if want_port:
+        answer["port"] = free_port()
+    return answer
+
+
+def free_port() -> int:
+    """A TCP port free on every address of this node right now."""
+    with socket.socket(socket.AF_INET6 if socket.has_dualstack_ipv6() else socket.AF_INET) as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
+
+
+def start(job: str, argv: list[str], env: dict[str, str], cwd: str) -> dict[str, Any]:
+    """Start the job's tmux session running the supervisor, and wait until it runs."""
+    tmux = _tmux_server()
+    if tmux is None:
+        raise NodeError("tmux is not installed")
+    if tmux.has_session(session_name(job)):
+        raise NodeError(f"job {job} is already running here")
+    directory = this_run_dir(job)
+    _clear_run_dir(directory)
+    directory.mkdir(parents=True)
+    job_env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE")}
+    job_env.update(env)
+    job_env[JOB_MARKER] = job
+    _write_json(directory / "spec.json", {"job": job, "argv": argv, "env": job_env, "cwd": cwd})
+    # tmux runs the window command through the shell: the one quoting point on the node.
+    command = shlex.join([sys.executable, "-P", "-m", "launcher.node", "supervise", str(directory)])
+    tmux.new_session(
+        session_name=session_name(job),
+        attach=False,
+        start_directory=cwd,
+        window_command=command,
+        environment={JOB_MARKER: job},
+        x=220,
+        y=50,
+    )
+    deadline = time.monotonic() + 15
+    while not (directory / "started.json").exists():
+        if (directory / "exit.json").exists():
+            break  # the command ended at once; status and logs tell how
+        if time.monotonic() > deadline or not tmux.has_session(session_name(job)):
+            raise NodeError(f"the job's tmux session did not start (see {directory})")
+        time.sleep(0.01)
+    return {"session": session_name(job), "run_dir": str(directory)}
+
+
+def status(job: str) -> dict[str, Any]:
+    return _read_status(job)
+
+
+def kill(job: str, grace: float) -> dict[str, Any]:
+    """End every process of the job here: SIGTERM, ``grace`` seconds, SIGKILL, verify."""
+    import psutil
+
+    directory = this_run_dir(job)
+    before = _read_status(job)["state"]
+    procs = job_processes(job)
+    if procs and directory.exists() and not (directory / "exit.json").exists():
+        (directory / "killed").touch()
+    for proc in procs:
+        _signal(proc, signal.SIGTERM)
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    forced: set[int] = set()
+    # Processes may fork while we wait; sweep until a round finds nothing new.
+    for _ in range(5):
+        survivors = alive + [p for p in job_processes(job) if p not in alive]
+        if not survivors:
+            break
+        for proc in survivors:
+            _signal(proc, signal.SIGKILL)
+            forced.add(proc.pid)
+        _, alive = psutil.wait_procs(survivors, timeout=2)
+    tmux = _tmux_server()
+    if tmux is not None and tmux.has_session(session_name(job)):
+        tmux.kill_session(session_name(job))
+    left = [[p.pid, _cmdline(p)] for p in job_processes(job)]
+    return {"found": len(procs), "forced": len(forced), "left": left, "state_before": before}
+
+
+def job_processes(job: str) -> list[Any]:
+    """Every live process of this user whose environment carries the job's marker."""
+    import psutil
+
+    me = os.getpid()
+    uid = os.getuid()
+    found = []
+    for proc in psutil.process_iter(["uids", "status"]):
+        try:
+            if proc.pid == me or proc.info["uids"] is None or proc.info["uids"].real != uid:
+                continue
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.environ().get(JOB_MARKER) == job:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def read_logs(job: str, offset: int) -> dict[str, Any]:
+    """Complete log records from ``offset`` on, at most one batch."""
+    path = this_run_dir(job) / "output.log"
+    records, new_offset = _read_records(path, offset)
+    return {"records": records, "offset": new_offset}
+
+
+def follow_logs(job: str, offset: int, emit: Any) -> dict[str, Any]:
+    """Send batches of new records through ``emit`` until the job has ended here."""
+    path = this_run_dir(job) / "output.log"
+    while True:
+        ended = _read_status(job)["state"] != "running"
+        records, offset = _read_records(path, offset)
+        if records:
+            emit({"records": records, "offset": offset})
+            continue
+        if ended:
+            return {"offset": offset, "ended": True}
+        time.sleep(_FOLLOW_POLL_S)
+
+
+# ---------------------------------------------------------------------------- status
+
+
+def _read_status(job: str) -> dict[str, Any]:
+    directory = this_run_dir(job)
+    ended = _read_json(directory / "exit.json")
+    started = _read_json(directory / "started.json")
+    killed = (directory / "killed").exists()
+    alive = started is not None and _process_alive(started["pid"], started["create_time"])
+    exit_code = ended["exit_code"] if ended else None
+    if killed:
+        state = "killed"
+    elif ended is not None:
+        state = "succeeded" if exit_code == 0 else "failed"
+    elif alive:
+        state = "running"
+    elif started is not None:
+        state = "failed"  # the supervisor vanished without a word: the node rebooted, or it was SIGKILLed
+    else:
+        state = "unknown"
+    return {
+        "state": state,
+        "exit_code": exit_code,
+        "signal": ended.get("signal") if ended else None,
+        "started_at": started["time"] if started else None,
+        "ended_at": ended["time"] if ended else None,
+        "hostname": socket.gethostname(),
+    }
+
+
+def _process_alive(pid: int, create_time: float) -> bool:
+    import psutil
+
+    try:
+        return abs(psutil.Process(pid).create_time() - create_time) < 0.01
+    except psutil.NoSuchProcess:
+        return False
+
+
+# ---------------------------------------------------------------------------- supervisor
+
+
+def supervise(directory: Path) -> int:
+    """Run the job's command, label and record its output, record how it ended."""
+    import psutil
+
+    spec = _read_json(directory / "spec.json")
+    if spec is None:
+        print(f"launcher: no job spec in {directory}", file=sys.stderr)
+        return 2
+    log = open(directory / "output.log", "ab", buffering=0)  # noqa: SIM115 - lives as long as the job
+    lock = threading.Lock()
+    try:
+        proc = subprocess.Popen(
+            spec["argv"],
+            cwd=spec["cwd"],
+            env=spec["env"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    except OSError as exc:
+        _write_record(log, lock, "-", "e", f"launcher: cannot start {spec['argv'][0]}: {exc}\n".encode())
+        _write_json(directory / "exit.json", {"exit_code": 127, "signal": None, "time": time.time()})
+        return 127
+    me = psutil.Process()
+    _write_json(directory / "started.json", {"pid": me.pid, "create_time": me.create_time(), "child": proc.pid, "time": time.time()})
+
+    def forward(signum: int, _frame: Any) -> None:
+        proc.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(signum, forward)
+    pumps = [
+        threading.Thread(target=_pump, args=(proc.stdout, "o", log, lock), daemon=True),
+        threading.Thread(target=_pump, args=(proc.stderr, "e", log, lock), daemon=True),
+    ]
+    for pump in pumps:
+        pump.start()
+    returncode = proc.wait()
+    for pump in pumps:
+        # A daemonised grandchild may hold the pipes open forever: do not wait for it.
+        pump.join(timeout=2)
+    exit_code, signum_ = (128 - returncode, -returncode) if returncode < 0 else (returncode, None)
+    _write_json(directory / "exit.json", {"exit_code": exit_code, "signal": signum_, "time": time.time()})
+    return 0
+
+
+def _pump(stream: IO[bytes], kind: str, log: IO[bytes], lock: threading.Lock) -> None:
+    for raw in iter(stream.readline, b""):
+        rank = "-"
+        match = _RANK_PREFIX.match(raw)
+        if match:
+            rank = match.group(1).decode()
+            raw = raw[match.end() :]
+        # torchrun's tail writes a partial line with a prefix and its rest with another.
+        text = _RANK_PREFIX.sub(b"", raw)
+        _write_record(log, lock, rank, kind, text)
+
+
+def _write_record(log: IO[bytes], lock: threading.Lock, rank: str, kind: str, text: bytes) -> None:
+    if not text.endswith(b"\n"):
+        text += b"\n"
+    record = b"%.3f %s %s " % (time.time(), rank.encode(), kind.encode()) + text
+    with lock:
+        log.write(record)
+        label = b"" if rank == "-" else b"[rank %s] " % rank.encode()
+        try:
+            sys.stdout.buffer.write(label + text)
+            sys.stdout.buffer.flush()
+        except OSError:
+            pass  # the tmux pane is gone (session killed); the log file is what counts
+
+
+def _read_records(path: Path, offset: int) -> tuple[list[list[Any]], int]:
+    """Parse whole records from ``offset``; a trailing partial line waits for its end."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read(_MAX_BATCH_BYTES)
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    records = [parse_record(line) for line in data[:end].splitlines()]
+    if end == 0 and len(data) == _MAX_BATCH_BYTES:
+        end = len(data)  # one record longer than a batch: pass it on in pieces
+        records = [parse_record(data)]
+    return records, offset + end
+
+
+def parse_record(line: bytes) -> list[Any]:
+    """``b"<time> <rank> <o|e> <text>"`` -> ``[time, rank or None, stream, text]``."""
+    parts = line.rstrip(b"\n").split(b" ", 3)
+    if len(parts) < 4:
+        return [0.0, None, "o", line.decode("utf-8", "replace")]
+    stamp, rank, kind, text = parts
+    return [float(stamp), None if rank == b"-" else int(rank), kind.decode(), text.decode("utf-8", "replace")]
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _tmux_server() -> Any:
+    import shutil
+
+    if shutil.which("tmux") is None:
+        return None
+    import libtmux
+
+    return libtmux.Server()
+
+
+def _clear_run_dir(directory: Path) -> None:
+    import shutil
+
+    if directory.exists():
+        shutil.rmtree(directory)
+
+
+def _signal(proc: Any, signum: int) -> None:
+    import psutil
+
+    try:
+        proc.send_signal(signum)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        pass
+
+
+def _cmdline(proc: Any) -> str:
+    import psutil
+
+    try:
+        return " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return "?"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Write atomically: a reader sees the old file or the whole new one."""
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(value, fh)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------- serve
+
+
+_REQUESTS: dict[str, Any] = {
+    "hello": lambda r: hello(),
+    "prepare": lambda r: prepare(r["job"], r["cwd"], r.get("want_port", False)),
+    "start": lambda r: start(r["job"], r["argv"], r["env"], r["cwd"]),
+    "status": lambda r: status(r["job"]),
+    "kill": lambda r: kill(r["job"], float(r.get("grace", 10.0))),
+    "logs": lambda r: read_logs(r["job"], int(r.get("offset", 0))),
+}
+
+
+def serve(stdin: IO[str], stdout: IO[str]) -> None:
+    """Answer JSON requests, one per line, until stdin closes."""
+
+    def emit(message: dict[str, Any]) -> None:
+        stdout.write(json.dumps(message) + "\n")
+        stdout.flush()
+
+    for line in stdin:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+            op = request["op"]
+            if op == "follow":
+                answer = follow_logs(request["job"], int(request.get("offset", 0)), emit)
+            elif op in _REQUESTS:
+                answer = _REQUESTS[op](request)
+            else:
+                raise NodeError(f"unknown request {op!r}")
+            emit({"ok": True, **answer})
+        except NodeError as exc:
+            emit({"ok": False, "error": str(exc)})
+        except BrokenPipeError:
+            return
+        except Exception as exc:  # noqa: BLE001 - the launcher shows it, naming this host
+            emit({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["serve"]:
+        # A dropped connection must end a follow quietly, not with a traceback.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        serve(sys.stdin, sys.stdout)
+        return 0
+    if len(argv) == 2 and argv[0] == "supervise":
+        return supervise(Path(argv[1]))
+    print("usage: python -m launcher.node serve | supervise RUN_DIR", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

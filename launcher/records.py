@@ -1,0 +1,72 @@
+"""The local record of launched jobs, so ``logs``, ``status`` and ``kill`` find them by name."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from launcher.errors import JobNotFoundError
+from launcher.hosts import Host
+from launcher.paths import records_dir
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job as launched from this machine."""
+
+    name: str
+    hosts: tuple[Host, ...]
+    launched_at: float = 0.0
+    script: str = ""
+    python: str = ""
+    cwd: str = ""
+    rdzv_endpoint: str | None = None
+    """``address:port`` of the c10d store on the first host."""
+
+
+def save_record(record: JobRecord) -> Path:
+    directory = records_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{record.name}.json"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    data = asdict(record)
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def load_record(name: str) -> JobRecord:
+    try:
+        data = json.loads((records_dir() / f"{name}.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError):
+        raise JobNotFoundError(name) from None
+    except (OSError, ValueError) as exc:
+        raise JobNotFoundError(name, f"the record of job {name!r} is unreadable: {exc}") from None
+    return _from_json(data)
+
+
+def all_records() -> list[JobRecord]:
+    """Every job launched from here, oldest first."""
+    directory = records_dir()
+    records = []
+    for path in directory.glob("*.json") if directory.is_dir() else ():
+        try:
+            records.append(_from_json(json.loads(path.read_text(encoding="utf-8"))))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a damaged record must not hide the others
+    return sorted(records, key=lambda r: r.launched_at)
+
+
+def latest_record() -> JobRecord:
+    records = all_records()
+    if not records:
+        raise JobNotFoundError(None, "no job has been launched from here yet (name one with --hosts FILE NAME)")
+    return records[-1]
+
+
+def _from_json(data: dict[str, Any]) -> JobRecord:
+    hosts = tuple(Host(**h) if "gpus" not in h or h["gpus"] is None else Host(**{**h, "gpus": tuple(h["gpus"])}) for h in data["hosts"])
+    return JobRecord(**{**data, "hosts": hosts})

@@ -1,0 +1,248 @@
+"""Reaching the nodes: asyncssh connections and the node agent spoken to over them.
+
+One SSH connection per host carries one ``python -m launcher.node serve`` process for
+the whole operation; requests and answers are JSON lines. ``localhost`` needs no SSH:
+its agent is a local subprocess speaking the same protocol.
+
+This module is the one place a remote command line is turned into a string.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import shlex
+import socket
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from launcher.errors import HostError, LauncherError
+from launcher.hosts import Host
+from launcher.node import JOB_MARKER
+
+T = TypeVar("T")
+
+_AGENT_ARGS = ["-P", "-m", "launcher.node", "serve"]  # -P: a "launcher" dir in $HOME must not shadow the package
+_STREAM_LIMIT = 1 << 24
+
+
+@dataclass(frozen=True)
+class SshOptions:
+    """How to reach the hosts."""
+
+    connect_timeout: float = 10.0
+    """Seconds for TCP connect, SSH handshake and authentication together."""
+    max_parallel: int = 128
+    """Handshakes in flight at once: bounds CPU, open files and sshd's MaxStartups."""
+    retries: int = 1
+    """Extra tries, with backoff, after a transient failure (timeout, connection reset)."""
+    python: str = sys.executable
+    """The interpreter that runs the node agent on every host."""
+
+
+class NodeAgent:
+    """The agent on one host: ``await agent.call("status", job=...)``."""
+
+    def __init__(self, host: Host, reader: Any, writer: Any, closer: Callable[[], Awaitable[None]], explain: Callable[[], Awaitable[str]]) -> None:
+        self.host = host
+        self.info: dict[str, Any] = {}
+        self.local_address: str | None = None
+        """This machine's address on the SSH connection (None for a local agent)."""
+        self._reader = reader
+        self._writer = writer
+        self._closer = closer
+        self._explain = explain
+        self._lock = asyncio.Lock()
+
+    async def call(self, op: str, timeout: float = 60.0, **args: Any) -> dict[str, Any]:
+        """One request, one answer; a refusal or a lost agent raises HostError."""
+        async with self._lock:
+            await self._send(op, args)
+            answer = await asyncio.wait_for(self._receive(), timeout)
+        return self._checked(answer)
+
+    async def stream(self, op: str, **args: Any) -> AsyncIterator[dict[str, Any]]:
+        """A request answered by many messages; the last one has ``"ok"``."""
+        async with self._lock:
+            await self._send(op, args)
+            while True:
+                message = await self._receive()
+                if "ok" in message:
+                    yield self._checked(message)
+                    return
+                yield message
+
+    async def close(self) -> None:
+        try:
+            self._writer.close()
+        except (OSError, RuntimeError):
+            pass
+        await self._closer()
+
+    async def _send(self, op: str, args: dict[str, Any]) -> None:
+        try:
+            self._writer.write((json.dumps({"op": op, **args}) + "\n").encode())
+            await self._writer.drain()
+        except (OSError, RuntimeError) as exc:
+            raise HostError(self.host.label, f"connection lost: {exc}") from None
+
+    async def _receive(self) -> dict[str, Any]:
+        try:
+            line = await self._reader.readline()
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            raise HostError(self.host.label, f"connection lost: {exc}") from None
+        if not line:
+            raise HostError(self.host.label, await self._explain())
+        message: dict[str, Any] = json.loads(line)
+        return message
+
+    def _checked(self, answer: dict[str, Any]) -> dict[str, Any]:
+        if not answer.get("ok"):
+            raise HostError(self.host.label, str(answer.get("error", "the node agent refused")))
+        return answer
+
+
+async def open_agent(host: Host, options: SshOptions, gate: asyncio.Semaphore | None = None) -> NodeAgent:
+    """Connect to ``host`` and start its agent; ``gate`` bounds concurrent handshakes."""
+    async with gate or asyncio.Semaphore(1):
+        agent = await (_open_local_agent(host, options) if host.is_local else _open_remote_agent(host, options))
+        try:
+            agent.info = await agent.call("hello", timeout=options.connect_timeout + 20)
+        except BaseException:
+            await agent.close()
+            raise
+    return agent
+
+
+async def _open_local_agent(host: Host, options: SshOptions) -> NodeAgent:
+    env = {k: v for k, v in os.environ.items() if k != JOB_MARKER}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            options.python,
+            *_AGENT_ARGS,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            limit=_STREAM_LIMIT,
+        )
+    except OSError as exc:
+        raise HostError(host.label, f"cannot run {options.python}: {exc.strerror}") from None
+
+    async def closer() -> None:
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+    async def explain() -> str:
+        assert proc.stderr is not None
+        stderr = (await proc.stderr.read()).decode(errors="replace")
+        return _agent_failure(options.python, await proc.wait(), stderr)
+
+    return NodeAgent(host, proc.stdout, proc.stdin, closer, explain)
+
+
+async def _open_remote_agent(host: Host, options: SshOptions) -> NodeAgent:
+    conn = await connect(host, options)
+    # Quoting point: the remote login shell parses this line.
+    command = "exec " + shlex.join([options.python, *_AGENT_ARGS])
+    try:
+        proc = await conn.create_process(command, encoding=None)
+    except Exception as exc:
+        conn.close()
+        raise HostError(host.label, f"cannot start a remote command: {exc}") from None
+
+    async def closer() -> None:
+        conn.close()
+        await conn.wait_closed()
+
+    async def explain() -> str:
+        stderr = (await proc.stderr.read()).decode(errors="replace")
+        completed = await proc.wait()
+        return _agent_failure(options.python, completed.exit_status, stderr)
+
+    agent = NodeAgent(host, proc.stdout, proc.stdin, closer, explain)
+    sockname = conn.get_extra_info("sockname")
+    agent.local_address = str(sockname[0]) if sockname else None
+    return agent
+
+
+def _agent_failure(python: str, exit_status: int | None, stderr: str) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    if exit_status == 127:
+        return f"python not found there: {python} (pass --python PATH)"
+    if any("No module named launcher" in line for line in lines):
+        return f"launcher is not installed for {python} there (pip install it on every node)"
+    if lines:
+        return f"the node agent failed: {lines[-1]}"
+    return f"the node agent exited with status {exit_status}"
+
+
+async def connect(host: Host, options: SshOptions) -> Any:
+    """An asyncssh connection honouring ~/.ssh/config and known_hosts, with one retry."""
+    import asyncssh
+
+    kwargs: dict[str, Any] = {}
+    if host.port is not None:
+        kwargs["port"] = host.port
+    if host.user is not None:
+        kwargs["username"] = host.user
+    transient = (TimeoutError, ConnectionResetError, asyncssh.ConnectionLost)
+    for attempt in range(options.retries + 1):
+        try:
+            return await asyncssh.connect(host.name, connect_timeout=options.connect_timeout, **kwargs)
+        except transient as exc:
+            if attempt == options.retries:
+                raise HostError(host.label, describe_connect_error(exc, options)) from None
+            await asyncio.sleep(0.5 * 2**attempt)
+        except (OSError, asyncssh.Error, ValueError) as exc:
+            raise HostError(host.label, describe_connect_error(exc, options)) from None
+    raise AssertionError("unreachable")
+
+
+def describe_connect_error(exc: BaseException, options: SshOptions) -> str:
+    import asyncssh
+
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+        return "host key not trusted: it is not in known_hosts (ssh to it once, or add it with ssh-keyscan)"
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return "authentication failed: permission denied (check the user name and your SSH key or agent)"
+    if isinstance(exc, TimeoutError):
+        return f"cannot connect: timed out after {options.connect_timeout:g} s"
+    if isinstance(exc, ConnectionRefusedError):
+        return "cannot connect: connection refused (is sshd running on that port?)"
+    if isinstance(exc, socket.gaierror):
+        return "cannot connect: unknown host name"
+    if isinstance(exc, OSError):
+        return f"cannot connect: {exc.strerror or exc}"
+    if isinstance(exc, asyncssh.Error):
+        return f"ssh: {exc.reason}"
+    return f"ssh: {exc}"
+
+
+async def for_each_host(hosts: Sequence[T], action: Callable[[T], Awaitable[Any]]) -> list[Any]:
+    """Run ``action`` on every host at once; each result is its value or its LauncherError."""
+    raise_open_files_limit(len(hosts))
+
+    async def guarded(item: T) -> Any:
+        try:
+            return await action(item)
+        except LauncherError as exc:
+            return exc
+
+    return list(await asyncio.gather(*(guarded(item) for item in hosts)))
+
+
+def raise_open_files_limit(hosts: int) -> None:
+    """Each host costs a socket and a few pipes; the default soft limit (1024) runs out early."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 64 + 8 * hosts
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
