@@ -41,13 +41,25 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--hosts", "hosts_arg", metavar="FILE", help=_HOSTS_HELP + "  [default: localhost]")
 @click.option("--name", help="Job name.  [default: SCRIPT stem + time]")
-@click.option("--nproc-per-node", metavar="N", help="Processes per host (or gpu/auto).  [default: the host's slots, else 1]")
+@click.option(
+    "--nproc-per-node", metavar="N", help="Processes per host (or gpu/auto).  [default: the host's slots, else 1]"
+)
 @click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE", help="Set a variable for the job (repeatable).")
-@click.option("--rdzv-port", type=click.IntRange(1, 65535), help="Rendezvous port on the first host.  [default: a free one]")
+@click.option(
+    "--rdzv-port", type=click.IntRange(1, 65535), help="Rendezvous port on the first host.  [default: a free one]"
+)
 @click.option("--python", metavar="PATH", help="Python on the hosts.  [default: this one]")
 @click.option("--cwd", metavar="DIR", help="Working directory on the hosts.  [default: this one]")
-@click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Seconds to connect to a host.")
-@click.option("--max-parallel", type=click.IntRange(min=1), default=128, show_default=True, help="SSH handshakes at once.")
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds to connect to a host.",
+)
+@click.option(
+    "--max-parallel", type=click.IntRange(min=1), default=128, show_default=True, help="SSH handshakes at once."
+)
 @click.option("--wait", is_flag=True, help="Wait for the job to end; exit 0 only if every host succeeded.")
 @click.argument("script")
 @click.argument("script_args", nargs=-1, type=click.UNPROCESSED)
@@ -203,7 +215,13 @@ def _print_status(result: JobStatus) -> None:
 @cli.command()
 @click.argument("name")
 @click.option("--hosts", "hosts_arg", metavar="FILE", help=_HOSTS_HELP + " Finds the job without a local record.")
-@click.option("--grace", type=click.FloatRange(min=0), default=10.0, show_default=True, help="Seconds between SIGTERM and SIGKILL.")
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds between SIGTERM and SIGKILL.",
+)
 @click.pass_context
 def kill(ctx: click.Context, name: str, hosts_arg: str | None, grace: float) -> None:
     """End job NAME on every host: its tmux session and every process it started.

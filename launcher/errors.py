@@ -48,7 +48,9 @@ class JobNotFoundError(LauncherError):
 
     def __init__(self, name: str | None, message: str | None = None) -> None:
         self.name = name
-        super().__init__(message or f"no job named {name!r} is known here (pass --hosts FILE to look it up on the hosts)")
+        super().__init__(
+            message or f"no job named {name!r} is known here (pass --hosts FILE to look it up on the hosts)"
+        )
 
 
 class HostError(LauncherError):

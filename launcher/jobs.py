@@ -7,6 +7,7 @@ the others. Status, kill and logs are best effort per host and report every host
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -22,6 +23,7 @@ from launcher.ssh import NodeAgent, SshOptions, for_each_host, open_agent
 
 JobState = Literal["running", "succeeded", "failed", "killed", "unknown"]
 HostState = Literal["running", "succeeded", "failed", "killed", "unknown", "unreachable"]
+DEFAULT_SSH = SshOptions()
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class LaunchSpec:
     cwd: str = field(default_factory=os.getcwd)
     rdzv_port: int | None = None
     """Port of the c10d store on the first host; default: one found free there."""
-    ssh: SshOptions = SshOptions()
+    ssh: SshOptions = field(default_factory=SshOptions)
 
 
 @dataclass(frozen=True)
@@ -88,9 +90,13 @@ async def launch_job(spec: LaunchSpec, on_host_ready: Callable[[str], None] | No
     name = commands.check_job_name(spec.name or commands.default_job_name(spec.script))
     ssh = replace(spec.ssh, python=spec.python)
     agents: list[NodeAgent | None] = [None] * len(spec.hosts)
+    # Only these may be rolled back: elsewhere a job of the same name may be running already.
+    starting: list[NodeAgent] = []
     try:
         prepared = await _connect_and_prepare(spec, name, ssh, agents)
-        endpoint = commands.rdzv_endpoint(_rendezvous_address(spec.hosts, agents), spec.rdzv_port or prepared[0]["port"])
+        endpoint = commands.rdzv_endpoint(
+            _rendezvous_address(spec.hosts, agents), spec.rdzv_port or prepared[0]["port"]
+        )
 
         async def start(index: int) -> None:
             agent = agents[index]
@@ -108,13 +114,14 @@ async def launch_job(spec: LaunchSpec, on_host_ready: Callable[[str], None] | No
                 script_args=spec.script_args,
             )
             env = commands.job_env(spec.env, log_dir)
+            starting.append(agent)
             await agent.call("start", job=name, argv=argv, env=env, cwd=spec.cwd)
             if on_host_ready:
                 on_host_ready(agent.host.label)
 
         await _all_or_nothing([start(i) for i in range(len(spec.hosts))], spec.hosts, "launch failed")
     except BaseException:
-        await asyncio.shield(_roll_back(name, agents))
+        await asyncio.shield(_roll_back(name, starting))
         raise
     finally:
         await asyncio.gather(*(a.close() for a in agents if a is not None), return_exceptions=True)
@@ -131,7 +138,9 @@ async def launch_job(spec: LaunchSpec, on_host_ready: Callable[[str], None] | No
     return record
 
 
-async def _connect_and_prepare(spec: LaunchSpec, name: str, ssh: SshOptions, agents: list[NodeAgent | None]) -> list[dict[str, Any]]:
+async def _connect_and_prepare(
+    spec: LaunchSpec, name: str, ssh: SshOptions, agents: list[NodeAgent | None]
+) -> list[dict[str, Any]]:
     gate = asyncio.Semaphore(ssh.max_parallel)
 
     async def prepare(index: int) -> dict[str, Any]:
@@ -140,7 +149,9 @@ async def _connect_and_prepare(spec: LaunchSpec, name: str, ssh: SshOptions, age
         want_port = index == 0 and spec.rdzv_port is None
         return await agent.call("prepare", job=name, cwd=spec.cwd, want_port=want_port)
 
-    return await _all_or_nothing([prepare(i) for i in range(len(spec.hosts))], spec.hosts, "launch failed, nothing was started")
+    return await _all_or_nothing(
+        [prepare(i) for i in range(len(spec.hosts))], spec.hosts, "launch failed, nothing was started"
+    )
 
 
 async def _all_or_nothing(steps: Sequence[Any], hosts: Sequence[Host], summary: str) -> list[Any]:
@@ -166,16 +177,15 @@ async def _all_or_nothing(steps: Sequence[Any], hosts: Sequence[Host], summary: 
     return [task.result() for task in tasks]
 
 
-async def _roll_back(name: str, agents: Sequence[NodeAgent | None]) -> None:
-    """Remove whatever the failed launch started; hosts that refused have nothing of it."""
+async def _roll_back(name: str, agents: Sequence[NodeAgent]) -> None:
+    """Remove whatever the failed launch started on the hosts where it began to start."""
 
     async def kill(agent: NodeAgent) -> None:
-        try:
+        # If that host's agent is gone, its connection went with it, and so did the start.
+        with contextlib.suppress(LauncherError, TimeoutError):
             await agent.call("kill", job=name, grace=3.0, timeout=30)
-        except (LauncherError, TimeoutError):
-            pass  # that host's agent is gone with its connection, and so is anything it started
 
-    await asyncio.gather(*(kill(a) for a in agents if a is not None))
+    await asyncio.gather(*(kill(a) for a in agents))
 
 
 def _rendezvous_address(hosts: Sequence[Host], agents: Sequence[NodeAgent | None]) -> str:
@@ -202,7 +212,7 @@ def _nproc(spec: LaunchSpec, host: Host) -> str:
 # ---------------------------------------------------------------------------- status
 
 
-async def job_status(record: JobRecord, ssh: SshOptions = SshOptions()) -> JobStatus:
+async def job_status(record: JobRecord, ssh: SshOptions = DEFAULT_SSH) -> JobStatus:
     async def one(host: Host) -> HostStatus:
         answer = await _ask(host, ssh, "status", job=record.name)
         return HostStatus(host.label, answer["state"], answer["exit_code"])
@@ -217,9 +227,12 @@ async def job_status(record: JobRecord, ssh: SshOptions = SshOptions()) -> JobSt
 
 def overall_state(states: Sequence[str]) -> JobState:
     """One word for the job: a kill or failure anywhere marks the whole job."""
-    for state in ("killed", "failed", "running"):
-        if state in states:
-            return state  # type: ignore[return-value]
+    if "killed" in states:
+        return "killed"
+    if "failed" in states:
+        return "failed"
+    if "running" in states:
+        return "running"
     if states and all(s == "succeeded" for s in states):
         return "succeeded"
     return "unknown"
@@ -228,7 +241,7 @@ def overall_state(states: Sequence[str]) -> JobState:
 # ---------------------------------------------------------------------------- kill
 
 
-async def kill_job(record: JobRecord, grace: float = 10.0, ssh: SshOptions = SshOptions()) -> list[HostKill]:
+async def kill_job(record: JobRecord, grace: float = 10.0, ssh: SshOptions = DEFAULT_SSH) -> list[HostKill]:
     async def one(host: Host) -> HostKill:
         answer = await _ask(host, ssh, "kill", timeout=grace + 60, job=record.name, grace=grace)
         if answer["left"]:
@@ -249,7 +262,7 @@ async def kill_job(record: JobRecord, grace: float = 10.0, ssh: SshOptions = Ssh
 # ---------------------------------------------------------------------------- logs
 
 
-async def read_logs(record: JobRecord, ssh: SshOptions = SshOptions()) -> tuple[list[LogLine], dict[str, str]]:
+async def read_logs(record: JobRecord, ssh: SshOptions = DEFAULT_SSH) -> tuple[list[LogLine], dict[str, str]]:
     """Everything the job printed so far, merged across hosts by time; and hosts that failed."""
 
     async def one(host: Host) -> list[LogLine]:
@@ -268,14 +281,16 @@ async def read_logs(record: JobRecord, ssh: SshOptions = SshOptions()) -> tuple[
 
     results = await for_each_host(record.hosts, one)
     lines = [line for r in results if isinstance(r, list) for line in r]
-    failures = {h.label: _message(r) for h, r in zip(record.hosts, results, strict=True) if isinstance(r, LauncherError)}
+    failures = {
+        h.label: _message(r) for h, r in zip(record.hosts, results, strict=True) if isinstance(r, LauncherError)
+    }
     lines.sort(key=lambda line: line.time)
     return lines, failures
 
 
 async def follow_logs(
     record: JobRecord,
-    ssh: SshOptions = SshOptions(),
+    ssh: SshOptions = DEFAULT_SSH,
     on_problem: Callable[[str, str], None] | None = None,
     reconnect_for: float = 300.0,
 ) -> AsyncIterator[LogLine]:

@@ -16,6 +16,7 @@ the standard library; psutil and libtmux are imported where they are needed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -26,7 +27,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -48,6 +48,7 @@ _RANK_PREFIX = re.compile(rb"\x1e(\d+)\x1f")
 _SESSION_PREFIX = "launcher-"
 _FOLLOW_POLL_S = 0.05
 _MAX_BATCH_BYTES = 256 * 1024
+_MAX_LINE_BYTES = 64 * 1024
 
 
 class NodeError(Exception):
@@ -145,8 +146,6 @@ def status(job: str) -> dict[str, Any]:
 
 def kill(job: str, grace: float) -> dict[str, Any]:
     """End every process of the job here: SIGTERM, ``grace`` seconds, SIGKILL, verify."""
-    import psutil
-
     directory = this_run_dir(job)
     before = _read_status(job)["state"]
     procs = job_processes(job)
@@ -154,7 +153,7 @@ def kill(job: str, grace: float) -> dict[str, Any]:
         (directory / "killed").touch()
     for proc in procs:
         _signal(proc, signal.SIGTERM)
-    _, alive = psutil.wait_procs(procs, timeout=grace)
+    alive = _wait_gone(procs, grace)
     forced: set[int] = set()
     # Processes may fork while we wait; sweep until a round finds nothing new.
     for _ in range(5):
@@ -164,12 +163,35 @@ def kill(job: str, grace: float) -> dict[str, Any]:
         for proc in survivors:
             _signal(proc, signal.SIGKILL)
             forced.add(proc.pid)
-        _, alive = psutil.wait_procs(survivors, timeout=2)
+        alive = _wait_gone(survivors, 2.0)
     tmux = _tmux_server()
     if tmux is not None and tmux.has_session(session_name(job)):
         tmux.kill_session(session_name(job))
     left = [[p.pid, _cmdline(p)] for p in job_processes(job)]
     return {"found": len(procs), "forced": len(forced), "left": left, "state_before": before}
+
+
+def _wait_gone(procs: list[Any], timeout: float) -> list[Any]:
+    """Those of ``procs`` still alive after at most ``timeout`` seconds.
+
+    A zombie counts as gone: it holds no memory, GPU or port, and its parent may not
+    reap it before the end of the kill (psutil's ``wait_procs`` would wait for that).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in procs if _alive(p)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.02)
+
+
+def _alive(proc: Any) -> bool:
+    import psutil
+
+    try:
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
 
 
 def job_processes(job: str) -> list[Any]:
@@ -247,9 +269,10 @@ def _process_alive(pid: int, create_time: float) -> bool:
     import psutil
 
     try:
-        return abs(psutil.Process(pid).create_time() - create_time) < 0.01
+        started: float = psutil.Process(pid).create_time()
     except psutil.NoSuchProcess:
         return False
+    return abs(started - create_time) < 0.01
 
 
 # ---------------------------------------------------------------------------- supervisor
@@ -279,7 +302,10 @@ def supervise(directory: Path) -> int:
         _write_json(directory / "exit.json", {"exit_code": 127, "signal": None, "time": time.time()})
         return 127
     me = psutil.Process()
-    _write_json(directory / "started.json", {"pid": me.pid, "create_time": me.create_time(), "child": proc.pid, "time": time.time()})
+    _write_json(
+        directory / "started.json",
+        {"pid": me.pid, "create_time": me.create_time(), "child": proc.pid, "time": time.time()},
+    )
 
     def forward(signum: int, _frame: Any) -> None:
         proc.send_signal(signum)
@@ -316,9 +342,12 @@ def _pump(stream: IO[bytes], kind: str, log: IO[bytes], lock: threading.Lock) ->
 def _write_record(log: IO[bytes], lock: threading.Lock, rank: str, kind: str, text: bytes) -> None:
     if not text.endswith(b"\n"):
         text += b"\n"
-    record = b"%.3f %s %s " % (time.time(), rank.encode(), kind.encode()) + text
+    # A record never exceeds what a reader takes in one batch: longer lines go in pieces.
+    pieces = [text[i : i + _MAX_LINE_BYTES] for i in range(0, len(text), _MAX_LINE_BYTES)]
+    header = b"%.3f %s %s " % (time.time(), rank.encode(), kind.encode())
+    records = b"".join(header + piece + (b"" if piece.endswith(b"\n") else b"\n") for piece in pieces)
     with lock:
-        log.write(record)
+        log.write(records)
         label = b"" if rank == "-" else b"[rank %s] " % rank.encode()
         try:
             sys.stdout.buffer.write(label + text)
@@ -328,7 +357,7 @@ def _write_record(log: IO[bytes], lock: threading.Lock, rank: str, kind: str, te
 
 
 def _read_records(path: Path, offset: int) -> tuple[list[list[Any]], int]:
-    """Parse whole records from ``offset``; a trailing partial line waits for its end."""
+    """Parse whole records from ``offset``; a trailing partial record waits for its end."""
     try:
         with open(path, "rb") as fh:
             fh.seek(offset)
@@ -336,10 +365,8 @@ def _read_records(path: Path, offset: int) -> tuple[list[list[Any]], int]:
     except FileNotFoundError:
         return [], offset
     end = data.rfind(b"\n") + 1
-    records = [parse_record(line) for line in data[:end].splitlines()]
-    if end == 0 and len(data) == _MAX_BATCH_BYTES:
-        end = len(data)  # one record longer than a batch: pass it on in pieces
-        records = [parse_record(data)]
+    # Split on newlines only: a carriage return (a progress bar) stays inside its record.
+    records = [parse_record(line) for line in data[:end].split(b"\n")[:-1]]
     return records, offset + end
 
 
@@ -375,10 +402,8 @@ def _clear_run_dir(directory: Path) -> None:
 def _signal(proc: Any, signum: int) -> None:
     import psutil
 
-    try:
+    with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
         proc.send_signal(signum)
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        pass
 
 
 def _cmdline(proc: Any) -> str:

@@ -39,17 +39,17 @@ def save_record(record: JobRecord) -> Path:
 
 
 def load_record(name: str) -> JobRecord:
+    path = records_dir() / f"{name}.json"
     try:
-        data = json.loads((records_dir() / f"{name}.json").read_text(encoding="utf-8"))
+        return _from_json(json.loads(path.read_text(encoding="utf-8")))
     except (FileNotFoundError, NotADirectoryError):
         raise JobNotFoundError(name) from None
-    except (OSError, ValueError) as exc:
-        raise JobNotFoundError(name, f"the record of job {name!r} is unreadable: {exc}") from None
-    return _from_json(data)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise JobNotFoundError(name, f"the record of job {name!r} is unreadable ({path}: {exc})") from None
 
 
 def all_records() -> list[JobRecord]:
-    """Every job launched from here, oldest first."""
+    """Every job launched from here whose record is readable, oldest first."""
     directory = records_dir()
     records = []
     for path in directory.glob("*.json") if directory.is_dir() else ():
@@ -67,6 +67,12 @@ def latest_record() -> JobRecord:
     return records[-1]
 
 
-def _from_json(data: dict[str, Any]) -> JobRecord:
-    hosts = tuple(Host(**h) if "gpus" not in h or h["gpus"] is None else Host(**{**h, "gpus": tuple(h["gpus"])}) for h in data["hosts"])
-    return JobRecord(**{**data, "hosts": hosts})
+def _from_json(data: Any) -> JobRecord:
+    """Rebuild a record, checking types: a damaged file raises ValueError/KeyError/TypeError."""
+    if not isinstance(data, dict):
+        raise TypeError("not a JSON object")
+    hosts = tuple(Host(**{**h, "gpus": tuple(h["gpus"]) if h.get("gpus") is not None else None}) for h in data["hosts"])
+    record = JobRecord(**{**data, "hosts": hosts})
+    if not isinstance(record.launched_at, int | float) or not isinstance(record.name, str):
+        raise TypeError("bad name or launch time")
+    return record

@@ -10,6 +10,7 @@ This module is the one place a remote command line is turned into a string.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -47,7 +48,14 @@ class SshOptions:
 class NodeAgent:
     """The agent on one host: ``await agent.call("status", job=...)``."""
 
-    def __init__(self, host: Host, reader: Any, writer: Any, closer: Callable[[], Awaitable[None]], explain: Callable[[], Awaitable[str]]) -> None:
+    def __init__(
+        self,
+        host: Host,
+        reader: Any,
+        writer: Any,
+        closer: Callable[[], Awaitable[None]],
+        explain: Callable[[], Awaitable[str]],
+    ) -> None:
         self.host = host
         self.info: dict[str, Any] = {}
         self.local_address: str | None = None
@@ -77,10 +85,8 @@ class NodeAgent:
                 yield message
 
     async def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError, RuntimeError):
             self._writer.close()
-        except (OSError, RuntimeError):
-            pass
         await self._closer()
 
     async def _send(self, op: str, args: dict[str, Any]) -> None:
@@ -149,12 +155,14 @@ async def _open_local_agent(host: Host, options: SshOptions) -> NodeAgent:
 
 
 async def _open_remote_agent(host: Host, options: SshOptions) -> NodeAgent:
+    import asyncssh
+
     conn = await connect(host, options)
     # Quoting point: the remote login shell parses this line.
     command = "exec " + shlex.join([options.python, *_AGENT_ARGS])
     try:
         proc = await conn.create_process(command, encoding=None)
-    except Exception as exc:
+    except (asyncssh.Error, OSError) as exc:
         conn.close()
         raise HostError(host.label, f"cannot start a remote command: {exc}") from None
 

@@ -1,0 +1,705 @@
+"""A real test cluster: N hosts in network namespaces, each running its own sshd.
+
+Every host is a network namespace joined to one Linux bridge in the root namespace (the
+launching machine's side), with its own UTS, PID and mount namespaces: its own hostname,
+its own process tree (so "nothing of the job remains on the host" can be checked) and a
+private ``/tmp`` (so each host gets its own tmux server). The rest of the filesystem is
+shared, like an NFS home; in particular the cluster's ``workdir`` is visible on every host
+at the same path, even when it lives under ``/tmp``.
+
+    with start_cluster(3, workdir) as cluster:
+        env = cluster.env()              # HOME=<fake home>: asyncssh finds ~/.ssh/config
+        subprocess.run(["ssh", "-F", str(cluster.ssh_config), "h1", "hostname"], env=env)
+
+Needs root. Everything a cluster creates is named ``lnch-<token>...`` and recorded in
+``/run/lnch-clusters/<token>.json`` with the creating process, so that
+``remove_stale_clusters`` (run at every start) can delete what a crashed run left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+__all__ = [
+    "Cluster",
+    "ClusterError",
+    "TestHost",
+    "remove_stale_clusters",
+    "start_cluster",
+]
+
+NAME_PREFIX = "lnch"
+REGISTRY_DIR = Path("/run/lnch-clusters")
+SSH_PORT = 22
+START_DEADLINE_S = 15.0
+STOP_DEADLINE_S = 5.0
+# Veth names are "lnch-<6 hex>-<index>" and must fit IFNAMSIZ (15 chars).
+MAX_HOSTS = 99
+
+# Runs inside the host's fresh namespaces, as its init: $1 hostname, $2 hosts file,
+# $3 sshd config, $4 workdir. The private tmpfs would hide a workdir under /tmp, so the
+# shell keeps a handle on it (its cwd) and binds it back at the same path; `mount -c`
+# stops mount from resolving "." by name, which would now find the empty tmpfs.
+HOST_INIT_SCRIPT = """\
+set -e
+cd "$4"
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mkdir -p "$4"
+mount -c --bind . "$4"
+mount --bind "$2" /etc/hosts
+hostname "$1"
+exec /usr/sbin/sshd -D -e -f "$3"
+"""
+
+# What a cluster creates in its workdir (besides the hosts files it is asked to write).
+WORKDIR_ENTRIES = ("home", "node-state", "launcher-state", "sshd", "etc-hosts", "authorized_keys")
+
+# Paths are written unquoted into ssh_config and sshd_config, where whitespace, quotes
+# and "%" (a token in AuthorizedKeysFile) would change their meaning.
+SAFE_PATH = re.compile(r"[A-Za-z0-9_./+-]+")
+
+
+class ClusterError(RuntimeError):
+    """The test cluster could not be built or torn down."""
+
+
+@dataclass(frozen=True)
+class TestHost:
+    """One host of a running cluster, seen from the root namespace."""
+
+    __test__ = False  # a library class, not a pytest test class
+
+    name: str
+    """Hostname inside the host and alias in the generated ssh config: ``h0``, ``h1``..."""
+    address: str
+    """IPv4 address of the host's ``eth0``; sshd listens there on port 22."""
+    netns: str
+    """Name of the network namespace (``ip netns``)."""
+    link: str
+    """Root-side end of the host's veth pair, a port of the cluster's bridge."""
+    init_pid: int
+    """PID, as seen from the root namespace, of the init (sshd) of the host's PID namespace."""
+    pid_namespace: str
+    """``readlink /proc/<pid>/ns/pid`` of the host's processes, e.g. ``pid:[4026532301]``."""
+
+    def processes(self) -> list[tuple[int, str]]:
+        """PID (root namespace view) and command line of every process in this host.
+
+        Empty once the host is gone: the kernel kills a PID namespace with its init.
+        """
+        found: list[tuple[int, str]] = []
+        for pid in _all_pids():
+            try:
+                if os.readlink(f"/proc/{pid}/ns/pid") != self.pid_namespace:
+                    continue
+                found.append((pid, _command_line(pid)))
+            except OSError:  # it exited while we looked
+                continue
+        return found
+
+    def run(self, argv: Sequence[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` inside the host (its network, hostname, processes and /tmp)."""
+        return subprocess.run(
+            ["nsenter", "-t", str(self.init_pid), "--net", "--uts", "--pid", "--mount", "--", *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def set_link(self, up: bool) -> None:
+        """Connect (``up``) or cut the host's only network link, as a pulled cable would."""
+        _run_ip(["link", "set", self.link, "up" if up else "down"])
+
+
+@dataclass(frozen=True)
+class _HostPlan:
+    """Names and addresses of one host, fixed before anything is created."""
+
+    name: str
+    address: str
+    netns: str
+    link: str
+    mac: str
+    """MAC of ``eth0`` inside the host."""
+    link_mac: str
+    """MAC of the root-side end of the veth pair."""
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Names and addresses of a whole cluster."""
+
+    token: str
+    bridge: str
+    bridge_address: str
+    bridge_mac: str
+    hosts: tuple[_HostPlan, ...]
+
+    @staticmethod
+    def plan(n: int, token: str, subnet: ipaddress.IPv4Network) -> _Layout:
+        octets = subnet.network_address.packed
+        # Locally administered MACs derived from the subnet, unique across live clusters,
+        # so the permanent neighbour entries can be written before the links exist.
+        mac_prefix = f"02:6c:{octets[1]:02x}:{octets[2]:02x}"
+        hosts = tuple(
+            _HostPlan(
+                name=f"h{i}",
+                address=str(subnet.network_address + i + 2),
+                netns=f"{NAME_PREFIX}-{token}-{i}",
+                link=f"{NAME_PREFIX}-{token}-{i}",
+                mac=f"{mac_prefix}:00:{i + 2:02x}",
+                link_mac=f"{mac_prefix}:01:{i + 2:02x}",
+            )
+            for i in range(n)
+        )
+        return _Layout(
+            token=token,
+            bridge=f"{NAME_PREFIX}-{token}",
+            bridge_address=str(subnet.network_address + 1),
+            bridge_mac=f"{mac_prefix}:00:01",
+            hosts=hosts,
+        )
+
+    def root_commands(self) -> list[str]:
+        """``ip -batch`` lines run in the root namespace: namespaces, bridge, veths."""
+        lines = [f"netns add {h.netns}" for h in self.hosts]
+        lines.append(f"link add {self.bridge} address {self.bridge_mac} type bridge")
+        for h in self.hosts:
+            lines.append(
+                f"link add {h.link} address {h.link_mac} type veth peer name eth0 address {h.mac} netns {h.netns}"
+            )
+            lines.append(f"link set {h.link} master {self.bridge} up")
+        lines.append(f"addr add {self.bridge_address}/24 dev {self.bridge}")
+        lines.append(f"link set {self.bridge} up")
+        # ARP never gets a say: with 32 busy hosts a lost ARP reply stalls a connect
+        # for a second, which shows up as flaky timeouts.
+        lines += [f"neigh replace {h.address} lladdr {h.mac} dev {self.bridge} nud permanent" for h in self.hosts]
+        return lines
+
+    def host_commands(self, host: _HostPlan) -> list[str]:
+        """``ip -batch`` lines run inside one host's network namespace."""
+        lines = [
+            "link set lo up",
+            f"addr add {host.address}/24 dev eth0",
+            "link set eth0 up",
+            f"neigh replace {self.bridge_address} lladdr {self.bridge_mac} dev eth0 nud permanent",
+        ]
+        lines += [
+            f"neigh replace {other.address} lladdr {other.mac} dev eth0 nud permanent"
+            for other in self.hosts
+            if other is not host
+        ]
+        return lines
+
+    def etc_hosts(self) -> str:
+        """The /etc/hosts every host sees: gethostname() must resolve to eth0 (gloo)."""
+        lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+        lines += [f"{h.address}\t{h.name}" for h in self.hosts]
+        return "\n".join(lines) + "\n"
+
+
+class Cluster:
+    """A running test cluster. Use as a context manager, or call ``close()``."""
+
+    def __init__(self, workdir: Path, layout: _Layout) -> None:
+        self.workdir = workdir
+        """Shared by the launching side and every host, at the same path."""
+        self.home = workdir / "home"
+        """Fake HOME of the launching side: ``.ssh/{config,id_ed25519,known_hosts}``."""
+        self.ssh_config = self.home / ".ssh" / "config"
+        self.node_state_dir = workdir / "node-state"
+        """XDG_STATE_HOME of every SSH session on every host: one directory for all."""
+        self.launcher_state_dir = workdir / "launcher-state"
+        """XDG_STATE_HOME of the launching side (see ``env()``)."""
+        self.gateway = layout.bridge_address
+        """Address of the launching side on the cluster network."""
+        self.token = layout.token
+        """Random part of every name the cluster gives (namespaces, links, registry record)."""
+        self.bridge = layout.bridge
+        """Name of the bridge joining the hosts, in the root namespace."""
+        self.hosts: list[TestHost] = []
+        self._layout = layout
+        self._sshd_dir = workdir / "sshd"
+        self._etc_hosts = workdir / "etc-hosts"
+        self._authorized_keys = workdir / "authorized_keys"
+        self._created = [workdir / name for name in WORKDIR_ENTRIES]
+        self._servers: list[subprocess.Popen[bytes]] = []
+        self._closed = False
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Environment for a launcher process on the launching side."""
+        env = dict(os.environ)
+        # An agent full of the developer's keys would use up sshd's MaxAuthTries first.
+        env.pop("SSH_AUTH_SOCK", None)
+        env["HOME"] = str(self.home)
+        env["XDG_STATE_HOME"] = str(self.launcher_state_dir)
+        env.update(extra)
+        return env
+
+    def write_hosts_file(self, lines: list[str], name: str = "hosts") -> Path:
+        """Write a launcher hosts file into the workdir; removed by ``close()``."""
+        path = self.workdir / name
+        path.write_text("".join(line + "\n" for line in lines))
+        if path not in self._created:
+            self._created.append(path)
+        return path
+
+    def close(self) -> None:
+        """Kill every process of every host and delete all the cluster made. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._stop_servers()
+        finally:
+            layout = self._layout
+            _delete_network(
+                links=[h.link for h in layout.hosts] + [layout.bridge],
+                namespaces=[h.netns for h in layout.hosts],
+            )
+            for path in self._created:
+                _remove_path(path)
+            _record_path(layout.token).unlink(missing_ok=True)
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _start(self) -> None:
+        keygens = self._generate_keys()  # in parallel with the network
+        try:
+            _run_ip_batch(self._layout.root_commands())
+            batches = [_start_ip_batch(self._layout.host_commands(h), netns=h.netns) for h in self._layout.hosts]
+            _wait_all(batches, what="configure host network")
+        finally:
+            _wait_all(keygens, what="ssh-keygen")
+        self._write_ssh_files()
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
+        self._servers = [self._start_host(h) for h in self._layout.hosts]
+        self._wait_for_sshd(time.monotonic() + START_DEADLINE_S)
+        self.hosts = [
+            self._describe_host(plan, server) for plan, server in zip(self._layout.hosts, self._servers, strict=True)
+        ]
+
+    def _generate_keys(self) -> list[subprocess.Popen[bytes]]:
+        (self.home / ".ssh").mkdir(parents=True, mode=0o700)
+        self._sshd_dir.mkdir()
+        self.node_state_dir.mkdir()
+        self.launcher_state_dir.mkdir()
+        keys = [self.home / ".ssh" / "id_ed25519"]
+        keys += [self._host_key(h) for h in self._layout.hosts]
+        return [
+            subprocess.Popen(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", key.name, "-f", str(key)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            for key in keys
+        ]
+
+    def _host_key(self, host: _HostPlan) -> Path:
+        return self._sshd_dir / f"{host.name}_host_ed25519"
+
+    def _sshd_config_path(self, host: _HostPlan) -> Path:
+        return self._sshd_dir / f"{host.name}.conf"
+
+    def _write_ssh_files(self) -> None:
+        ssh_dir = self.home / ".ssh"
+        client_key = ssh_dir / "id_ed25519"
+        self._authorized_keys.write_text(client_key.with_suffix(".pub").read_text())
+        self._etc_hosts.write_text(self._layout.etc_hosts())
+        known_hosts: list[str] = []
+        client_config: list[str] = []
+        for host in self._layout.hosts:
+            key_type, key_data = self._host_key(host).with_suffix(".pub").read_text().split()[:2]
+            known_hosts.append(f"{host.name},{host.address} {key_type} {key_data}\n")
+            client_config.append(
+                f"Host {host.name}\n"
+                f"    HostName {host.address}\n"
+                "    User root\n"
+                f"    IdentityFile {client_key}\n"
+                f"    UserKnownHostsFile {ssh_dir / 'known_hosts'}\n"
+                "    StrictHostKeyChecking yes\n"
+            )
+            self._sshd_config_path(host).write_text(self._sshd_config(host))
+        (ssh_dir / "known_hosts").write_text("".join(known_hosts))
+        # ssh refuses a config file that others can write.
+        self.ssh_config.touch(mode=0o600)
+        self.ssh_config.write_text("\n".join(client_config))
+
+    def _sshd_config(self, host: _HostPlan) -> str:
+        # No AcceptEnv: like a careful real server, sshd drops what the client sends.
+        return (
+            f"ListenAddress {host.address}:{SSH_PORT}\n"
+            f"HostKey {self._host_key(host)}\n"
+            f"AuthorizedKeysFile {self._authorized_keys}\n"
+            f"PidFile {self._sshd_dir / (host.name + '.pid')}\n"
+            "PermitRootLogin prohibit-password\n"
+            "PubkeyAuthentication yes\n"
+            "PasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\n"
+            "UsePAM no\n"
+            # The key files live in a pytest tmp dir whose modes sshd would reject.
+            "StrictModes no\n"
+            # Benchmarks open one connection per host and several sessions per connection.
+            "MaxStartups 200\n"
+            "MaxSessions 100\n"
+            "PrintMotd no\n"
+            "LogLevel ERROR\n"
+            f"SetEnv XDG_STATE_HOME={self.node_state_dir}\n"
+            "Subsystem sftp internal-sftp\n"
+        )
+
+    def _start_host(self, host: _HostPlan) -> subprocess.Popen[bytes]:
+        enter_netns = ["ip", "netns", "exec", host.netns]
+        # --kill-child: whatever kills unshare or the init takes the whole PID namespace
+        # (tmux servers, torchrun, ...) with it.
+        new_namespaces = ["unshare", "--uts", "--pid", "--mount", "--fork", "--kill-child", "--mount-proc"]
+        init = ["sh", "-c", HOST_INIT_SCRIPT, "sh", host.name, str(self._etc_hosts)]
+        init += [str(self._sshd_config_path(host)), str(self.workdir)]
+        with (self._sshd_dir / f"{host.name}.log").open("wb") as log:
+            return subprocess.Popen(
+                [*enter_netns, *new_namespaces, *init],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Keep a Ctrl-C meant for pytest from reaching the hosts; close() stops them.
+                start_new_session=True,
+            )
+
+    def _wait_for_sshd(self, deadline: float) -> None:
+        waiting = list(zip(self._layout.hosts, self._servers, strict=True))
+        while waiting:
+            still_waiting = []
+            for host, server in waiting:
+                if server.poll() is not None:
+                    log = (self._sshd_dir / f"{host.name}.log").read_text(errors="replace")
+                    raise ClusterError(f"{host.name}: sshd exited with {server.returncode}: {log.strip()}")
+                if not _accepts_connections(host.address):
+                    still_waiting.append((host, server))
+            waiting = still_waiting
+            if waiting and time.monotonic() > deadline:
+                names = ", ".join(h.name for h, _ in waiting)
+                raise ClusterError(f"sshd did not accept connections within {START_DEADLINE_S}s on {names}")
+            if waiting:
+                time.sleep(0.01)
+
+    def _describe_host(self, plan: _HostPlan, server: subprocess.Popen[bytes]) -> TestHost:
+        children = _children_of(server.pid)
+        if len(children) != 1:
+            raise ClusterError(f"{plan.name}: expected one init under unshare {server.pid}, found {children}")
+        return TestHost(
+            name=plan.name,
+            address=plan.address,
+            netns=plan.netns,
+            link=plan.link,
+            init_pid=children[0],
+            pid_namespace=os.readlink(f"/proc/{children[0]}/ns/pid"),
+        )
+
+    def _stop_servers(self) -> None:
+        # Kill each init rather than its unshare: unshare then reaps the init and exits,
+        # and we reap unshare. Killing unshare instead would orphan the init to PID 1,
+        # which may reap it late (a second here, in a microVM) or never (some containers):
+        # a zombie that "nothing remains" checks would trip over.
+        inits = [h.init_pid for h in self.hosts]
+        if not inits:  # start failed before the hosts were described
+            inits = [pid for server in self._servers for pid in _children_of(server.pid)]
+        for pid in inits:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + STOP_DEADLINE_S
+        for server in self._servers:
+            try:
+                server.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+
+def start_cluster(n: int, workdir: Path) -> Cluster:
+    """Start ``n`` hosts ``h0``..``h<n-1>`` whose sshd accept connections on return."""
+    if not 1 <= n <= MAX_HOSTS:
+        raise ValueError(f"a cluster has 1 to {MAX_HOSTS} hosts, not {n}")
+    workdir = workdir.resolve()
+    if not SAFE_PATH.fullmatch(str(workdir)):
+        raise ValueError(f"workdir {workdir} must match {SAFE_PATH.pattern} (it goes into ssh configs)")
+    if Path("/tmp").is_relative_to(workdir):
+        raise ValueError(f"workdir {workdir} would make every host's /tmp shared")
+    workdir.mkdir(parents=True, exist_ok=True)
+    with _registry_lock():
+        _remove_stale_locked()  # first: it may clear this very workdir of a crashed run
+        for name in WORKDIR_ENTRIES:
+            if (workdir / name).exists() or (workdir / name).is_symlink():
+                raise ClusterError(f"{workdir / name} already exists; give the cluster a fresh workdir")
+        token = secrets.token_hex(3)
+        subnet = _free_subnet()
+        _write_record(token, subnet, workdir)
+    cluster = Cluster(workdir, _Layout.plan(n, token, subnet))
+    try:
+        cluster._start()
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
+
+
+def remove_stale_clusters() -> list[str]:
+    """Delete what clusters whose creating process has exited left behind; their tokens."""
+    with _registry_lock():
+        return _remove_stale_locked()
+
+
+# --- registry of live clusters ---------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _registry_lock() -> Iterator[None]:
+    REGISTRY_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with (REGISTRY_DIR / ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _record_path(token: str) -> Path:
+    return REGISTRY_DIR / f"{token}.json"
+
+
+def _write_record(token: str, subnet: ipaddress.IPv4Network, workdir: Path) -> None:
+    pid = os.getpid()
+    record = {"pid": pid, "start_time": _start_time(pid), "subnet": str(subnet), "workdir": str(workdir)}
+    _record_path(token).write_text(json.dumps(record))
+
+
+def _read_records() -> dict[str, dict[str, object]]:
+    records: dict[str, dict[str, object]] = {}
+    for path in REGISTRY_DIR.glob("*.json"):
+        try:
+            records[path.stem] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            records[path.stem] = {}  # torn or unreadable: treat its cluster as stale
+    return records
+
+
+def _creator_alive(record: dict[str, object]) -> bool:
+    pid = record.get("pid")
+    # The start time tells a live creator from an unrelated process that reused its pid.
+    return isinstance(pid, int) and _start_time(pid) == record.get("start_time")
+
+
+def _remove_stale_locked() -> list[str]:
+    # List what exists before reading the records: a cluster starting concurrently writes
+    # its record before creating anything, so nothing listed here can lack a live record.
+    namespaces = _our_names(_list_netns())
+    links = _our_names(_list_links())
+    records = _read_records()
+    live = {token for token, record in records.items() if _creator_alive(record)}
+    stale = {_token_of(name) for name in namespaces + links} | set(records)
+    stale -= live
+    if not stale:
+        return []
+    stale_namespaces = [ns for ns in namespaces if _token_of(ns) in stale]
+    _kill_netns_processes(stale_namespaces)
+    _delete_network(
+        links=[link for link in links if _token_of(link) in stale],
+        namespaces=stale_namespaces,
+    )
+    for token in stale:
+        workdir = records.get(token, {}).get("workdir")
+        if isinstance(workdir, str):
+            for name in WORKDIR_ENTRIES:
+                _remove_path(Path(workdir) / name)
+        _record_path(token).unlink(missing_ok=True)
+    return sorted(stale)
+
+
+def _free_subnet() -> ipaddress.IPv4Network:
+    """A random 10.x.y.0/24 clashing with no address, route or live cluster."""
+    taken = _local_networks()
+    for record in _read_records().values():
+        if _creator_alive(record) and isinstance(record.get("subnet"), str):
+            taken.append(ipaddress.IPv4Network(str(record["subnet"])))
+    for _ in range(1000):
+        candidate = ipaddress.IPv4Network(f"10.{secrets.randbelow(256)}.{secrets.randbelow(256)}.0/24")
+        if not any(candidate.overlaps(net) for net in taken):
+            return candidate
+    raise ClusterError("no free 10.x.y.0/24 subnet")
+
+
+def _local_networks() -> list[ipaddress.IPv4Network]:
+    networks = []
+    for entry in json.loads(_run_ip(["-4", "-j", "addr"])):
+        for info in entry.get("addr_info", []):
+            networks.append(ipaddress.IPv4Network(f"{info['local']}/{info['prefixlen']}", strict=False))
+    for route in json.loads(_run_ip(["-4", "-j", "route", "show", "table", "all"])):
+        dst = route.get("dst", "default")
+        if dst != "default":  # the default route overlaps everything and takes nothing
+            networks.append(ipaddress.IPv4Network(dst, strict=False))
+    return networks
+
+
+# --- network and processes -------------------------------------------------------------
+
+
+def _our_names(names: list[str]) -> list[str]:
+    return [name for name in names if name.startswith(NAME_PREFIX + "-")]
+
+
+def _token_of(name: str) -> str:
+    return name.split("-")[1]
+
+
+def _list_netns() -> list[str]:
+    try:
+        return os.listdir("/run/netns")
+    except FileNotFoundError:
+        return []
+
+
+def _list_links() -> list[str]:
+    return [str(link["ifname"]) for link in json.loads(_run_ip(["-j", "link", "show"]))]
+
+
+def _kill_netns_processes(namespaces: list[str]) -> None:
+    pids: list[int] = []
+    for ns in namespaces:
+        result = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, check=False)
+        pids += [int(pid) for pid in result.stdout.split()]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    # Their parent is gone, so they may stay zombies under PID 1; a zombie holds no namespace.
+    deadline = time.monotonic() + STOP_DEADLINE_S
+    while any(_is_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _delete_network(links: list[str], namespaces: list[str]) -> None:
+    # Delete the veths ourselves: a deleted namespace takes its half of a pair with it,
+    # but asynchronously, so the root half would linger for a moment after we return.
+    # -force: go on past what a failed start never created.
+    commands = [f"link del {link}" for link in links] + [f"netns del {ns}" for ns in namespaces]
+    if commands:
+        subprocess.run(
+            ["ip", "-force", "-batch", "-"],
+            input="\n".join(commands) + "\n",
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+
+def _accepts_connections(address: str) -> bool:
+    try:
+        with socket.create_connection((address, SSH_PORT), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def _all_pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """Fields of /proc/<pid>/stat after the command name (which may hold spaces)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        return int(_stat_fields(pid)[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        return _stat_fields(pid)[0] != "Z"
+    except OSError:
+        return False
+
+
+def _children_of(parent: int) -> list[int]:
+    children = []
+    for pid in _all_pids():
+        with contextlib.suppress(OSError):
+            if int(_stat_fields(pid)[1]) == parent:
+                children.append(pid)
+    return children
+
+
+def _command_line(pid: int) -> str:
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    if argv == [b""]:  # kernel thread or zombie: show its name, as ps does
+        return "[" + Path(f"/proc/{pid}/comm").read_text().strip() + "]"
+    return " ".join(arg.decode(errors="replace") for arg in argv)
+
+
+def _remove_path(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+# --- running ip ------------------------------------------------------------------------
+
+
+def _run_ip(args: list[str]) -> str:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise ClusterError(f"ip {' '.join(args)}: {result.stderr.strip()}")
+    return result.stdout
+
+
+def _start_ip_batch(commands: list[str], netns: str | None = None) -> subprocess.Popen[bytes]:
+    """Start ``ip -batch`` on ``commands`` (one process instead of one per command)."""
+    argv = ["ip"] + (["-n", netns] if netns else []) + ["-batch", "-"]
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert process.stdin is not None  # we asked for a pipe
+    process.stdin.write(("\n".join(commands) + "\n").encode())
+    process.stdin.close()
+    return process
+
+
+def _run_ip_batch(commands: list[str]) -> None:
+    _wait_all([_start_ip_batch(commands)], what="create cluster network")
+
+
+def _wait_all(processes: list[subprocess.Popen[bytes]], what: str) -> None:
+    failures = []
+    for process in processes:
+        # Not communicate(): _start_ip_batch already wrote and closed stdin.
+        assert process.stderr is not None  # every caller asks for a pipe
+        stderr = process.stderr.read()
+        process.stderr.close()
+        if process.wait() != 0:
+            failures.append(stderr.decode(errors="replace").strip())
+    if failures:
+        raise ClusterError(f"{what} failed: {'; '.join(failures)}")

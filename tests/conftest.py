@@ -1,0 +1,47 @@
+"""Fixtures shared by the test suite: the real test cluster (see ``cluster.py``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from cluster import Cluster, start_cluster
+
+CLUSTER_HOSTS = 3
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "e2e: end-to-end test against real hosts (network namespaces running sshd); needs root",
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("e2e") is not None:
+        require_root()
+
+
+def require_root() -> None:
+    """Skip a test that needs the cluster when not root; under CI, fail it instead.
+
+    A skipped end-to-end suite looks green, so CI must never get there silently.
+    """
+    if os.geteuid() == 0:
+        return
+    reason = "the test cluster needs root (network namespaces, a bridge, sshd on port 22)"
+    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        pytest.fail(f"{reason}, and CI is set: refusing to skip the end-to-end tests", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Hosts h0, h1, h2 with sshd, shared by the whole session."""
+    require_root()
+    running = start_cluster(CLUSTER_HOSTS, tmp_path_factory.mktemp("cluster"))
+    try:
+        yield running
+    finally:
+        running.close()

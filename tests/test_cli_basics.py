@@ -1,0 +1,226 @@
+"""The command line without any host: start-up cost, the public API, and error paths.
+
+Every command here fails (or prints help) before it would contact a host, so these tests
+run in subprocesses with a private ``HOME`` and ``XDG_STATE_HOME`` and never touch SSH.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import launcher
+
+REPO = Path(__file__).resolve().parent.parent
+HEAVY_MODULES = ("torch", "asyncssh", "libtmux", "psutil")
+
+
+def python_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "SLURM_", "PYTHON"))}
+    env.update(HOME=str(home), XDG_STATE_HOME=str(home / "state"), PYTHONPATH=str(REPO))
+    return env
+
+
+def run_launcher(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "launcher", *args],
+        cwd=home,
+        env=python_env(home),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    directory = tmp_path / "home"
+    directory.mkdir()
+    return directory
+
+
+# --- start-up -------------------------------------------------------------------------------
+
+MODULES_AFTER = """
+import json, runpy, sys
+sys.argv = {argv!r}
+code = None
+if sys.argv:
+    try:
+        runpy.run_module("launcher", run_name="__main__", alter_sys=True)
+    except SystemExit as exc:
+        code = exc.code
+with open({out!r}, "w") as fh:
+    json.dump({{"exit": code, "modules": sorted(sys.modules)}}, fh)
+"""
+
+
+def modules_after(home: Path, argv: list[str]) -> tuple[object, set[str]]:
+    """Exit code and top-level packages imported by ``launcher <argv>`` (no argv: a bare interpreter)."""
+    out = home / "modules.json"
+    code = MODULES_AFTER.format(argv=argv, out=str(out))
+    subprocess.run(
+        [sys.executable, "-c", code], cwd=home, env=python_env(home), capture_output=True, timeout=60, check=True
+    )
+    result = json.loads(out.read_text(encoding="utf-8"))
+    return result["exit"], {name.partition(".")[0] for name in result["modules"]}
+
+
+@pytest.fixture(scope="module")
+def bare_interpreter_modules(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """What a bare interpreter imports here, in case a site hook imports something at start-up."""
+    return modules_after(tmp_path_factory.mktemp("bare"), [])[1]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["launch", "--help"], ["--version"]])
+def test_help_imports_nothing_heavy(home: Path, bare_interpreter_modules: set[str], args: list[str]) -> None:
+    exit_code, imported = modules_after(home, ["launcher", *args])
+
+    assert exit_code == 0
+    assert "click" in imported  # the probe did see the CLI run
+    assert sorted(set(HEAVY_MODULES) & (imported - bare_interpreter_modules)) == []
+
+
+def test_python_m_launcher_help(home: Path) -> None:
+    result = run_launcher(home, "--help")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage: launcher")
+    for command in ("launch", "status", "logs", "kill", "list"):
+        assert f"  {command} " in result.stdout
+    assert result.stderr == ""
+
+
+# --- public API ----------------------------------------------------------------------------
+
+PUBLIC_API = [
+    "Host",
+    "HostError",
+    "HostKill",
+    "HostStatus",
+    "HostsFileError",
+    "JobError",
+    "JobNotFoundError",
+    "JobRecord",
+    "JobStatus",
+    "LaunchSpec",
+    "LauncherError",
+    "LogLine",
+    "SshOptions",
+    "UsageError",
+    "__version__",
+    "follow_logs",
+    "job_status",
+    "kill_job",
+    "latest_record",
+    "launch_job",
+    "load_record",
+    "parse_hosts_file",
+    "read_logs",
+    "resolve_hosts",
+]
+
+
+def test_public_api_is_pinned() -> None:
+    assert launcher.__all__ == PUBLIC_API
+    assert sorted(PUBLIC_API) == PUBLIC_API
+
+
+@pytest.mark.parametrize("name", PUBLIC_API)
+def test_every_public_name_resolves(name: str) -> None:
+    value = getattr(launcher, name)
+
+    assert value is not None
+    if name != "__version__":
+        assert value.__name__ == name
+        assert value.__module__.startswith("launcher.")
+
+
+def test_unknown_names_are_attribute_errors() -> None:
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        _ = launcher.no_such_thing
+
+
+def test_public_errors_are_launcher_errors() -> None:
+    for name in ("HostError", "HostsFileError", "JobError", "JobNotFoundError", "UsageError"):
+        assert issubclass(getattr(launcher, name), launcher.LauncherError)
+
+
+# --- error paths -----------------------------------------------------------------------------
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess[str], exit_code: int) -> str:
+    assert result.returncode == exit_code, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ")
+    assert result.stdout == ""
+    return lines[0]
+
+
+def test_launch_with_a_missing_hosts_file(home: Path) -> None:
+    missing = home / "no_such_hosts"
+
+    line = assert_one_error_line(run_launcher(home, "launch", "--hosts", str(missing), "x.py"), 2)
+
+    assert str(missing) in line
+    assert "not found" in line
+
+
+def test_launch_with_a_bad_hosts_file_line_names_file_and_line(home: Path) -> None:
+    hosts = home / "hosts"
+    hosts.write_text("node1\nnode2 slots=4\nnode3 colour=red\nnode4\n", encoding="utf-8")
+
+    line = assert_one_error_line(run_launcher(home, "launch", "--hosts", str(hosts), "x.py"), 2)
+
+    assert f"{hosts}:3:" in line
+    assert "colour" in line
+
+
+def test_launch_with_a_bad_env_assignment(home: Path) -> None:
+    line = assert_one_error_line(run_launcher(home, "launch", "-e", "NOEQUALS", "x.py"), 2)
+
+    assert "NOEQUALS" in line
+
+
+def test_status_of_an_unknown_job(home: Path) -> None:
+    line = assert_one_error_line(run_launcher(home, "status", "nosuchjob"), 1)
+
+    assert "nosuchjob" in line
+
+
+def test_kill_with_a_bad_job_name(home: Path) -> None:
+    line = assert_one_error_line(run_launcher(home, "kill", "bad name!"), 2)
+
+    assert "'bad name!'" in line
+
+
+def test_logs_before_any_launch(home: Path) -> None:
+    result = run_launcher(home, "logs")
+
+    assert result.returncode != 0
+    assert "no job has been launched" in assert_one_error_line(result, result.returncode)
+
+
+def test_list_before_any_launch_prints_nothing(home: Path) -> None:
+    result = run_launcher(home, "list")
+
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_status_of_a_damaged_record(home: Path) -> None:
+    jobs = home / "state" / "launcher" / "jobs"
+    jobs.mkdir(parents=True)
+    (jobs / "damaged.json").write_text('{"name": "damaged"}', encoding="utf-8")
+
+    line = assert_one_error_line(run_launcher(home, "status", "damaged"), 1)
+
+    assert "damaged" in line
