@@ -60,6 +60,18 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option(
     "--max-parallel", type=click.IntRange(min=1), default=128, show_default=True, help="SSH handshakes at once."
 )
+@click.option(
+    "--runner",
+    type=click.Choice(["torchrun", "python", "exec"]),
+    default="torchrun",
+    show_default=True,
+    help="torchrun; python: SCRIPT once per host with MASTER_ADDR/MASTER_PORT/NODE_RANK/NNODES set; exec: SCRIPT is a command.",
+)
+@click.option("--nnodes", metavar="MIN:MAX", help="Elastic node range for torchrun.  [default: the number of hosts]")
+@click.option("--max-restarts", type=click.IntRange(min=0), default=0, show_default=True, help="torchrun restarts.")
+@click.option(
+    "--torchrun-args", metavar="ARGS", help="More torchrun options, one string: --torchrun-args '--monitor-interval 1'."
+)
 @click.option("--wait", is_flag=True, help="Wait for the job to end; exit 0 only if every host succeeded.")
 @click.argument("script")
 @click.argument("script_args", nargs=-1, type=click.UNPROCESSED)
@@ -75,6 +87,10 @@ def launch(
     cwd: str | None,
     connect_timeout: float,
     max_parallel: int,
+    runner: str,
+    nnodes: str | None,
+    max_restarts: int,
+    torchrun_args: str | None,
     wait: bool,
     script: str,
     script_args: tuple[str, ...],
@@ -84,6 +100,7 @@ def launch(
     Everything after SCRIPT goes to the script unchanged.
     """
     import os
+    import shlex
 
     from launcher import commands, jobs
     from launcher.hosts import resolve_hosts
@@ -99,6 +116,10 @@ def launch(
         python=python or sys.executable,
         cwd=cwd or os.getcwd(),
         rdzv_port=rdzv_port,
+        runner=runner,  # type: ignore[arg-type]  # click.Choice checked it
+        nnodes=nnodes,
+        max_restarts=max_restarts,
+        torchrun_args=tuple(shlex.split(torchrun_args or "")),
         ssh=SshOptions(connect_timeout=connect_timeout, max_parallel=max_parallel),
     )
     record = _run(jobs.launch_job(spec))

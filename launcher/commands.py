@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import PurePath
+from typing import Literal
 
 from launcher.errors import UsageError
 from launcher.node import RANK_PREFIX_TEMPLATE
@@ -33,48 +35,80 @@ def rdzv_endpoint(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-def torchrun_argv(
+Runner = Literal["torchrun", "python", "exec"]
+
+
+@dataclass(frozen=True)
+class NodeCommand:
+    """What one node runs: an argument list (never a shell string) and extra variables."""
+
+    argv: list[str]
+    env: dict[str, str]
+
+
+def node_command(
     *,
+    runner: Runner,
     python: str,
     nnodes: int,
+    nnodes_spec: str | None,
+    node_rank: int,
     nproc_per_node: str,
-    endpoint: str,
+    endpoint: tuple[str, int],
     job: str,
-    is_host: bool,
     log_dir: str,
     script: str,
     script_args: Sequence[str],
-) -> list[str]:
-    """torchrun for one node, as an argument list (never a shell string).
+    max_restarts: int,
+    torchrun_args: Sequence[str],
+) -> NodeCommand:
+    """The command for node ``node_rank`` of a job, for any runner.
 
-    ``is_host`` tells the first node it serves the c10d store instead of letting torch
-    guess from host names, which fails behind ssh-config aliases and NAT.
+    torchrun gets the c10d rendezvous at ``endpoint`` (the first host), and the first node
+    is told it serves the store (``is_host=1``) instead of letting torch guess it from host
+    names, which fails behind ssh-config aliases and NAT. The other runners get the
+    variables scripts that start their own workers expect.
     """
-    return [
-        python,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes",
-        str(nnodes),
-        "--nproc-per-node",
-        nproc_per_node,
-        "--rdzv-backend",
-        "c10d",
-        "--rdzv-endpoint",
-        endpoint,
-        "--rdzv-id",
-        job,
-        "--rdzv-conf",
-        f"is_host={int(is_host)}",
-        "--max-restarts",
-        "0",
-        "--log-dir",
-        log_dir,
-        "--tee",
-        "3",
-        script,
-        *script_args,
-    ]
+    address, port = endpoint
+    if runner == "torchrun":
+        argv = [
+            python,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            nnodes_spec or str(nnodes),
+            "--nproc-per-node",
+            nproc_per_node,
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            rdzv_endpoint(address, port),
+            "--rdzv-id",
+            job,
+            "--rdzv-conf",
+            f"is_host={int(node_rank == 0)}",
+            "--max-restarts",
+            str(max_restarts),
+            "--log-dir",
+            log_dir,
+            "--tee",
+            "3",
+            *torchrun_args,
+            script,
+            *script_args,
+        ]
+        return NodeCommand(argv, {})
+    env = {
+        "MASTER_ADDR": address,
+        "MASTER_PORT": str(port),
+        "NODE_RANK": str(node_rank),
+        "NNODES": str(nnodes),
+        "NPROC_PER_NODE": nproc_per_node,
+    }
+    if nproc_per_node.isdigit():
+        env["WORLD_SIZE"] = str(nnodes * int(nproc_per_node))
+    argv = [python, "-u", script, *script_args] if runner == "python" else [script, *script_args]
+    return NodeCommand(argv, env)
 
 
 def job_env(user_env: Mapping[str, str], log_dir: str) -> dict[str, str]:

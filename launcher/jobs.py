@@ -44,6 +44,14 @@ class LaunchSpec:
     cwd: str = field(default_factory=os.getcwd)
     rdzv_port: int | None = None
     """Port of the c10d store on the first host; default: one found free there."""
+    runner: commands.Runner = "torchrun"
+    """``torchrun``; ``python`` runs the script once per node with MASTER_ADDR/NODE_RANK/...;
+    ``exec`` runs SCRIPT as a command."""
+    nnodes: str | None = None
+    """torchrun's ``--nnodes`` for elastic jobs (``MIN:MAX``); default: the number of hosts."""
+    max_restarts: int = 0
+    torchrun_args: tuple[str, ...] = ()
+    """More torchrun options, placed before the script."""
     ssh: SshOptions = field(default_factory=SshOptions)
 
 
@@ -94,28 +102,30 @@ async def launch_job(spec: LaunchSpec, on_host_ready: Callable[[str], None] | No
     starting: list[NodeAgent] = []
     try:
         prepared = await _connect_and_prepare(spec, name, ssh, agents)
-        endpoint = commands.rdzv_endpoint(
-            _rendezvous_address(spec.hosts, agents), spec.rdzv_port or prepared[0]["port"]
-        )
+        endpoint = (_rendezvous_address(spec.hosts, agents), spec.rdzv_port or prepared[0]["port"])
 
         async def start(index: int) -> None:
             agent = agents[index]
             assert agent is not None
             log_dir = prepared[index]["run_dir"] + "/torchrun"
-            argv = commands.torchrun_argv(
+            command = commands.node_command(
+                runner=spec.runner,
                 python=spec.python,
                 nnodes=len(spec.hosts),
+                nnodes_spec=spec.nnodes,
+                node_rank=index,
                 nproc_per_node=_nproc(spec, agent.host),
                 endpoint=endpoint,
                 job=name,
-                is_host=index == 0,
                 log_dir=log_dir,
                 script=spec.script,
                 script_args=spec.script_args,
+                max_restarts=spec.max_restarts,
+                torchrun_args=spec.torchrun_args,
             )
-            env = commands.job_env(spec.env, log_dir)
+            env = {**commands.job_env(spec.env, log_dir), **command.env}
             starting.append(agent)
-            await agent.call("start", job=name, argv=argv, env=env, cwd=spec.cwd)
+            await agent.call("start", job=name, argv=command.argv, env=env, cwd=spec.cwd)
             if on_host_ready:
                 on_host_ready(agent.host.label)
 
@@ -132,7 +142,7 @@ async def launch_job(spec: LaunchSpec, on_host_ready: Callable[[str], None] | No
         script=spec.script,
         python=spec.python,
         cwd=spec.cwd,
-        rdzv_endpoint=endpoint,
+        rdzv_endpoint=commands.rdzv_endpoint(*endpoint),
     )
     save_record(record)
     return record

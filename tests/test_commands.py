@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -12,9 +13,9 @@ from launcher.commands import (
     check_job_name,
     default_job_name,
     job_env,
+    node_command,
     parse_env_assignment,
     rdzv_endpoint,
-    torchrun_argv,
 )
 from launcher.errors import LauncherError, UsageError
 from launcher.node import RANK_PREFIX_TEMPLATE
@@ -23,17 +24,29 @@ from launcher.node import RANK_PREFIX_TEMPLATE
 
 
 def argv_for(*, is_host: bool = False, script: str = "train.py", script_args: tuple[str, ...] = ()) -> list[str]:
-    return torchrun_argv(
-        python="/opt/py/bin/python3",
-        nnodes=3,
-        nproc_per_node="4",
-        endpoint="10.0.0.1:29500",
-        job="train-231114-221320",
-        is_host=is_host,
-        log_dir="/home/u/.local/state/launcher/runs/train-231114-221320/h0/torchrun",
-        script=script,
-        script_args=script_args,
-    )
+    return torchrun_argv(is_host=is_host, script=script, script_args=script_args)
+
+
+def torchrun_argv(*, is_host: bool, script: str, script_args: Sequence[str], **overrides: Any) -> list[str]:
+    options: dict[str, Any] = {
+        "runner": "torchrun",
+        "python": "/opt/py/bin/python3",
+        "nnodes": 3,
+        "nnodes_spec": None,
+        "node_rank": 0 if is_host else 1,
+        "nproc_per_node": "4",
+        "endpoint": ("10.0.0.1", 29500),
+        "job": "train-231114-221320",
+        "log_dir": "/home/u/.local/state/launcher/runs/train-231114-221320/h0/torchrun",
+        "script": script,
+        "script_args": script_args,
+        "max_restarts": 0,
+        "torchrun_args": (),
+    }
+    options.update(overrides)
+    command = node_command(**options)
+    assert command.env == {}
+    return command.argv
 
 
 TORCHRUN_OPTIONS = [
@@ -114,17 +127,51 @@ def test_the_script_is_one_item_right_after_the_options(script: str) -> None:
 
 
 def test_torchrun_argv_accepts_any_sequence_of_script_args() -> None:
-    assert argv_for(script_args=("a", "b")) == torchrun_argv(
+    assert argv_for(script_args=("a", "b")) == torchrun_argv(is_host=False, script="train.py", script_args=["a", "b"])
+
+
+def test_elastic_and_extra_torchrun_options_go_before_the_script() -> None:
+    argv = torchrun_argv(
+        is_host=False,
+        script="train.py",
+        script_args=("--x",),
+        nnodes_spec="2:4",
+        max_restarts=3,
+        torchrun_args=("--monitor-interval", "1"),
+    )
+    assert argv[argv.index("--nnodes") + 1] == "2:4"
+    assert argv[argv.index("--max-restarts") + 1] == "3"
+    assert argv[-4:] == ["--monitor-interval", "1", "train.py", "--x"]
+
+
+@pytest.mark.parametrize(
+    ("runner", "head"), [("python", ["/opt/py/bin/python3", "-u", "train.py"]), ("exec", ["train.py"])]
+)
+def test_python_and_exec_runners_get_the_rendezvous_in_their_environment(runner: str, head: list[str]) -> None:
+    command = node_command(
+        runner=runner,  # type: ignore[arg-type]
         python="/opt/py/bin/python3",
         nnodes=3,
+        nnodes_spec=None,
+        node_rank=2,
         nproc_per_node="4",
-        endpoint="10.0.0.1:29500",
-        job="train-231114-221320",
-        is_host=False,
-        log_dir="/home/u/.local/state/launcher/runs/train-231114-221320/h0/torchrun",
+        endpoint=("fe80::1", 29500),
+        job="j",
+        log_dir="/l",
         script="train.py",
-        script_args=["a", "b"],
+        script_args=("a b", "$x"),
+        max_restarts=0,
+        torchrun_args=(),
     )
+    assert command.argv == [*head, "a b", "$x"]
+    assert command.env == {
+        "MASTER_ADDR": "fe80::1",
+        "MASTER_PORT": "29500",
+        "NODE_RANK": "2",
+        "NNODES": "3",
+        "NPROC_PER_NODE": "4",
+        "WORLD_SIZE": "12",
+    }
 
 
 # --- rdzv_endpoint ------------------------------------------------------------------------
