@@ -40,99 +40,174 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--hosts", "hosts_arg", metavar="FILE", help=_HOSTS_HELP + "  [default: localhost]")
+@click.option("--include", metavar="H1@H2", help="Only these hosts (DeepSpeed syntax; host:0,1 picks GPUs).")
+@click.option("--exclude", metavar="H1@H2", help="All hosts but these (host:0,1 drops GPUs).")
 @click.option("--name", help="Job name.  [default: SCRIPT stem + time]")
 @click.option(
     "--nproc-per-node", metavar="N", help="Processes per host (or gpu/auto).  [default: the host's slots, else 1]"
 )
 @click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE", help="Set a variable for the job (repeatable).")
+@click.option("--env-file", multiple=True, metavar="FILE", help="KEY=VALUE lines for the job (repeatable).")
 @click.option(
-    "--rdzv-port", type=click.IntRange(1, 65535), help="Rendezvous port on the first host.  [default: a free one]"
+    "--forward-env/--no-forward-env",
+    default=True,
+    show_default=True,
+    help="Forward NCCL_*, CUDA_*, PYTHON*, TORCH*, HF_*, PATH, LD_LIBRARY_PATH, VIRTUAL_ENV, OMP_NUM_THREADS.",
 )
 @click.option("--python", metavar="PATH", help="Python on the hosts.  [default: this one]")
 @click.option("--cwd", metavar="DIR", help="Working directory on the hosts.  [default: this one]")
-@click.option(
-    "--connect-timeout",
-    type=click.FloatRange(min=0.1),
-    default=10.0,
-    show_default=True,
-    help="Seconds to connect to a host.",
-)
-@click.option(
-    "--max-parallel", type=click.IntRange(min=1), default=128, show_default=True, help="SSH handshakes at once."
-)
 @click.option(
     "--runner",
     type=click.Choice(["torchrun", "python", "exec"]),
     default="torchrun",
     show_default=True,
-    help="torchrun; python: SCRIPT once per host with MASTER_ADDR/MASTER_PORT/NODE_RANK/NNODES set; exec: SCRIPT is a command.",
+    help="python: SCRIPT once per host with MASTER_ADDR/MASTER_PORT/NODE_RANK/NNODES; exec: SCRIPT is a command.",
+)
+@click.option(
+    "--rdzv-port", type=click.IntRange(1, 65535), help="Rendezvous port on the first host.  [default: a free one]"
 )
 @click.option("--nnodes", metavar="MIN:MAX", help="Elastic node range for torchrun.  [default: the number of hosts]")
 @click.option("--max-restarts", type=click.IntRange(min=0), default=0, show_default=True, help="torchrun restarts.")
+@click.option("--torchrun-args", metavar="ARGS", help="More torchrun options in one string: '--monitor-interval 1'.")
 @click.option(
-    "--torchrun-args", metavar="ARGS", help="More torchrun options, one string: --torchrun-args '--monitor-interval 1'."
+    "--connect-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds to reach a host.",
 )
+@click.option(
+    "--max-parallel", type=click.IntRange(min=1), default=128, show_default=True, help="SSH handshakes at once."
+)
+@click.option("--force", is_flag=True, help="Replace a running job of the same name.")
+@click.option("--dry-run", is_flag=True, help="Print what each host would run; contact no host.")
+@click.option("--follow", "-f", is_flag=True, help="Follow the logs after launching (Ctrl-C detaches).")
 @click.option("--wait", is_flag=True, help="Wait for the job to end; exit 0 only if every host succeeded.")
 @click.argument("script")
 @click.argument("script_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def launch(
-    ctx: click.Context,
-    hosts_arg: str | None,
-    name: str | None,
-    nproc_per_node: str | None,
-    env: tuple[str, ...],
-    rdzv_port: int | None,
-    python: str | None,
-    cwd: str | None,
-    connect_timeout: float,
-    max_parallel: int,
-    runner: str,
-    nnodes: str | None,
-    max_restarts: int,
-    torchrun_args: str | None,
-    wait: bool,
-    script: str,
-    script_args: tuple[str, ...],
-) -> None:
+def launch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **options: Any) -> None:
     """Start SCRIPT with torchrun on every host, each in a detached tmux session.
 
     Everything after SCRIPT goes to the script unchanged.
     """
-    import os
-    import shlex
+    from launcher import jobs
 
-    from launcher import commands, jobs
-    from launcher.hosts import resolve_hosts
-    from launcher.ssh import SshOptions
-
-    spec = jobs.LaunchSpec(
-        script=script,
-        script_args=script_args,
-        hosts=resolve_hosts(hosts_arg),
-        name=name,
-        nproc_per_node=nproc_per_node,
-        env=dict(commands.parse_env_assignment(item) for item in env),
-        python=python or sys.executable,
-        cwd=cwd or os.getcwd(),
-        rdzv_port=rdzv_port,
-        runner=runner,  # type: ignore[arg-type]  # click.Choice checked it
-        nnodes=nnodes,
-        max_restarts=max_restarts,
-        torchrun_args=tuple(shlex.split(torchrun_args or "")),
-        ssh=SshOptions(connect_timeout=connect_timeout, max_parallel=max_parallel),
-    )
-    record = _run(jobs.launch_job(spec))
+    spec = _launch_spec(script, script_args, options)
+    if options["dry_run"]:
+        _print_dry_run(*jobs.dry_run(spec))
+        return
+    with _LaunchProgress(len(spec.hosts)) as progress:
+        record = _run(jobs.launch_job(spec, progress.update))
     hosts = ", ".join(h.label for h in record.hosts)
     click.echo(f"Launched {record.name} on {len(record.hosts)} host(s): {hosts}")
     click.echo(f"  rendezvous  {record.rdzv_endpoint}")
     click.echo(f"  logs        launcher logs --follow {record.name}")
     click.echo(f"  status      launcher status {record.name}")
     click.echo(f"  stop        launcher kill {record.name}")
-    if wait:
+    if options["follow"]:
+        _follow(record, ranks=set())
+    if options["wait"] or options["follow"]:
         status = _run(_wait_for_end(record))
         _print_status(status)
         ctx.exit(0 if status.state == "succeeded" else 1)
+
+
+def _launch_spec(script: str, script_args: tuple[str, ...], options: dict[str, Any]) -> Any:
+    import os
+    import shlex
+
+    from launcher import environment, jobs
+    from launcher.hosts import resolve_hosts, select_hosts
+    from launcher.ssh import SshOptions
+
+    cwd = options["cwd"] or os.getcwd()
+    hosts = resolve_hosts(options["hosts_arg"])
+    if options["include"] or options["exclude"]:
+        hosts = select_hosts(hosts, options["include"], options["exclude"])
+    return jobs.LaunchSpec(
+        script=script,
+        script_args=script_args,
+        hosts=hosts,
+        name=options["name"],
+        nproc_per_node=options["nproc_per_node"],
+        env=environment.user_env(
+            environ=os.environ,
+            cwd=cwd,
+            env_files=options["env_file"],
+            assignments=options["env"],
+            forward=options["forward_env"],
+        ),
+        python=options["python"] or sys.executable,
+        cwd=cwd,
+        runner=options["runner"],
+        rdzv_port=options["rdzv_port"],
+        nnodes=options["nnodes"],
+        max_restarts=options["max_restarts"],
+        torchrun_args=tuple(shlex.split(options["torchrun_args"] or "")),
+        force=options["force"],
+        ssh=SshOptions(connect_timeout=options["connect_timeout"], max_parallel=options["max_parallel"]),
+    )
+
+
+def _print_dry_run(name: str, plans: list[Any]) -> None:
+    from launcher.environment import masked
+
+    click.echo(f"# dry run of {name}: nothing is started. PORT is picked free on the first host at launch;")
+    click.echo("# HOSTNAME is each node's hostname. Each command runs in tmux on its host, after `cd` to:")
+    for index, plan in enumerate(plans):
+        env = [f"{k}={v}" for k, v in sorted(masked(plan.env).items())]
+        click.echo(f"\n# {plan.host.label} (node {index})")
+        click.echo(" ".join(_shell_quote(word) for word in ["env", *env, *plan.argv]))
+
+
+def _shell_quote(word: str) -> str:
+    """Quote for a POSIX shell; invisible characters as bash's $'\\x1e' so the line stays exact."""
+    import shlex
+
+    if word.isprintable():
+        return shlex.quote(word)
+    escaped = "".join(
+        c if c.isprintable() and c not in "\\'" else f"\\x{ord(c):02x}" if ord(c) < 256 else c for c in word
+    )
+    return f"$'{escaped}'"
+
+
+class _LaunchProgress:
+    """A progress line over hosts on a terminal; nothing on a pipe or with NO_COLOR."""
+
+    def __init__(self, hosts: int) -> None:
+        import os
+
+        self._hosts = hosts
+        self._live = sys.stderr.isatty() and not os.environ.get("NO_COLOR")
+        self._progress: Any = None
+
+    def __enter__(self) -> _LaunchProgress:
+        if self._live:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._progress.start()
+            self._connect = self._progress.add_task("connecting", total=self._hosts)
+            self._start = self._progress.add_task("starting  ", total=self._hosts)
+        return self
+
+    def update(self, host: str, event: str) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._connect if event == "connected" else self._start)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
 
 
 async def _wait_for_end(record: JobRecord) -> JobStatus:
@@ -159,28 +234,35 @@ def logs(ctx: click.Context, name: str | None, hosts_arg: str | None, follow: bo
     from launcher import jobs
 
     record = _find_job(name, hosts_arg)
-    wanted = set(ranks)
-
-    def show(line: LogLine) -> None:
-        if wanted and line.rank not in wanted:
-            return
-        label = f"[{line.host}]" if line.rank is None else f"[{line.host} rank {line.rank}]"
-        sys.stdout.write(f"{label} {line.text}\n")
-
-    def warn(host: str, problem: str) -> None:
-        click.echo(f"launcher: {host}: {problem}", err=True)
-
     if not follow:
         lines, failures = _run(jobs.read_logs(record, _ssh_for(record)))
         for line in lines:
-            show(line)
+            _show_line(line, set(ranks))
         for host, problem in failures.items():
-            warn(host, problem)
+            _warn(host, problem)
         ctx.exit(1 if failures else 0)
 
+    _follow(record, set(ranks))
+
+
+def _show_line(line: LogLine, ranks: set[int]) -> None:
+    if ranks and line.rank not in ranks:
+        return
+    label = f"[{line.host}]" if line.rank is None else f"[{line.host} rank {line.rank}]"
+    sys.stdout.write(f"{label} {line.text}\n")
+
+
+def _warn(host: str, problem: str) -> None:
+    click.echo(f"launcher: {host}: {problem}", err=True)
+
+
+def _follow(record: JobRecord, ranks: set[int]) -> None:
+    """Print lines as they come until the job ends everywhere; Ctrl-C detaches."""
+    from launcher import jobs
+
     async def stream() -> None:
-        async for line in jobs.follow_logs(record, _ssh_for(record), on_problem=warn):
-            show(line)
+        async for line in jobs.follow_logs(record, _ssh_for(record), on_problem=_warn):
+            _show_line(line, ranks)
             sys.stdout.flush()
 
     try:

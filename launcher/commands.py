@@ -13,7 +13,6 @@ from launcher.errors import UsageError
 from launcher.node import RANK_PREFIX_TEMPLATE
 
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,79}")
-_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def check_job_name(name: str) -> str:
@@ -31,7 +30,7 @@ def default_job_name(script: str, now: float | None = None) -> str:
     return f"{stem[:48]}-{time.strftime('%y%m%d-%H%M%S', time.localtime(now))}"
 
 
-def rdzv_endpoint(address: str, port: int) -> str:
+def rdzv_endpoint(address: str, port: int | str) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
@@ -54,7 +53,7 @@ def node_command(
     nnodes_spec: str | None,
     node_rank: int,
     nproc_per_node: str,
-    endpoint: tuple[str, int],
+    endpoint: tuple[str, int | str],
     job: str,
     log_dir: str,
     script: str,
@@ -122,11 +121,3 @@ def job_env(user_env: Mapping[str, str], log_dir: str) -> dict[str, str]:
     env["TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"] = RANK_PREFIX_TEMPLATE
     env["PYTHONUNBUFFERED"] = "1"
     return env
-
-
-def parse_env_assignment(text: str) -> tuple[str, str]:
-    """``KEY=VALUE`` from ``-e``; the value is kept byte for byte."""
-    key, sep, value = text.partition("=")
-    if not sep or not _ENV_KEY.fullmatch(key):
-        raise UsageError(f"bad -e {text!r}: expected KEY=VALUE with KEY a valid variable name")
-    return key, value

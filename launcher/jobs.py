@@ -52,6 +52,8 @@ class LaunchSpec:
     max_restarts: int = 0
     torchrun_args: tuple[str, ...] = ()
     """More torchrun options, placed before the script."""
+    force: bool = False
+    """Replace a job of the same name that is still running, instead of refusing."""
     ssh: SshOptions = field(default_factory=SshOptions)
 
 
@@ -91,45 +93,76 @@ class LogLine:
 # ---------------------------------------------------------------------------- launch
 
 
-async def launch_job(spec: LaunchSpec, on_host_ready: Callable[[str], None] | None = None) -> JobRecord:
-    """Start the job on every host, or on none."""
-    if not spec.hosts:
-        raise LauncherError("no hosts to launch on")
-    name = commands.check_job_name(spec.name or commands.default_job_name(spec.script))
+@dataclass(frozen=True)
+class NodePlan:
+    """What one host will run: its command and the variables set on top of its login environment."""
+
+    host: Host
+    argv: list[str]
+    env: dict[str, str]
+
+
+def plan_nodes(spec: LaunchSpec, name: str, endpoint: tuple[str, int | str], run_dirs: Sequence[str]) -> list[NodePlan]:
+    plans = []
+    for index, host in enumerate(spec.hosts):
+        log_dir = f"{run_dirs[index]}/torchrun"
+        command = commands.node_command(
+            runner=spec.runner,
+            python=spec.python,
+            nnodes=len(spec.hosts),
+            nnodes_spec=spec.nnodes,
+            node_rank=index,
+            nproc_per_node=_nproc(spec, host),
+            endpoint=endpoint,
+            job=name,
+            log_dir=log_dir,
+            script=spec.script,
+            script_args=spec.script_args,
+            max_restarts=spec.max_restarts,
+            torchrun_args=spec.torchrun_args,
+        )
+        env = {**commands.job_env(spec.env, log_dir), **command.env}
+        if host.gpus is not None:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in host.gpus)
+        plans.append(NodePlan(host, command.argv, env))
+    return plans
+
+
+def dry_run(spec: LaunchSpec) -> tuple[str, list[NodePlan]]:
+    """The job name and what every host would run; contacts no host.
+
+    Two values are only known at launch and shown as placeholders: the free port picked
+    on the first host, and each node's run directory (it holds the node's hostname).
+    """
+    name = _job_name(spec)
+    endpoint = (spec.hosts[0].name, spec.rdzv_port or "PORT")
+    run_dirs = [f"~/.local/state/launcher/runs/{name}/HOSTNAME" for _ in spec.hosts]
+    return name, plan_nodes(spec, name, endpoint, run_dirs)
+
+
+async def launch_job(spec: LaunchSpec, on_progress: Callable[[str, str], None] | None = None) -> JobRecord:
+    """Start the job on every host, or on none.
+
+    ``on_progress(host, event)`` hears ``connected`` and ``started`` for each host.
+    """
+    name = _job_name(spec)
     ssh = replace(spec.ssh, python=spec.python)
+    progress = on_progress or (lambda host, event: None)
     agents: list[NodeAgent | None] = [None] * len(spec.hosts)
     # Only these may be rolled back: elsewhere a job of the same name may be running already.
     starting: list[NodeAgent] = []
     try:
-        prepared = await _connect_and_prepare(spec, name, ssh, agents)
+        prepared = await _connect_and_prepare(spec, name, ssh, agents, progress)
         endpoint = (_rendezvous_address(spec.hosts, agents), spec.rdzv_port or prepared[0]["port"])
+        plans = plan_nodes(spec, name, endpoint, [p["run_dir"] for p in prepared])
 
-        async def start(index: int) -> None:
-            agent = agents[index]
-            assert agent is not None
-            log_dir = prepared[index]["run_dir"] + "/torchrun"
-            command = commands.node_command(
-                runner=spec.runner,
-                python=spec.python,
-                nnodes=len(spec.hosts),
-                nnodes_spec=spec.nnodes,
-                node_rank=index,
-                nproc_per_node=_nproc(spec, agent.host),
-                endpoint=endpoint,
-                job=name,
-                log_dir=log_dir,
-                script=spec.script,
-                script_args=spec.script_args,
-                max_restarts=spec.max_restarts,
-                torchrun_args=spec.torchrun_args,
-            )
-            env = {**commands.job_env(spec.env, log_dir), **command.env}
+        async def start(agent: NodeAgent, plan: NodePlan) -> None:
             starting.append(agent)
-            await agent.call("start", job=name, argv=command.argv, env=env, cwd=spec.cwd)
-            if on_host_ready:
-                on_host_ready(agent.host.label)
+            await agent.call("start", job=name, argv=plan.argv, env=plan.env, cwd=spec.cwd)
+            progress(agent.host.label, "started")
 
-        await _all_or_nothing([start(i) for i in range(len(spec.hosts))], spec.hosts, "launch failed")
+        steps = [start(agent, plan) for agent, plan in zip(agents, plans, strict=True) if agent is not None]
+        await _all_or_nothing(steps, spec.hosts, "launch failed, nothing left running")
     except BaseException:
         await asyncio.shield(_roll_back(name, starting))
         raise
@@ -148,8 +181,18 @@ async def launch_job(spec: LaunchSpec, on_host_ready: Callable[[str], None] | No
     return record
 
 
+def _job_name(spec: LaunchSpec) -> str:
+    if not spec.hosts:
+        raise LauncherError("no hosts to launch on")
+    return commands.check_job_name(spec.name or commands.default_job_name(spec.script))
+
+
 async def _connect_and_prepare(
-    spec: LaunchSpec, name: str, ssh: SshOptions, agents: list[NodeAgent | None]
+    spec: LaunchSpec,
+    name: str,
+    ssh: SshOptions,
+    agents: list[NodeAgent | None],
+    progress: Callable[[str, str], None],
 ) -> list[dict[str, Any]]:
     gate = asyncio.Semaphore(ssh.max_parallel)
 
@@ -157,11 +200,12 @@ async def _connect_and_prepare(
         agent = await open_agent(spec.hosts[index], ssh, gate)
         agents[index] = agent
         want_port = index == 0 and spec.rdzv_port is None
-        return await agent.call("prepare", job=name, cwd=spec.cwd, want_port=want_port)
+        answer = await agent.call("prepare", job=name, cwd=spec.cwd, want_port=want_port, replace=spec.force)
+        progress(agent.host.label, "connected")
+        return answer
 
-    return await _all_or_nothing(
-        [prepare(i) for i in range(len(spec.hosts))], spec.hosts, "launch failed, nothing was started"
-    )
+    steps = [prepare(i) for i in range(len(spec.hosts))]
+    return await _all_or_nothing(steps, spec.hosts, "launch failed, nothing was started")
 
 
 async def _all_or_nothing(steps: Sequence[Any], hosts: Sequence[Host], summary: str) -> list[Any]:
@@ -192,7 +236,7 @@ async def _roll_back(name: str, agents: Sequence[NodeAgent]) -> None:
 
     async def kill(agent: NodeAgent) -> None:
         # If that host's agent is gone, its connection went with it, and so did the start.
-        with contextlib.suppress(LauncherError, TimeoutError):
+        with contextlib.suppress(LauncherError):
             await agent.call("kill", job=name, grace=3.0, timeout=30)
 
     await asyncio.gather(*(kill(a) for a in agents))
@@ -373,10 +417,7 @@ def _log_lines(host: str, records: list[list[Any]]) -> list[LogLine]:
 async def _ask(host: Host, ssh: SshOptions, op: str, timeout: float = 60.0, **args: Any) -> dict[str, Any]:
     agent = await open_agent(host, ssh)
     try:
-        try:
-            return await agent.call(op, timeout=timeout, **args)
-        except TimeoutError:
-            raise HostError(host.label, f"no answer to {op} within {timeout:g} s") from None
+        return await agent.call(op, timeout=timeout, **args)
     finally:
         await agent.close()
 

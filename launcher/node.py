@@ -83,15 +83,21 @@ def hello() -> dict[str, Any]:
     }
 
 
-def prepare(job: str, cwd: str, want_port: bool) -> dict[str, Any]:
-    """Check that the job can start here; pick a free rendezvous port if asked."""
+def prepare(job: str, cwd: str, want_port: bool, replace: bool = False) -> dict[str, Any]:
+    """Check that the job can start here; pick a free rendezvous port if asked.
+
+    A job of the same name still running here is refused, or killed when ``replace``.
+    """
     if not os.path.isdir(cwd):
         raise NodeError(f"working directory {cwd} does not exist")
     tmux = _tmux_server()
     if tmux is None:
         raise NodeError("tmux is not installed (install it, e.g. apt-get install tmux)")
     if tmux.has_session(session_name(job)) or _read_status(job)["state"] == "running":
-        raise NodeError(f"job {job} is already running here")
+        if not replace:
+            raise NodeError(f"job {job} is already running here (pass --force to replace it)")
+        if kill(job, grace=10.0)["left"]:
+            raise NodeError(f"job {job} is already running here and could not be killed")
     answer: dict[str, Any] = {"run_dir": str(this_run_dir(job))}
     if want_port:
         answer["port"] = free_port()
@@ -436,7 +442,7 @@ def _write_json(path: Path, value: Any) -> None:
 
 _REQUESTS: dict[str, Any] = {
     "hello": lambda r: hello(),
-    "prepare": lambda r: prepare(r["job"], r["cwd"], r.get("want_port", False)),
+    "prepare": lambda r: prepare(r["job"], r["cwd"], r.get("want_port", False), r.get("replace", False)),
     "start": lambda r: start(r["job"], r["argv"], r["env"], r["cwd"]),
     "status": lambda r: status(r["job"]),
     "kill": lambda r: kill(r["job"], float(r.get("grace", 10.0))),

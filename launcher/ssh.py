@@ -70,7 +70,10 @@ class NodeAgent:
         """One request, one answer; a refusal or a lost agent raises HostError."""
         async with self._lock:
             await self._send(op, args)
-            answer = await asyncio.wait_for(self._receive(), timeout)
+            try:
+                answer = await asyncio.wait_for(self._receive(), timeout)
+            except TimeoutError:
+                raise HostError(self.host.label, f"no answer to {op} within {timeout:g} s") from None
         return self._checked(answer)
 
     async def stream(self, op: str, **args: Any) -> AsyncIterator[dict[str, Any]]:

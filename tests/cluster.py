@@ -46,6 +46,8 @@ __all__ = [
 NAME_PREFIX = "lnch"
 REGISTRY_DIR = Path("/run/lnch-clusters")
 SSH_PORT = 22
+ALT_SSH_PORT = 2222
+"""Every sshd also listens here, for hosts files that name a port (``root@host:2222``)."""
 START_DEADLINE_S = 15.0
 STOP_DEADLINE_S = 5.0
 # Veth names are "lnch-<6 hex>-<index>" and must fit IFNAMSIZ (15 chars).
@@ -337,6 +339,7 @@ class Cluster:
         for host in self._layout.hosts:
             key_type, key_data = self._host_key(host).with_suffix(".pub").read_text().split()[:2]
             known_hosts.append(f"{host.name},{host.address} {key_type} {key_data}\n")
+            known_hosts.append(f"[{host.name}]:{ALT_SSH_PORT},[{host.address}]:{ALT_SSH_PORT} {key_type} {key_data}\n")
             client_config.append(
                 f"Host {host.name}\n"
                 f"    HostName {host.address}\n"
@@ -355,6 +358,7 @@ class Cluster:
         # No AcceptEnv: like a careful real server, sshd drops what the client sends.
         return (
             f"ListenAddress {host.address}:{SSH_PORT}\n"
+            f"ListenAddress {host.address}:{ALT_SSH_PORT}\n"
             f"HostKey {self._host_key(host)}\n"
             f"AuthorizedKeysFile {self._authorized_keys}\n"
             f"PidFile {self._sshd_dir / (host.name + '.pid')}\n"

@@ -14,9 +14,9 @@ from launcher.commands import (
     default_job_name,
     job_env,
     node_command,
-    parse_env_assignment,
     rdzv_endpoint,
 )
+from launcher.environment import parse_assignment as parse_env_assignment
 from launcher.errors import LauncherError, UsageError
 from launcher.node import RANK_PREFIX_TEMPLATE
 

@@ -1,0 +1,185 @@
+"""Launch in depth, on the real test cluster: hostfile forms, environment, --python and
+--cwd checks, --force, --dry-run, --wait/--follow."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+import uuid
+
+import pytest
+from cluster import ALT_SSH_PORT, Cluster
+from launcher_cli import (
+    REPO,
+    SCRIPTS,
+    assert_one_line_error,
+    job_name,
+    kill_jobs_left_running,
+    leftovers,
+    run_cli,
+    wait_for,
+    wait_until_ended,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures(kill_jobs_left_running.__name__)]
+
+
+def test_every_hostfile_form_in_one_job(cluster: Cluster) -> None:
+    h1 = cluster.hosts[1]
+    hosts = cluster.write_hosts_file(
+        [
+            "# DeepSpeed, horovod and ssh forms side by side",
+            "h0 slots=2          # an ssh-config alias with slots",
+            f"root@{h1.address}:{ALT_SSH_PORT}   # user, IP address and a non-default port",
+            "",
+            "h2:1",
+        ],
+        name="mixed-forms",
+    )
+    name = job_name("forms")
+    launched = run_cli(cluster, "launch", "--hosts", str(hosts), "--name", name, "examples/distributed_sum.py")
+    assert launched.returncode == 0, launched.stderr
+    assert wait_until_ended(cluster, name)["state"] == "succeeded"
+    logs = run_cli(cluster, "logs", name).stdout
+    ok = re.findall(
+        r"^\[(\S+) rank (\d)\] distributed_sum: host=(h\d) .* world_size=4 device=cpu sum=10 ok$", logs, re.M
+    )
+    assert sorted(int(rank) for _, rank, _ in ok) == [0, 1, 2, 3], logs
+    by_label = {}
+    for label, _, host in ok:
+        by_label.setdefault(label, []).append(host)
+    assert by_label == {"h0": ["h0", "h0"], f"root@{h1.address}:{ALT_SSH_PORT}": ["h1"], "h2": ["h2"]}
+
+
+def test_inline_hosts(cluster: Cluster) -> None:
+    name = job_name("inline")
+    launched = run_cli(cluster, "launch", "--hosts", "h1,h2:2", "--name", name, "--wait", "examples/distributed_sum.py")
+    assert launched.returncode == 0, launched.stdout + launched.stderr
+    logs = run_cli(cluster, "logs", "--hosts", "h1,h2:2", name).stdout
+    assert len(re.findall(r"world_size=3 device=cpu sum=6 ok$", logs, re.M)) == 3, logs
+
+
+def test_python_missing_on_one_host_fails_before_starting_anything(cluster: Cluster) -> None:
+    # /tmp is private to each host: this interpreter path exists on h1 only.
+    only_on_h1 = f"/tmp/python-{uuid.uuid4().hex[:6]}"
+    assert cluster.hosts[1].run(["ln", "-s", sys.executable, only_on_h1]).returncode == 0
+    hosts = cluster.write_hosts_file(["h1", "h0"], name="h1-first")
+    name = job_name("nopython")
+    result = run_cli(
+        cluster, "launch", "--hosts", str(hosts), "--name", name, "--python", only_on_h1, "tests/scripts/sleeper.py"
+    )
+    assert_one_line_error(result, "h0: python not found there", only_on_h1)
+    assert "h1:" not in result.stderr
+    for host in cluster.hosts:
+        assert leftovers(host, (f"--rdzv-id {name}", f"/{name}/")) == []
+
+
+def test_missing_working_directory_is_named(cluster: Cluster) -> None:
+    result = run_cli(cluster, "launch", "--hosts", "h0,", "--cwd", "/no/such/dir", "x.py")
+    assert_one_line_error(result, "h0", "working directory /no/such/dir does not exist")
+
+
+def test_environment_reaches_every_rank_exactly(cluster: Cluster) -> None:
+    workdir = cluster.workdir / f"envtest-{uuid.uuid4().hex[:6]}"
+    workdir.mkdir()
+    out = workdir / "echo.json"
+    (workdir / ".launcher_env").write_text(
+        "# picked up from the working directory\nFROM_DOTFILE=dot\nOVERRIDDEN=dotfile\n"
+    )
+    env_file = workdir / "extra.env"
+    env_file.write_text("export FROM_ENV_FILE=file value with spaces\nOVERRIDDEN=env-file\n")
+    name = job_name("env")
+    launched = run_cli(
+        cluster,
+        "launch",
+        "--hosts",
+        "h2,",
+        "--name",
+        name,
+        "--cwd",
+        str(workdir),
+        "--env-file",
+        str(env_file),
+        "-e",
+        f"ECHO_ARGS_OUT={out}",
+        "-e",
+        "OVERRIDDEN=dash-e",
+        "--wait",
+        str(SCRIPTS / "echo_args.py"),
+        NCCL_DEBUG="INFO",
+        HF_HOME="/data/hf cache",
+        UNRELATED_VARIABLE="stays home",
+    )
+    assert launched.returncode == 0, launched.stdout + launched.stderr
+    env = json.loads(out.read_text())["env"]
+    assert env["NCCL_DEBUG"] == "INFO" and env["HF_HOME"] == "/data/hf cache"
+    assert "UNRELATED_VARIABLE" not in env
+    assert (env["FROM_DOTFILE"], env["FROM_ENV_FILE"], env["OVERRIDDEN"]) == ("dot", "file value with spaces", "dash-e")
+    # torchrun gives every worker its own error file under the node's log dir.
+    assert f"/runs/{name}/h2/torchrun/" in env["TORCHELASTIC_ERROR_FILE"]
+
+
+def test_dry_run_prints_each_hosts_command_and_touches_no_host(cluster: Cluster) -> None:
+    nowhere = "root@192.0.2.1"  # TEST-NET-1: never contacted, a dry run must not try
+    hosts = cluster.write_hosts_file(["h0 slots=2", nowhere], name="dry")
+    name = job_name("dry")
+    started = time.monotonic()
+    result = run_cli(
+        cluster, "launch", "--hosts", str(hosts), "--name", name, "--dry-run", "-e", "WANDB_API_KEY=s3cret",
+        "examples/train_llm.py", "--steps", "$(id)",
+    )  # fmt: skip
+    assert time.monotonic() - started < 5
+    assert result.returncode == 0, result.stderr
+    assert "s3cret" not in result.stdout and "WANDB_API_KEY=****" in result.stdout
+    commands = [line for line in result.stdout.splitlines() if line.startswith("env ")]
+    assert len(commands) == 2
+    assert "--nproc-per-node 2" in commands[0] and "--rdzv-conf is_host=1" in commands[0]
+    assert "--nproc-per-node 1" in commands[1] and "--rdzv-conf is_host=0" in commands[1]
+    assert all("--rdzv-endpoint h0:PORT" in c and c.endswith("examples/train_llm.py --steps '$(id)'") for c in commands)
+    assert not (cluster.node_state_dir / "launcher" / "runs" / name).exists()
+
+
+def test_force_replaces_a_running_job(cluster: Cluster) -> None:
+    name = job_name("force")
+    h1 = cluster.hosts[1]
+    assert run_cli(cluster, "launch", "--hosts", "h1,", "--name", name, "tests/scripts/sleeper.py").returncode == 0
+    rank = ("-u tests/scripts/sleeper.py",)
+    first = wait_for("the first rank", lambda: leftovers(h1, rank), timeout=60)
+    refused = run_cli(cluster, "launch", "--hosts", "h1,", "--name", name, "tests/scripts/sleeper.py")
+    assert_one_line_error(refused, "already running", "--force")
+    replaced = run_cli(cluster, "launch", "--hosts", "h1,", "--name", name, "--force", "tests/scripts/sleeper.py")
+    assert replaced.returncode == 0, replaced.stderr
+    second = wait_for("the new rank", lambda: leftovers(h1, rank), timeout=60)
+    assert {pid for pid, _ in first}.isdisjoint(pid for pid, _ in second)
+    assert len(second) == 1
+
+
+def test_wait_exits_non_zero_when_a_rank_fails(cluster: Cluster) -> None:
+    result = run_cli(
+        cluster,
+        "launch",
+        "--hosts",
+        "h0,",
+        "--nproc-per-node",
+        "2",
+        "-e",
+        "FAIL_RANK=1",
+        "--wait",
+        "tests/scripts/fail_rank.py",
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "failed" in result.stdout
+
+
+def test_follow_streams_until_the_job_ends(cluster: Cluster) -> None:
+    result = run_cli(cluster, "launch", "--hosts", "h0,h2", "--follow", "examples/distributed_sum.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(re.findall(r"^\[h[02] rank [01]\] distributed_sum: .* sum=3 ok$", result.stdout, re.M)) == 2
+    assert "succeeded" in result.stdout
+
+
+def test_repo_is_shared_with_the_hosts() -> None:
+    """The e2e tests rely on it: the repo (scripts, examples) lies outside the hosts' private /tmp."""
+    assert not str(REPO).startswith("/tmp/")
