@@ -220,7 +220,7 @@ def test_script_args_and_env_arrive_exactly(cluster: Cluster) -> None:
 
 
 def test_unreachable_host_fails_fast_and_starts_nothing(cluster: Cluster) -> None:
-    dead = f"root@{cluster.hosts[2].address}:2222"  # a host with nothing listening on that port
+    dead = f"root@{cluster.hosts[2].address}:2223"  # a port nothing listens on
     hosts = cluster.write_hosts_file(["h0", "h1", dead], name="with-dead-host")
     name = job_name("dead")
     started = time.monotonic()
