@@ -80,6 +80,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     "--max-parallel", type=click.IntRange(min=1), default=128, show_default=True, help="SSH handshakes at once."
 )
 @click.option("--force", is_flag=True, help="Replace a running job of the same name.")
+@click.option("--no-teardown", is_flag=True, help="Keep the other hosts running when one fails.")
 @click.option("--dry-run", is_flag=True, help="Print what each host would run; contact no host.")
 @click.option("--follow", "-f", is_flag=True, help="Follow the logs after launching (Ctrl-C detaches).")
 @click.option("--wait", is_flag=True, help="Wait for the job to end; exit 0 only if every host succeeded.")
@@ -146,6 +147,7 @@ def _launch_spec(script: str, script_args: tuple[str, ...], options: dict[str, A
         max_restarts=options["max_restarts"],
         torchrun_args=tuple(shlex.split(options["torchrun_args"] or "")),
         force=options["force"],
+        teardown=not options["no_teardown"],
         ssh=SshOptions(connect_timeout=options["connect_timeout"], max_parallel=options["max_parallel"]),
     )
 
@@ -293,26 +295,61 @@ def status(ctx: click.Context, name: str | None, hosts_arg: str | None, as_json:
 
 
 def status_json(result: JobStatus) -> dict[str, Any]:
-    return {
-        "name": result.name,
-        "state": result.state,
-        "hosts": [
-            {"host": h.host, "state": h.state, "exit_code": h.exit_code, **({"error": h.error} if h.error else {})}
-            for h in result.hosts
-        ],
-    }
+    """``{"name", "state", "hosts": [{"host", "state", "exit_code", ...}], "root_cause"}``."""
+    from dataclasses import asdict
+
+    hosts = []
+    for h in result.hosts:
+        host = asdict(h)
+        host["ranks"] = [asdict(r) for r in h.ranks]
+        if host["error"] is None:
+            del host["error"]
+        hosts.append(host)
+    root = asdict(result.root_cause) if result.root_cause else None
+    return {"name": result.name, "state": result.state, "hosts": hosts, "root_cause": root}
 
 
 def _print_status(result: JobStatus) -> None:
+    import time
+
     from rich.console import Console
     from rich.table import Table
 
+    console = Console(highlight=False)
     table = Table(title=f"{result.name}: {result.state}", title_justify="left")
-    for column in ("host", "state", "exit code", "note"):
-        table.add_column(column)
+    for column in ("host", "state", "exit", "ranks", "restarts", "started", "duration", "note"):
+        table.add_column(column, overflow="fold")
     for h in result.hosts:
-        table.add_row(h.host, h.state, "" if h.exit_code is None else str(h.exit_code), h.error or "")
-    Console().print(table)
+        started = time.strftime("%H:%M:%S", time.localtime(h.started_at)) if h.started_at else ""
+        duration = _duration((h.ended_at or time.time()) - h.started_at) if h.started_at else ""
+        ranks = " ".join(_rank_cell(r) for r in h.ranks)
+        exit_code = "" if h.exit_code is None else str(h.exit_code)
+        table.add_row(h.host, h.state, exit_code, ranks, str(h.restarts), started, duration, h.error or "")
+    console.print(table)
+    if result.root_cause is not None:
+        _print_root_cause(console, result.root_cause)
+
+
+def _rank_cell(rank: Any) -> str:
+    if rank.state == "failed":
+        return f"{rank.rank}:{rank.signal or f'exit {rank.exit_code}'}"
+    return str(rank.rank) if rank.state in ("running", "succeeded") else f"{rank.rank}:{rank.state}"
+
+
+def _print_root_cause(console: Any, cause: Any) -> None:
+    from rich.markup import escape
+
+    where = cause.host if cause.rank is None else f"{cause.host}, rank {cause.rank}"
+    how = f"signal {cause.signal}" if cause.signal else f"exit code {cause.exit_code}"
+    console.print(f"[bold red]First failure[/]: {escape(where)} ({how}): {escape(cause.exception)}")
+    for line in cause.traceback:
+        console.print(f"  {escape(line)}", soft_wrap=True)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
 @cli.command()

@@ -54,7 +54,31 @@ class LaunchSpec:
     """More torchrun options, placed before the script."""
     force: bool = False
     """Replace a job of the same name that is still running, instead of refusing."""
+    teardown: bool = True
+    """When the job fails on one node, stop it on all (else the others hang at a collective)."""
     ssh: SshOptions = field(default_factory=SshOptions)
+
+
+@dataclass(frozen=True)
+class RankStatus:
+    rank: int
+    state: str
+    """running, succeeded, failed, killed, or ended (its node failed; it exited by itself)."""
+    exit_code: int | None = None
+    signal: str | None = None
+
+
+@dataclass(frozen=True)
+class RootCause:
+    """The first failure of a job: where, which rank, how, and the traceback that explains it."""
+
+    host: str
+    rank: int | None
+    exit_code: int | None
+    signal: str | None
+    exception: str
+    traceback: tuple[str, ...]
+    time: float | None
 
 
 @dataclass(frozen=True)
@@ -63,6 +87,13 @@ class HostStatus:
     state: HostState
     exit_code: int | None = None
     error: str | None = None
+    """Why the host could not be asked, or why it stopped (another node failed)."""
+    started_at: float | None = None
+    ended_at: float | None = None
+    restarts: int = 0
+    ranks: tuple[RankStatus, ...] = ()
+    stopped_by: int | None = None
+    """The index of the node whose failure stopped this one."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +101,7 @@ class JobStatus:
     name: str
     state: JobState
     hosts: tuple[HostStatus, ...]
+    root_cause: RootCause | None = None
 
 
 @dataclass(frozen=True)
@@ -156,12 +188,15 @@ async def launch_job(spec: LaunchSpec, on_progress: Callable[[str, str], None] |
         endpoint = (_rendezvous_address(spec.hosts, agents), spec.rdzv_port or prepared[0]["port"])
         plans = plan_nodes(spec, name, endpoint, [p["run_dir"] for p in prepared])
 
-        async def start(agent: NodeAgent, plan: NodePlan) -> None:
+        watch = spec.teardown and len(spec.hosts) > 1
+
+        async def start(index: int, agent: NodeAgent, plan: NodePlan) -> None:
             starting.append(agent)
-            await agent.call("start", job=name, argv=plan.argv, env=plan.env, cwd=spec.cwd)
+            teardown = {"node": index, "address": endpoint[0], "port": prepared[0]["watch_port"]} if watch else None
+            await agent.call("start", job=name, argv=plan.argv, env=plan.env, cwd=spec.cwd, teardown=teardown)
             progress(agent.host.label, "started")
 
-        steps = [start(agent, plan) for agent, plan in zip(agents, plans, strict=True) if agent is not None]
+        steps = [start(i, a, p) for i, (a, p) in enumerate(zip(agents, plans, strict=True)) if a is not None]
         await _all_or_nothing(steps, spec.hosts, "launch failed, nothing left running")
     except BaseException:
         await asyncio.shield(_roll_back(name, starting))
@@ -199,7 +234,7 @@ async def _connect_and_prepare(
     async def prepare(index: int) -> dict[str, Any]:
         agent = await open_agent(spec.hosts[index], ssh, gate)
         agents[index] = agent
-        want_port = index == 0 and spec.rdzv_port is None
+        want_port = index == 0
         answer = await agent.call("prepare", job=name, cwd=spec.cwd, want_port=want_port, replace=spec.force)
         progress(agent.host.label, "connected")
         return answer
@@ -267,16 +302,57 @@ def _nproc(spec: LaunchSpec, host: Host) -> str:
 
 
 async def job_status(record: JobRecord, ssh: SshOptions = DEFAULT_SSH) -> JobStatus:
+    failures: list[RootCause] = []
+
     async def one(host: Host) -> HostStatus:
         answer = await _ask(host, ssh, "status", job=record.name)
-        return HostStatus(host.label, answer["state"], answer["exit_code"])
+        failure = answer.get("failure")
+        if failure and answer.get("stopped_by") is None:
+            failures.append(
+                RootCause(
+                    host=host.label,
+                    rank=failure["rank"],
+                    exit_code=failure["exit_code"],
+                    signal=failure["signal"],
+                    exception=failure["exception"],
+                    traceback=tuple(failure["traceback"]),
+                    time=failure["time"],
+                )
+            )
+        stopped_by = answer.get("stopped_by")
+        return HostStatus(
+            host=host.label,
+            state=answer["state"],
+            exit_code=answer["exit_code"],
+            error=None if stopped_by is None else f"stopped: {record.hosts[stopped_by].label} failed",
+            started_at=answer.get("started_at"),
+            ended_at=answer.get("ended_at"),
+            restarts=answer.get("restarts", 0),
+            ranks=_rank_states(answer),
+            stopped_by=stopped_by,
+        )
 
     results = await for_each_host(record.hosts, one)
     hosts = tuple(
         r if isinstance(r, HostStatus) else HostStatus(h.label, "unreachable", error=_message(r))
         for h, r in zip(record.hosts, results, strict=True)
     )
-    return JobStatus(record.name, overall_state([h.state for h in hosts]), hosts)
+    root = min(failures, key=lambda f: f.time or float("inf"), default=None)
+    return JobStatus(record.name, overall_state([h.state for h in hosts]), hosts, root)
+
+
+def _rank_states(answer: dict[str, Any]) -> tuple[RankStatus, ...]:
+    failed = answer.get("rank_failures", {})
+    states = []
+    for rank in answer.get("ranks", []):
+        failure = failed.get(str(rank))
+        if failure is not None:
+            states.append(RankStatus(rank, "failed", failure["exit_code"], failure["signal"]))
+        elif answer["state"] == "failed":
+            states.append(RankStatus(rank, "ended"))
+        else:
+            states.append(RankStatus(rank, answer["state"], 0 if answer["state"] == "succeeded" else None))
+    return tuple(states)
 
 
 def overall_state(states: Sequence[str]) -> JobState:

@@ -23,9 +23,7 @@ import re
 import shlex
 import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -44,11 +42,10 @@ RANK_PREFIX_TEMPLATE = "\x1e${rank}\x1f"
 """torchrun's ``TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE``: each worker line arrives as
 ``RS <global rank> US <text>``. Control characters cannot be confused with output."""
 
-_RANK_PREFIX = re.compile(rb"\x1e(\d+)\x1f")
+RANK_PREFIX = re.compile(rb"\x1e(\d+)\x1f")
 _SESSION_PREFIX = "launcher-"
 _FOLLOW_POLL_S = 0.05
 _MAX_BATCH_BYTES = 256 * 1024
-_MAX_LINE_BYTES = 64 * 1024
 
 
 class NodeError(Exception):
@@ -101,6 +98,7 @@ def prepare(job: str, cwd: str, want_port: bool, replace: bool = False) -> dict[
     answer: dict[str, Any] = {"run_dir": str(this_run_dir(job))}
     if want_port:
         answer["port"] = free_port()
+        answer["watch_port"] = free_port()
     return answer
 
 
@@ -111,7 +109,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start(job: str, argv: list[str], env: dict[str, str], cwd: str) -> dict[str, Any]:
+def start(
+    job: str, argv: list[str], env: dict[str, str], cwd: str, teardown: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Start the job's tmux session running the supervisor, and wait until it runs."""
     tmux = _tmux_server()
     if tmux is None:
@@ -124,9 +124,9 @@ def start(job: str, argv: list[str], env: dict[str, str], cwd: str) -> dict[str,
     job_env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE")}
     job_env.update(env)
     job_env[JOB_MARKER] = job
-    _write_json(directory / "spec.json", {"job": job, "argv": argv, "env": job_env, "cwd": cwd})
+    write_json(directory / "spec.json", {"job": job, "argv": argv, "env": job_env, "cwd": cwd, "teardown": teardown})
     # tmux runs the window command through the shell: the one quoting point on the node.
-    command = shlex.join([sys.executable, "-P", "-m", "launcher.node", "supervise", str(directory)])
+    command = shlex.join([sys.executable, "-P", "-m", "launcher.supervisor", str(directory)])
     tmux.new_session(
         session_name=session_name(job),
         attach=False,
@@ -147,7 +147,7 @@ def start(job: str, argv: list[str], env: dict[str, str], cwd: str) -> dict[str,
 
 
 def status(job: str) -> dict[str, Any]:
-    return _read_status(job)
+    return _status_in_depth(job)
 
 
 def kill(job: str, grace: float) -> dict[str, Any]:
@@ -158,7 +158,7 @@ def kill(job: str, grace: float) -> dict[str, Any]:
     if procs and directory.exists() and not (directory / "exit.json").exists():
         (directory / "killed").touch()
     for proc in procs:
-        _signal(proc, signal.SIGTERM)
+        send_signal(proc, signal.SIGTERM)
     alive = _wait_gone(procs, grace)
     forced: set[int] = set()
     # Processes may fork while we wait; sweep until a round finds nothing new.
@@ -167,7 +167,7 @@ def kill(job: str, grace: float) -> dict[str, Any]:
         if not survivors:
             break
         for proc in survivors:
-            _signal(proc, signal.SIGKILL)
+            send_signal(proc, signal.SIGKILL)
             forced.add(proc.pid)
         alive = _wait_gone(survivors, 2.0)
     tmux = _tmux_server()
@@ -246,8 +246,8 @@ def follow_logs(job: str, offset: int, emit: Any) -> dict[str, Any]:
 
 def _read_status(job: str) -> dict[str, Any]:
     directory = this_run_dir(job)
-    ended = _read_json(directory / "exit.json")
-    started = _read_json(directory / "started.json")
+    ended = read_json(directory / "exit.json")
+    started = read_json(directory / "started.json")
     killed = (directory / "killed").exists()
     alive = started is not None and _process_alive(started["pid"], started["create_time"])
     exit_code = ended["exit_code"] if ended else None
@@ -265,10 +265,46 @@ def _read_status(job: str) -> dict[str, Any]:
         "state": state,
         "exit_code": exit_code,
         "signal": ended.get("signal") if ended else None,
+        "stopped_by": ended.get("stopped_by") if ended else None,
         "started_at": started["time"] if started else None,
         "ended_at": ended["time"] if ended else None,
         "hostname": socket.gethostname(),
     }
+
+
+def _status_in_depth(job: str) -> dict[str, Any]:
+    """Status plus what the log tells: the ranks seen here and, after a failure, its cause."""
+    from launcher import failures
+
+    answer = _read_status(job)
+    directory = this_run_dir(job)
+    records = _tail_records(directory / "output.log")
+    rank_failures, _ = failures.rank_failures(records)
+    seen = (
+        {r[1] for r in records if r[1] is not None}
+        | set(rank_failures)
+        | set(read_json(directory / "ranks.json") or [])
+    )
+    answer["ranks"] = sorted(seen)
+    answer["rank_failures"] = {str(rank): failure for rank, failure in rank_failures.items()}
+    answer["restarts"] = max(len(list((directory / "torchrun").glob("*/attempt_*"))) - 1, 0)
+    if answer["state"] == "failed":
+        answer["failure"] = failures.root_cause(records, answer["exit_code"])
+    return answer
+
+
+def _tail_records(path: Path, max_bytes: int = 4 << 20) -> list[list[Any]]:
+    """The records of the last ``max_bytes`` of a log: a summary and a traceback fit easily."""
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(size - max_bytes, 0))
+            data = fh.read()
+    except FileNotFoundError:
+        return []
+    if size > max_bytes:
+        data = data[data.find(b"\n") + 1 :]  # drop the partial first record
+    return [parse_record(line) for line in data.split(b"\n")[:-1]]
 
 
 def _process_alive(pid: int, create_time: float) -> bool:
@@ -281,85 +317,7 @@ def _process_alive(pid: int, create_time: float) -> bool:
     return abs(started - create_time) < 0.01
 
 
-# ---------------------------------------------------------------------------- supervisor
-
-
-def supervise(directory: Path) -> int:
-    """Run the job's command, label and record its output, record how it ended."""
-    import psutil
-
-    spec = _read_json(directory / "spec.json")
-    if spec is None:
-        print(f"launcher: no job spec in {directory}", file=sys.stderr)
-        return 2
-    log = open(directory / "output.log", "ab", buffering=0)  # noqa: SIM115 - lives as long as the job
-    lock = threading.Lock()
-    try:
-        proc = subprocess.Popen(
-            spec["argv"],
-            cwd=spec["cwd"],
-            env=spec["env"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-    except OSError as exc:
-        _write_record(log, lock, "-", "e", f"launcher: cannot start {spec['argv'][0]}: {exc}\n".encode())
-        _write_json(directory / "exit.json", {"exit_code": 127, "signal": None, "time": time.time()})
-        return 127
-    me = psutil.Process()
-    _write_json(
-        directory / "started.json",
-        {"pid": me.pid, "create_time": me.create_time(), "child": proc.pid, "time": time.time()},
-    )
-
-    def forward(signum: int, _frame: Any) -> None:
-        proc.send_signal(signum)
-
-    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-        signal.signal(signum, forward)
-    pumps = [
-        threading.Thread(target=_pump, args=(proc.stdout, "o", log, lock), daemon=True),
-        threading.Thread(target=_pump, args=(proc.stderr, "e", log, lock), daemon=True),
-    ]
-    for pump in pumps:
-        pump.start()
-    returncode = proc.wait()
-    for pump in pumps:
-        # A daemonised grandchild may hold the pipes open forever: do not wait for it.
-        pump.join(timeout=2)
-    exit_code, signum_ = (128 - returncode, -returncode) if returncode < 0 else (returncode, None)
-    _write_json(directory / "exit.json", {"exit_code": exit_code, "signal": signum_, "time": time.time()})
-    return 0
-
-
-def _pump(stream: IO[bytes], kind: str, log: IO[bytes], lock: threading.Lock) -> None:
-    for raw in iter(stream.readline, b""):
-        rank = "-"
-        match = _RANK_PREFIX.match(raw)
-        if match:
-            rank = match.group(1).decode()
-            raw = raw[match.end() :]
-        # torchrun's tail writes a partial line with a prefix and its rest with another.
-        text = _RANK_PREFIX.sub(b"", raw)
-        _write_record(log, lock, rank, kind, text)
-
-
-def _write_record(log: IO[bytes], lock: threading.Lock, rank: str, kind: str, text: bytes) -> None:
-    if not text.endswith(b"\n"):
-        text += b"\n"
-    # A record never exceeds what a reader takes in one batch: longer lines go in pieces.
-    pieces = [text[i : i + _MAX_LINE_BYTES] for i in range(0, len(text), _MAX_LINE_BYTES)]
-    header = b"%.3f %s %s " % (time.time(), rank.encode(), kind.encode())
-    records = b"".join(header + piece + (b"" if piece.endswith(b"\n") else b"\n") for piece in pieces)
-    with lock:
-        log.write(records)
-        label = b"" if rank == "-" else b"[rank %s] " % rank.encode()
-        try:
-            sys.stdout.buffer.write(label + text)
-            sys.stdout.buffer.flush()
-        except OSError:
-            pass  # the tmux pane is gone (session killed); the log file is what counts
+# ---------------------------------------------------------------------------- logs
 
 
 def _read_records(path: Path, offset: int) -> tuple[list[list[Any]], int]:
@@ -405,7 +363,7 @@ def _clear_run_dir(directory: Path) -> None:
         shutil.rmtree(directory)
 
 
-def _signal(proc: Any, signum: int) -> None:
+def send_signal(proc: Any, signum: int) -> None:
     import psutil
 
     with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
@@ -421,7 +379,7 @@ def _cmdline(proc: Any) -> str:
         return "?"
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     try:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
@@ -429,7 +387,7 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _write_json(path: Path, value: Any) -> None:
+def write_json(path: Path, value: Any) -> None:
     """Write atomically: a reader sees the old file or the whole new one."""
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -443,7 +401,7 @@ def _write_json(path: Path, value: Any) -> None:
 _REQUESTS: dict[str, Any] = {
     "hello": lambda r: hello(),
     "prepare": lambda r: prepare(r["job"], r["cwd"], r.get("want_port", False), r.get("replace", False)),
-    "start": lambda r: start(r["job"], r["argv"], r["env"], r["cwd"]),
+    "start": lambda r: start(r["job"], r["argv"], r["env"], r["cwd"], r.get("teardown")),
     "status": lambda r: status(r["job"]),
     "kill": lambda r: kill(r["job"], float(r.get("grace", 10.0))),
     "logs": lambda r: read_logs(r["job"], int(r.get("offset", 0))),
@@ -484,9 +442,7 @@ def main(argv: list[str]) -> int:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         serve(sys.stdin, sys.stdout)
         return 0
-    if len(argv) == 2 and argv[0] == "supervise":
-        return supervise(Path(argv[1]))
-    print("usage: python -m launcher.node serve | supervise RUN_DIR", file=sys.stderr)
+    print("usage: python -m launcher.node serve", file=sys.stderr)
     return 2
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from launcher import node
+from launcher import node, supervisor
 from launcher.jobs import overall_state
 
 STAMP = 1_700_000_000.25
@@ -25,7 +25,7 @@ STAMP = 1_700_000_000.25
 @pytest.fixture
 def console(monkeypatch: pytest.MonkeyPatch) -> io.BytesIO:
     """What the supervisor mirrors to its tmux pane (see ``pump``); the clock is fixed."""
-    monkeypatch.setattr(node, "time", SimpleNamespace(time=lambda: STAMP))
+    monkeypatch.setattr(supervisor, "time", SimpleNamespace(time=lambda: STAMP))
     return io.BytesIO()
 
 
@@ -38,7 +38,7 @@ def pump(output: bytes, pane: io.BytesIO, kind: str = "o") -> bytes:
     """The log the supervisor writes for ``output`` on one stream."""
     log = io.BytesIO()
     with as_stdout(pane):
-        node._pump(io.BytesIO(output), kind, log, threading.Lock())
+        supervisor.pump(io.BytesIO(output), kind, supervisor.OutputLog(log))
     return log.getvalue()
 
 
@@ -141,11 +141,11 @@ def test_stdout_and_stderr_pumps_share_the_log_whole_records_only(console: io.By
     out = b"".join(rank(i % 4) + b"out %d %s\n" % (i, b"o" * 50) for i in range(lines))
     err = b"".join(rank(i % 4) + b"err %d %s\n" % (i, b"e" * 50) for i in range(lines))
     path = tmp_path / "output.log"
-    lock = threading.Lock()
-    with open(path, "ab", buffering=0) as log, as_stdout(console):
+    with open(path, "ab", buffering=0) as file, as_stdout(console):
+        log = supervisor.OutputLog(file)
         pumps = [
-            threading.Thread(target=node._pump, args=(io.BytesIO(out), "o", log, lock)),
-            threading.Thread(target=node._pump, args=(io.BytesIO(err), "e", log, lock)),
+            threading.Thread(target=supervisor.pump, args=(io.BytesIO(out), "o", log)),
+            threading.Thread(target=supervisor.pump, args=(io.BytesIO(err), "e", log)),
         ]
         for thread in pumps:
             thread.start()

@@ -1,0 +1,202 @@
+"""What a job's tmux session runs on each node: ``python -m launcher.supervisor RUN_DIR``.
+
+It starts the job's command from ``RUN_DIR/spec.json`` and writes every output line to
+``RUN_DIR/output.log``, labelled with its global rank (torchrun prefixes each worker
+line with ``node.RANK_PREFIX_TEMPLATE``). It records how the command ended in
+``RUN_DIR/exit.json``. With the other nodes' supervisors, it stops the job everywhere
+when the job fails anywhere (``teardown``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from launcher import node, teardown
+
+_STOP_GRACE_S = 15.0
+"""After a teardown SIGTERM, how long torchrun gets to stop its workers before SIGKILL."""
+_MAX_LINE_BYTES = 64 * 1024
+"""Longer lines are stored as several records, so that no record exceeds a reader's batch."""
+
+
+class OutputLog:
+    """``output.log`` plus the tmux pane: each line once in each, whole, in order."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._file = file
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: Path) -> OutputLog:
+        return cls(open(path, "ab", buffering=0))
+
+    def write(self, rank: str, kind: str, text: bytes) -> None:
+        if not text.endswith(b"\n"):
+            text += b"\n"
+        pieces = [text[i : i + _MAX_LINE_BYTES] for i in range(0, len(text), _MAX_LINE_BYTES)]
+        header = b"%.3f %s %s " % (time.time(), rank.encode(), kind.encode())
+        records = b"".join(header + piece + (b"" if piece.endswith(b"\n") else b"\n") for piece in pieces)
+        label = b"" if rank == "-" else b"[rank %s] " % rank.encode()
+        with self._lock:
+            self._file.write(records)
+            try:
+                sys.stdout.buffer.write(label + text)
+                sys.stdout.buffer.flush()
+            except OSError:
+                pass  # the tmux pane is gone (session killed); the log file is what counts
+
+    def note(self, message: str) -> None:
+        self.write("-", "e", f"launcher: {message}\n".encode())
+
+
+def pump(stream: IO[bytes], kind: str, log: OutputLog) -> None:
+    """Copy one of the command's streams into the log, a line at a time."""
+    for raw in iter(stream.readline, b""):
+        rank = "-"
+        match = node.RANK_PREFIX.match(raw)
+        if match:
+            rank = match.group(1).decode()
+            raw = raw[match.end() :]
+        # torchrun's tail writes a partial line with a prefix and its rest with another.
+        log.write(rank, kind, node.RANK_PREFIX.sub(b"", raw))
+
+
+def supervise(directory: Path) -> int:
+    """Run the job's command, label and record its output, record how it ended."""
+    import psutil
+
+    spec = node.read_json(directory / "spec.json")
+    if spec is None:
+        print(f"launcher: no job spec in {directory}", file=sys.stderr)
+        return 2
+    log = OutputLog.open(directory / "output.log")
+    try:
+        proc = subprocess.Popen(
+            spec["argv"],
+            cwd=spec["cwd"],
+            env=spec["env"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    except OSError as exc:
+        log.note(f"cannot start {spec['argv'][0]}: {exc}")
+        node.write_json(directory / "exit.json", {"exit_code": 127, "signal": None, "time": time.time()})
+        return 127
+    me = psutil.Process()
+    started = {"pid": me.pid, "create_time": me.create_time(), "child": proc.pid, "time": time.time()}
+    node.write_json(directory / "started.json", started)
+
+    for forwarded in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(forwarded, lambda signum, _frame: proc.send_signal(signum))
+    pumps = [
+        threading.Thread(target=pump, args=(s, k, log), daemon=True)
+        for s, k in ((proc.stdout, "o"), (proc.stderr, "e"))
+    ]
+    for thread in pumps:
+        thread.start()
+
+    threading.Thread(target=_record_ranks, args=(proc, directory / "ranks.json"), daemon=True).start()
+    stopper = _Stopper(proc, spec["job"], log)
+    watch = _start_watch(spec.get("teardown"), stopper.stop, log)
+    returncode = proc.wait()
+    for thread in pumps:
+        # A daemonised grandchild may hold the pipes open forever: do not wait for it.
+        thread.join(timeout=2)
+    if watch is not None:
+        failed_here = returncode != 0 and stopper.stopped_by is None and not (directory / "killed").exists()
+        watch.report_failure() if failed_here else watch.finish()
+    exit_code, signum = (128 - returncode, -returncode) if returncode < 0 else (returncode, None)
+    ended = {"exit_code": exit_code, "signal": signum, "time": time.time(), "stopped_by": stopper.stopped_by}
+    node.write_json(directory / "exit.json", ended)
+    return 0
+
+
+def _record_ranks(proc: subprocess.Popen[bytes], path: Path) -> None:
+    """Keep ``ranks.json`` = the global ranks of the workers seen on this node.
+
+    Read from the workers' environment (torchrun sets RANK), so ranks that never print
+    are known too. A worker that ends within one poll may be missed; its output or
+    torchrun's failure summary still names it.
+    """
+    import psutil
+
+    seen: set[int] = set()
+    try:
+        parent = psutil.Process(proc.pid)
+    except psutil.NoSuchProcess:
+        return
+    while proc.poll() is None:
+        found = set(seen)
+        for child in _children(parent):
+            try:
+                rank = child.environ().get("RANK")
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            if rank is not None and rank.isdigit():
+                found.add(int(rank))
+        if found != seen:
+            seen = found
+            node.write_json(path, sorted(seen))
+        time.sleep(0.5)
+
+
+def _children(parent: Any) -> list[Any]:
+    import psutil
+
+    try:
+        return list(parent.children())
+    except psutil.NoSuchProcess:
+        return []
+
+
+class _Stopper:
+    """Stops the job on this node because another node failed: SIGTERM, then SIGKILL."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], job: str, log: OutputLog) -> None:
+        self._proc = proc
+        self._job = job
+        self._log = log
+        self.stopped_by: int | None = None
+
+    def stop(self, failed_node: int) -> None:
+        if self.stopped_by is not None or self._proc.poll() is not None:
+            return
+        self.stopped_by = failed_node
+        self._log.note(f"node {failed_node} failed: stopping this node too")
+        self._proc.terminate()
+        threading.Thread(target=self._kill_after_grace, daemon=True).start()
+
+    def _kill_after_grace(self) -> None:
+        try:
+            self._proc.wait(timeout=_STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            for proc in node.job_processes(self._job):
+                if proc.pid != os.getpid():
+                    node.send_signal(proc, signal.SIGKILL)
+
+
+def _start_watch(config: dict[str, Any] | None, on_stop: teardown.OnStop, log: OutputLog) -> Any:
+    if not config:
+        return None
+    if config["node"] == 0:
+        try:
+            return teardown.WatchServer(config["port"], on_stop)
+        except OSError as exc:
+            log.note(f"teardown watcher cannot listen on port {config['port']}: {exc}")
+            return None
+    return teardown.WatchClient(config["address"], config["port"], config["node"], on_stop, log.note)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        print("usage: python -m launcher.supervisor RUN_DIR", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(supervise(Path(sys.argv[1])))
