@@ -13,6 +13,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Coroutine
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -107,11 +108,15 @@ def launch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **o
     click.echo(f"  status      launcher status {record.name}")
     click.echo(f"  stop        launcher kill {record.name}")
     if options["follow"]:
-        _follow(record, ranks=set())
-    if options["wait"] or options["follow"]:
+        status = _follow(record, _LinePrinter(set(), stderr_only=False, no_prefix=False))
+        if status is None:
+            return  # detached: the job keeps running
+    elif options["wait"]:
         status = _run(_wait_for_end(record))
-        _print_status(status)
-        ctx.exit(0 if status.state == "succeeded" else 1)
+    else:
+        return
+    _print_status(status)
+    ctx.exit(0 if status.state == "succeeded" else 1)
 
 
 def _launch_spec(script: str, script_args: tuple[str, ...], options: dict[str, Any]) -> Any:
@@ -217,7 +222,8 @@ async def _wait_for_end(record: JobRecord) -> JobStatus:
 
     while True:
         status = await jobs.job_status(record, _ssh_for(record))
-        if status.state != "running":
+        # A job can be failed already while some hosts still stop: wait for every host.
+        if all(h.state != "running" for h in status.hosts):
             return status
         await asyncio.sleep(1.0)
 
@@ -227,50 +233,111 @@ async def _wait_for_end(record: JobRecord) -> JobStatus:
 @click.option("--hosts", "hosts_arg", metavar="FILE", help=_HOSTS_HELP + " Finds the job without a local record.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the job ends (Ctrl-C detaches).")
 @click.option("--rank", "ranks", type=click.IntRange(min=0), multiple=True, help="Only this global rank (repeatable).")
+@click.option("--host", "only_hosts", multiple=True, metavar="HOST", help="Only this host, as labelled (repeatable).")
+@click.option("--tail", type=click.IntRange(min=0), metavar="N", help="Only the last N lines of each rank.")
+@click.option("--stderr", "stderr_only", is_flag=True, help="Only what ranks wrote to stderr.")
+@click.option("--no-prefix", is_flag=True, help="Print lines without the [host rank] label.")
+@click.option(
+    "--keepalive",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="With -f: seconds between SSH keepalives; 3 missed mean the host is cut off, and it reconnects.",
+)
 @click.pass_context
-def logs(ctx: click.Context, name: str | None, hosts_arg: str | None, follow: bool, ranks: tuple[int, ...]) -> None:
+def logs(ctx: click.Context, /, name: str | None, hosts_arg: str | None, follow: bool, **options: Any) -> None:
     """Print the job's output from every host, each line labelled with host and global rank.
 
-    NAME defaults to the last job launched from here.
+    NAME defaults to the last job launched from here. With --follow it ends by itself
+    when the job has ended on every host.
     """
     from launcher import jobs
 
     record = _find_job(name, hosts_arg)
+    if options["only_hosts"]:
+        unknown = set(options["only_hosts"]) - {h.label for h in record.hosts}
+        if unknown:
+            raise click.BadParameter(f"not a host of {record.name}: {', '.join(sorted(unknown))}", param_hint="--host")
+        record = replace(record, hosts=tuple(h for h in record.hosts if h.label in options["only_hosts"]))
+    show = _LinePrinter(set(options["ranks"]), options["stderr_only"], options["no_prefix"])
     if not follow:
         lines, failures = _run(jobs.read_logs(record, _ssh_for(record)))
-        for line in lines:
-            _show_line(line, set(ranks))
+        for line in _last_per_rank(lines, options["tail"]) if options["tail"] is not None else lines:
+            show(line)
         for host, problem in failures.items():
             _warn(host, problem)
         ctx.exit(1 if failures else 0)
+    status = _follow(record, show, keepalive=options["keepalive"])
+    if status is not None and status.root_cause is not None:
+        from rich.console import Console
 
-    _follow(record, set(ranks))
+        _print_root_cause(Console(stderr=True, highlight=False), status.root_cause)
 
 
-def _show_line(line: LogLine, ranks: set[int]) -> None:
-    if ranks and line.rank not in ranks:
-        return
-    label = f"[{line.host}]" if line.rank is None else f"[{line.host} rank {line.rank}]"
-    sys.stdout.write(f"{label} {line.text}\n")
+def _last_per_rank(lines: list[LogLine], count: int) -> list[LogLine]:
+    from collections import defaultdict
+
+    per_rank: dict[tuple[str, int | None], list[LogLine]] = defaultdict(list)
+    for line in lines:
+        per_rank[(line.host, line.rank)].append(line)
+    kept = {id(line) for group in per_rank.values() for line in group[len(group) - count :] if count}
+    return [line for line in lines if id(line) in kept]
+
+
+class _LinePrinter:
+    """``[host rank R] text``, one colour per host on a terminal; ``\\r`` splits a line."""
+
+    _COLOURS = ("36", "33", "35", "32", "34", "91", "96", "93", "95", "92")
+
+    def __init__(self, ranks: set[int], stderr_only: bool, no_prefix: bool) -> None:
+        import os
+
+        self._ranks = ranks
+        self._stderr_only = stderr_only
+        self._no_prefix = no_prefix
+        self._colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        self._host_colours: dict[str, str] = {}
+
+    def __call__(self, line: LogLine) -> None:
+        if (self._ranks and line.rank not in self._ranks) or (self._stderr_only and line.stream != "e"):
+            return
+        label = ""
+        if not self._no_prefix:
+            label = f"[{line.host}]" if line.rank is None else f"[{line.host} rank {line.rank}]"
+            if self._colour:
+                colour = self._host_colours.setdefault(
+                    line.host, self._COLOURS[len(self._host_colours) % len(self._COLOURS)]
+                )
+                label = f"\x1b[{colour}m{label}\x1b[0m"
+            label += " "
+        # A progress bar redraws itself with \r: every frame becomes a line of its own.
+        for frame in line.text.split("\r"):
+            if frame or "\r" not in line.text:
+                sys.stdout.write(f"{label}{frame}\n")
 
 
 def _warn(host: str, problem: str) -> None:
     click.echo(f"launcher: {host}: {problem}", err=True)
 
 
-def _follow(record: JobRecord, ranks: set[int]) -> None:
-    """Print lines as they come until the job ends everywhere; Ctrl-C detaches."""
+def _follow(record: JobRecord, show: Any, keepalive: float = 5.0) -> JobStatus | None:
+    """Print lines as they come until the job ends everywhere; then its status, or None
+    when Ctrl-C detached."""
     from launcher import jobs
 
-    async def stream() -> None:
-        async for line in jobs.follow_logs(record, _ssh_for(record), on_problem=_warn):
-            _show_line(line, ranks)
+    ssh = replace(_ssh_for(record), keepalive=keepalive)
+
+    async def stream() -> JobStatus:
+        async for line in jobs.follow_logs(record, ssh, on_problem=_warn):
+            show(line)
             sys.stdout.flush()
+        return await jobs.job_status(record, _ssh_for(record))
 
     try:
-        _run(stream())
+        return _run(stream())
     except KeyboardInterrupt:
         click.echo(f"\nlauncher: stopped following; {record.name} keeps running", err=True)
+        return None
 
 
 @cli.command()
@@ -353,7 +420,13 @@ def _duration(seconds: float) -> str:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", required=False)
+@click.option(
+    "--all",
+    "kill_all",
+    is_flag=True,
+    help="Every launcher job on the hosts (of --hosts, else of every job launched from here).",
+)
 @click.option("--hosts", "hosts_arg", metavar="FILE", help=_HOSTS_HELP + " Finds the job without a local record.")
 @click.option(
     "--grace",
@@ -362,20 +435,76 @@ def _duration(seconds: float) -> str:
     show_default=True,
     help="Seconds between SIGTERM and SIGKILL.",
 )
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds to reach a host (tried twice).",
+)
 @click.pass_context
-def kill(ctx: click.Context, name: str, hosts_arg: str | None, grace: float) -> None:
+def kill(
+    ctx: click.Context, /, name: str | None, kill_all: bool, hosts_arg: str | None, grace: float, connect_timeout: float
+) -> None:
     """End job NAME on every host: its tmux session and every process it started.
 
-    Exit status 0 only when every host is verified clean.
+    Exit status 0 only when every host is verified clean; an unreachable host is
+    reported and the others are still cleaned.
     """
     from launcher import jobs
+    from launcher.errors import UsageError
 
-    record = _find_job(name, hosts_arg)
-    results = _run(jobs.kill_job(record, grace, _ssh_for(record)))
+    if kill_all == (name is not None):
+        raise UsageError("name one job, or pass --all")
+    if kill_all:
+        hosts = _all_known_hosts(hosts_arg)
+        ssh = replace(_ssh_for(None), connect_timeout=connect_timeout)
+        results = _run(jobs.kill_all_jobs(hosts, grace, ssh))
+    else:
+        record = _find_job(name, hosts_arg)
+        ssh = replace(_ssh_for(record), connect_timeout=connect_timeout)
+        results = _run(jobs.kill_job(record, grace, ssh))
     width = max(len(r.host) for r in results)
     for r in results:
         click.echo(f"{r.host:<{width}}  {'ok  ' if r.verified else 'FAIL'}  {r.message}")
     ctx.exit(0 if all(r.verified for r in results) else 1)
+
+
+def _all_known_hosts(hosts_arg: str | None) -> tuple[Any, ...]:
+    from launcher.hosts import resolve_hosts
+    from launcher.records import all_records
+
+    if hosts_arg is not None:
+        return resolve_hosts(hosts_arg)
+    unique = {h.label: h for record in all_records() for h in record.hosts}
+    if not unique:
+        from launcher.errors import UsageError
+
+        raise UsageError("no job has been launched from here: pass --hosts FILE")
+    return tuple(unique.values())
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--host", "host_label", metavar="HOST", help="Which host's session.  [default: the first]")
+@click.option("--hosts", "hosts_arg", metavar="FILE", help=_HOSTS_HELP + " Finds the job without a local record.")
+@click.option("--rw", is_flag=True, help="Allow typing into the session (default: read-only).")
+def attach(name: str | None, host_label: str | None, hosts_arg: str | None, rw: bool) -> None:
+    """Open the job's tmux session on a host (over ssh -t); detach with Ctrl-b d."""
+    import os
+
+    from launcher import commands
+
+    record = _find_job(name, hosts_arg)
+    hosts = [h for h in record.hosts if host_label in (None, h.label)]
+    if not hosts:
+        raise click.BadParameter(f"not a host of {record.name}: {host_label}", param_hint="--host")
+    host = hosts[0]
+    argv = commands.attach_argv(host.name, host.user, host.port, host.is_local, record.name, read_only=not rw)
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        raise click.ClickException(f"cannot run {argv[0]}: {exc.strerror}") from None
 
 
 @cli.command(name="list")
@@ -409,10 +538,10 @@ def _find_job(name: str | None, hosts_arg: str | None) -> JobRecord:
     return load_record(commands.check_job_name(name))
 
 
-def _ssh_for(record: JobRecord) -> Any:
+def _ssh_for(record: JobRecord | None) -> Any:
     from launcher.ssh import SshOptions
 
-    return SshOptions(python=record.python or sys.executable)
+    return SshOptions(python=(record.python if record else None) or sys.executable)
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:

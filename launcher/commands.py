@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -121,3 +122,15 @@ def job_env(user_env: Mapping[str, str], log_dir: str) -> dict[str, str]:
     env["TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"] = RANK_PREFIX_TEMPLATE
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def attach_argv(
+    host_name: str, user: str | None, port: int | None, local: bool, job: str, read_only: bool
+) -> list[str]:
+    """The command that opens a job's tmux session on a host, interactively."""
+    tmux = ["tmux", "attach-session", *(["-r"] if read_only else []), "-t", f"launcher-{job}"]
+    if local:
+        return tmux
+    options = [*(["-p", str(port)] if port else []), *(["-l", user] if user else [])]
+    # Quoting point: ssh hands the remote command to the login shell as one string.
+    return ["ssh", "-t", *options, host_name, shlex.join(tmux)]

@@ -33,6 +33,8 @@ _EXITCODE = re.compile(r"^(-?\d+)")
 _SIGNAL = re.compile(r"\((SIG[A-Z0-9]+)\)")
 _NOTICED = re.compile(r"failed \(exitcode: (-?\d+)\) local_rank: (\d+)")
 _MAX_TRACEBACK_LINES = 60
+_TORCH_RANK_PREFIX = re.compile(r"^\[rank\d+\]: ")
+"""Once a process group exists, torch's excepthook prefixes each traceback line with it."""
 
 
 def rank_failures(records: Sequence[Sequence[Any]]) -> tuple[dict[int, dict[str, Any]], int | None]:
@@ -128,7 +130,7 @@ def _error_file_traceback(path: str | None) -> list[str]:
 
 def _printed_traceback(records: Sequence[Sequence[Any]], rank: int | None) -> list[str]:
     """The last ``Traceback (most recent call last):`` block the rank printed on stderr."""
-    lines = [r[3] for r in records if r[1] == rank and r[2] == "e"]
+    lines = [_TORCH_RANK_PREFIX.sub("", r[3]) for r in records if r[1] == rank and r[2] == "e"]
     if rank is None:
         # torchrun's own summary is not the job's traceback.
         cut = next((i for i, line in enumerate(lines) if "ChildFailedError" in line), len(lines))

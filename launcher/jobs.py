@@ -374,19 +374,41 @@ def overall_state(states: Sequence[str]) -> JobState:
 async def kill_job(record: JobRecord, grace: float = 10.0, ssh: SshOptions = DEFAULT_SSH) -> list[HostKill]:
     async def one(host: Host) -> HostKill:
         answer = await _ask(host, ssh, "kill", timeout=grace + 60, job=record.name, grace=grace)
-        if answer["left"]:
-            pids = ", ".join(str(pid) for pid, _ in answer["left"])
-            return HostKill(host.label, False, f"{len(answer['left'])} process(es) still alive: {pids}")
-        if answer["found"] == 0:
-            return HostKill(host.label, True, f"nothing running (job was {answer['state_before']})")
-        forced = f", {answer['forced']} needed SIGKILL" if answer["forced"] else ""
-        return HostKill(host.label, True, f"killed {answer['found']} process(es){forced}; none left")
+        return _host_kill(host.label, answer)
 
     results = await for_each_host(record.hosts, one)
     return [
         r if isinstance(r, HostKill) else HostKill(h.label, False, _message(r))
         for h, r in zip(record.hosts, results, strict=True)
     ]
+
+
+async def kill_all_jobs(hosts: Sequence[Host], grace: float = 10.0, ssh: SshOptions = DEFAULT_SSH) -> list[HostKill]:
+    """Kill every launcher job running on ``hosts``, whoever launched it."""
+
+    async def one(host: Host) -> HostKill:
+        answer = await _ask(host, ssh, "kill_all", timeout=grace + 120, grace=grace)
+        kills = {name: _host_kill(host.label, result) for name, result in answer["jobs"].items()}
+        if not kills:
+            return HostKill(host.label, True, "no job running")
+        verified = all(k.verified for k in kills.values())
+        return HostKill(host.label, verified, "; ".join(f"{name}: {k.message}" for name, k in kills.items()))
+
+    results = await for_each_host(hosts, one)
+    return [
+        r if isinstance(r, HostKill) else HostKill(h.label, False, _message(r))
+        for h, r in zip(hosts, results, strict=True)
+    ]
+
+
+def _host_kill(label: str, answer: dict[str, Any]) -> HostKill:
+    if answer["left"]:
+        pids = ", ".join(str(pid) for pid, _ in answer["left"])
+        return HostKill(label, False, f"{len(answer['left'])} process(es) still alive: {pids}")
+    if answer["found"] == 0:
+        return HostKill(label, True, f"already gone (the job had {answer['state_before']})")
+    forced = f", {answer['forced']} needed SIGKILL" if answer["forced"] else ""
+    return HostKill(label, True, f"killed {answer['found']} process(es){forced}; none left")
 
 
 # ---------------------------------------------------------------------------- logs
@@ -478,6 +500,7 @@ async def follow_logs(
     try:
         while (line := await queue.get()) is not None:
             yield line
+        await runner  # a bug in a follower must surface, not end the stream quietly
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)

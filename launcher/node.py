@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from launcher import __version__
-from launcher.paths import run_dir
+from launcher.paths import run_dir, runs_dir
 
 JOB_MARKER = "LAUNCHER_JOB"
 """Environment variable set to the job name in every process of a job.
@@ -198,6 +198,17 @@ def _alive(proc: Any) -> bool:
         return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
+
+
+def kill_all(grace: float) -> dict[str, Any]:
+    """Kill every job of launcher running here: those with a live supervisor or session."""
+    mine = runs_dir().glob(f"*/{socket.gethostname()}")
+    names = {p.parent.name for p in mine if _read_status(p.parent.name)["state"] == "running"}
+    tmux = _tmux_server()
+    if tmux is not None:
+        names |= {s.name[len(_SESSION_PREFIX) :] for s in tmux.sessions if (s.name or "").startswith(_SESSION_PREFIX)}
+    results = {name: kill(name, grace) for name in sorted(names)}
+    return {"jobs": results}
 
 
 def job_processes(job: str) -> list[Any]:
@@ -404,6 +415,7 @@ _REQUESTS: dict[str, Any] = {
     "start": lambda r: start(r["job"], r["argv"], r["env"], r["cwd"], r.get("teardown")),
     "status": lambda r: status(r["job"]),
     "kill": lambda r: kill(r["job"], float(r.get("grace", 10.0))),
+    "kill_all": lambda r: kill_all(float(r.get("grace", 10.0))),
     "logs": lambda r: read_logs(r["job"], int(r.get("offset", 0))),
 }
 

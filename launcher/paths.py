@@ -17,10 +17,15 @@ def records_dir() -> Path:
     return state_dir() / "jobs"
 
 
+def runs_dir() -> Path:
+    """Every job's node files (on a node)."""
+    return state_dir() / "runs"
+
+
 def run_dir(job: str, hostname: str) -> Path:
     """One node's files for one job.
 
     Homes are often shared between nodes (NFS), so the node's hostname is part of the
     path: two nodes of a job never write the same file.
     """
-    return state_dir() / "runs" / job / hostname
+    return runs_dir() / job / hostname

@@ -43,6 +43,10 @@ class SshOptions:
     """Extra tries, with backoff, after a transient failure (timeout, connection reset)."""
     python: str = sys.executable
     """The interpreter that runs the node agent on every host."""
+    keepalive: float | None = None
+    """Seconds between SSH keepalives; three unanswered ones drop the connection. None:
+    as ~/.ssh/config says (ServerAliveInterval), else off. Followers set it, to notice a
+    host cut from the network and reconnect."""
 
 
 class NodeAgent:
@@ -96,13 +100,13 @@ class NodeAgent:
         try:
             self._writer.write((json.dumps({"op": op, **args}) + "\n").encode())
             await self._writer.drain()
-        except (OSError, RuntimeError) as exc:
+        except _connection_errors() as exc:
             raise HostError(self.host.label, f"connection lost: {exc}") from None
 
     async def _receive(self) -> dict[str, Any]:
         try:
             line = await self._reader.readline()
-        except (OSError, asyncio.IncompleteReadError) as exc:
+        except _connection_errors() as exc:
             raise HostError(self.host.label, f"connection lost: {exc}") from None
         if not line:
             raise HostError(self.host.label, await self._explain())
@@ -113,6 +117,14 @@ class NodeAgent:
         if not answer.get("ok"):
             raise HostError(self.host.label, str(answer.get("error", "the node agent refused")))
         return answer
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """What a dropped connection raises (asyncssh's ConnectionLost is no OSError; writing
+    to a closed transport is a RuntimeError)."""
+    import asyncssh
+
+    return (OSError, RuntimeError, asyncio.IncompleteReadError, asyncssh.Error)
 
 
 async def open_agent(host: Host, options: SshOptions, gate: asyncio.Semaphore | None = None) -> NodeAgent:
@@ -204,6 +216,9 @@ async def connect(host: Host, options: SshOptions) -> Any:
         kwargs["port"] = host.port
     if host.user is not None:
         kwargs["username"] = host.user
+    if options.keepalive is not None:
+        kwargs["keepalive_interval"] = options.keepalive
+        kwargs["keepalive_count_max"] = 3
     transient = (TimeoutError, ConnectionResetError, asyncssh.ConnectionLost)
     for attempt in range(options.retries + 1):
         try:

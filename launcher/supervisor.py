@@ -110,12 +110,13 @@ def supervise(directory: Path) -> int:
     for thread in pumps:
         # A daemonised grandchild may hold the pipes open forever: do not wait for it.
         thread.join(timeout=2)
+    exit_code, signum = (128 - returncode, -returncode) if returncode < 0 else (returncode, None)
+    ended = {"exit_code": exit_code, "signal": signum, "time": time.time(), "stopped_by": stopper.stopped_by}
+    # Recorded before the others hear of it: whoever asks then finds the cause here.
+    node.write_json(directory / "exit.json", ended)
     if watch is not None:
         failed_here = returncode != 0 and stopper.stopped_by is None and not (directory / "killed").exists()
         watch.report_failure() if failed_here else watch.finish()
-    exit_code, signum = (128 - returncode, -returncode) if returncode < 0 else (returncode, None)
-    ended = {"exit_code": exit_code, "signal": signum, "time": time.time(), "stopped_by": stopper.stopped_by}
-    node.write_json(directory / "exit.json", ended)
     return 0
 
 

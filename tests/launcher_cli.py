@@ -54,7 +54,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 120, every: f
 def wait_until_ended(cluster: Cluster, name: str, timeout: float = 180) -> dict[str, Any]:
     def ended() -> dict[str, Any] | None:
         status = status_of(cluster, name)
-        return None if status["state"] == "running" else status
+        return None if any(h["state"] == "running" for h in status["hosts"]) else status
 
     result: dict[str, Any] = wait_for(f"{name} to end", ended, timeout)
     return result
