@@ -219,11 +219,13 @@ class _LaunchProgress:
 
 async def _wait_for_end(record: JobRecord) -> JobStatus:
     from launcher import jobs
+    from launcher.records import remember_state
 
     while True:
         status = await jobs.job_status(record, _ssh_for(record))
         # A job can be failed already while some hosts still stop: wait for every host.
         if all(h.state != "running" for h in status.hosts):
+            remember_state(record, status.state)
             return status
         await asyncio.sleep(1.0)
 
@@ -351,9 +353,11 @@ def status(ctx: click.Context, name: str | None, hosts_arg: str | None, as_json:
     Exit status 0 when the job is running or succeeded, 1 otherwise.
     """
     from launcher import jobs
+    from launcher.records import remember_state
 
     record = _find_job(name, hosts_arg)
     result = _run(jobs.job_status(record, _ssh_for(record)))
+    remember_state(record, result.state)
     if as_json:
         click.echo(json.dumps(status_json(result)))
     else:
@@ -461,9 +465,13 @@ def kill(
         ssh = replace(_ssh_for(None), connect_timeout=connect_timeout)
         results = _run(jobs.kill_all_jobs(hosts, grace, ssh))
     else:
+        from launcher.records import remember_state
+
         record = _find_job(name, hosts_arg)
         ssh = replace(_ssh_for(record), connect_timeout=connect_timeout)
         results = _run(jobs.kill_job(record, grace, ssh))
+        if all(r.verified for r in results):
+            remember_state(record, "killed")
     width = max(len(r.host) for r in results)
     for r in results:
         click.echo(f"{r.host:<{width}}  {'ok  ' if r.verified else 'FAIL'}  {r.message}")
@@ -509,15 +517,22 @@ def attach(name: str | None, host_label: str | None, hosts_arg: str | None, rw: 
 
 @cli.command(name="list")
 def list_jobs() -> None:
-    """Jobs launched from this machine, newest last."""
+    """Jobs launched from this machine, newest last, with their last known state (no host is asked)."""
     import time
+
+    from rich.console import Console
+    from rich.table import Table
 
     from launcher.records import all_records
 
+    table = Table(box=None)
+    for column in ("job", "launched", "last known state", "hosts"):
+        table.add_column(column, overflow="fold")
     for record in all_records():
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.launched_at))
         hosts = ",".join(h.label for h in record.hosts)
-        click.echo(f"{record.name}  {when}  {hosts}")
+        table.add_row(record.name, when, record.last_state or "launched", hosts)
+    Console(highlight=False).print(table)
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -402,6 +402,9 @@ async def kill_all_jobs(hosts: Sequence[Host], grace: float = 10.0, ssh: SshOpti
 
 
 def _host_kill(label: str, answer: dict[str, Any]) -> HostKill:
+    if answer.get("gpu_holders"):
+        pids = ", ".join(str(pid) for pid in answer["gpu_holders"])
+        return HostKill(label, False, f"nvidia-smi still lists GPU memory held by pid(s) {pids}")
     if answer["left"]:
         pids = ", ".join(str(pid) for pid, _ in answer["left"])
         return HostKill(label, False, f"{len(answer['left'])} process(es) still alive: {pids}")

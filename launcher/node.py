@@ -23,6 +23,7 @@ import re
 import shlex
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -174,7 +175,22 @@ def kill(job: str, grace: float) -> dict[str, Any]:
     if tmux is not None and tmux.has_session(session_name(job)):
         tmux.kill_session(session_name(job))
     left = [[p.pid, _cmdline(p)] for p in job_processes(job)]
-    return {"found": len(procs), "forced": len(forced), "left": left, "state_before": before}
+    gpu = _gpu_holders({p.pid for p in procs} | forced)
+    return {"found": len(procs), "forced": len(forced), "left": left, "gpu_holders": gpu, "state_before": before}
+
+
+def _gpu_holders(pids: set[int]) -> list[int]:
+    """Which of ``pids`` nvidia-smi still lists as holding GPU memory (none without nvidia-smi)."""
+    import shutil
+
+    if not pids or shutil.which("nvidia-smi") is None:
+        return []
+    query = ["nvidia-smi", "--query-compute-apps=pid", "--format=csv,noheader"]
+    try:
+        listed = subprocess.run(query, capture_output=True, text=True, timeout=30, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return sorted(pids & {int(word) for word in listed.split() if word.isdigit()})
 
 
 def _wait_gone(procs: list[Any], timeout: float) -> list[Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ class JobRecord:
     cwd: str = ""
     rdzv_endpoint: str | None = None
     """``address:port`` of the c10d store on the first host."""
+    last_state: str | None = None
+    """The job's state when last asked (status, kill, --wait), for ``launcher list``."""
 
 
 def save_record(record: JobRecord) -> Path:
@@ -36,6 +38,12 @@ def save_record(record: JobRecord) -> Path:
     tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def remember_state(record: JobRecord, state: str) -> None:
+    """Note the job's last known state in its record, if it has one here."""
+    if (records_dir() / f"{record.name}.json").exists():
+        save_record(replace(load_record(record.name), last_state=state))
 
 
 def load_record(name: str) -> JobRecord:
