@@ -568,8 +568,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
         result = cli.main(args=argv, prog_name="launcher", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
+    except click.exceptions.Abort:  # click's name for Ctrl-C; a launch is rolled back by then
+        click.echo("Interrupted.", err=True)
         return 130
     except click.ClickException as exc:
         exc.show()

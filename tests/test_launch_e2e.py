@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -183,3 +185,25 @@ def test_follow_streams_until_the_job_ends(cluster: Cluster) -> None:
 def test_repo_is_shared_with_the_hosts() -> None:
     """The e2e tests rely on it: the repo (scripts, examples) lies outside the hosts' private /tmp."""
     assert not str(REPO).startswith("/tmp/")
+
+
+def test_ctrl_c_during_launch_leaves_nothing_behind(cluster: Cluster) -> None:
+    h2 = cluster.hosts[2]
+    name = job_name("ctrlc")
+    h2.set_link(False)  # h2 does not answer: the launch waits on it with h0 and h1 prepared
+    try:
+        launch = subprocess.Popen(
+            [sys.executable, "-m", "launcher", "launch", "--hosts", "h0,h1,h2", "--name", name,
+             "--connect-timeout", "60", "tests/scripts/sleeper.py"],
+            cwd=REPO, env=cluster.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(3)
+        launch.send_signal(signal.SIGINT)
+        _, err = launch.communicate(timeout=30)
+    finally:
+        h2.set_link(True)
+    assert launch.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines() == ["Interrupted."], err
+    for host in cluster.hosts:
+        assert leftovers(host, (f"--rdzv-id {name}", f"/{name}/")) == []
+    assert "no job" in run_cli(cluster, "status", name).stderr  # and no record of a job that never was
