@@ -124,7 +124,8 @@ def _launch_spec(script: str, script_args: tuple[str, ...], options: dict[str, A
     import shlex
 
     from launcher import environment, jobs
-    from launcher.hosts import resolve_hosts, select_hosts
+    from launcher.hosts import resolve_hosts
+    from launcher.selection import select_hosts
     from launcher.ssh import SshOptions
 
     cwd = options["cwd"] or os.getcwd()
@@ -525,10 +526,13 @@ def list_jobs() -> None:
 
     from launcher.records import all_records
 
+    records = all_records()
+    if not records:
+        return
     table = Table(box=None)
     for column in ("job", "launched", "last known state", "hosts"):
         table.add_column(column, overflow="fold")
-    for record in all_records():
+    for record in records:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.launched_at))
         hosts = ",".join(h.label for h in record.hosts)
         table.add_row(record.name, when, record.last_state or "launched", hosts)

@@ -16,13 +16,13 @@ from launcher.hosts import (
     LOCALHOST,
     MAX_SLOTS,
     Host,
-    expand_slurm_nodelist,
     parse_host_spec,
     parse_hosts_file,
     parse_hosts_text,
     resolve_hosts,
-    select_hosts,
 )
+from launcher.selection import select_hosts
+from launcher.slurm import expand_slurm_nodelist
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
