@@ -175,8 +175,9 @@ def _shell_quote(word: str) -> str:
 
     if word.isprintable():
         return shlex.quote(word)
+    # \xHH stands for one byte in $'...': a character outside ASCII needs its UTF-8 bytes.
     escaped = "".join(
-        c if c.isprintable() and c not in "\\'" else f"\\x{ord(c):02x}" if ord(c) < 256 else c for c in word
+        c if c.isprintable() and c not in "\\'" else "".join(f"\\x{b:02x}" for b in c.encode()) for c in word
     )
     return f"$'{escaped}'"
 
@@ -283,7 +284,7 @@ def _last_per_rank(lines: list[LogLine], count: int) -> list[LogLine]:
     per_rank: dict[tuple[str, int | None], list[LogLine]] = defaultdict(list)
     for line in lines:
         per_rank[(line.host, line.rank)].append(line)
-    kept = {id(line) for group in per_rank.values() for line in group[len(group) - count :] if count}
+    kept = {id(line) for group in per_rank.values() for line in group[max(len(group) - count, 0) :] if count}
     return [line for line in lines if id(line) in kept]
 
 
@@ -412,7 +413,9 @@ def _print_root_cause(console: Any, cause: Any) -> None:
     from rich.markup import escape
 
     where = cause.host if cause.rank is None else f"{cause.host}, rank {cause.rank}"
-    how = f"signal {cause.signal}" if cause.signal else f"exit code {cause.exit_code}"
+    how = f"exit code {cause.exit_code}"
+    if cause.signal:
+        how = f"signal {cause.signal}" if cause.signal.startswith("SIG") else cause.signal
     console.print(f"[bold red]First failure[/]: {escape(where)} ({how}): {escape(cause.exception)}")
     for line in cause.traceback:
         console.print(f"  {escape(line)}", soft_wrap=True)

@@ -35,7 +35,7 @@ def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
     expansion): what the file says is what the job gets.
     """
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # -sig: a BOM is not part of line 1
     except FileNotFoundError:
         raise UsageError(f"{path}: env file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -48,7 +48,8 @@ def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
         stripped = stripped.removeprefix("export ").lstrip()
         key, sep, value = stripped.partition("=")
         if not sep or not _KEY.fullmatch(key):
-            raise UsageError(f"{path}:{number}: expected KEY=VALUE, got {line.strip()[:40]!r}")
+            # The line is not echoed: it may hold a secret.
+            raise UsageError(f"{path}:{number}: expected KEY=VALUE with KEY a variable name")
         env[key] = value
     return env
 

@@ -101,8 +101,8 @@ def root_cause(records: Sequence[Sequence[Any]], exit_code: int | None) -> dict[
 
 
 def _noticed_at(records: Sequence[Sequence[Any]], local_rank: int) -> float | None:
-    """When torchrun noticed the rank's end (its ``failed (exitcode: ...)`` line)."""
-    for stamp, rank, stream, text in records:
+    """When torchrun last noticed the rank's end (its ``failed (exitcode: ...)`` line)."""
+    for stamp, rank, stream, text in reversed(records):  # the last attempt's, after restarts
         match = _NOTICED.search(text) if rank is None and stream == "e" else None
         if match and int(match.group(2)) == local_rank:
             return float(stamp)
@@ -140,7 +140,13 @@ def _printed_traceback(records: Sequence[Sequence[Any]], rank: int | None) -> li
     )
     if start is None:
         return lines[-10:]
-    return lines[start : start + _MAX_TRACEBACK_LINES]
+    # The block ends at the exception line: the first unindented line after the frames.
+    # What follows (torch's exit warnings, say) is not part of it.
+    end = next((i for i in range(start + 1, len(lines)) if lines[i] and not lines[i][0].isspace()), len(lines) - 1)
+    block = lines[start : end + 1]
+    if len(block) > _MAX_TRACEBACK_LINES:  # keep the header and the innermost frames
+        block = [block[0], "  ...", *block[-(_MAX_TRACEBACK_LINES - 2) :]]
+    return block
 
 
 def _exception_line(traceback: list[str], signal: str | None) -> str:

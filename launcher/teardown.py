@@ -36,6 +36,7 @@ class WatchServer:
         self._lock = threading.Lock()
         self._peers: list[socket.socket] = []
         self._stopped_by: int | None = None
+        self._finished = False
         family = socket.AF_INET6 if socket.has_dualstack_ipv6() else socket.AF_INET
         self._server = socket.create_server(("", port), family=family, dualstack_ipv6=family == socket.AF_INET6)
         threading.Thread(target=self._accept, daemon=True).start()
@@ -45,11 +46,11 @@ class WatchServer:
 
     def finish(self) -> None:
         with self._lock:
+            self._finished = True
             peers, self._peers = self._peers, []
         for peer in peers:
-            with contextlib.suppress(OSError):
-                peer.sendall(b"done\n")
-                peer.close()
+            _send(peer, "done\n")
+            _close(peer)
         with contextlib.suppress(OSError):
             self._server.close()
 
@@ -60,8 +61,13 @@ class WatchServer:
             except OSError:
                 return  # closed by finish()
             with self._lock:
-                late_stop = self._stopped_by
-                self._peers.append(peer)
+                late_stop, finished = self._stopped_by, self._finished
+                if not finished:
+                    self._peers.append(peer)
+            if finished:  # accepted while finish() closed the socket: it must hear "done" too
+                _send(peer, "done\n")
+                _close(peer)
+                return
             if late_stop is not None:
                 _send(peer, f"stop {late_stop}\n")
             threading.Thread(target=self._listen, args=(peer,), daemon=True).start()
@@ -105,8 +111,7 @@ class WatchClient:
     def finish(self) -> None:
         self._closing = True
         if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.close()
+            _close(self._sock)
 
     def _run(self) -> None:
         deadline = time.monotonic() + _CONNECT_FOR_S
@@ -114,6 +119,7 @@ class WatchClient:
             try:
                 self._sock = socket.create_connection(self._address, timeout=5)
                 self._sock.settimeout(None)
+                _keep_alive(self._sock)
                 break
             except OSError as exc:
                 if time.monotonic() > deadline:
@@ -127,11 +133,28 @@ class WatchClient:
         for line in _lines(self._sock):
             kind, _, node = line.partition(" ")
             if kind == "stop" and node.isdigit():
-                self._on_stop(int(node))
+                if not self._closing:  # our own failure, echoed back: we are done already
+                    self._on_stop(int(node))
                 return
             done = done or kind == "done"
         if not done and not self._closing:
             self._on_stop(0)  # node 0 went away without a word: its host or its supervisor died
+
+
+def _close(sock: socket.socket) -> None:
+    """Shut down, then close: a thread blocked reading the socket wakes up and ends."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+def _keep_alive(sock: socket.socket) -> None:
+    """Notice within about a minute that node 0's host is gone (powered off, cut off)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 def _send(sock: socket.socket, message: str) -> None:

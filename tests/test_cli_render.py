@@ -1,0 +1,426 @@
+"""What the command line shows: attach commands, log lines, dry-run quoting, status JSON.
+
+Pure rendering, no hosts: each function gets the records the library would return.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shlex
+import subprocess
+import sys
+from typing import Any, Literal
+
+import pytest
+
+from launcher.cli import _last_per_rank, _LinePrinter, _print_root_cause, _shell_quote, status_json
+from launcher.commands import attach_argv
+from launcher.jobs import HostStatus, JobStatus, LogLine, RankStatus, RootCause, _rank_states
+
+# --- attach_argv ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("remote", "read_only", "expected"),
+    [
+        (False, False, ["tmux", "attach-session", "-t", "launcher-train-1"]),
+        (False, True, ["tmux", "attach-session", "-r", "-t", "launcher-train-1"]),
+        (
+            True,
+            False,
+            ["ssh", "-t", "-p", "2222", "-l", "alice", "h1.example", "tmux attach-session -t launcher-train-1"],
+        ),
+        (
+            True,
+            True,
+            ["ssh", "-t", "-p", "2222", "-l", "alice", "h1.example", "tmux attach-session -r -t launcher-train-1"],
+        ),
+    ],
+)
+def test_attach_argv(remote: bool, read_only: bool, expected: list[str]) -> None:
+    argv = attach_argv("h1.example", "alice", 2222, not remote, "train-1", read_only)
+
+    assert argv == expected
+
+
+@pytest.mark.parametrize(
+    ("user", "port", "options"),
+    [
+        (None, None, []),
+        ("bob", None, ["-l", "bob"]),
+        (None, 22, ["-p", "22"]),
+    ],
+)
+def test_attach_argv_lets_ssh_decide_what_is_not_given(user: str | None, port: int | None, options: list[str]) -> None:
+    argv = attach_argv("10.0.0.2", user, port, False, "j", read_only=False)
+
+    assert argv == ["ssh", "-t", *options, "10.0.0.2", "tmux attach-session -t launcher-j"]
+
+
+def test_attach_remote_command_is_one_quoted_word() -> None:
+    """The login shell on the host splits the last word back into tmux's argv."""
+    argv = attach_argv("::1", None, None, False, "a_b-9", read_only=True)
+
+    assert shlex.split(argv[-1]) == ["tmux", "attach-session", "-r", "-t", "launcher-a_b-9"]
+    assert argv[-2] == "::1"
+
+
+# --- _LinePrinter --------------------------------------------------------------------------
+
+
+def line(host: str, rank: int | None, text: str, stream: Literal["o", "e"] = "o") -> LogLine:
+    return LogLine(host=host, rank=rank, stream=stream, text=text, time=1.0)
+
+
+LINES = [
+    line("h0", None, "torchrun: starting", "e"),
+    line("h0", 0, "step 1"),
+    line("h1", 1, "step 1"),
+    line("h1", 1, "warning: x", "e"),
+    line("h0", 0, "loss 0.5"),
+]
+
+
+def printed(capsys: pytest.CaptureFixture[str], printer: _LinePrinter, lines: list[LogLine]) -> list[str]:
+    for each in lines:
+        printer(each)
+    return capsys.readouterr().out.splitlines()
+
+
+def test_labels(capsys: pytest.CaptureFixture[str]) -> None:
+    assert printed(capsys, _LinePrinter(set(), stderr_only=False, no_prefix=False), LINES) == [
+        "[h0] torchrun: starting",
+        "[h0 rank 0] step 1",
+        "[h1 rank 1] step 1",
+        "[h1 rank 1] warning: x",
+        "[h0 rank 0] loss 0.5",
+    ]
+
+
+def test_only_some_ranks(capsys: pytest.CaptureFixture[str]) -> None:
+    assert printed(capsys, _LinePrinter({0}, stderr_only=False, no_prefix=False), LINES) == [
+        "[h0 rank 0] step 1",
+        "[h0 rank 0] loss 0.5",
+    ]
+
+
+def test_only_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    assert printed(capsys, _LinePrinter(set(), stderr_only=True, no_prefix=False), LINES) == [
+        "[h0] torchrun: starting",
+        "[h1 rank 1] warning: x",
+    ]
+
+
+def test_ranks_and_stderr_together(capsys: pytest.CaptureFixture[str]) -> None:
+    assert printed(capsys, _LinePrinter({1}, stderr_only=True, no_prefix=True), LINES) == ["warning: x"]
+
+
+def test_no_prefix(capsys: pytest.CaptureFixture[str]) -> None:
+    assert printed(capsys, _LinePrinter(set(), stderr_only=False, no_prefix=True), LINES) == [
+        "torchrun: starting",
+        "step 1",
+        "step 1",
+        "warning: x",
+        "loss 0.5",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("plain", ["[h rank 3] plain"]),
+        ("", ["[h rank 3] "]),
+        (
+            " 10%|#   |\r 50%|##  |\r100%|####|",
+            ["[h rank 3]  10%|#   |", "[h rank 3]  50%|##  |", "[h rank 3] 100%|####|"],
+        ),
+        ("\rfirst\r\rsecond\r", ["[h rank 3] first", "[h rank 3] second"]),
+        ("\r", []),
+        ("a [red]b[/] $(x) \x1b[1m", ["[h rank 3] a [red]b[/] $(x) \x1b[1m"]),
+    ],
+)
+def test_carriage_returns_split_frames(capsys: pytest.CaptureFixture[str], text: str, expected: list[str]) -> None:
+    printer = _LinePrinter(set(), stderr_only=False, no_prefix=False)
+
+    printer(line("h", 3, text))
+
+    assert capsys.readouterr().out.split("\n")[:-1] == expected
+
+
+def test_no_colour_on_a_pipe(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_COLOR", raising=False)
+
+    out = printed(capsys, _LinePrinter(set(), stderr_only=False, no_prefix=False), LINES)
+
+    assert not any("\x1b" in each for each in out)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("no_color", [None, "1"])
+def test_one_colour_per_host_on_a_terminal(monkeypatch: pytest.MonkeyPatch, no_color: str | None) -> None:
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    if no_color is None:
+        monkeypatch.delenv("NO_COLOR", raising=False)
+    else:
+        monkeypatch.setenv("NO_COLOR", no_color)
+    printer = _LinePrinter(set(), stderr_only=False, no_prefix=False)
+
+    for each in LINES:
+        printer(each)
+
+    out = terminal.getvalue().splitlines()
+    if no_color is not None:
+        assert out[0] == "[h0] torchrun: starting"
+        return
+    h0, h1 = "\x1b[36m", "\x1b[33m"
+    assert out == [
+        f"{h0}[h0]\x1b[0m torchrun: starting",
+        f"{h0}[h0 rank 0]\x1b[0m step 1",
+        f"{h1}[h1 rank 1]\x1b[0m step 1",
+        f"{h1}[h1 rank 1]\x1b[0m warning: x",
+        f"{h0}[h0 rank 0]\x1b[0m loss 0.5",
+    ]
+
+
+# --- _last_per_rank ------------------------------------------------------------------------
+
+MIXED = [
+    line("h0", 0, "a1"),
+    line("h0", None, "t1"),
+    line("h1", 0, "b1"),  # rank 0 of another host (a second job on h1, or a restarted record)
+    line("h0", 0, "a2"),
+    line("h1", None, "u1"),
+    line("h0", 0, "a3"),
+    line("h0", None, "t2"),
+    line("h1", 0, "b2"),
+]
+
+
+@pytest.mark.parametrize(
+    ("count", "expected"),
+    [
+        (0, []),
+        (1, ["h1 None u1", "h0 0 a3", "h0 None t2", "h1 0 b2"]),
+        (2, ["h0 None t1", "h1 0 b1", "h0 0 a2", "h1 None u1", "h0 0 a3", "h0 None t2", "h1 0 b2"]),
+        pytest.param(3, [f"{x.host} {x.rank} {x.text}" for x in MIXED]),
+        (100, [f"{x.host} {x.rank} {x.text}" for x in MIXED]),
+    ],
+)
+def test_last_per_rank(count: int, expected: list[str]) -> None:
+    kept = _last_per_rank(MIXED, count)
+
+    assert [f"{x.host} {x.rank} {x.text}" for x in kept] == expected
+
+
+@pytest.mark.parametrize("lines", [2, 3, 5])
+def test_a_rank_with_fewer_lines_than_the_tail_keeps_them_all(lines: int) -> None:
+    few = [line("h", 0, str(i)) for i in range(lines)]
+
+    assert _last_per_rank(few, lines + 1) == few
+
+
+def test_last_per_rank_keeps_identical_lines_apart() -> None:
+    same = [line("h", 0, "x"), line("h", 0, "x"), line("h", 0, "x")]
+
+    assert len(_last_per_rank(same, 2)) == 2
+    assert _last_per_rank([], 5) == []
+
+
+# --- _shell_quote --------------------------------------------------------------------------
+
+
+def through_bash(quoted: str) -> bytes:
+    return subprocess.run(["bash", "-c", "printf %s " + quoted], capture_output=True, check=True, timeout=10).stdout
+
+
+@pytest.mark.parametrize(
+    ("word", "quoted"),
+    [
+        ("plain", "plain"),
+        ("", "''"),
+        ("a b", "'a b'"),
+        ("it's", "'it'\"'\"'s'"),
+        ("$(rm -rf ~)", "'$(rm -rf ~)'"),
+        ("\x1e0\x1f", "$'\\x1e0\\x1f'"),
+        ("a\tb\nc", "$'a\\x09b\\x0ac'"),
+        ("it's\x01\\", "$'it\\x27s\\x01\\x5c'"),
+    ],
+)
+def test_shell_quote(word: str, quoted: str) -> None:
+    assert _shell_quote(word) == quoted
+
+
+@pytest.mark.parametrize(
+    "word",
+    [
+        "plain",
+        "",
+        "a b",
+        "it's",
+        '"double" and `back`',
+        "$(rm -rf ~) ${HOME} $HOME",
+        "☃ ünïcødé",
+        "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE=\x1e${rank}\x1f",
+        "a\tb\nc\rd\x1b[0m\x7f",
+        "it's\x01\\'$x",
+        "é\x07",
+        "zero\u200bwidth",
+    ],
+)
+def test_bash_reads_back_the_same_string(word: str) -> None:
+    assert through_bash(_shell_quote(word)) == word.encode()
+
+
+@pytest.mark.parametrize("word", ["a\xa0b", "x\x85", "soft\xadhyphen"])
+def test_bash_reads_back_latin1_invisibles(word: str) -> None:
+    assert through_bash(_shell_quote(word)) == word.encode()
+
+
+# --- status_json, _rank_states -------------------------------------------------------------
+
+CAUSE = RootCause(
+    host="h1",
+    rank=2,
+    exit_code=-9,
+    signal="SIGKILL",
+    exception="killed by SIGKILL (out of memory? the kernel's OOM killer sends SIGKILL)",
+    traceback=("Traceback (most recent call last):", "ValueError: bad"),
+    time=1_700_000_053.5,
+)
+
+STATUS = JobStatus(
+    name="train-1",
+    state="failed",
+    hosts=(
+        HostStatus(
+            host="h0",
+            state="failed",
+            exit_code=1,
+            error="stopped: h1 failed",
+            started_at=1_700_000_000.0,
+            ended_at=1_700_000_060.0,
+            ranks=(RankStatus(0, "ended"), RankStatus(1, "ended")),
+            stopped_by=1,
+        ),
+        HostStatus(
+            host="h1",
+            state="failed",
+            exit_code=1,
+            started_at=1_700_000_000.0,
+            ended_at=1_700_000_055.0,
+            restarts=1,
+            ranks=(RankStatus(2, "failed", -9, "SIGKILL"), RankStatus(3, "failed", -15, "SIGTERM")),
+        ),
+        HostStatus(host="h2", state="unreachable", error="connection refused"),
+    ),
+    root_cause=CAUSE,
+)
+
+
+def test_status_json() -> None:
+    data = json.loads(json.dumps(status_json(STATUS)))
+
+    assert (data["name"], data["state"]) == ("train-1", "failed")
+    assert [(h["host"], h["state"], h["exit_code"]) for h in data["hosts"]] == [
+        ("h0", "failed", 1),
+        ("h1", "failed", 1),
+        ("h2", "unreachable", None),
+    ]
+    assert data["hosts"][0]["error"] == "stopped: h1 failed"
+    assert data["hosts"][0]["stopped_by"] == 1
+    assert "error" not in data["hosts"][1]
+    assert data["hosts"][1]["restarts"] == 1
+    assert data["hosts"][1]["ranks"] == [
+        {"rank": 2, "state": "failed", "exit_code": -9, "signal": "SIGKILL"},
+        {"rank": 3, "state": "failed", "exit_code": -15, "signal": "SIGTERM"},
+    ]
+    assert data["hosts"][2]["ranks"] == []
+    assert data["root_cause"] == {
+        "host": "h1",
+        "rank": 2,
+        "exit_code": -9,
+        "signal": "SIGKILL",
+        "exception": CAUSE.exception,
+        "traceback": list(CAUSE.traceback),
+        "time": 1_700_000_053.5,
+    }
+
+
+def test_status_json_of_a_running_job() -> None:
+    running = JobStatus("j", "running", (HostStatus("h0", "running", ranks=(RankStatus(0, "running"),)),))
+
+    data = status_json(running)
+
+    assert json.loads(json.dumps(data)) == {
+        "name": "j",
+        "state": "running",
+        "hosts": [
+            {
+                "host": "h0",
+                "state": "running",
+                "exit_code": None,
+                "started_at": None,
+                "ended_at": None,
+                "restarts": 0,
+                "ranks": [{"rank": 0, "state": "running", "exit_code": None, "signal": None}],
+                "stopped_by": None,
+            }
+        ],
+        "root_cause": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ({"state": "running", "ranks": [0, 1]}, [RankStatus(0, "running"), RankStatus(1, "running")]),
+        ({"state": "succeeded", "ranks": [4]}, [RankStatus(4, "succeeded", 0)]),
+        ({"state": "killed", "ranks": [0]}, [RankStatus(0, "killed")]),
+        (
+            {
+                "state": "failed",
+                "ranks": [0, 1, 2],
+                "rank_failures": {"1": {"exit_code": 1, "signal": None}, "2": {"exit_code": -15, "signal": "SIGTERM"}},
+            },
+            [RankStatus(0, "ended"), RankStatus(1, "failed", 1), RankStatus(2, "failed", -15, "SIGTERM")],
+        ),
+        ({"state": "failed"}, []),
+    ],
+)
+def test_rank_states(answer: dict[str, Any], expected: list[RankStatus]) -> None:
+    assert list(_rank_states(answer)) == expected
+
+
+# --- _print_root_cause ---------------------------------------------------------------------
+
+
+def root_cause_text(cause: RootCause) -> str:
+    from rich.console import Console
+
+    out = io.StringIO()
+    _print_root_cause(Console(file=out, width=200, highlight=False, color_system=None), cause)
+    return out.getvalue()
+
+
+def test_print_root_cause() -> None:
+    cause = RootCause(
+        "h1", 3, 1, None, "ValueError: [bold]bad[/]", ("Traceback (most recent call last):", "  [x]"), 1.0
+    )
+
+    assert root_cause_text(cause).splitlines() == [
+        "First failure: h1, rank 3 (exit code 1): ValueError: [bold]bad[/]",
+        "  Traceback (most recent call last):",
+        "    [x]",
+    ]
+
+
+def test_print_root_cause_of_an_unnamed_signal() -> None:
+    cause = RootCause("h1", 3, -9, "signal 9", "killed by signal 9", (), 1.0)
+
+    assert "(signal 9)" in root_cause_text(cause)

@@ -1,0 +1,319 @@
+"""One failure tears down all: the watch server of node 0 and its clients, over real sockets.
+
+Everything runs on 127.0.0.1 with a free port; each wait is bounded by ``WAIT_S`` and the
+tests wait on events, not on fixed sleeps, except to show that something does NOT happen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from launcher import teardown
+from launcher.teardown import WatchClient, WatchServer
+
+WAIT_S = 2.0
+QUIET_S = 0.2
+"""How long to watch for a call that must not come (everything is local: it would be prompt)."""
+
+
+class Calls:
+    """A recording callback that can be waited on."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+        self._called = threading.Event()
+
+    def __call__(self, value: Any) -> None:
+        self.values.append(value)
+        self._called.set()
+
+    def wait(self, timeout: float = WAIT_S) -> bool:
+        return self._called.wait(timeout)
+
+
+class Node:
+    """A client with its callbacks and the thread that watches node 0 for it."""
+
+    def __init__(self, client: WatchClient, thread: threading.Thread, stops: Calls, problems: Calls) -> None:
+        self.client = client
+        self.thread = thread
+        self.stops = stops
+        self.problems = problems
+
+    def connected(self) -> bool:
+        return self.client._connected.wait(WAIT_S)
+
+    def reading(self) -> None:
+        """Wait until the watcher reads from node 0 (its socket then has a file object open)."""
+
+        def reading() -> bool:
+            sock = self.client._sock
+            return sock is not None and sock._io_refs > 0  # type: ignore[attr-defined]
+
+        assert eventually(reading), "the watcher never started reading"
+
+    def ended(self) -> bool:
+        """Its watching thread has returned (it will call nothing any more)."""
+        self.thread.join(WAIT_S)
+        return not self.thread.is_alive()
+
+
+@pytest.fixture
+def port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class _OwnedThread(threading.Thread):
+    """A thread that remembers whose method it runs."""
+
+    def __init__(self, *, target: Callable[..., object] | None = None, **kwargs: Any) -> None:
+        super().__init__(target=target, **kwargs)
+        self.owner = getattr(target, "__self__", None)
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[_OwnedThread]:
+    """Every thread teardown starts (so a test can join a client's watcher)."""
+    threads: list[_OwnedThread] = []
+
+    class Recorded(_OwnedThread):
+        def start(self) -> None:
+            threads.append(self)
+            super().start()
+
+    fake = SimpleNamespace(Thread=Recorded, Lock=threading.Lock, Event=threading.Event)
+    monkeypatch.setattr(teardown, "threading", fake)
+    return threads
+
+
+@pytest.fixture
+def watch(port: int, started: list[_OwnedThread]) -> Iterator[SimpleNamespace]:
+    """Factories for a server and clients on ``port``; all of them finished afterwards."""
+    servers: list[WatchServer] = []
+    nodes: list[Node] = []
+
+    def server(on_stop: Callable[[int], None]) -> WatchServer:
+        servers.append(WatchServer(port, on_stop))
+        return servers[-1]
+
+    def client(node: int) -> Node:
+        stops, problems = Calls(), Calls()
+        made = WatchClient("127.0.0.1", port, node, stops, problems)
+        (thread,) = [t for t in started if t.owner is made]
+        nodes.append(Node(made, thread, stops, problems))
+        return nodes[-1]
+
+    yield SimpleNamespace(server=server, client=client)
+    release(servers, nodes, port)
+    joined = 0
+    while joined < len(started):  # a server's accept thread starts readers until it ends
+        started[joined].join(WAIT_S)
+        joined += 1
+    assert not [thread.name for thread in started if thread.is_alive()]
+
+
+def release(servers: list[WatchServer], nodes: list[Node], port: int) -> None:
+    """End every thread the test started: ``finish()`` alone leaves readers blocked (see the
+    expected failures below), so the sockets are shut down as the kernel would at exit."""
+    for node in nodes:
+        node.client.finish()
+        with contextlib.suppress(OSError, AttributeError):
+            node.client._sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
+    for server in servers:
+        with contextlib.suppress(OSError):
+            server._server.shutdown(socket.SHUT_RDWR)  # wakes accept() while the socket is open
+        peers = list(server._peers)
+        server.finish()
+        # An accept() blocked on a socket closed earlier takes one more connection: give it this one.
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            pass
+        for peer in [*peers, *server._peers]:
+            with contextlib.suppress(OSError):
+                peer.shutdown(socket.SHUT_RDWR)
+
+
+def eventually(condition: Callable[[], bool], timeout: float = WAIT_S) -> bool:
+    """Whether ``condition`` holds within ``timeout``, for states that no event announces."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def accepted(server: WatchServer, count: int) -> None:
+    """Wait until node 0 has accepted ``count`` connections (a client counts itself
+    connected as soon as the connection sits in the listening socket's backlog)."""
+    assert eventually(lambda: len(server._peers) >= count), f"node 0 accepted {len(server._peers)} of {count}"
+
+
+def vanish(server: WatchServer) -> None:
+    """Node 0 dies: the kernel closes its sockets. ``close()`` alone would not, here: the
+    server's reader threads still hold the peers' file objects open."""
+    server._server.close()
+    for peer in server._peers:
+        peer.shutdown(socket.SHUT_RDWR)
+        peer.close()
+
+
+def test_a_client_failure_stops_the_server_and_the_other_clients(watch: SimpleNamespace) -> None:
+    server_stops = Calls()
+    watch.server(server_stops)
+    failing, other = watch.client(1), watch.client(2)
+    assert failing.connected() and other.connected()
+
+    failing.client.report_failure()
+
+    assert server_stops.wait() and other.stops.wait()
+    assert server_stops.values == [1]
+    assert other.stops.values == [1]
+    assert failing.problems.values == other.problems.values == []
+
+
+def test_the_failing_client_is_not_told_to_stop(watch: SimpleNamespace) -> None:
+    server_stops = Calls()
+    watch.server(server_stops)
+    failing, other = watch.client(1), watch.client(2)
+    assert failing.connected() and other.connected()
+    failing.reading()
+
+    failing.client.report_failure()
+
+    assert other.stops.wait()
+    assert not failing.stops.wait(QUIET_S)
+
+
+def test_a_server_failure_stops_every_client(watch: SimpleNamespace) -> None:
+    server_stops = Calls()
+    server = watch.server(server_stops)
+    nodes = [watch.client(1), watch.client(2)]
+    accepted(server, 2)
+
+    server.report_failure()
+
+    assert all(node.stops.wait() for node in nodes)
+    assert [node.stops.values for node in nodes] == [[0], [0]]
+    assert all(node.ended() for node in nodes)
+    assert server_stops.values == []
+
+
+def test_only_the_first_failure_counts(watch: SimpleNamespace) -> None:
+    server_stops = Calls()
+    server = watch.server(server_stops)
+    first, second = watch.client(1), watch.client(2)
+    assert first.connected() and second.connected()
+
+    first.client.report_failure()
+    assert server_stops.wait() and second.stops.wait()
+    server.report_failure()
+    second.client.report_failure()
+
+    third = watch.client(3)
+
+    assert third.stops.wait()
+    assert third.stops.values == [1]
+    assert server_stops.values == [1]
+    assert second.stops.values == [1]
+
+
+def test_a_finished_server_stops_nobody(watch: SimpleNamespace) -> None:
+    server_stops = Calls()
+    server = watch.server(server_stops)
+    nodes = [watch.client(1), watch.client(2)]
+    accepted(server, 2)
+    peers = list(server._peers)
+
+    server.finish()
+    for peer in peers:  # then node 0's supervisor exits: the connections close
+        with contextlib.suppress(OSError):  # finish() may have closed it already
+            peer.shutdown(socket.SHUT_RDWR)
+
+    assert all(node.ended() for node in nodes)
+    assert [node.stops.values for node in nodes] == [[], []]
+    assert [node.problems.values for node in nodes] == [[], []]
+    assert server_stops.values == []
+
+
+def test_a_client_arriving_after_finish_is_not_stopped(watch: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(teardown, "_CONNECT_FOR_S", 0.5)
+    server = watch.server(Calls())
+    first = watch.client(1)
+    accepted(server, 1)
+    time.sleep(0.05)  # node 0's accept thread is back in accept()
+    server.finish()
+
+    late = watch.client(2)
+    eventually(lambda: bool(server._peers) or late.problems.values != [], timeout=1.0)
+    for peer in list(server._peers):  # node 0's supervisor exits: the kernel closes what it held
+        peer.shutdown(socket.SHUT_RDWR)
+
+    assert not late.stops.wait(QUIET_S)
+    assert first.stops.values == []
+
+
+def test_node_0_vanishing_stops_every_client(watch: SimpleNamespace) -> None:
+    server_stops = Calls()
+    server = watch.server(server_stops)
+    nodes = [watch.client(1), watch.client(2)]
+    accepted(server, 2)
+
+    vanish(server)
+
+    assert all(node.stops.wait() for node in nodes)
+    assert [node.stops.values for node in nodes] == [[0], [0]]
+    assert server_stops.values == []
+
+
+def test_a_finished_client_ignores_node_0_vanishing(watch: SimpleNamespace) -> None:
+    server = watch.server(Calls())
+    node = watch.client(1)
+    accepted(server, 1)
+
+    node.client.finish()
+    vanish(server)
+
+    assert node.ended()
+    assert node.stops.values == []
+
+
+@pytest.mark.parametrize("failed_node", [0, 2])
+def test_a_late_client_is_told_to_stop_at_once(watch: SimpleNamespace, failed_node: int) -> None:
+    server = watch.server(Calls())
+    if failed_node == 0:
+        server.report_failure()
+    else:
+        failing = watch.client(failed_node)
+        assert failing.connected()
+        failing.client.report_failure()
+
+    late = watch.client(3)
+
+    assert late.stops.wait()
+    assert late.stops.values == [failed_node]
+    assert late.ended()
+
+
+def test_an_unreachable_server_is_a_problem_not_a_stop(
+    watch: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, port: int
+) -> None:
+    monkeypatch.setattr(teardown, "_CONNECT_FOR_S", 0.4)
+
+    node = watch.client(1)
+
+    assert node.problems.wait(WAIT_S + 1)
+    assert node.ended()
+    assert len(node.problems.values) == 1
+    assert "cannot reach node 0" in node.problems.values[0]
+    assert str(port) in node.problems.values[0]
+    assert node.stops.values == []
