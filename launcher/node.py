@@ -6,9 +6,9 @@ answer per line on stdout. Everything that acts on the node itself lives here: t
 sessions (libtmux), the job's processes (psutil), the per-node run directory with the
 job's output and exit status.
 
-``python -m launcher.node supervise RUN_DIR`` is what the job's tmux session runs: it
-starts the job's command, writes every output line to ``RUN_DIR/output.log`` labelled
-with the global rank, and records how the command ended in ``RUN_DIR/exit.json``.
+The job's tmux session runs ``python -m launcher.supervisor RUN_DIR`` (supervisor.py),
+which writes the files read here: ``output.log`` (every line, labelled with its global
+rank), ``started.json``, ``exit.json`` and ``ranks.json``.
 
 This module is imported on every node for every request, so it keeps its imports to
 the standard library; psutil and libtmux are imported where they are needed.

@@ -132,7 +132,7 @@ def test_kill_leaves_no_process_and_spares_other_jobs(cluster: Cluster, hosts_fi
     time.sleep(2)  # anything that survived or respawned would show up by now
     for host in cluster.hosts:
         # The bystander's torchrun and supervisor name their job; nothing else of a job may remain.
-        agents = leftovers(host, ("torch.distributed.run", "launcher.node supervise"))
+        agents = leftovers(host, ("torch.distributed.run", "launcher.supervisor"))
         assert len(agents) == 2 and all(bystander in cmd for _, cmd in agents), (host.name, agents)
         # Per host the bystander's 2 ranks and their 2 setsid grandchildren; none of the victim's.
         assert len(leftovers(host, ("-u tests/scripts/sleeper.py", "time.sleep(3600)"))) == 4, (
@@ -168,8 +168,10 @@ def test_a_failing_rank_marks_the_job_failed(cluster: Cluster, hosts_file: Path)
     assert launched.returncode == 0, launched.stderr
     status = wait_until_ended(cluster, name)
     assert status["state"] == "failed", status
-    failed = [h for h in status["hosts"] if h["state"] == "failed"]
+    # The failing host failed by itself; the teardown stopped the others.
+    failed = [h for h in status["hosts"] if h["state"] == "failed" and h["stopped_by"] is None]
     assert len(failed) == 1 and failed[0]["exit_code"] != 0, status
+    assert all(h["state"] == "failed" and h["stopped_by"] is not None for h in status["hosts"] if h not in failed)
     assert run_cli(cluster, "status", name).returncode == 1
 
     logs = run_cli(cluster, "logs", name, "--rank", "3").stdout
