@@ -269,3 +269,16 @@ def test_local_job_without_hosts_file(cluster: Cluster) -> None:
     assert "localhost" in result.stdout and "succeeded" in result.stdout
     logs = run_cli(cluster, "logs").stdout  # NAME defaults to the last job launched here
     assert len(re.findall(r"^\[localhost rank [01]\] distributed_sum: .* sum=3 ok$", logs, re.M)) == 2, logs
+
+
+def test_train_llm_trains_across_two_hosts(cluster: Cluster) -> None:
+    name = job_name("llm")
+    result = run_cli(
+        cluster, "launch", "--hosts", "h0,h2", "--name", name, "--wait", "examples/train_llm.py", "--steps", "20",
+        "--log-every", "10",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    logs = run_cli(cluster, "logs", name, "--rank", "0").stdout
+    losses = [float(x) for x in re.findall(r"^\[h0 rank 0\] step \d+/20 loss ([0-9.]+)", logs, re.M)]
+    assert len(losses) == 3 and losses[-1] < losses[0], logs  # steps 1, 10, 20: it learns
+    assert re.search(r"^\[h0 rank 0\] final loss", logs, re.M)
