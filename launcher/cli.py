@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from launcher import __version__
+from launcher import __version__, render
 from launcher.errors import LauncherError
 
 if TYPE_CHECKING:
-    from launcher.jobs import JobStatus, LogLine
+    from launcher.jobs import JobStatus
     from launcher.records import JobRecord
 
 T = TypeVar("T")
@@ -97,9 +97,9 @@ def launch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **o
 
     spec = _launch_spec(script, script_args, options)
     if options["dry_run"]:
-        _print_dry_run(*jobs.dry_run(spec))
+        render.print_dry_run(*jobs.dry_run(spec))
         return
-    with _LaunchProgress(len(spec.hosts)) as progress:
+    with render.LaunchProgress(len(spec.hosts)) as progress:
         record = _run(jobs.launch_job(spec, progress.update))
     hosts = ", ".join(h.label for h in record.hosts)
     click.echo(f"Launched {record.name} on {len(record.hosts)} host(s): {hosts}")
@@ -108,14 +108,14 @@ def launch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **o
     click.echo(f"  status      launcher status {record.name}")
     click.echo(f"  stop        launcher kill {record.name}")
     if options["follow"]:
-        status = _follow(record, _LinePrinter(set(), stderr_only=False, no_prefix=False))
+        status = _follow(record, render.LinePrinter(set(), stderr_only=False, no_prefix=False))
         if status is None:
             return  # detached: the job keeps running
     elif options["wait"]:
         status = _run(_wait_for_end(record))
     else:
         return
-    _print_status(status)
+    render.print_status(status)
     ctx.exit(0 if status.state == "succeeded" else 1)
 
 
@@ -156,67 +156,6 @@ def _launch_spec(script: str, script_args: tuple[str, ...], options: dict[str, A
         teardown=not options["no_teardown"],
         ssh=SshOptions(connect_timeout=options["connect_timeout"], max_parallel=options["max_parallel"]),
     )
-
-
-def _print_dry_run(name: str, plans: list[Any]) -> None:
-    from launcher.environment import masked
-
-    click.echo(f"# dry run of {name}: nothing is started. PORT is picked free on the first host at launch;")
-    click.echo("# HOSTNAME is each node's hostname. Each command runs in tmux on its host, after `cd` to:")
-    for index, plan in enumerate(plans):
-        env = [f"{k}={v}" for k, v in sorted(masked(plan.env).items())]
-        click.echo(f"\n# {plan.host.label} (node {index})")
-        click.echo(" ".join(_shell_quote(word) for word in ["env", *env, *plan.argv]))
-
-
-def _shell_quote(word: str) -> str:
-    """Quote for a POSIX shell; invisible characters as bash's $'\\x1e' so the line stays exact."""
-    import shlex
-
-    if word.isprintable():
-        return shlex.quote(word)
-    # \xHH stands for one byte in $'...': a character outside ASCII needs its UTF-8 bytes.
-    escaped = "".join(
-        c if c.isprintable() and c not in "\\'" else "".join(f"\\x{b:02x}" for b in c.encode()) for c in word
-    )
-    return f"$'{escaped}'"
-
-
-class _LaunchProgress:
-    """A progress line over hosts on a terminal; nothing on a pipe or with NO_COLOR."""
-
-    def __init__(self, hosts: int) -> None:
-        import os
-
-        self._hosts = hosts
-        self._live = sys.stderr.isatty() and not os.environ.get("NO_COLOR")
-        self._progress: Any = None
-
-    def __enter__(self) -> _LaunchProgress:
-        if self._live:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self._progress.start()
-            self._connect = self._progress.add_task("connecting", total=self._hosts)
-            self._start = self._progress.add_task("starting  ", total=self._hosts)
-        return self
-
-    def update(self, host: str, event: str) -> None:
-        if self._progress is not None:
-            self._progress.advance(self._connect if event == "connected" else self._start)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
 
 
 async def _wait_for_end(record: JobRecord) -> JobStatus:
@@ -263,10 +202,10 @@ def logs(ctx: click.Context, /, name: str | None, hosts_arg: str | None, follow:
         if unknown:
             raise click.BadParameter(f"not a host of {record.name}: {', '.join(sorted(unknown))}", param_hint="--host")
         record = replace(record, hosts=tuple(h for h in record.hosts if h.label in options["only_hosts"]))
-    show = _LinePrinter(set(options["ranks"]), options["stderr_only"], options["no_prefix"])
+    show = render.LinePrinter(set(options["ranks"]), options["stderr_only"], options["no_prefix"])
     if not follow:
         lines, failures = _run(jobs.read_logs(record, _ssh_for(record)))
-        for line in _last_per_rank(lines, options["tail"]) if options["tail"] is not None else lines:
+        for line in render.last_per_rank(lines, options["tail"]) if options["tail"] is not None else lines:
             show(line)
         for host, problem in failures.items():
             _warn(host, problem)
@@ -275,49 +214,7 @@ def logs(ctx: click.Context, /, name: str | None, hosts_arg: str | None, follow:
     if status is not None and status.root_cause is not None:
         from rich.console import Console
 
-        _print_root_cause(Console(stderr=True, highlight=False), status.root_cause)
-
-
-def _last_per_rank(lines: list[LogLine], count: int) -> list[LogLine]:
-    from collections import defaultdict
-
-    per_rank: dict[tuple[str, int | None], list[LogLine]] = defaultdict(list)
-    for line in lines:
-        per_rank[(line.host, line.rank)].append(line)
-    kept = {id(line) for group in per_rank.values() for line in group[max(len(group) - count, 0) :] if count}
-    return [line for line in lines if id(line) in kept]
-
-
-class _LinePrinter:
-    """``[host rank R] text``, one colour per host on a terminal; ``\\r`` splits a line."""
-
-    _COLOURS = ("36", "33", "35", "32", "34", "91", "96", "93", "95", "92")
-
-    def __init__(self, ranks: set[int], stderr_only: bool, no_prefix: bool) -> None:
-        import os
-
-        self._ranks = ranks
-        self._stderr_only = stderr_only
-        self._no_prefix = no_prefix
-        self._colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-        self._host_colours: dict[str, str] = {}
-
-    def __call__(self, line: LogLine) -> None:
-        if (self._ranks and line.rank not in self._ranks) or (self._stderr_only and line.stream != "e"):
-            return
-        label = ""
-        if not self._no_prefix:
-            label = f"[{line.host}]" if line.rank is None else f"[{line.host} rank {line.rank}]"
-            if self._colour:
-                colour = self._host_colours.setdefault(
-                    line.host, self._COLOURS[len(self._host_colours) % len(self._COLOURS)]
-                )
-                label = f"\x1b[{colour}m{label}\x1b[0m"
-            label += " "
-        # A progress bar redraws itself with \r: every frame becomes a line of its own.
-        for frame in line.text.split("\r"):
-            if frame or "\r" not in line.text:
-                sys.stdout.write(f"{label}{frame}\n")
+        render.print_root_cause(Console(stderr=True, highlight=False), status.root_cause)
 
 
 def _warn(host: str, problem: str) -> None:
@@ -361,70 +258,10 @@ def status(ctx: click.Context, name: str | None, hosts_arg: str | None, as_json:
     result = _run(jobs.job_status(record, _ssh_for(record)))
     remember_state(record, result.state)
     if as_json:
-        click.echo(json.dumps(status_json(result)))
+        click.echo(json.dumps(render.status_json(result)))
     else:
-        _print_status(result)
+        render.print_status(result)
     ctx.exit(0 if result.state in ("running", "succeeded") else 1)
-
-
-def status_json(result: JobStatus) -> dict[str, Any]:
-    """``{"name", "state", "hosts": [{"host", "state", "exit_code", ...}], "root_cause"}``."""
-    from dataclasses import asdict
-
-    hosts = []
-    for h in result.hosts:
-        host = asdict(h)
-        host["ranks"] = [asdict(r) for r in h.ranks]
-        if host["error"] is None:
-            del host["error"]
-        hosts.append(host)
-    root = asdict(result.root_cause) if result.root_cause else None
-    return {"name": result.name, "state": result.state, "hosts": hosts, "root_cause": root}
-
-
-def _print_status(result: JobStatus) -> None:
-    import time
-
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(highlight=False)
-    table = Table(title=f"{result.name}: {result.state}", title_justify="left")
-    for column in ("host", "state", "exit", "ranks", "restarts", "started", "duration", "note"):
-        table.add_column(column, overflow="fold")
-    for h in result.hosts:
-        started = time.strftime("%H:%M:%S", time.localtime(h.started_at)) if h.started_at else ""
-        duration = _duration((h.ended_at or time.time()) - h.started_at) if h.started_at else ""
-        ranks = " ".join(_rank_cell(r) for r in h.ranks)
-        exit_code = "" if h.exit_code is None else str(h.exit_code)
-        table.add_row(h.host, h.state, exit_code, ranks, str(h.restarts), started, duration, h.error or "")
-    console.print(table)
-    if result.root_cause is not None:
-        _print_root_cause(console, result.root_cause)
-
-
-def _rank_cell(rank: Any) -> str:
-    if rank.state == "failed":
-        return f"{rank.rank}:{rank.signal or f'exit {rank.exit_code}'}"
-    return str(rank.rank) if rank.state in ("running", "succeeded") else f"{rank.rank}:{rank.state}"
-
-
-def _print_root_cause(console: Any, cause: Any) -> None:
-    from rich.markup import escape
-
-    where = cause.host if cause.rank is None else f"{cause.host}, rank {cause.rank}"
-    how = f"exit code {cause.exit_code}"
-    if cause.signal:
-        how = f"signal {cause.signal}" if cause.signal.startswith("SIG") else cause.signal
-    console.print(f"[bold red]First failure[/]: {escape(where)} ({how}): {escape(cause.exception)}")
-    for line in cause.traceback:
-        console.print(f"  {escape(line)}", soft_wrap=True)
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
 @cli.command()

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import pytest
 
-from launcher.cli import _last_per_rank, _LinePrinter, _print_root_cause, _shell_quote, status_json
+from launcher import render
 from launcher.commands import attach_argv
 from launcher.jobs import HostStatus, JobStatus, LogLine, RankStatus, RootCause, _rank_states
 
@@ -66,7 +66,7 @@ def test_attach_remote_command_is_one_quoted_word() -> None:
     assert argv[-2] == "::1"
 
 
-# --- _LinePrinter --------------------------------------------------------------------------
+# --- render.LinePrinter --------------------------------------------------------------------------
 
 
 def line(host: str, rank: int | None, text: str, stream: Literal["o", "e"] = "o") -> LogLine:
@@ -82,14 +82,14 @@ LINES = [
 ]
 
 
-def printed(capsys: pytest.CaptureFixture[str], printer: _LinePrinter, lines: list[LogLine]) -> list[str]:
+def printed(capsys: pytest.CaptureFixture[str], printer: render.LinePrinter, lines: list[LogLine]) -> list[str]:
     for each in lines:
         printer(each)
     return capsys.readouterr().out.splitlines()
 
 
 def test_labels(capsys: pytest.CaptureFixture[str]) -> None:
-    assert printed(capsys, _LinePrinter(set(), stderr_only=False, no_prefix=False), LINES) == [
+    assert printed(capsys, render.LinePrinter(set(), stderr_only=False, no_prefix=False), LINES) == [
         "[h0] torchrun: starting",
         "[h0 rank 0] step 1",
         "[h1 rank 1] step 1",
@@ -99,25 +99,25 @@ def test_labels(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_only_some_ranks(capsys: pytest.CaptureFixture[str]) -> None:
-    assert printed(capsys, _LinePrinter({0}, stderr_only=False, no_prefix=False), LINES) == [
+    assert printed(capsys, render.LinePrinter({0}, stderr_only=False, no_prefix=False), LINES) == [
         "[h0 rank 0] step 1",
         "[h0 rank 0] loss 0.5",
     ]
 
 
 def test_only_stderr(capsys: pytest.CaptureFixture[str]) -> None:
-    assert printed(capsys, _LinePrinter(set(), stderr_only=True, no_prefix=False), LINES) == [
+    assert printed(capsys, render.LinePrinter(set(), stderr_only=True, no_prefix=False), LINES) == [
         "[h0] torchrun: starting",
         "[h1 rank 1] warning: x",
     ]
 
 
 def test_ranks_and_stderr_together(capsys: pytest.CaptureFixture[str]) -> None:
-    assert printed(capsys, _LinePrinter({1}, stderr_only=True, no_prefix=True), LINES) == ["warning: x"]
+    assert printed(capsys, render.LinePrinter({1}, stderr_only=True, no_prefix=True), LINES) == ["warning: x"]
 
 
 def test_no_prefix(capsys: pytest.CaptureFixture[str]) -> None:
-    assert printed(capsys, _LinePrinter(set(), stderr_only=False, no_prefix=True), LINES) == [
+    assert printed(capsys, render.LinePrinter(set(), stderr_only=False, no_prefix=True), LINES) == [
         "torchrun: starting",
         "step 1",
         "step 1",
@@ -141,7 +141,7 @@ def test_no_prefix(capsys: pytest.CaptureFixture[str]) -> None:
     ],
 )
 def test_carriage_returns_split_frames(capsys: pytest.CaptureFixture[str], text: str, expected: list[str]) -> None:
-    printer = _LinePrinter(set(), stderr_only=False, no_prefix=False)
+    printer = render.LinePrinter(set(), stderr_only=False, no_prefix=False)
 
     printer(line("h", 3, text))
 
@@ -151,7 +151,7 @@ def test_carriage_returns_split_frames(capsys: pytest.CaptureFixture[str], text:
 def test_no_colour_on_a_pipe(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NO_COLOR", raising=False)
 
-    out = printed(capsys, _LinePrinter(set(), stderr_only=False, no_prefix=False), LINES)
+    out = printed(capsys, render.LinePrinter(set(), stderr_only=False, no_prefix=False), LINES)
 
     assert not any("\x1b" in each for each in out)
 
@@ -169,7 +169,7 @@ def test_one_colour_per_host_on_a_terminal(monkeypatch: pytest.MonkeyPatch, no_c
         monkeypatch.delenv("NO_COLOR", raising=False)
     else:
         monkeypatch.setenv("NO_COLOR", no_color)
-    printer = _LinePrinter(set(), stderr_only=False, no_prefix=False)
+    printer = render.LinePrinter(set(), stderr_only=False, no_prefix=False)
 
     for each in LINES:
         printer(each)
@@ -188,7 +188,7 @@ def test_one_colour_per_host_on_a_terminal(monkeypatch: pytest.MonkeyPatch, no_c
     ]
 
 
-# --- _last_per_rank ------------------------------------------------------------------------
+# --- render.last_per_rank ------------------------------------------------------------------------
 
 MIXED = [
     line("h0", 0, "a1"),
@@ -213,7 +213,7 @@ MIXED = [
     ],
 )
 def test_last_per_rank(count: int, expected: list[str]) -> None:
-    kept = _last_per_rank(MIXED, count)
+    kept = render.last_per_rank(MIXED, count)
 
     assert [f"{x.host} {x.rank} {x.text}" for x in kept] == expected
 
@@ -222,17 +222,17 @@ def test_last_per_rank(count: int, expected: list[str]) -> None:
 def test_a_rank_with_fewer_lines_than_the_tail_keeps_them_all(lines: int) -> None:
     few = [line("h", 0, str(i)) for i in range(lines)]
 
-    assert _last_per_rank(few, lines + 1) == few
+    assert render.last_per_rank(few, lines + 1) == few
 
 
 def test_last_per_rank_keeps_identical_lines_apart() -> None:
     same = [line("h", 0, "x"), line("h", 0, "x"), line("h", 0, "x")]
 
-    assert len(_last_per_rank(same, 2)) == 2
-    assert _last_per_rank([], 5) == []
+    assert len(render.last_per_rank(same, 2)) == 2
+    assert render.last_per_rank([], 5) == []
 
 
-# --- _shell_quote --------------------------------------------------------------------------
+# --- render.shell_quote --------------------------------------------------------------------------
 
 
 def through_bash(quoted: str) -> bytes:
@@ -253,7 +253,7 @@ def through_bash(quoted: str) -> bytes:
     ],
 )
 def test_shell_quote(word: str, quoted: str) -> None:
-    assert _shell_quote(word) == quoted
+    assert render.shell_quote(word) == quoted
 
 
 @pytest.mark.parametrize(
@@ -274,12 +274,12 @@ def test_shell_quote(word: str, quoted: str) -> None:
     ],
 )
 def test_bash_reads_back_the_same_string(word: str) -> None:
-    assert through_bash(_shell_quote(word)) == word.encode()
+    assert through_bash(render.shell_quote(word)) == word.encode()
 
 
 @pytest.mark.parametrize("word", ["a\xa0b", "x\x85", "soft\xadhyphen"])
 def test_bash_reads_back_latin1_invisibles(word: str) -> None:
-    assert through_bash(_shell_quote(word)) == word.encode()
+    assert through_bash(render.shell_quote(word)) == word.encode()
 
 
 # --- status_json, _rank_states -------------------------------------------------------------
@@ -324,7 +324,7 @@ STATUS = JobStatus(
 
 
 def test_status_json() -> None:
-    data = json.loads(json.dumps(status_json(STATUS)))
+    data = json.loads(json.dumps(render.status_json(STATUS)))
 
     assert (data["name"], data["state"]) == ("train-1", "failed")
     assert [(h["host"], h["state"], h["exit_code"]) for h in data["hosts"]] == [
@@ -355,7 +355,7 @@ def test_status_json() -> None:
 def test_status_json_of_a_running_job() -> None:
     running = JobStatus("j", "running", (HostStatus("h0", "running", ranks=(RankStatus(0, "running"),)),))
 
-    data = status_json(running)
+    data = render.status_json(running)
 
     assert json.loads(json.dumps(data)) == {
         "name": "j",
@@ -397,14 +397,14 @@ def test_rank_states(answer: dict[str, Any], expected: list[RankStatus]) -> None
     assert list(_rank_states(answer)) == expected
 
 
-# --- _print_root_cause ---------------------------------------------------------------------
+# --- render.print_root_cause ---------------------------------------------------------------------
 
 
 def root_cause_text(cause: RootCause) -> str:
     from rich.console import Console
 
     out = io.StringIO()
-    _print_root_cause(Console(file=out, width=200, highlight=False, color_system=None), cause)
+    render.print_root_cause(Console(file=out, width=200, highlight=False, color_system=None), cause)
     return out.getvalue()
 
 

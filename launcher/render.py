@@ -1,0 +1,177 @@
+"""How the CLI shows things: status tables, the first failure, log lines, dry runs, progress.
+
+Rich is imported where it draws, so that commands that print nothing pay nothing for it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from launcher.jobs import JobStatus, LogLine
+
+
+def print_dry_run(name: str, plans: list[Any]) -> None:
+    from launcher.environment import masked
+
+    click.echo(f"# dry run of {name}: nothing is started. PORT is picked free on the first host at launch;")
+    click.echo("# HOSTNAME is each node's hostname. Each command runs in tmux on its host, after `cd` to:")
+    for index, plan in enumerate(plans):
+        env = [f"{k}={v}" for k, v in sorted(masked(plan.env).items())]
+        click.echo(f"\n# {plan.host.label} (node {index})")
+        click.echo(" ".join(shell_quote(word) for word in ["env", *env, *plan.argv]))
+
+
+def shell_quote(word: str) -> str:
+    """Quote for a POSIX shell; invisible characters as bash's $'\\x1e' so the line stays exact."""
+    import shlex
+
+    if word.isprintable():
+        return shlex.quote(word)
+    # \xHH stands for one byte in $'...': a character outside ASCII needs its UTF-8 bytes.
+    escaped = "".join(
+        c if c.isprintable() and c not in "\\'" else "".join(f"\\x{b:02x}" for b in c.encode()) for c in word
+    )
+    return f"$'{escaped}'"
+
+
+class LaunchProgress:
+    """A progress line over hosts on a terminal; nothing on a pipe or with NO_COLOR."""
+
+    def __init__(self, hosts: int) -> None:
+        import os
+
+        self._hosts = hosts
+        self._live = sys.stderr.isatty() and not os.environ.get("NO_COLOR")
+        self._progress: Any = None
+
+    def __enter__(self) -> LaunchProgress:
+        if self._live:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._progress.start()
+            self._connect = self._progress.add_task("connecting", total=self._hosts)
+            self._start = self._progress.add_task("starting  ", total=self._hosts)
+        return self
+
+    def update(self, host: str, event: str) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._connect if event == "connected" else self._start)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def last_per_rank(lines: list[LogLine], count: int) -> list[LogLine]:
+    from collections import defaultdict
+
+    per_rank: dict[tuple[str, int | None], list[LogLine]] = defaultdict(list)
+    for line in lines:
+        per_rank[(line.host, line.rank)].append(line)
+    kept = {id(line) for group in per_rank.values() for line in group[max(len(group) - count, 0) :] if count}
+    return [line for line in lines if id(line) in kept]
+
+
+class LinePrinter:
+    """``[host rank R] text``, one colour per host on a terminal; ``\\r`` splits a line."""
+
+    _COLOURS = ("36", "33", "35", "32", "34", "91", "96", "93", "95", "92")
+
+    def __init__(self, ranks: set[int], stderr_only: bool, no_prefix: bool) -> None:
+        import os
+
+        self._ranks = ranks
+        self._stderr_only = stderr_only
+        self._no_prefix = no_prefix
+        self._colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        self._host_colours: dict[str, str] = {}
+
+    def __call__(self, line: LogLine) -> None:
+        if (self._ranks and line.rank not in self._ranks) or (self._stderr_only and line.stream != "e"):
+            return
+        label = ""
+        if not self._no_prefix:
+            label = f"[{line.host}]" if line.rank is None else f"[{line.host} rank {line.rank}]"
+            if self._colour:
+                colour = self._host_colours.setdefault(
+                    line.host, self._COLOURS[len(self._host_colours) % len(self._COLOURS)]
+                )
+                label = f"\x1b[{colour}m{label}\x1b[0m"
+            label += " "
+        # A progress bar redraws itself with \r: every frame becomes a line of its own.
+        for frame in line.text.split("\r"):
+            if frame or "\r" not in line.text:
+                sys.stdout.write(f"{label}{frame}\n")
+
+
+def status_json(result: JobStatus) -> dict[str, Any]:
+    """``{"name", "state", "hosts": [{"host", "state", "exit_code", ...}], "root_cause"}``."""
+    from dataclasses import asdict
+
+    hosts = []
+    for h in result.hosts:
+        host = asdict(h)
+        host["ranks"] = [asdict(r) for r in h.ranks]
+        if host["error"] is None:
+            del host["error"]
+        hosts.append(host)
+    root = asdict(result.root_cause) if result.root_cause else None
+    return {"name": result.name, "state": result.state, "hosts": hosts, "root_cause": root}
+
+
+def print_status(result: JobStatus) -> None:
+    import time
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    table = Table(title=f"{result.name}: {result.state}", title_justify="left")
+    for column in ("host", "state", "exit", "ranks", "restarts", "started", "duration", "note"):
+        table.add_column(column, overflow="fold")
+    for h in result.hosts:
+        started = time.strftime("%H:%M:%S", time.localtime(h.started_at)) if h.started_at else ""
+        duration = _duration((h.ended_at or time.time()) - h.started_at) if h.started_at else ""
+        ranks = " ".join(_rank_cell(r) for r in h.ranks)
+        exit_code = "" if h.exit_code is None else str(h.exit_code)
+        table.add_row(h.host, h.state, exit_code, ranks, str(h.restarts), started, duration, h.error or "")
+    console.print(table)
+    if result.root_cause is not None:
+        print_root_cause(console, result.root_cause)
+
+
+def _rank_cell(rank: Any) -> str:
+    if rank.state == "failed":
+        return f"{rank.rank}:{rank.signal or f'exit {rank.exit_code}'}"
+    return str(rank.rank) if rank.state in ("running", "succeeded") else f"{rank.rank}:{rank.state}"
+
+
+def print_root_cause(console: Any, cause: Any) -> None:
+    from rich.markup import escape
+
+    where = cause.host if cause.rank is None else f"{cause.host}, rank {cause.rank}"
+    how = f"exit code {cause.exit_code}"
+    if cause.signal:
+        how = f"signal {cause.signal}" if cause.signal.startswith("SIG") else cause.signal
+    console.print(f"[bold red]First failure[/]: {escape(where)} ({how}): {escape(cause.exception)}")
+    for line in cause.traceback:
+        console.print(f"  {escape(line)}", soft_wrap=True)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
