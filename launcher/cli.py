@@ -97,7 +97,7 @@ def launch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **o
 
     spec = _launch_spec(script, script_args, options)
     if options["dry_run"]:
-        render.print_dry_run(*jobs.dry_run(spec))
+        render.print_dry_run(*jobs.dry_run(spec), cwd=spec.cwd)
         return
     with render.LaunchProgress(len(spec.hosts)) as progress:
         record = _run(jobs.launch_job(spec, progress.update))
