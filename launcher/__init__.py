@@ -19,12 +19,12 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "LaunchSpec": "launcher.jobs",
+    "LaunchSpec": "launcher.launch",
     "JobStatus": "launcher.jobs",
     "HostStatus": "launcher.jobs",
     "HostKill": "launcher.jobs",
     "LogLine": "launcher.jobs",
-    "launch_job": "launcher.jobs",
+    "launch_job": "launcher.launch",
     "job_status": "launcher.jobs",
     "kill_job": "launcher.jobs",
     "read_logs": "launcher.jobs",

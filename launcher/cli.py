@@ -93,14 +93,14 @@ def launch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **o
 
     Everything after SCRIPT goes to the script unchanged.
     """
-    from launcher import jobs
+    from launcher import launch as launching
 
     spec = _launch_spec(script, script_args, options)
     if options["dry_run"]:
-        render.print_dry_run(*jobs.dry_run(spec), cwd=spec.cwd)
+        render.print_dry_run(*launching.dry_run(spec), cwd=spec.cwd)
         return
     with render.LaunchProgress(len(spec.hosts)) as progress:
-        record = _run(jobs.launch_job(spec, progress.update))
+        record = _run(launching.launch_job(spec, progress.update))
     hosts = ", ".join(h.label for h in record.hosts)
     click.echo(f"Launched {record.name} on {len(record.hosts)} host(s): {hosts}")
     click.echo(f"  rendezvous  {record.rdzv_endpoint}")
@@ -123,7 +123,8 @@ def _launch_spec(script: str, script_args: tuple[str, ...], options: dict[str, A
     import os
     import shlex
 
-    from launcher import environment, jobs
+    from launcher import environment
+    from launcher import launch as launching
     from launcher.hosts import resolve_hosts
     from launcher.selection import select_hosts
     from launcher.ssh import SshOptions
@@ -132,7 +133,7 @@ def _launch_spec(script: str, script_args: tuple[str, ...], options: dict[str, A
     hosts = resolve_hosts(options["hosts_arg"])
     if options["include"] or options["exclude"]:
         hosts = select_hosts(hosts, options["include"], options["exclude"])
-    return jobs.LaunchSpec(
+    return launching.LaunchSpec(
         script=script,
         script_args=script_args,
         hosts=hosts,
