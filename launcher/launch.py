@@ -18,7 +18,7 @@ from typing import Any
 from launcher import commands
 from launcher.errors import HostError, JobError, LauncherError
 from launcher.hosts import Host
-from launcher.records import JobRecord, save_record
+from launcher.records import JobRecord, all_records, save_record
 from launcher.ssh import NodeAgent, SshOptions, open_agent
 
 
@@ -149,7 +149,12 @@ async def launch_job(spec: LaunchSpec, on_progress: Callable[[str, str], None] |
 def _job_name(spec: LaunchSpec) -> str:
     if not spec.hosts:
         raise LauncherError("no hosts to launch on")
-    return commands.check_job_name(spec.name or commands.default_job_name(spec.script))
+    if spec.name is not None:
+        return commands.check_job_name(spec.name)
+    # Unique among the jobs launched from here, even two in the same second.
+    base = commands.default_job_name(spec.script)
+    taken = {record.name for record in all_records()}
+    return next(name for name in (base, *(f"{base}-{n}" for n in range(2, 10_000))) if name not in taken)
 
 
 async def _connect_and_prepare(
