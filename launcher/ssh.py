@@ -69,13 +69,21 @@ class NodeAgent:
         self._closer = closer
         self._explain = explain
         self._lock = asyncio.Lock()
+        self._unanswered = 0
 
     async def call(self, op: str, timeout: float = 60.0, **args: Any) -> dict[str, Any]:
         """One request, one answer; a refusal or a lost agent raises HostError."""
         async with self._lock:
-            await self._send(op, args)
             try:
+                # A call cancelled (Ctrl-C) or timed out after its request went out leaves
+                # an answer on the way: it must not be taken for this request's.
+                while self._unanswered:
+                    await asyncio.wait_for(self._receive(), timeout)
+                    self._unanswered -= 1
+                await self._send(op, args)
+                self._unanswered += 1
                 answer = await asyncio.wait_for(self._receive(), timeout)
+                self._unanswered -= 1
             except TimeoutError:
                 raise HostError(self.host.label, f"no answer to {op} within {timeout:g} s") from None
         return self._checked(answer)
