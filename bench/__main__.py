@@ -1,0 +1,97 @@
+"""``python -m bench``: measure, print one table per measurement, save JSON, rewrite the docs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.text import Text
+
+from bench.config import Plan
+from bench.procs import REPO
+from bench.results import Results
+
+DOCS = REPO / "docs" / "benchmarks.md"
+PLOT = REPO / "docs" / "launch_time.png"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--max-hosts", type=int, default=32, metavar="N", help="largest cluster (default 32)")
+    parser.add_argument("--repeat", type=int, default=5, metavar="R", help="repetitions of each launch (default 5)")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 2 hosts, one repetition (< 3 min)")
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "bench" / "results", metavar="DIR", help="raw numbers (JSON)"
+    )
+    parser.add_argument("--no-docs", action="store_true", help="leave docs/benchmarks.md and the plot alone")
+    parser.add_argument("--from-json", type=Path, metavar="FILE", help="measure nothing: report a saved run")
+    args = parser.parse_args(argv)
+    if not 1 <= args.max_hosts <= 99 or args.repeat < 1:
+        parser.error("--max-hosts must be 1 to 99 and --repeat at least 1")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    console = Console()
+    if not console.is_terminal:  # a CI log or a file: do not squeeze the tables into 80 columns
+        console = Console(width=160)
+    if args.from_json:
+        results = Results.load(args.from_json)
+    else:
+        if os.geteuid() != 0:
+            console.print("python -m bench needs root: the test cluster uses network namespaces")
+            return 2
+        # SIGTERM ends the run like Ctrl-C: the clusters are closed on the way out, which
+        # ends everything the run started on their hosts.
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            results = _measure(args, console)
+        except KeyboardInterrupt:
+            console.print("interrupted: every cluster of this run is closed; raw numbers so far are in --out")
+            return 130
+    _report(results, console, docs=not args.no_docs)
+    return 0
+
+
+def _measure(args: argparse.Namespace, console: Console) -> Results:
+    from bench.runner import run_benchmark
+
+    def progress(line: str) -> None:
+        console.print(Text(line, style="red" if "FAILED" in line else ""))
+
+    plan = Plan.make(args.max_hosts, args.repeat, args.quick)
+    save_to = args.out / ("quick.json" if args.quick else "full.json")
+    results = run_benchmark(plan, save_to, progress)
+    console.print(f"raw numbers: {save_to}")
+    return results
+
+
+def _report(results: Results, console: Console, docs: bool) -> None:
+    from bench.render import print_tables
+    from bench.report import all_tables
+    from bench.targets import check_targets
+
+    console.print()
+    print_tables(console, all_tables(results), check_targets(results))
+    for note in results.notes:
+        console.print(Text(f"note: {note}"))
+    if docs:
+        from bench.docs import write_docs
+        from bench.plot import plot_launch
+
+        drawn = plot_launch(results, PLOT)
+        write_docs(results, DOCS, PLOT.name if drawn else None)
+        console.print(f"wrote {DOCS.relative_to(REPO)}" + (f" and {PLOT.relative_to(REPO)}" if drawn else ""))
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
