@@ -46,6 +46,7 @@ RANK_PREFIX_TEMPLATE = "\x1e${rank}\x1f"
 RANK_PREFIX = re.compile(rb"\x1e(\d+)\x1f")
 _SESSION_PREFIX = "launcher-"
 _FOLLOW_POLL_S = 0.05
+_SUPERVISOR_START_S = 60.0
 _MAX_BATCH_BYTES = 256 * 1024
 
 
@@ -137,12 +138,14 @@ def start(
         x=220,
         y=50,
     )
-    deadline = time.monotonic() + 15
+    # Generous: on a busy node (32 torch imports sharing two cores, measured) the
+    # supervisor's own start took longer than 15 s.
+    deadline = time.monotonic() + _SUPERVISOR_START_S
     while not (directory / "started.json").exists():
         if (directory / "exit.json").exists():
             break  # the command ended at once; status and logs tell how
         if time.monotonic() > deadline or not tmux.has_session(session_name(job)):
-            raise NodeError(f"the job's tmux session did not start (see {directory})")
+            raise NodeError(f"the job's supervisor did not start within {_SUPERVISOR_START_S:g} s (see {directory})")
         time.sleep(0.01)
     return {"session": session_name(job), "run_dir": str(directory)}
 
