@@ -123,7 +123,9 @@ async def launch_job(spec: LaunchSpec, on_progress: Callable[[str, str], None] |
         async def start(index: int, agent: NodeAgent, plan: NodePlan) -> None:
             starting.append(agent)
             teardown = {"node": index, "address": endpoint[0], "port": prepared[0]["watch_port"]} if watch else None
-            await agent.call("start", job=name, argv=plan.argv, env=plan.env, cwd=spec.cwd, teardown=teardown)
+            await agent.call(
+                "start", timeout=90, job=name, argv=plan.argv, env=plan.env, cwd=spec.cwd, teardown=teardown
+            )  # the node waits up to 60 s for the job's supervisor
             progress(agent.host.label, "started")
 
         steps = [start(i, a, p) for i, (a, p) in enumerate(zip(agents, plans, strict=True)) if a is not None]
