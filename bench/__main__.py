@@ -1,4 +1,8 @@
-"""``python -m bench``: measure, print one table per measurement, save JSON, rewrite the docs."""
+"""``python -m bench``: measure, print one table per measurement, save JSON, rewrite the docs.
+
+Exit status 0 when every run worked (whatever the targets say), 1 when any failed, 2 on
+bad usage, 130 when interrupted.
+"""
 
 from __future__ import annotations
 
@@ -55,6 +59,12 @@ def main(argv: list[str]) -> int:
             console.print("interrupted: every cluster of this run is closed; raw numbers so far are in --out")
             return 130
     _report(results, console, docs=not args.no_docs)
+    failed = sum(1 for s in results.samples if s.error)
+    if failed:
+        # A missed target is a finding; a run that failed is one too, but it also means
+        # a number is missing: the smoke test in CI must notice.
+        console.print(Text(f"{failed} run(s) failed (see the notes above)", style="red"))
+        return 1
     return 0
 
 

@@ -20,7 +20,6 @@ from bench.procs import REPO, Run, is_shell, run_timed
 from bench.site import Site
 
 Contender = Literal["launcher", "xargs", "xargs -P 32", "pdsh", "floor"]
-RECIPES: tuple[Contender, ...] = ("xargs", "xargs -P 32", "pdsh")
 PARALLEL = 32
 """Fan-out of ``xargs -P`` and of pdsh (pdsh's default ``-f``)."""
 

@@ -24,6 +24,8 @@ python -m bench --from-json bench/results/full.json      # redraw this page from
 
 `--out DIR` (default `bench/results`) receives the raw numbers: `full.json`, or `quick.json`
 for `--quick`. Unless `--no-docs`, the run rewrites this page and `docs/launch_time.png`.
+The exit status is 1 when any run failed (a missed target does not count), so that the
+smoke test notices a broken contender.
 The benchmark is not part of the test suite; `--quick` (2 hosts, one repetition)
 runs in CI so that it cannot rot. Quiet the machine first: the hosts share its cores with
 everything else, and the runner records the load average at the start of each host count.
@@ -47,15 +49,25 @@ min-max over the repetitions.
 * **floor**: `python -m bench.floor h0 h1 ...`: asyncssh connects to every host at once and
   runs `true`; interpreter start and `import asyncssh` included, as for the launcher.
 
-Launch time is the wall time of the command; it returns with the job's session running on
-every host (checked afterwards, outside the timing). CPU is the launching side's: user +
-system time of the command and every process it waited for (`wait4`), divided by N. After
-each run the contender stops its own job (`launcher kill --grace 0`; `tmux kill-session`
-through `xargs -P 32` for the recipes) and the runner waits until every host is back to its
-sshd alone, so nothing accumulates; anything still there after 30 s is SIGKILLed and
-reported below. Every SSH command on these hosts goes through root's login shell, whose
-`.bashrc` runs `pyenv init` (about 0.1 s of CPU per command): every contender, floor
-included, pays it once per host (one SSH session per host each).
+Launch time is the wall time of the command. Every contender returns once each host has
+accepted the job's tmux session; the launcher returns later, once each host's supervisor
+has started the job's command. Afterwards, untimed, the runner checks that the job's own
+process (not the pane's shell) runs on every host. CPU s/host is the launching side's: user
++ system time of the command and every process it waited for (`wait4`), per host. Node CPU
+s/host is what the hosts used by the time the command returned: each host's sshd reaps the
+SSH sessions and the orphaned tmux server, so their time adds up in its children's time.
+Between runs the runner ends everything on the hosts but their sshd (SIGTERM, then SIGKILL)
+and checks that nothing is left, so no run slows the next; the contenders' own kill is
+measured separately. The torchrun job is launched once per host count from 16 hosts on
+(see repetitions), because each start costs every host two torch imports.
+
+Every SSH login on these hosts runs root's `~/.bashrc`, which runs `pyenv init` and `pyenv
+rehash` (about 0.08 s of CPU, under a lock in `~/.pyenv`, which all hosts share): every
+contender, the floor included, pays it once per host and SSH session, and so does each tmux
+pane that starts a job through a shell (tmux passes SSH_CLIENT on, and Debian's bash then
+reads `~/.bashrc`). A shell killed while it holds that lock leaves it behind and every later
+login waits 60 s; the runner never kills a shell, and if something else leaves the lock it
+removes it and marks the runs it slowed as failed (`bench/hygiene.py`).
 
 Time to all ranks ready runs `examples/distributed_sum.py` and stops the clock when every
 host's output holds its rank's `... ok` line, polled every 50 ms in the output files on the
@@ -80,8 +92,8 @@ def write_docs(results: Results, path: Path, plot: str | None) -> None:
         "Launch, time to all ranks ready, kill and logs of `launcher`, measured against the",
         "hand-rolled `xargs ... ssh ... tmux` recipe, pdsh and the raw SSH floor on 1 to 32 hosts",
         "(issue 5). Run "
-        + ("**in quick mode** (smoke test, 1 repetition: not numbers to quote)" if results.config.get("quick") else "")
-        + f" on {machine.get('date', '?')}, launcher at `{machine.get('launcher_commit', '?')}`.",
+        + ("**in quick mode** (smoke test, 1 repetition: not numbers to quote) " if results.config.get("quick") else "")
+        + f"on {machine.get('date', '?')}, launcher at `{machine.get('launcher_commit', '?')}`.",
         "",
         "## How to run",
         "",

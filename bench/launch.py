@@ -34,7 +34,7 @@ def launch_once(site: Site, job: Job, contender: Contender, measure: str, rep: i
     # Untimed from here on. The sessions' time is accounted once sshd has reaped them.
     site.wait_for_sessions_to_end()
     node_cpu = site.node_cpu_s() - node_cpu
-    running = site.n if contender == "floor" else _wait_running(site, job)
+    running = site.n if contender == "floor" or not run.ok else _wait_running(site, job)
     # The runner's scrub, not each contender's own kill (measured in kill.py): the torchrun
     # job's 2N processes are importing torch, and stopping them over SSH took 15-20 s at 32 hosts.
     site.scrub()

@@ -30,8 +30,10 @@ def plot_launch(results: Results, path: Path) -> bool:
             xs = [n for n, _ in drawn]
             medians = [s.median for _, s in drawn]
             errors = [[s.median - s.low for _, s in drawn], [s.high - s.median for _, s in drawn]]
+            failed = [n for n, s in points if s is None and results.failures(measure, contender, n)]
+            label = contender + (f" (failed at {', '.join(map(str, failed))} hosts)" if failed else "")
             style = "--" if contender == "floor" else "-"
-            ax.errorbar(xs, medians, yerr=errors, label=contender, marker="o", linestyle=style, capsize=3)
+            ax.errorbar(xs, medians, yerr=errors, label=label, marker="o", linestyle=style, capsize=3)
         counts = results.host_counts(measure)
         ax.set_xscale("log", base=2)
         ax.set_xticks(counts, [str(n) for n in counts])

@@ -73,13 +73,19 @@ def _launcher_failures(results: Results, measure: str) -> str:
 _MAIN_KEY = {"launch-light": "wall_s", "launch-torchrun": "wall_s", "ready": "ready_s"}
 
 
-def _at_top(target: str, top: int, measured: str | None, met: bool) -> Verdict:
+def _at_top(target: str, top: int, measured: str | None, met: bool, why_not: str = "") -> Verdict:
     """A target set at ``AT_HOSTS`` hosts, measured at ``top`` (the run's largest count)."""
     if measured is None:
-        return Verdict(target, "not measured", None)
+        return Verdict(target, why_not or "not measured", None)
     if top != AT_HOSTS:
         return Verdict(target, f"{measured} at {top} hosts (not judged: {AT_HOSTS} not measured)", None)
     return Verdict(target, measured, met)
+
+
+def _failed_at(results: Results, measure: str, n: int) -> str:
+    """Why the launcher has no good run of ``measure`` at ``n`` hosts, if it has failed ones."""
+    failed = results.failures(measure, "launcher", n)
+    return f"no good run at {n} hosts: the launcher failed {failed} of {failed} (see notes)" if failed else ""
 
 
 def _launch_light(results: Results) -> list[Verdict]:
@@ -104,7 +110,7 @@ def _launch_light(results: Results) -> list[Verdict]:
         _at_top(
             f"launch, light job: >= 3x faster than the sequential recipe at {AT_HOSTS} hosts",
             top,
-            None if speedup is None else f"{speedup:.2f}x faster",
+            None if speedup is None else f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower",
             speedup is not None and speedup >= 3,
         ),
         _at_most(
@@ -129,6 +135,7 @@ def _ready(results: Results) -> Verdict:
 
 def _kill(results: Results) -> list[Verdict]:
     top = max(results.host_counts("kill"), default=0)
+    why_not = _failed_at(results, "kill", top)
     grace = float(results.config.get("grace", 0))
     runs = len(results.values("kill", "launcher", top, "returned_s"))
     gone = results.values("kill", "launcher", top, "gone_s")
@@ -142,12 +149,14 @@ def _kill(results: Results) -> list[Verdict]:
             top,
             slowest,
             len(gone) == runs and max(gone, default=0) < grace + 2,
+            why_not,
         ),
         _at_top(
             f"kill: 0 processes left at {AT_HOSTS} hosts",
             top,
             None if not left else f"{max(left):g} left at most",
             bool(left) and max(left) == 0,
+            why_not,
         ),
     ]
 
@@ -168,6 +177,7 @@ def _logs(results: Results) -> list[Verdict]:
             top,
             None if rss is None else f"{rss:.0f} MB",
             rss is not None and rss < 100,
+            _failed_at(results, "logs", top),
         ),
     ]
 

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _HOSTS_HELP = "Hosts file (one host per line), or an inline list h1,h2:4, or 'localhost'."
+_find_by_hosts = click.option(
+    "--hosts", "hosts_arg", metavar="FILE", help=_HOSTS_HELP + " Finds the job without a local record."
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -174,7 +177,7 @@ async def _wait_for_end(record: JobRecord) -> JobStatus:
 
 @cli.command()
 @click.argument("name", required=False)
-@click.option("--hosts", "hosts_arg", metavar="FILE", help=_HOSTS_HELP + " Finds the job without a local record.")
+@_find_by_hosts
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the job ends (Ctrl-C detaches).")
 @click.option("--rank", "ranks", type=click.IntRange(min=0), multiple=True, help="Only this global rank (repeatable).")
 @click.option("--host", "only_hosts", multiple=True, metavar="HOST", help="Only this host, as labelled (repeatable).")
@@ -244,7 +247,7 @@ def _follow(record: JobRecord, show: Any, keepalive: float = 5.0) -> JobStatus |
 
 @cli.command()
 @click.argument("name", required=False)
-@click.option("--hosts", "hosts_arg", metavar="FILE", help=_HOSTS_HELP + " Finds the job without a local record.")
+@_find_by_hosts
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
 def status(ctx: click.Context, name: str | None, hosts_arg: str | None, as_json: bool) -> None:
@@ -273,7 +276,7 @@ def status(ctx: click.Context, name: str | None, hosts_arg: str | None, as_json:
     is_flag=True,
     help="Every launcher job on the hosts (of --hosts, else of every job launched from here).",
 )
-@click.option("--hosts", "hosts_arg", metavar="FILE", help=_HOSTS_HELP + " Finds the job without a local record.")
+@_find_by_hosts
 @click.option(
     "--grace",
     type=click.FloatRange(min=0),
@@ -337,7 +340,7 @@ def _all_known_hosts(hosts_arg: str | None) -> tuple[Any, ...]:
 @cli.command()
 @click.argument("name", required=False)
 @click.option("--host", "host_label", metavar="HOST", help="Which host's session.  [default: the first]")
-@click.option("--hosts", "hosts_arg", metavar="FILE", help=_HOSTS_HELP + " Finds the job without a local record.")
+@_find_by_hosts
 @click.option("--rw", is_flag=True, help="Allow typing into the session (default: read-only).")
 def attach(name: str | None, host_label: str | None, hosts_arg: str | None, rw: bool) -> None:
     """Open the job's tmux session on a host (over ssh -t); detach with Ctrl-b d."""
