@@ -47,6 +47,8 @@ NAME_PREFIX = "lnch"
 REGISTRY_DIR = Path("/run/lnch-clusters")
 SSH_PORT = 22
 ALT_SSH_PORT = 2222
+GUEST_GRACE_S = 2.0
+"""How long the hosts' processes get after SIGTERM before their namespace is SIGKILLed."""
 """Every sshd also listens here, for hosts files that name a port (``root@host:2222``)."""
 START_DEADLINE_S = 15.0
 STOP_DEADLINE_S = 5.0
@@ -425,6 +427,20 @@ class Cluster:
             pid_namespace=os.readlink(f"/proc/{children[0]}/ns/pid"),
         )
 
+    def _terminate_guests(self, inits: set[int]) -> None:
+        """SIGTERM every process on the hosts, and give them a moment, before the SIGKILL.
+
+        A shell SIGKILLed inside pyenv's ~/.bashrc leaves ~/.pyenv/shims/.pyenv-shim behind,
+        and every later login on this machine then waits 60 s for that lock (seen here).
+        """
+        guests = [pid for host in self.hosts for pid, _ in host.processes() if pid not in inits]
+        for pid in guests:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + GUEST_GRACE_S
+        while time.monotonic() < deadline and any(_running(pid) for pid in guests):
+            time.sleep(0.05)
+
     def _stop_servers(self) -> None:
         # Kill each init rather than its unshare: unshare then reaps the init and exits,
         # and we reap unshare. Killing unshare instead would orphan the init to PID 1,
@@ -433,6 +449,7 @@ class Cluster:
         inits = [h.init_pid for h in self.hosts]
         if not inits:  # start failed before the hosts were described
             inits = [pid for server in self._servers for pid in _children_of(server.pid)]
+        self._terminate_guests(set(inits))
         for pid in inits:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -707,3 +724,12 @@ def _wait_all(processes: list[subprocess.Popen[bytes]], what: str) -> None:
             failures.append(stderr.decode(errors="replace").strip())
     if failures:
         raise ClusterError(f"{what} failed: {'; '.join(failures)}")
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie holds nothing; its parent reaps it in its own time)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
