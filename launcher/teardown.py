@@ -133,7 +133,7 @@ class WatchClient:
         for line in _lines(self._sock):
             kind, _, node = line.partition(" ")
             if kind == "stop" and node.isdigit():
-                if not self._closing:  # our own failure, echoed back: we are done already
+                if int(node) != self._node and not self._closing:  # our own failure echoed back: done already
                     self._on_stop(int(node))
                 return
             done = done or kind == "done"
