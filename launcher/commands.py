@@ -111,6 +111,17 @@ def node_command(
     return NodeCommand(argv, env)
 
 
+_NOT_A_FILE_FLAGS = {"-m", "--module", "--no-python", "--no_python"}
+
+
+def script_file(runner: Runner, script: str, torchrun_args: Sequence[str]) -> str | None:
+    """The file the job's script must be on every node, or None where SCRIPT is not a file
+    (``--runner exec`` runs a command; torchrun's ``--module``/``--no-python`` take a name)."""
+    if runner == "exec" or _NOT_A_FILE_FLAGS & set(torchrun_args):
+        return None
+    return script
+
+
 def job_env(user_env: Mapping[str, str], log_dir: str) -> dict[str, str]:
     """The variables the job gets on top of the node's login environment."""
     env = {

@@ -167,12 +167,15 @@ async def _connect_and_prepare(
     progress: Callable[[str, str], None],
 ) -> list[dict[str, Any]]:
     gate = asyncio.Semaphore(ssh.max_parallel)
+    script = commands.script_file(spec.runner, spec.script, spec.torchrun_args)
 
     async def prepare(index: int) -> dict[str, Any]:
         agent = await open_agent(spec.hosts[index], ssh, gate)
         agents[index] = agent
         want_port = index == 0
-        answer = await agent.call("prepare", job=name, cwd=spec.cwd, want_port=want_port, replace=spec.force)
+        answer = await agent.call(
+            "prepare", job=name, cwd=spec.cwd, want_port=want_port, replace=spec.force, script=script
+        )
         progress(agent.host.label, "connected")
         return answer
 

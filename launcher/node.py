@@ -81,13 +81,17 @@ def hello() -> dict[str, Any]:
     }
 
 
-def prepare(job: str, cwd: str, want_port: bool, replace: bool = False) -> dict[str, Any]:
+def prepare(job: str, cwd: str, want_port: bool, replace: bool = False, script: str | None = None) -> dict[str, Any]:
     """Check that the job can start here; pick a free rendezvous port if asked.
 
-    A job of the same name still running here is refused, or killed when ``replace``.
+    ``script``, relative to ``cwd``, must exist (a file not synced to every node is the
+    usual cause). A job of the same name still running here is refused, or killed when
+    ``replace``.
     """
     if not os.path.isdir(cwd):
         raise NodeError(f"working directory {cwd} does not exist")
+    if script is not None and not os.path.isfile(os.path.join(cwd, script)):
+        raise NodeError(f"script {script} not found in {cwd}")
     tmux = _tmux_server()
     if tmux is None:
         raise NodeError("tmux is not installed (install it, e.g. apt-get install tmux)")
@@ -153,8 +157,9 @@ def start(
     deadline = time.monotonic() + _SUPERVISOR_START_S
     next_session_check = time.monotonic() + 0.5
     while not (directory / "started.json").exists():
-        if (directory / "exit.json").exists():
-            break  # the command ended at once; status and logs tell how
+        ended = read_json(directory / "exit.json")
+        if ended is not None:  # the command could not start (written before started.json otherwise)
+            raise NodeError(ended.get("error") or f"the job's command could not start (see {directory})")
         now = time.monotonic()
         if now > deadline:
             raise NodeError(f"the job's supervisor did not start within {_SUPERVISOR_START_S:g} s (see {directory})")
@@ -447,7 +452,9 @@ def write_json(path: Path, value: Any) -> None:
 
 _REQUESTS: dict[str, Any] = {
     "hello": lambda r: hello(),
-    "prepare": lambda r: prepare(r["job"], r["cwd"], r.get("want_port", False), r.get("replace", False)),
+    "prepare": lambda r: prepare(
+        r["job"], r["cwd"], r.get("want_port", False), r.get("replace", False), r.get("script")
+    ),
     "start": lambda r: start(r["job"], r["argv"], r["env"], r["cwd"], r.get("teardown")),
     "status": lambda r: status(r["job"]),
     "kill": lambda r: kill(r["job"], float(r.get("grace", 10.0))),

@@ -87,8 +87,11 @@ def supervise(directory: Path) -> int:
             stderr=subprocess.PIPE,
         )
     except OSError as exc:
-        log.note(f"cannot start {spec['argv'][0]}: {exc}")
-        node.write_json(directory / "exit.json", {"exit_code": 127, "signal": None, "time": time.time()})
+        error = f"cannot start {spec['argv'][0]}: {exc.strerror or exc}"
+        log.note(error)
+        node.write_json(
+            directory / "exit.json", {"exit_code": 127, "signal": None, "time": time.time(), "error": error}
+        )
         return 127
     me = psutil.Process()
     started = {"pid": me.pid, "create_time": me.create_time(), "child": proc.pid, "time": time.time()}

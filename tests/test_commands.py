@@ -10,11 +10,13 @@ from typing import Any
 import pytest
 
 from launcher.commands import (
+    Runner,
     check_job_name,
     default_job_name,
     job_env,
     node_command,
     rdzv_endpoint,
+    script_file,
 )
 from launcher.environment import parse_assignment as parse_env_assignment
 from launcher.errors import LauncherError, UsageError
@@ -384,3 +386,21 @@ def test_parse_env_assignment_rejects(text: str) -> None:
         parse_env_assignment(text)
 
     assert repr(text) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("runner", "script", "torchrun_args", "expected"),
+    [
+        ("torchrun", "train.py", (), "train.py"),
+        ("python", "sub/train.py", (), "sub/train.py"),
+        ("torchrun", "pkg.train", ("--module",), None),
+        ("torchrun", "pkg.train", ("-m",), None),
+        ("torchrun", "nvidia-smi", ("--no-python",), None),
+        ("torchrun", "train.py", ("--monitor-interval", "1"), "train.py"),
+        ("exec", "nvidia-smi", (), None),
+    ],
+)
+def test_script_file_is_checked_only_where_it_names_a_file(
+    runner: Runner, script: str, torchrun_args: tuple[str, ...], expected: str | None
+) -> None:
+    assert script_file(runner, script, torchrun_args) == expected

@@ -78,6 +78,30 @@ def test_python_missing_on_one_host_fails_before_starting_anything(cluster: Clus
         assert leftovers(host, (f"--rdzv-id {name}", f"/{name}/")) == []
 
 
+def test_script_missing_on_one_host_fails_before_starting_anything(cluster: Cluster) -> None:
+    # The same directory on both hosts, in their private /tmp; the script is copied to h1 only.
+    workdir = f"/tmp/unsynced-{uuid.uuid4().hex[:6]}"
+    for host in cluster.hosts[:2]:
+        assert host.run(["mkdir", workdir]).returncode == 0
+    assert cluster.hosts[1].run(["cp", str(SCRIPTS / "sleeper.py"), workdir]).returncode == 0
+    name = job_name("noscript")
+    result = run_cli(cluster, "launch", "--hosts", "h1,h0", "--name", name, "--cwd", workdir, "sleeper.py")
+    assert_one_line_error(result, f"h0: script sleeper.py not found in {workdir}")
+    assert "h1:" not in result.stderr
+    for host in cluster.hosts:
+        assert leftovers(host, (f"/{name}/",)) == []
+
+
+def test_a_command_that_cannot_start_fails_the_launch(cluster: Cluster) -> None:
+    name = job_name("nocmd")
+    result = run_cli(cluster, "launch", "--hosts", "h0,h1", "--name", name, "--runner", "exec", "--", "no-such-cmd-x")
+    assert_one_line_error(result, "launch failed")  # the first host to fail is named, the rest cancelled
+    assert re.search(r"\(h[01]: cannot start no-such-cmd-x: No such file or directory\)", result.stderr), result.stderr
+    for host in cluster.hosts:
+        assert leftovers(host, (f"/{name}/",)) == []
+    assert "no job" in run_cli(cluster, "status", name).stderr
+
+
 def test_missing_working_directory_is_named(cluster: Cluster) -> None:
     result = run_cli(cluster, "launch", "--hosts", "h0,", "--cwd", "/no/such/dir", "x.py")
     assert_one_line_error(result, "h0", "working directory /no/such/dir does not exist")
