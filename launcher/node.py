@@ -133,7 +133,7 @@ def start(
     # Given as separate arguments, tmux runs the supervisor directly. As one string it
     # would go through `bash -c`, which reads ~/.bashrc (the server inherited SSH_CLIENT
     # from this agent): measured at ~0.08 s of CPU per host, for nothing.
-    tmux.cmd(
+    created = tmux.cmd(
         "new-session",
         "-d",
         "-s",
@@ -152,6 +152,8 @@ def start(
         "launcher.supervisor",
         str(directory),
     )
+    if created.returncode != 0:  # "duplicate session: ..." when the job started here meanwhile
+        raise NodeError(f"tmux new-session failed: {' '.join(created.stderr) or created.returncode}")
     # Generous: on a busy node (32 torch imports sharing two cores, measured) the
     # supervisor's own start took longer than 15 s.
     deadline = time.monotonic() + _SUPERVISOR_START_S
