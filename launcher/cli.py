@@ -208,8 +208,9 @@ def logs(ctx: click.Context, /, name: str | None, hosts_arg: str | None, follow:
         record = replace(record, hosts=tuple(h for h in record.hosts if h.label in options["only_hosts"]))
     show = render.LinePrinter(set(options["ranks"]), options["stderr_only"], options["no_prefix"])
     if not follow:
-        lines, failures = _run(jobs.read_logs(record, _ssh_for(record)))
-        for line in render.last_per_rank(lines, options["tail"]) if options["tail"] is not None else lines:
+        filters = {"tail": options["tail"], "ranks": options["ranks"], "stderr_only": options["stderr_only"]}
+        lines, failures = _run(jobs.read_logs(record, _ssh_for(record), **filters))
+        for line in lines:
             show(line)
         for host, problem in failures.items():
             _warn(host, problem)

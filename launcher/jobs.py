@@ -200,17 +200,33 @@ def _host_kill(label: str, answer: dict[str, Any]) -> HostKill:
 # ---------------------------------------------------------------------------- logs
 
 
-async def read_logs(record: JobRecord, ssh: SshOptions = DEFAULT_SSH) -> tuple[list[LogLine], dict[str, str]]:
-    """Everything the job printed so far, merged across hosts by time; and hosts that failed."""
+async def read_logs(
+    record: JobRecord,
+    ssh: SshOptions = DEFAULT_SSH,
+    *,
+    tail: int | None = None,
+    ranks: Sequence[int] = (),
+    stderr_only: bool = False,
+) -> tuple[list[LogLine], dict[str, str]]:
+    """What the job printed so far, merged across hosts by time; and hosts that failed.
+
+    ``tail``: only the last N lines of each rank (and of each node's own lines). The
+    filters apply on the nodes, so only the lines shown cross the network.
+    """
+    filters: dict[str, Any] = {"ranks": list(ranks) or None, "stderr_only": stderr_only}
 
     async def one(host: Host) -> list[LogLine]:
         agent = await open_agent(host, ssh)
         try:
             lines: list[LogLine] = []
+            if tail is not None:
+                async for batch in agent.stream("tail", job=record.name, count=tail, **filters):
+                    lines.extend(_log_lines(host.label, batch.get("records", [])))
+                return lines
             offset = 0
             while True:
-                answer = await agent.call("logs", job=record.name, offset=offset)
-                if not answer["records"]:
+                answer = await agent.call("logs", job=record.name, offset=offset, **filters)
+                if answer["offset"] == offset:
                     return lines
                 lines.extend(_log_lines(host.label, answer["records"]))
                 offset = answer["offset"]

@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -274,11 +275,92 @@ def job_processes(job: str) -> list[Any]:
     return found
 
 
-def read_logs(job: str, offset: int) -> dict[str, Any]:
-    """Complete log records from ``offset`` on, at most one batch."""
+def read_logs(job: str, offset: int, ranks: list[int] | None = None, stderr_only: bool = False) -> dict[str, Any]:
+    """Complete log records from ``offset`` on, at most one batch's worth, those that
+    pass the filters (an empty list with a new offset means: read on)."""
     path = this_run_dir(job) / "output.log"
     records, new_offset = _read_records(path, offset)
-    return {"records": records, "offset": new_offset}
+    keep = _record_filter(ranks, stderr_only)
+    return {"records": [r for r in records if keep(r)], "offset": new_offset}
+
+
+def tail_logs(job: str, count: int, ranks: list[int] | None, stderr_only: bool, emit: Any) -> dict[str, Any]:
+    """The last ``count`` records of each rank (and of the node's own lines) that pass
+    the filters, oldest first, sent in batches through ``emit``.
+
+    The log is read backwards and only as far as needed: it stops once every rank known
+    here has ``count`` lines (the node's own lines count as a rank unless ``ranks`` is
+    given). Only the records kept cross the network.
+    """
+    directory = this_run_dir(job)
+    keep = _record_filter(ranks, stderr_only)
+    known = set(read_json(directory / "ranks.json") or [])
+    expected: set[int | None] = (known & set(ranks)) if ranks else {*known, None}
+    kept: dict[int | None, list[tuple[int, list[Any]]]] = {}
+    for offset, line in _records_backwards(directory / "output.log") if count else ():
+        record = parse_record(line)
+        if not keep(record):
+            continue
+        group = kept.setdefault(record[1], [])
+        if len(group) < count:
+            group.append((offset, record))
+            expected.add(record[1])
+        if all(len(kept.get(g, ())) >= count for g in expected):
+            break
+    chosen = sorted((item for group in kept.values() for item in group), key=lambda item: item[0])
+    batch: list[list[Any]] = []
+    size = 0
+    for _, record in chosen:
+        batch.append(record)
+        size += len(record[3]) + 32
+        if size >= _MAX_BATCH_BYTES:
+            emit({"records": batch})
+            batch, size = [], 0
+    if batch:
+        emit({"records": batch})
+    return {}
+
+
+def _records_backwards(path: Path, block: int = 1 << 20) -> Iterator[tuple[int, bytes]]:
+    """``(offset, record)`` for each complete record of a log, the last one first."""
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed below; a generator cannot hold `with` across the except
+    except FileNotFoundError:
+        return
+    with fh:
+        position = _end_of_complete_records(fh, block)
+        pending = b""  # the start of the newest record not yet given, with its newline
+        while position > 0:
+            start = max(position - block, 0)
+            fh.seek(start)
+            pieces = (fh.read(position - start) + pending).split(b"\n")
+            pieces.pop()  # the text ends with a newline: nothing after it
+            pending = pieces.pop(0) + b"\n" if start > 0 else b""  # it may begin before `start`
+            offset = start + len(pending)
+            offsets = []
+            for piece in pieces:
+                offsets.append(offset)
+                offset += len(piece) + 1
+            yield from zip(reversed(offsets), reversed(pieces), strict=True)
+            position = start
+
+
+def _end_of_complete_records(fh: IO[bytes], block: int) -> int:
+    """The offset after the log's last newline: a record after it is still being written."""
+    position = fh.seek(0, os.SEEK_END)
+    while position > 0:
+        start = max(position - block, 0)
+        fh.seek(start)
+        newline = fh.read(position - start).rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        position = start
+    return 0
+
+
+def _record_filter(ranks: list[int] | None, stderr_only: bool) -> Any:
+    wanted = set(ranks or ())
+    return lambda record: (not wanted or record[1] in wanted) and (not stderr_only or record[2] == "e")
 
 
 def follow_logs(job: str, offset: int, emit: Any) -> dict[str, Any]:
@@ -461,7 +543,7 @@ _REQUESTS: dict[str, Any] = {
     "status": lambda r: status(r["job"]),
     "kill": lambda r: kill(r["job"], float(r.get("grace", 10.0))),
     "kill_all": lambda r: kill_all(float(r.get("grace", 10.0))),
-    "logs": lambda r: read_logs(r["job"], int(r.get("offset", 0))),
+    "logs": lambda r: read_logs(r["job"], int(r.get("offset", 0)), r.get("ranks"), bool(r.get("stderr_only"))),
 }
 
 
@@ -480,6 +562,10 @@ def serve(stdin: IO[str], stdout: IO[str]) -> None:
             op = request["op"]
             if op == "follow":
                 answer = follow_logs(request["job"], int(request.get("offset", 0)), emit)
+            elif op == "tail":
+                answer = tail_logs(
+                    request["job"], int(request["count"]), request.get("ranks"), bool(request.get("stderr_only")), emit
+                )
             elif op in _REQUESTS:
                 answer = _REQUESTS[op](request)
             else:

@@ -76,16 +76,6 @@ class LaunchProgress:
             self._progress.stop()
 
 
-def last_per_rank(lines: list[LogLine], count: int) -> list[LogLine]:
-    from collections import defaultdict
-
-    per_rank: dict[tuple[str, int | None], list[LogLine]] = defaultdict(list)
-    for line in lines:
-        per_rank[(line.host, line.rank)].append(line)
-    kept = {id(line) for group in per_rank.values() for line in group[max(len(group) - count, 0) :] if count}
-    return [line for line in lines if id(line) in kept]
-
-
 class LinePrinter:
     """``[host rank R] text``, one colour per host on a terminal; ``\\r`` splits a line."""
 

@@ -188,50 +188,6 @@ def test_one_colour_per_host_on_a_terminal(monkeypatch: pytest.MonkeyPatch, no_c
     ]
 
 
-# --- render.last_per_rank ------------------------------------------------------------------------
-
-MIXED = [
-    line("h0", 0, "a1"),
-    line("h0", None, "t1"),
-    line("h1", 0, "b1"),  # rank 0 of another host (a second job on h1, or a restarted record)
-    line("h0", 0, "a2"),
-    line("h1", None, "u1"),
-    line("h0", 0, "a3"),
-    line("h0", None, "t2"),
-    line("h1", 0, "b2"),
-]
-
-
-@pytest.mark.parametrize(
-    ("count", "expected"),
-    [
-        (0, []),
-        (1, ["h1 None u1", "h0 0 a3", "h0 None t2", "h1 0 b2"]),
-        (2, ["h0 None t1", "h1 0 b1", "h0 0 a2", "h1 None u1", "h0 0 a3", "h0 None t2", "h1 0 b2"]),
-        pytest.param(3, [f"{x.host} {x.rank} {x.text}" for x in MIXED]),
-        (100, [f"{x.host} {x.rank} {x.text}" for x in MIXED]),
-    ],
-)
-def test_last_per_rank(count: int, expected: list[str]) -> None:
-    kept = render.last_per_rank(MIXED, count)
-
-    assert [f"{x.host} {x.rank} {x.text}" for x in kept] == expected
-
-
-@pytest.mark.parametrize("lines", [2, 3, 5])
-def test_a_rank_with_fewer_lines_than_the_tail_keeps_them_all(lines: int) -> None:
-    few = [line("h", 0, str(i)) for i in range(lines)]
-
-    assert render.last_per_rank(few, lines + 1) == few
-
-
-def test_last_per_rank_keeps_identical_lines_apart() -> None:
-    same = [line("h", 0, "x"), line("h", 0, "x"), line("h", 0, "x")]
-
-    assert len(render.last_per_rank(same, 2)) == 2
-    assert render.last_per_rank([], 5) == []
-
-
 # --- render.shell_quote --------------------------------------------------------------------------
 
 
