@@ -66,7 +66,7 @@ def this_run_dir(job: str) -> Path:
 
 
 def hello() -> dict[str, Any]:
-    """Who and where this node is.
+    """Who and where this node is: the agent's first line, sent before any request.
 
     ``address`` is the address the launching machine reached us at (from sshd's
     ``SSH_CONNECTION``): the one the other nodes should use for the rendezvous, even
@@ -535,7 +535,6 @@ def write_json(path: Path, value: Any) -> None:
 
 
 _REQUESTS: dict[str, Any] = {
-    "hello": lambda r: hello(),
     "prepare": lambda r: prepare(
         r["job"], r["cwd"], r.get("want_port", False), r.get("replace", False), r.get("script")
     ),
@@ -554,6 +553,7 @@ def serve(stdin: IO[str], stdout: IO[str]) -> None:
         stdout.write(json.dumps(message) + "\n")
         stdout.flush()
 
+    emit({"ok": True, **hello()})  # unasked: the launcher learns who we are without a round trip
     for line in stdin:
         if not line.strip():
             continue

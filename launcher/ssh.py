@@ -88,6 +88,15 @@ class NodeAgent:
                 raise HostError(self.host.label, f"no answer to {op} within {timeout:g} s") from None
         return self._checked(answer)
 
+    async def greeting(self, timeout: float) -> dict[str, Any]:
+        """The agent's first line, sent unasked: who and where the node is (``node.hello``)."""
+        async with self._lock:
+            try:
+                answer = await asyncio.wait_for(self._receive(), timeout)
+            except TimeoutError:
+                raise HostError(self.host.label, f"the node agent did not start within {timeout:g} s") from None
+        return self._checked(answer)
+
     async def stream(self, op: str, **args: Any) -> AsyncIterator[dict[str, Any]]:
         """A request answered by many messages; the last one has ``"ok"``."""
         async with self._lock:
@@ -140,7 +149,7 @@ async def open_agent(host: Host, options: SshOptions, gate: asyncio.Semaphore | 
     async with gate or asyncio.Semaphore(1):
         agent = await (_open_local_agent(host, options) if host.is_local else _open_remote_agent(host, options))
         try:
-            agent.info = await agent.call("hello", timeout=options.connect_timeout + 20)
+            agent.info = await agent.greeting(timeout=options.connect_timeout + 20)
         except BaseException:
             await agent.close()
             raise

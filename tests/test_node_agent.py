@@ -1,12 +1,17 @@
-"""NodeAgent's request/answer pairing over a fake agent that answers slowly (no SSH)."""
+"""NodeAgent's request/answer pairing over a fake agent that answers slowly (no SSH), and the
+agent's greeting."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import os
+import socket
 
 import pytest
 
+from launcher import __version__, node
 from launcher.errors import HostError
 from launcher.hosts import Host
 from launcher.ssh import NodeAgent
@@ -83,3 +88,37 @@ def test_a_timed_out_call_does_not_shift_the_answers() -> None:
         return [first["op"], second["op"]]
 
     assert asyncio.run(scenario()) == ["logs", "kill"]
+
+
+def test_the_agent_greets_before_any_request_then_answers_in_order() -> None:
+    stdout = io.StringIO()
+
+    node.serve(io.StringIO('{"op": "no-such-op"}\n\n{"op": "status"}\n'), stdout)
+
+    greeting, *answers = [json.loads(line) for line in stdout.getvalue().splitlines()]
+    assert greeting["ok"] and greeting["version"] == __version__
+    assert greeting["hostname"] == socket.gethostname() and greeting["pid"] == os.getpid()
+    assert answers[0] == {"ok": False, "error": "unknown request 'no-such-op'"}
+    assert len(answers) == 2 and "error" in answers[1]  # status without a job name: refused, not fatal
+
+
+def test_the_greeting_is_read_before_the_first_answer() -> None:
+    async def scenario() -> tuple[dict[str, object], str]:
+        fake = SlowAgent(delay=0.05)
+        await fake.answers.put(b'{"ok": true, "hostname": "node7"}\n')
+        agent = agent_over(fake)
+        info = await agent.greeting(timeout=5)
+        answer = await agent.call("status", timeout=5)
+        return info, answer["op"]
+
+    info, op = asyncio.run(scenario())
+    assert info["hostname"] == "node7"
+    assert op == "status"
+
+
+def test_an_agent_that_never_greets_is_named_after_the_timeout() -> None:
+    async def scenario() -> None:
+        await agent_over(SlowAgent(delay=0)).greeting(timeout=0.1)
+
+    with pytest.raises(HostError, match=r"h0: the node agent did not start within 0\.1 s"):
+        asyncio.run(scenario())
