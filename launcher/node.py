@@ -25,7 +25,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -358,7 +358,8 @@ def _end_of_complete_records(fh: IO[bytes], block: int) -> int:
     return 0
 
 
-def _record_filter(ranks: list[int] | None, stderr_only: bool) -> Any:
+def _record_filter(ranks: list[int] | None, stderr_only: bool) -> Callable[[list[Any]], bool]:
+    """Whether a record ``[time, rank, stream, text]`` passes ``logs --rank/--stderr``."""
     wanted = set(ranks or ())
     return lambda record: (not wanted or record[1] in wanted) and (not stderr_only or record[2] == "e")
 
