@@ -215,7 +215,14 @@ def logs(ctx: click.Context, /, name: str | None, hosts_arg: str | None, follow:
         for host, problem in failures.items():
             _warn(host, problem)
         ctx.exit(1 if failures else 0)
-    status = _follow(record, show, keepalive=options["keepalive"])
+    status = _follow(
+        record,
+        show,
+        keepalive=options["keepalive"],
+        tail=options["tail"],
+        ranks=options["ranks"],
+        stderr_only=options["stderr_only"],
+    )
     if status is not None and status.root_cause is not None:
         from rich.console import Console
 
@@ -226,15 +233,15 @@ def _warn(host: str, problem: str) -> None:
     click.echo(f"launcher: {host}: {problem}", err=True)
 
 
-def _follow(record: JobRecord, show: Any, keepalive: float = 5.0) -> JobStatus | None:
+def _follow(record: JobRecord, show: Any, keepalive: float = 5.0, **filters: Any) -> JobStatus | None:
     """Print lines as they come until the job ends everywhere; then its status, or None
-    when Ctrl-C detached."""
+    when Ctrl-C detached. ``filters``: ``tail``, ``ranks``, ``stderr_only`` (see jobs.follow_logs)."""
     from launcher import jobs
 
     ssh = replace(_ssh_for(record), keepalive=keepalive)
 
     async def stream() -> JobStatus:
-        async for line in jobs.follow_logs(record, ssh, on_problem=_warn):
+        async for line in jobs.follow_logs(record, ssh, on_problem=_warn, **filters):
             show(line)
             sys.stdout.flush()
         return await jobs.job_status(record, _ssh_for(record))

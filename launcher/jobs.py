@@ -247,17 +247,23 @@ async def follow_logs(
     ssh: SshOptions = DEFAULT_SSH,
     on_problem: Callable[[str, str], None] | None = None,
     reconnect_for: float = 300.0,
+    *,
+    tail: int | None = None,
+    ranks: Sequence[int] = (),
+    stderr_only: bool = False,
 ) -> AsyncIterator[LogLine]:
-    """Lines as they are printed, from the start, until the job has ended on every host.
+    """Lines as they are printed, from the start (or the last ``tail`` of each rank),
+    until the job has ended on every host; filtered on the nodes as in ``read_logs``.
 
     A dropped connection is retried with backoff (for up to ``reconnect_for`` seconds)
     from the last byte received, so no line is lost or repeated; ``on_problem`` hears
     about it once per outage.
     """
     queue: asyncio.Queue[LogLine | None] = asyncio.Queue(maxsize=10_000)
+    filters: dict[str, Any] = {"ranks": list(ranks) or None, "stderr_only": stderr_only}
 
     async def one(host: Host) -> None:
-        offset = 0
+        offset: int | None = None if tail is not None else 0
         delay = 0.5
         down_since: float | None = None
         while True:
@@ -276,7 +282,16 @@ async def follow_logs(
                 on_problem(host.label, "reconnected")
             down_since, delay = None, 0.5
             try:
-                async for message in agent.stream("follow", job=record.name, offset=offset):
+                if offset is None:  # first the tail, whole (a retry must not repeat half of it), then on
+                    lines: list[LogLine] = []
+                    end = 0
+                    async for message in agent.stream("tail", job=record.name, count=tail, **filters):
+                        lines.extend(_log_lines(host.label, message.get("records", [])))
+                        end = message.get("offset", end)
+                    for line in lines:
+                        await queue.put(line)
+                    offset = end
+                async for message in agent.stream("follow", job=record.name, offset=offset, **filters):
                     for line in _log_lines(host.label, message.get("records", [])):
                         await queue.put(line)
                     offset = message.get("offset", offset)

@@ -290,23 +290,19 @@ def tail_logs(job: str, count: int, ranks: list[int] | None, stderr_only: bool, 
 
     The log is read backwards and only as far as needed: it stops once every rank known
     here has ``count`` lines (the node's own lines count as a rank unless ``ranks`` is
-    given). Only the records kept cross the network.
+    given). Only the records kept cross the network. The answer's ``offset`` is where
+    a follow goes on from.
     """
     directory = this_run_dir(job)
     keep = _record_filter(ranks, stderr_only)
     known = set(read_json(directory / "ranks.json") or [])
     expected: set[int | None] = (known & set(ranks)) if ranks else {*known, None}
-    kept: dict[int | None, list[tuple[int, list[Any]]]] = {}
-    for offset, line in _records_backwards(directory / "output.log") if count else ():
-        record = parse_record(line)
-        if not keep(record):
-            continue
-        group = kept.setdefault(record[1], [])
-        if len(group) < count:
-            group.append((offset, record))
-            expected.add(record[1])
-        if all(len(kept.get(g, ())) >= count for g in expected):
-            break
+    try:
+        with open(directory / "output.log", "rb") as log:
+            end = _end_of_complete_records(log)
+            kept = _last_records(log, end, count, keep, expected)
+    except FileNotFoundError:
+        return {"offset": 0}
     chosen = sorted((item for group in kept.values() for item in group), key=lambda item: item[0])
     batch: list[list[Any]] = []
     size = 0
@@ -318,34 +314,48 @@ def tail_logs(job: str, count: int, ranks: list[int] | None, stderr_only: bool, 
             batch, size = [], 0
     if batch:
         emit({"records": batch})
-    return {}
+    return {"offset": end}
 
 
-def _records_backwards(path: Path, block: int = 1 << 20) -> Iterator[tuple[int, bytes]]:
-    """``(offset, record)`` for each complete record of a log, the last one first."""
-    try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed below; a generator cannot hold `with` across the except
-    except FileNotFoundError:
-        return
-    with fh:
-        position = _end_of_complete_records(fh, block)
-        pending = b""  # the start of the newest record not yet given, with its newline
-        while position > 0:
-            start = max(position - block, 0)
-            fh.seek(start)
-            pieces = (fh.read(position - start) + pending).split(b"\n")
-            pieces.pop()  # the text ends with a newline: nothing after it
-            pending = pieces.pop(0) + b"\n" if start > 0 else b""  # it may begin before `start`
-            offset = start + len(pending)
-            offsets = []
-            for piece in pieces:
-                offsets.append(offset)
-                offset += len(piece) + 1
-            yield from zip(reversed(offsets), reversed(pieces), strict=True)
-            position = start
+def _last_records(
+    log: IO[bytes], end: int, count: int, keep: Callable[[list[Any]], bool], expected: set[int | None]
+) -> dict[int | None, list[tuple[int, list[Any]]]]:
+    """``(offset, record)`` of the last ``count`` kept records of each rank before ``end``."""
+    kept: dict[int | None, list[tuple[int, list[Any]]]] = {}
+    for offset, line in _records_backwards(log, end) if count else ():
+        record = parse_record(line)
+        if not keep(record):
+            continue
+        group = kept.setdefault(record[1], [])
+        if len(group) < count:
+            group.append((offset, record))
+            expected.add(record[1])
+        if all(len(kept.get(g, ())) >= count for g in expected):
+            break
+    return kept
 
 
-def _end_of_complete_records(fh: IO[bytes], block: int) -> int:
+def _records_backwards(log: IO[bytes], end: int, block: int = 1 << 20) -> Iterator[tuple[int, bytes]]:
+    """``(offset, record)`` for each record of a log that ends by ``end``, the last one first
+    (``end`` is just after a newline)."""
+    position = end
+    pending = b""  # the start of the newest record not yet given, with its newline
+    while position > 0:
+        start = max(position - block, 0)
+        log.seek(start)
+        pieces = (log.read(position - start) + pending).split(b"\n")
+        pieces.pop()  # the text ends with a newline: nothing after it
+        pending = pieces.pop(0) + b"\n" if start > 0 else b""  # it may begin before `start`
+        offset = start + len(pending)
+        offsets = []
+        for piece in pieces:
+            offsets.append(offset)
+            offset += len(piece) + 1
+        yield from zip(reversed(offsets), reversed(pieces), strict=True)
+        position = start
+
+
+def _end_of_complete_records(fh: IO[bytes], block: int = 1 << 20) -> int:
     """The offset after the log's last newline: a record after it is still being written."""
     position = fh.seek(0, os.SEEK_END)
     while position > 0:
@@ -364,14 +374,21 @@ def _record_filter(ranks: list[int] | None, stderr_only: bool) -> Callable[[list
     return lambda record: (not wanted or record[1] in wanted) and (not stderr_only or record[2] == "e")
 
 
-def follow_logs(job: str, offset: int, emit: Any) -> dict[str, Any]:
-    """Send batches of new records through ``emit`` until the job has ended here."""
+def follow_logs(
+    job: str, offset: int, emit: Any, ranks: list[int] | None = None, stderr_only: bool = False
+) -> dict[str, Any]:
+    """Send batches of new records that pass the filters through ``emit`` until the job
+    has ended here; each batch carries the offset to resume from."""
     path = this_run_dir(job) / "output.log"
+    keep = _record_filter(ranks, stderr_only)
     while True:
         ended = _read_status(job)["state"] != "running"
-        records, offset = _read_records(path, offset)
-        if records:
-            emit({"records": records, "offset": offset})
+        records, new_offset = _read_records(path, offset)
+        if new_offset != offset:
+            offset = new_offset
+            kept = [r for r in records if keep(r)]
+            if kept:
+                emit({"records": kept, "offset": offset})
             continue
         if ended:
             return {"offset": offset, "ended": True}
@@ -562,7 +579,13 @@ def serve(stdin: IO[str], stdout: IO[str]) -> None:
             request = json.loads(line)
             op = request["op"]
             if op == "follow":
-                answer = follow_logs(request["job"], int(request.get("offset", 0)), emit)
+                answer = follow_logs(
+                    request["job"],
+                    int(request.get("offset", 0)),
+                    emit,
+                    request.get("ranks"),
+                    bool(request.get("stderr_only")),
+                )
             elif op == "tail":
                 answer = tail_logs(
                     request["job"], int(request["count"]), request.get("ranks"), bool(request.get("stderr_only")), emit

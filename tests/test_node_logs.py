@@ -44,7 +44,9 @@ def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def tail(count: int, ranks: list[int] | None = None, stderr_only: bool = False) -> list[list[Any]]:
     batches: list[dict[str, Any]] = []
-    assert node.tail_logs("job", count, ranks, stderr_only, batches.append) == {}
+    answer = node.tail_logs("job", count, ranks, stderr_only, batches.append)
+    log = node.this_run_dir("job") / "output.log"
+    assert answer == {"offset": log.stat().st_size if log.exists() else 0}  # where a follow goes on
     return [record for batch in batches for record in batch["records"]]
 
 
@@ -69,11 +71,14 @@ def test_records_backwards_gives_every_complete_record_last_first(
     path = tmp_path_factory.mktemp("log") / "output.log"
     path.write_bytes(data + partial)  # a record still being written is not given
 
-    backwards = list(node._records_backwards(path, block))
+    with open(path, "rb") as log:
+        end = node._end_of_complete_records(log, block)
+        backwards = list(node._records_backwards(log, end, block))
 
     lines = data.split(b"\n")[:-1]
     offsets = [sum(len(line) + 1 for line in lines[:i]) for i in range(len(lines))]
     assert backwards == list(zip(offsets, lines, strict=True))[::-1]
+    assert end == len(data)
 
 
 @settings(max_examples=300, deadline=None)
@@ -109,8 +114,8 @@ def test_tail_reads_only_as_far_back_as_it_needs(run_dir: Path, monkeypatch: pyt
     read: list[int] = []
     real = node._records_backwards
 
-    def counted(path: Path, block: int = 1 << 20) -> Any:
-        for item in real(path, block=64):
+    def counted(log: Any, end: int, block: int = 1 << 20) -> Any:
+        for item in real(log, end, block=64):
             read.append(item[0])
             yield item
 
@@ -143,3 +148,25 @@ def test_read_logs_filters_but_still_moves_on(run_dir: Path) -> None:
     assert [r[3] for r in answer["records"]] == ["err"]
     assert answer["offset"] == (run_dir / "output.log").stat().st_size
     assert node.read_logs("job", answer["offset"], ranks=[0]) == {"records": [], "offset": answer["offset"]}
+
+
+def test_tail_ends_before_a_record_still_being_written(run_dir: Path) -> None:
+    (run_dir / "output.log").write_bytes(b"1.000 0 o done\n1.000 0 o half writ")
+    batches: list[dict[str, Any]] = []
+
+    answer = node.tail_logs("job", 5, None, False, batches.append)
+
+    assert [r[3] for b in batches for r in b["records"]] == ["done"]
+    assert answer == {"offset": len(b"1.000 0 o done\n")}
+
+
+def test_follow_sends_only_what_passes_the_filters_and_ends_with_the_job(run_dir: Path) -> None:
+    log = b"1.000 0 o out\n1.000 1 e other\n1.000 0 e err\n1.000 - o agent\n"
+    (run_dir / "output.log").write_bytes(log)
+    node.write_json(run_dir / "exit.json", {"exit_code": 0, "signal": None, "time": 2.0})
+    sent: list[dict[str, Any]] = []
+
+    answer = node.follow_logs("job", 0, sent.append, ranks=[0], stderr_only=False)
+
+    assert [r[3] for m in sent for r in m["records"]] == ["out", "err"]
+    assert answer == {"offset": len(log), "ended": True}

@@ -188,6 +188,8 @@ def test_logs_filters(cluster: Cluster) -> None:
     full, tailed = by_rank(logs()), by_rank(logs("--tail", "2"))
     assert sorted(tailed) == ["[h0 rank 0", "[h1 rank 1"], tailed
     assert all(tailed[rank] == full[rank][-2:] for rank in tailed), (tailed, full)
+    # Following with --tail starts from the same lines (and ends at once: the job has ended).
+    assert by_rank(logs("--follow", "--tail", "2")) == tailed
     assert all(len(full[rank]) == 6 for rank in full), full  # 5 ticks and "ticker done"
     assert [line.split("] ", 1)[1] for line in logs("--stderr") if "rank" in line] == ["ticker done", "ticker done"]
     bare = logs("--no-prefix", "--rank", "0")
