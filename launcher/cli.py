@@ -181,7 +181,12 @@ async def _wait_for_end(record: JobRecord) -> JobStatus:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the job ends (Ctrl-C detaches).")
 @click.option("--rank", "ranks", type=click.IntRange(min=0), multiple=True, help="Only this global rank (repeatable).")
 @click.option("--host", "only_hosts", multiple=True, metavar="HOST", help="Only this host, as labelled (repeatable).")
-@click.option("--tail", type=click.IntRange(min=0), metavar="N", help="Only the last N lines of each rank.")
+@click.option(
+    "--tail",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Only the last N lines of each rank (with -f: then follow on).",
+)
 @click.option("--stderr", "stderr_only", is_flag=True, help="Only what ranks wrote to stderr.")
 @click.option("--no-prefix", is_flag=True, help="Print lines without the [host rank] label.")
 @click.option(
