@@ -115,7 +115,11 @@ def launch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **o
         if status is None:
             return  # detached: the job keeps running
     elif options["wait"]:
-        status = _run(_wait_for_end(record))
+        try:
+            status = _run(_wait_for_end(record))
+        except KeyboardInterrupt:
+            click.echo(f"\nlauncher: stopped waiting; {record.name} keeps running", err=True)
+            ctx.exit(130)
     else:
         return
     render.print_status(status)
@@ -166,13 +170,11 @@ async def _wait_for_end(record: JobRecord) -> JobStatus:
     from launcher import jobs
     from launcher.records import remember_state
 
-    while True:
-        status = await jobs.job_status(record, _ssh_for(record))
-        # A job can be failed already while some hosts still stop: wait for every host.
-        if all(h.state != "running" for h in status.hosts):
-            remember_state(record, status.state)
-            return status
-        await asyncio.sleep(1.0)
+    # Every host, not the first failure: a failed job may still be stopping elsewhere.
+    await jobs.wait_for_end(record, replace(_ssh_for(record), keepalive=5.0), on_problem=_warn)
+    status = await jobs.job_status(record, _ssh_for(record))
+    remember_state(record, status.state)
+    return status
 
 
 @cli.command()

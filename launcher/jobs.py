@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from launcher.errors import HostError, LauncherError
 from launcher.hosts import Host
 from launcher.records import JobRecord
-from launcher.ssh import SshOptions, for_each_host, open_agent
+from launcher.ssh import NodeAgent, SshOptions, for_each_host, open_agent
 
 JobState = Literal["running", "succeeded", "failed", "killed", "unknown"]
 HostState = Literal["running", "succeeded", "failed", "killed", "unknown", "unreachable"]
@@ -264,52 +264,28 @@ async def follow_logs(
 
     async def one(host: Host) -> None:
         offset: int | None = None if tail is not None else 0
-        delay = 0.5
-        down_since: float | None = None
-        while True:
-            try:
-                agent = await open_agent(host, ssh)
-            except HostError as exc:
-                down_since = down_since or time.monotonic()
-                if time.monotonic() - down_since > reconnect_for:
-                    raise
-                if on_problem and delay == 0.5:
-                    on_problem(host.label, f"{exc.message}; retrying")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10)
-                continue
-            if down_since is not None and on_problem:
-                on_problem(host.label, "reconnected")
-            down_since, delay = None, 0.5
-            try:
-                if offset is None:  # first the tail, whole (a retry must not repeat half of it), then on
-                    lines: list[LogLine] = []
-                    end = 0
-                    async for message in agent.stream("tail", job=record.name, count=tail, **filters):
-                        lines.extend(_log_lines(host.label, message.get("records", [])))
-                        end = message.get("offset", end)
-                    for line in lines:
-                        await queue.put(line)
-                    offset = end
-                async for message in agent.stream("follow", job=record.name, offset=offset, **filters):
-                    for line in _log_lines(host.label, message.get("records", [])):
-                        await queue.put(line)
-                    offset = message.get("offset", offset)
-                    if message.get("ended"):
-                        return
-            except HostError as exc:
-                down_since = time.monotonic()
-                if on_problem:
-                    on_problem(host.label, f"{exc.message}; reconnecting")
-            finally:
-                await agent.close()
+
+        async def session(agent: NodeAgent) -> None:
+            nonlocal offset
+            if offset is None:  # first the tail, whole (a retry must not repeat half of it), then on
+                lines: list[LogLine] = []
+                end = 0
+                async for message in agent.stream("tail", job=record.name, count=tail, **filters):
+                    lines.extend(_log_lines(host.label, message.get("records", [])))
+                    end = message.get("offset", end)
+                for line in lines:
+                    await queue.put(line)
+                offset = end
+            async for message in agent.stream("follow", job=record.name, offset=offset, **filters):
+                for line in _log_lines(host.label, message.get("records", [])):
+                    await queue.put(line)
+                offset = message.get("offset", offset)
+
+        await _reconnecting(host, ssh, session, on_problem, reconnect_for)
 
     async def run_all() -> None:
         try:
-            results = await for_each_host(record.hosts, one)
-            for host, result in zip(record.hosts, results, strict=True):
-                if isinstance(result, LauncherError) and on_problem:
-                    on_problem(host.label, f"gave up: {_message(result)}")
+            _report_given_up(record.hosts, await for_each_host(record.hosts, one), on_problem)
         finally:
             await queue.put(None)
 
@@ -321,6 +297,71 @@ async def follow_logs(
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
+
+
+async def wait_for_end(
+    record: JobRecord,
+    ssh: SshOptions = DEFAULT_SSH,
+    on_problem: Callable[[str, str], None] | None = None,
+    reconnect_for: float = 300.0,
+) -> None:
+    """Return once the job no longer runs on any host (or a host stayed out of reach for
+    ``reconnect_for`` seconds). One connection per host, which its node answers when
+    the job ends there: no new login every poll on nodes busy training."""
+
+    async def one(host: Host) -> None:
+        async def session(agent: NodeAgent) -> None:
+            await agent.call("wait", timeout=None, job=record.name)
+
+        await _reconnecting(host, ssh, session, on_problem, reconnect_for)
+
+    _report_given_up(record.hosts, await for_each_host(record.hosts, one), on_problem)
+
+
+def _report_given_up(
+    hosts: Sequence[Host], results: Sequence[Any], on_problem: Callable[[str, str], None] | None
+) -> None:
+    for host, result in zip(hosts, results, strict=True):
+        if isinstance(result, LauncherError) and on_problem:
+            on_problem(host.label, f"gave up: {_message(result)}")
+
+
+async def _reconnecting(
+    host: Host,
+    ssh: SshOptions,
+    session: Callable[[NodeAgent], Awaitable[None]],
+    on_problem: Callable[[str, str], None] | None,
+    reconnect_for: float,
+) -> None:
+    """Run ``session`` over a connection to ``host`` until it returns. A connection that
+    fails or drops is retried with backoff for up to ``reconnect_for`` seconds;
+    ``on_problem`` hears of it once per outage."""
+    delay = 0.5
+    down_since: float | None = None
+    while True:
+        try:
+            agent = await open_agent(host, ssh)
+        except HostError as exc:
+            down_since = down_since or time.monotonic()
+            if time.monotonic() - down_since > reconnect_for:
+                raise
+            if on_problem and delay == 0.5:
+                on_problem(host.label, f"{exc.message}; retrying")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10)
+            continue
+        if down_since is not None and on_problem:
+            on_problem(host.label, "reconnected")
+        down_since, delay = None, 0.5
+        try:
+            await session(agent)
+            return
+        except HostError as exc:
+            down_since = time.monotonic()
+            if on_problem:
+                on_problem(host.label, f"{exc.message}; reconnecting")
+        finally:
+            await agent.close()
 
 
 def _log_lines(host: str, records: list[list[Any]]) -> list[LogLine]:

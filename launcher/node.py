@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -46,12 +47,21 @@ RANK_PREFIX_TEMPLATE = "\x1e${rank}\x1f"
 RANK_PREFIX = re.compile(rb"\x1e(\d+)\x1f")
 _SESSION_PREFIX = "launcher-"
 _FOLLOW_POLL_S = 0.05
+_WAIT_POLL_S = 0.25
 _SUPERVISOR_START_S = 60.0
 _MAX_BATCH_BYTES = 256 * 1024
 
 
 class NodeError(Exception):
     """A request the node cannot carry out; its message goes back to the launcher."""
+
+
+class HungUp(Exception):
+    """The launcher closed the connection while a request was waiting: nobody to answer."""
+
+
+Idle = Callable[[float], None]
+"""Waits up to the given seconds between polls; raises HungUp once the launcher is gone."""
 
 
 def session_name(job: str) -> str:
@@ -375,7 +385,12 @@ def _record_filter(ranks: list[int] | None, stderr_only: bool) -> Callable[[list
 
 
 def follow_logs(
-    job: str, offset: int, emit: Any, ranks: list[int] | None = None, stderr_only: bool = False
+    job: str,
+    offset: int,
+    emit: Any,
+    ranks: list[int] | None = None,
+    stderr_only: bool = False,
+    idle: Idle = time.sleep,
 ) -> dict[str, Any]:
     """Send batches of new records that pass the filters through ``emit`` until the job
     has ended here; each batch carries the offset to resume from."""
@@ -392,7 +407,15 @@ def follow_logs(
             continue
         if ended:
             return {"offset": offset, "ended": True}
-        time.sleep(_FOLLOW_POLL_S)
+        idle(_FOLLOW_POLL_S)
+
+
+def wait_ended(job: str, idle: Idle = time.sleep) -> dict[str, Any]:
+    """Answer once the job no longer runs here (for ``launch --wait``: one quiet
+    connection per host instead of a new login every poll)."""
+    while (state := _read_status(job)["state"]) == "running":
+        idle(_WAIT_POLL_S)
+    return {"state": state}
 
 
 # ---------------------------------------------------------------------------- status
@@ -571,6 +594,8 @@ def serve(stdin: IO[str], stdout: IO[str]) -> None:
         stdout.write(json.dumps(message) + "\n")
         stdout.flush()
 
+    idle = _idle_until_hang_up(stdin)
+
     emit({"ok": True, **hello()})  # unasked: the launcher learns who we are without a round trip
     for line in stdin:
         if not line.strip():
@@ -585,7 +610,10 @@ def serve(stdin: IO[str], stdout: IO[str]) -> None:
                     emit,
                     request.get("ranks"),
                     bool(request.get("stderr_only")),
+                    idle,
                 )
+            elif op == "wait":
+                answer = wait_ended(request["job"], idle)
             elif op == "tail":
                 answer = tail_logs(
                     request["job"], int(request["count"]), request.get("ranks"), bool(request.get("stderr_only")), emit
@@ -597,10 +625,34 @@ def serve(stdin: IO[str], stdout: IO[str]) -> None:
             emit({"ok": True, **answer})
         except NodeError as exc:
             emit({"ok": False, "error": str(exc)})
-        except BrokenPipeError:
+        except (BrokenPipeError, HungUp):
             return
         except Exception as exc:  # noqa: BLE001 - the launcher shows it, naming this host
             emit({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+
+
+def _idle_until_hang_up(stdin: IO[str]) -> Idle:
+    """An ``Idle`` that watches ``stdin`` for its end (Ctrl-C, a dropped connection).
+    Without it, an agent would wait for the job's end (hours) with nobody left to answer."""
+    import fcntl
+    import termios
+
+    try:
+        fd = stdin.fileno()
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both
+        return time.sleep
+
+    def idle(seconds: float) -> None:
+        readable, _, _ = select.select([fd], [], [], seconds)
+        if not readable:
+            return
+        pending = bytearray(4)
+        fcntl.ioctl(fd, termios.FIONREAD, pending)
+        if int.from_bytes(pending, sys.byteorder) == 0:
+            raise HungUp  # readable with nothing to read: the end of the stream
+        time.sleep(seconds)  # a next request waits its turn (select would return at once)
+
+    return idle
 
 
 def main(argv: list[str]) -> int:

@@ -71,8 +71,9 @@ class NodeAgent:
         self._lock = asyncio.Lock()
         self._unanswered = 0
 
-    async def call(self, op: str, timeout: float = 60.0, **args: Any) -> dict[str, Any]:
-        """One request, one answer; a refusal or a lost agent raises HostError."""
+    async def call(self, op: str, timeout: float | None = 60.0, **args: Any) -> dict[str, Any]:
+        """One request, one answer; a refusal or a lost agent raises HostError. ``timeout``
+        None: wait as long as the node takes (``wait``)."""
         async with self._lock:
             try:
                 # A call cancelled (Ctrl-C) or timed out after its request went out leaves

@@ -208,6 +208,34 @@ def test_follow_streams_until_the_job_ends(cluster: Cluster) -> None:
     assert "succeeded" in result.stdout
 
 
+def test_ctrl_c_during_wait_leaves_the_job_running_and_no_agent_behind(cluster: Cluster) -> None:
+    name = job_name("waitc")
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "launcher", "launch", "--hosts", "h0,h1", "--name", name, "--runner", "python",
+         "--wait", "tests/scripts/sleeper.py"],
+        cwd=REPO, env=cluster.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    agents = ("launcher.node serve",)
+
+    def running() -> bool:
+        return json.loads(run_cli(cluster, "status", "--json", name).stdout or "{}").get("state") == "running"
+
+    try:
+        wait_for("the job to run", running, timeout=60)
+        time.sleep(2)  # the launch's own agents are gone by now
+        # --wait holds one quiet connection per host, each answered by the node when the job ends.
+        assert all(leftovers(h, agents) for h in cluster.hosts[:2])
+        waiting.send_signal(signal.SIGINT)
+        _, err = waiting.communicate(timeout=30)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 130, err
+    assert "Traceback" not in err and f"stopped waiting; {name} keeps running" in err, err
+    # The nodes notice the closed connection and their agents end; the job does not.
+    wait_for("the agents to end", lambda: not any(leftovers(h, agents) for h in cluster.hosts[:2]), timeout=10)
+    assert running()
+
+
 def test_repo_is_shared_with_the_hosts() -> None:
     """The e2e tests rely on it: the repo (scripts, examples) lies outside the hosts' private /tmp."""
     assert not str(REPO).startswith("/tmp/")

@@ -8,7 +8,11 @@ import io
 import json
 import os
 import socket
+import threading
+import time
+from pathlib import Path
 
+import psutil
 import pytest
 
 from launcher import __version__, node
@@ -122,3 +126,32 @@ def test_an_agent_that_never_greets_is_named_after_the_timeout() -> None:
 
     with pytest.raises(HostError, match=r"h0: the node agent did not start within 0\.1 s"):
         asyncio.run(scenario())
+
+
+def test_idle_ends_a_wait_only_when_the_launcher_has_gone() -> None:
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end) as stdin:
+        idle = node._idle_until_hang_up(stdin)
+        idle(0.01)  # nothing arrived: just a pause
+        os.write(write_end, b'{"op": "status"}\n')
+        idle(0.01)  # a request waiting for its turn is no hang-up
+        assert stdin.readline() == '{"op": "status"}\n'
+        os.close(write_end)
+        with pytest.raises(node.HungUp):
+            idle(5)
+
+
+def test_idle_without_a_real_stdin_just_sleeps() -> None:
+    assert node._idle_until_hang_up(io.StringIO()) is time.sleep
+
+
+def test_wait_answers_when_the_job_ends_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(node, "this_run_dir", lambda job: tmp_path)
+    me = psutil.Process()
+    node.write_json(tmp_path / "started.json", {"pid": me.pid, "create_time": me.create_time(), "time": 1.0})
+    ending = threading.Timer(0.5, node.write_json, (tmp_path / "exit.json", {"exit_code": 3, "time": 2.0}))
+    ending.start()
+    began = time.monotonic()
+
+    assert node.wait_ended("job") == {"state": "failed"}
+    assert time.monotonic() - began >= 0.5
