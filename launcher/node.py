@@ -647,7 +647,11 @@ def _idle_until_hang_up(stdin: IO[str]) -> Idle:
         if not readable:
             return
         pending = bytearray(4)
-        fcntl.ioctl(fd, termios.FIONREAD, pending)
+        try:
+            fcntl.ioctl(fd, termios.FIONREAD, pending)
+        except OSError:  # not a pipe or socket: no way to tell, so keep waiting
+            time.sleep(seconds)
+            return
         if int.from_bytes(pending, sys.byteorder) == 0:
             raise HungUp  # readable with nothing to read: the end of the stream
         time.sleep(seconds)  # a next request waits its turn (select would return at once)
