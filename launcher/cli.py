@@ -32,6 +32,14 @@ _find_by_hosts = click.option(
     "--hosts", "hosts_arg", metavar="FILE", help=_HOSTS_HELP + " Finds the job without a local record."
 )
 
+_connect_timeout = click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds to reach a host (tried twice).",
+)
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="launcher")
@@ -73,13 +81,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--nnodes", metavar="MIN:MAX", help="Elastic node range for torchrun.  [default: the number of hosts]")
 @click.option("--max-restarts", type=click.IntRange(min=0), default=0, show_default=True, help="torchrun restarts.")
 @click.option("--torchrun-args", metavar="ARGS", help="More torchrun options in one string: '--monitor-interval 1'.")
-@click.option(
-    "--connect-timeout",
-    type=click.FloatRange(min=0.1),
-    default=10.0,
-    show_default=True,
-    help="Seconds to reach a host.",
-)
+@_connect_timeout
 @click.option(
     "--max-parallel", type=click.IntRange(min=1), default=128, show_default=True, help="SSH handshakes at once."
 )
@@ -299,13 +301,7 @@ def status(ctx: click.Context, name: str | None, hosts_arg: str | None, as_json:
     show_default=True,
     help="Seconds between SIGTERM and SIGKILL.",
 )
-@click.option(
-    "--connect-timeout",
-    type=click.FloatRange(min=0.1),
-    default=10.0,
-    show_default=True,
-    help="Seconds to reach a host (tried twice).",
-)
+@_connect_timeout
 @click.pass_context
 def kill(
     ctx: click.Context, /, name: str | None, kill_all: bool, hosts_arg: str | None, grace: float, connect_timeout: float

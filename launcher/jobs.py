@@ -220,8 +220,7 @@ async def read_logs(
         try:
             lines: list[LogLine] = []
             if tail is not None:
-                async for batch in agent.stream("tail", job=record.name, count=tail, **filters):
-                    lines.extend(_log_lines(host.label, batch.get("records", [])))
+                lines, _ = await _tail(agent, record.name, tail, filters)
                 return lines
             offset = 0
             while True:
@@ -268,11 +267,7 @@ async def follow_logs(
         async def session(agent: NodeAgent) -> None:
             nonlocal offset
             if offset is None:  # first the tail, whole (a retry must not repeat half of it), then on
-                lines: list[LogLine] = []
-                end = 0
-                async for message in agent.stream("tail", job=record.name, count=tail, **filters):
-                    lines.extend(_log_lines(host.label, message.get("records", [])))
-                    end = message.get("offset", end)
+                lines, end = await _tail(agent, record.name, tail or 0, filters)
                 for line in lines:
                     await queue.put(line)
                 offset = end
@@ -297,6 +292,16 @@ async def follow_logs(
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
+
+
+async def _tail(agent: NodeAgent, job: str, count: int, filters: dict[str, Any]) -> tuple[list[LogLine], int]:
+    """The last ``count`` lines of each rank on the agent's host, and the log offset they end at."""
+    lines: list[LogLine] = []
+    end = 0
+    async for message in agent.stream("tail", job=job, count=count, **filters):
+        lines.extend(_log_lines(agent.host.label, message.get("records", [])))
+        end = message.get("offset", end)
+    return lines, end
 
 
 async def wait_for_end(
