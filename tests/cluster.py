@@ -11,6 +11,20 @@ at the same path, even when it lives under ``/tmp``.
         env = cluster.env()              # HOME=<fake home>: asyncssh finds ~/.ssh/config
         subprocess.run(["ssh", "-F", str(cluster.ssh_config), "h1", "hostname"], env=env)
 
+Options (keywords of ``start_cluster``; the defaults give the cluster above):
+
+``shared_disk=False``
+    Hosts that share no disk. Each host gets its own ``cluster.project_dir`` (where tests
+    put code; it exists on the launching side too, and starts empty on every host) and its
+    own ``cluster.node_state_dir`` (XDG_STATE_HOME of its SSH sessions): a directory of the
+    workdir per host, bound over those paths in the host's mount namespace, so what one
+    host writes there no other host, and not the launching side, sees. The disk outlives
+    a reboot. The Python environment and the repo stay shared. ``TestHost.read_file``,
+    ``exists`` and ``write_file`` see a host's own view. To give one host another
+    interpreter, write a wrapper at the same path on each host, say
+    ``host.write_file(cluster.project_dir / "python", "#!/bin/sh\\nexec python3 \\"$@\\"\\n", 0o755)``,
+    a different one (or none) on that host, and launch with ``--python`` naming that path.
+
 Needs root. Everything a cluster creates is named ``lnch-<token>...`` and recorded in
 ``/run/lnch-clusters/<token>.json`` with the creating process, so that
 ``remove_stale_clusters`` (run at every start) can delete what a crashed run left behind.
@@ -59,19 +73,28 @@ MAX_HOSTS = 99
 # $3 sshd config, $4 workdir. The private tmpfs would hide a workdir under /tmp, so the
 # shell keeps a handle on it (its cwd) and binds it back at the same path; `mount -c`
 # stops mount from resolving "." by name, which would now find the empty tmpfs.
+# Without a shared disk, $5 is the host's own disk (a directory of the workdir), whose
+# project/ and node-state/ are bound over $6 (project dir) and $7 (node state dir); a
+# tmpfs over $8 (the folder of every host's disk) then hides the other hosts' disks.
+# unshare makes the new mount namespace private, so none of this reaches the root side.
 HOST_INIT_SCRIPT = """\
 set -e
 cd "$4"
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mkdir -p "$4"
 mount -c --bind . "$4"
+if [ -n "$5" ]; then
+  mount --bind "$5/project" "$6"
+  mount --bind "$5/node-state" "$7"
+  mount -t tmpfs -o mode=0755 tmpfs "$8"
+fi
 mount --bind "$2" /etc/hosts
 hostname "$1"
 exec /usr/sbin/sshd -D -e -f "$3"
 """
 
 # What a cluster creates in its workdir (besides the hosts files it is asked to write).
-WORKDIR_ENTRIES = ("home", "node-state", "launcher-state", "sshd", "etc-hosts", "authorized_keys")
+WORKDIR_ENTRIES = ("home", "node-state", "launcher-state", "sshd", "etc-hosts", "authorized_keys", "project", "disks")
 
 # Paths are written unquoted into ssh_config and sshd_config, where whitespace, quotes
 # and "%" (a token in AuthorizedKeysFile) would change their meaning.
@@ -125,6 +148,31 @@ class TestHost:
             timeout=timeout,
             check=False,
         )
+
+    def read_file(self, path: str | Path) -> str:
+        """The text of ``path`` as this host sees it (its own disk, /tmp and mounts)."""
+        result = self.run(["cat", "--", str(path)])
+        if result.returncode != 0:
+            raise ClusterError(f"{self.name}: cannot read {path}: {result.stderr.strip()}")
+        return result.stdout
+
+    def exists(self, path: str | Path) -> bool:
+        """Whether ``path`` exists as this host sees it."""
+        return self.run(["test", "-e", str(path)]).returncode == 0
+
+    def write_file(self, path: str | Path, text: str, mode: int = 0o644) -> None:
+        """Write ``text`` to ``path`` on this host only (parents created), with ``mode``."""
+        script = 'mkdir -p -- "$(dirname -- "$1")" && cat > "$1" && chmod "$2" -- "$1"'
+        result = subprocess.run(
+            ["nsenter", "-t", str(self.init_pid), "--mount", "--", "sh", "-c", script, "sh", str(path), f"{mode:o}"],
+            input=text,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise ClusterError(f"{self.name}: cannot write {path}: {result.stderr.strip()}")
 
     def set_link(self, up: bool) -> None:
         """Connect (``up``) or cut the host's only network link, as a pulled cable would."""
@@ -221,14 +269,20 @@ class _Layout:
 class Cluster:
     """A running test cluster. Use as a context manager, or call ``close()``."""
 
-    def __init__(self, workdir: Path, layout: _Layout) -> None:
+    def __init__(self, workdir: Path, layout: _Layout, shared_disk: bool = True) -> None:
         self.workdir = workdir
         """Shared by the launching side and every host, at the same path."""
         self.home = workdir / "home"
         """Fake HOME of the launching side: ``.ssh/{config,id_ed25519,known_hosts}``."""
         self.ssh_config = self.home / ".ssh" / "config"
         self.node_state_dir = workdir / "node-state"
-        """XDG_STATE_HOME of every SSH session on every host: one directory for all."""
+        """XDG_STATE_HOME of every SSH session on every host: one directory for all, unless
+        ``shared_disk`` is false, when each host has its own (and the launching side a third)."""
+        self.project_dir = workdir / "project"
+        """A directory for the code a test runs, at the same path everywhere. Shared with
+        the hosts, unless ``shared_disk`` is false: then each host has its own, empty at start."""
+        self.shared_disk = shared_disk
+        """Whether the hosts share ``project_dir`` and ``node_state_dir`` with everyone."""
         self.launcher_state_dir = workdir / "launcher-state"
         """XDG_STATE_HOME of the launching side (see ``env()``)."""
         self.gateway = layout.bridge_address
@@ -242,6 +296,7 @@ class Cluster:
         self._sshd_dir = workdir / "sshd"
         self._etc_hosts = workdir / "etc-hosts"
         self._authorized_keys = workdir / "authorized_keys"
+        self._disks = workdir / "disks"
         self._created = [workdir / name for name in WORKDIR_ENTRIES]
         self._servers: list[subprocess.Popen[bytes]] = []
         self._closed = False
@@ -313,6 +368,11 @@ class Cluster:
         self._sshd_dir.mkdir()
         self.node_state_dir.mkdir()
         self.launcher_state_dir.mkdir()
+        self.project_dir.mkdir()
+        if not self.shared_disk:
+            for host in self._layout.hosts:
+                (self._disk(host) / "project").mkdir(parents=True)
+                (self._disk(host) / "node-state").mkdir()
         keys = [self.home / ".ssh" / "id_ed25519"]
         keys += [self._host_key(h) for h in self._layout.hosts]
         return [
@@ -324,6 +384,10 @@ class Cluster:
             )
             for key in keys
         ]
+
+    def _disk(self, host: _HostPlan) -> Path:
+        """What the host has of its own, when there is no shared disk: kept across reboots."""
+        return self._disks / host.name
 
     def _host_key(self, host: _HostPlan) -> Path:
         return self._sshd_dir / f"{host.name}_host_ed25519"
@@ -387,6 +451,8 @@ class Cluster:
         new_namespaces = ["unshare", "--uts", "--pid", "--mount", "--fork", "--kill-child", "--mount-proc"]
         init = ["sh", "-c", HOST_INIT_SCRIPT, "sh", host.name, str(self._etc_hosts)]
         init += [str(self._sshd_config_path(host)), str(self.workdir)]
+        disk = "" if self.shared_disk else str(self._disk(host))
+        init += [disk, str(self.project_dir), str(self.node_state_dir), str(self._disks)]
         with (self._sshd_dir / f"{host.name}.log").open("wb") as log:
             return subprocess.Popen(
                 [*enter_netns, *new_namespaces, *init],
@@ -462,8 +528,11 @@ class Cluster:
                 server.wait()
 
 
-def start_cluster(n: int, workdir: Path) -> Cluster:
-    """Start ``n`` hosts ``h0``..``h<n-1>`` whose sshd accept connections on return."""
+def start_cluster(n: int, workdir: Path, *, shared_disk: bool = True) -> Cluster:
+    """Start ``n`` hosts ``h0``..``h<n-1>`` whose sshd accept connections on return.
+
+    ``shared_disk=False``: each host has its own ``project_dir`` and ``node_state_dir``.
+    """
     if not 1 <= n <= MAX_HOSTS:
         raise ValueError(f"a cluster has 1 to {MAX_HOSTS} hosts, not {n}")
     workdir = workdir.resolve()
@@ -480,7 +549,7 @@ def start_cluster(n: int, workdir: Path) -> Cluster:
         token = secrets.token_hex(3)
         subnet = _free_subnet()
         _write_record(token, subnet, workdir)
-    cluster = Cluster(workdir, _Layout.plan(n, token, subnet))
+    cluster = Cluster(workdir, _Layout.plan(n, token, subnet), shared_disk=shared_disk)
     try:
         cluster._start()
     except BaseException:
