@@ -6,10 +6,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import replace
 
-from launcher.errors import HostsFileError
+from launcher.errors import HostsFileError, UsageError
 from launcher.hosts import MAX_SLOTS, Host, comparable_name, parse_number, shown
 
 _GPU_LIST = re.compile(r"[0-9]+(?:,[0-9]+)*")
+_COUNT = re.compile(r"[0-9]+")
 
 
 def select_hosts(hosts: Sequence[Host], include: str | None, exclude: str | None) -> tuple[Host, ...]:
@@ -17,7 +18,8 @@ def select_hosts(hosts: Sequence[Host], include: str | None, exclude: str | None
 
     Entries are host names (a name given with several users or ports picks each of
     them). ``host:0,1`` keeps (include) or drops (exclude) only those GPUs on that host.
-    The result keeps the order of ``hosts``, since the first host runs rank 0.
+    As in DeepSpeed, GPU lists are merged, deduplicated and sorted: ``node1:1@node1:0,1``
+    is ``node1:0,1``. The result keeps the order of ``hosts``, since the first host runs rank 0.
     """
     if include is not None and exclude is not None:
         raise HostsFileError("--include", None, "cannot be used together with --exclude; use one or the other")
@@ -43,6 +45,27 @@ def select_hosts(hosts: Sequence[Host], include: str | None, exclude: str | None
     return tuple(selected)
 
 
+def check_nproc_for_gpus(hosts: Sequence[Host], nproc_per_node: str | None) -> None:
+    """Refuse a numeric ``--nproc-per-node`` above the GPUs that ``--include``/``--exclude`` left on a host.
+
+    Each process of a host gets one of its ``CUDA_VISIBLE_DEVICES``, so more processes than
+    GPUs would share or miss devices. DeepSpeed refuses ``--num_gpus`` with any filter at
+    all; a number that fits is well defined, so only one that does not is refused here.
+    ``gpu``/``auto`` and None are left alone: they count the GPUs the host is given.
+    """
+    if nproc_per_node is None or not _COUNT.fullmatch(nproc_per_node):
+        return
+    asked = int(nproc_per_node)
+    for host in hosts:
+        if host.gpus is not None and asked > len(host.gpus):
+            picked = ",".join(map(str, host.gpus))
+            count = len(host.gpus)
+            raise UsageError(
+                f"--nproc-per-node {asked} is more than the {count} GPU{'s' if count != 1 else ''} picked on"
+                f" {host.label} ({picked}); pass --nproc-per-node {count} or fewer, or pick more GPUs"
+            )
+
+
 def _parse_selection(text: str, hosts: Sequence[Host], source: str) -> dict[int, tuple[int, ...] | None]:
     """Map each chosen host's index to its GPU list (None: the whole host)."""
     chosen: dict[int, tuple[int, ...] | None] = {}
@@ -59,8 +82,6 @@ def _parse_selection(text: str, hosts: Sequence[Host], source: str) -> dict[int,
         if not matches:
             raise HostsFileError(source, None, _unknown_host_message(entry, hosts))
         for index in matches:
-            if index in chosen:
-                raise HostsFileError(source, None, f"{hosts[index].label} is named twice")
             # With no known GPU count, an include can still pick GPUs; it just cannot check them.
             available = _available_gpus(hosts[index])
             if gpus is not None and available is not None:
@@ -71,7 +92,7 @@ def _parse_selection(text: str, hosts: Sequence[Host], source: str) -> dict[int,
                         None,
                         f"GPU {missing[0]} is not on {hosts[index].label}, which has GPUs {_describe_gpus(available)}",
                     )
-            chosen[index] = gpus
+            chosen[index] = _merge_gpu_lists(chosen[index], gpus, hosts[index], source) if index in chosen else gpus
     return chosen
 
 
@@ -84,10 +105,21 @@ def _matching_hosts(entry: str, hosts: Sequence[Host]) -> list[int]:
 
 
 def _parse_gpu_list(text: str, source: str) -> tuple[int, ...]:
-    gpus = tuple(parse_number(part, "GPU index", 0, MAX_SLOTS - 1, source, None) for part in text.split(","))
-    if len(set(gpus)) != len(gpus):
-        raise HostsFileError(source, None, f"a GPU is listed twice in {shown(text)}")
-    return gpus
+    # Sorted and without repeats, as DeepSpeed's parse_node_config_list: local rank N gets
+    # the Nth GPU listed, so "2,0" and "0,2" must not mean two different placements.
+    return tuple(sorted({parse_number(part, "GPU index", 0, MAX_SLOTS - 1, source, None) for part in text.split(",")}))
+
+
+def _merge_gpu_lists(
+    earlier: tuple[int, ...] | None, later: tuple[int, ...] | None, host: Host, source: str
+) -> tuple[int, ...]:
+    if earlier is None and later is None:
+        raise HostsFileError(source, None, f"{host.label} is named twice")
+    if earlier is None or later is None:
+        # DeepSpeed quietly narrows "node1@node1:0" to GPU 0; whether the whole host was meant
+        # cannot be told, so it is refused rather than guessed.
+        raise HostsFileError(source, None, f"{host.label} is named both whole and with GPUs; name it once")
+    return tuple(sorted({*earlier, *later}))
 
 
 def _with_gpus(host: Host, gpus: tuple[int, ...] | None) -> Host:

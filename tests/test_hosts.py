@@ -583,6 +583,7 @@ SELECTIONS = [
     ("NODE1", None, (CLUSTER[0],)),
     ("node1:0,2", None, (Host("node1", slots=2, gpus=(0, 2)),)),
     ("node1:3@node2", None, (Host("node1", gpus=(3,)), CLUSTER[1])),
+    ("node1:0,0", None, (Host("node1", gpus=(0,)),)),
     ("node3:0,1", None, (Host("node3", gpus=(0, 1)),)),
     ("node4", None, (CLUSTER[3],)),
     ("node4:1", None, (Host("node4", user="alice", port=2222, gpus=(1,)),)),
@@ -616,9 +617,8 @@ SELECTION_ERRORS = [
     ("", None, "--include: empty entry in ''; expected host1@host2:0,1"),
     ("node1@", None, "--include: empty entry in 'node1@'; expected host1@host2:0,1"),
     ("node1@node1", None, "--include: node1 is named twice"),
-    ("node1@node1:0", None, "--include: node1 is named twice"),
+    ("node1@node1:0", None, "--include: node1 is named both whole and with GPUs; name it once"),
     ("node1:4", None, "--include: GPU 4 is not on node1, which has GPUs 0-3"),
-    ("node1:0,0", None, "--include: a GPU is listed twice in '0,0'"),
     (None, "node1@node2@node3@node4@fe80::1", "--exclude: no hosts left to run on"),
     (
         None,
