@@ -25,6 +25,13 @@ Options (keywords of ``start_cluster``; the defaults give the cluster above):
     ``host.write_file(cluster.project_dir / "python", "#!/bin/sh\\nexec python3 \\"$@\\"\\n", 0o755)``,
     a different one (or none) on that host, and launch with ``--python`` naming that path.
 
+Faults, on any cluster: ``host.set_link(False)`` cuts a host off (a pulled cable; ``True``
+heals it), ``host.crash()`` is a power cut (link down, and SIGKILL to the init of its PID
+namespace, which takes every process of the host at once), and ``cluster.reboot(host)``
+brings a crashed or running host back: a fresh PID namespace and /tmp, the same network
+namespace, hostname, address, host key and disk, sshd accepting connections again, and
+the new ``TestHost`` in ``cluster.hosts`` (the old one keeps naming the dead host).
+
 Needs root. Everything a cluster creates is named ``lnch-<token>...`` and recorded in
 ``/run/lnch-clusters/<token>.json`` with the creating process, so that
 ``remove_stale_clusters`` (run at every start) can delete what a crashed run left behind.
@@ -44,7 +51,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -177,6 +184,25 @@ class TestHost:
     def set_link(self, up: bool) -> None:
         """Connect (``up``) or cut the host's only network link, as a pulled cable would."""
         _run_ip(["link", "set", self.link, "up" if up else "down"])
+
+    def crash(self) -> None:
+        """Power cut: the link goes down, then every process of the host dies at once.
+
+        SIGKILL to the init of the host's PID namespace makes the kernel kill all the rest;
+        nothing gets to clean up or say goodbye on the network. ``Cluster.reboot`` brings
+        the host back. Returns once nothing of the host runs.
+        """
+        self.set_link(False)
+        _kill_init(self)
+        deadline = time.monotonic() + STOP_DEADLINE_S
+        while self.processes():
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{self.name}: processes survived the crash: {self.processes()}")
+            time.sleep(0.01)
+
+    def is_up(self) -> bool:
+        """Whether the host's init (its sshd) still runs."""
+        return _init_alive(self)
 
 
 @dataclass(frozen=True)
@@ -336,6 +362,25 @@ class Cluster:
                 _remove_path(path)
             _record_path(layout.token).unlink(missing_ok=True)
 
+    def reboot(self, host: TestHost | str) -> TestHost:
+        """Bring ``host`` (crashed, or running: then it is crashed first) back up.
+
+        It gets a fresh PID namespace and a fresh /tmp, and keeps its network namespace,
+        hostname, address, host key and disk. Returns the new ``TestHost`` (which also
+        replaces the old one in ``hosts``) once its sshd accepts connections.
+        """
+        name = host if isinstance(host, str) else host.name
+        index = [h.name for h in self.hosts].index(name)
+        old, plan = self.hosts[index], self._layout.hosts[index]
+        if old.is_up():
+            old.crash()
+        self._servers[index].wait(timeout=STOP_DEADLINE_S)  # unshare exits with its init
+        self._servers[index] = self._start_host(plan)
+        old.set_link(True)
+        self._wait_for_sshd(time.monotonic() + START_DEADLINE_S, [index])
+        self.hosts[index] = self._describe_host(plan, self._servers[index])
+        return self.hosts[index]
+
     def __enter__(self) -> Cluster:
         return self
 
@@ -358,7 +403,7 @@ class Cluster:
         self._write_ssh_files()
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
         self._servers = [self._start_host(h) for h in self._layout.hosts]
-        self._wait_for_sshd(time.monotonic() + START_DEADLINE_S)
+        self._wait_for_sshd(time.monotonic() + START_DEADLINE_S, range(len(self._servers)))
         self.hosts = [
             self._describe_host(plan, server) for plan, server in zip(self._layout.hosts, self._servers, strict=True)
         ]
@@ -453,7 +498,7 @@ class Cluster:
         init += [str(self._sshd_config_path(host)), str(self.workdir)]
         disk = "" if self.shared_disk else str(self._disk(host))
         init += [disk, str(self.project_dir), str(self.node_state_dir), str(self._disks)]
-        with (self._sshd_dir / f"{host.name}.log").open("wb") as log:
+        with (self._sshd_dir / f"{host.name}.log").open("ab") as log:
             return subprocess.Popen(
                 [*enter_netns, *new_namespaces, *init],
                 stdin=subprocess.DEVNULL,
@@ -463,8 +508,8 @@ class Cluster:
                 start_new_session=True,
             )
 
-    def _wait_for_sshd(self, deadline: float) -> None:
-        waiting = list(zip(self._layout.hosts, self._servers, strict=True))
+    def _wait_for_sshd(self, deadline: float, indices: Iterable[int]) -> None:
+        waiting = [(self._layout.hosts[i], self._servers[i]) for i in indices]
         while waiting:
             still_waiting = []
             for host, server in waiting:
@@ -512,13 +557,14 @@ class Cluster:
         # and we reap unshare. Killing unshare instead would orphan the init to PID 1,
         # which may reap it late (a second here, in a microVM) or never (some containers):
         # a zombie that "nothing remains" checks would trip over.
-        inits = [h.init_pid for h in self.hosts]
-        if not inits:  # start failed before the hosts were described
-            inits = [pid for server in self._servers for pid in _children_of(server.pid)]
-        self._terminate_guests(set(inits))
-        for pid in inits:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        if self.hosts:
+            self._terminate_guests({h.init_pid for h in self.hosts})
+            for host in self.hosts:
+                _kill_init(host)  # not a crashed host's: its pid may belong to another process now
+        else:  # start failed before the hosts were described
+            for pid in [pid for server in self._servers for pid in _children_of(server.pid)]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + STOP_DEADLINE_S
         for server in self._servers:
             try:
@@ -701,6 +747,20 @@ def _delete_network(links: list[str], namespaces: list[str]) -> None:
             text=True,
             check=False,
         )
+
+
+def _init_alive(host: TestHost) -> bool:
+    try:
+        return os.readlink(f"/proc/{host.init_pid}/ns/pid") == host.pid_namespace and _running(host.init_pid)
+    except OSError:
+        return False
+
+
+def _kill_init(host: TestHost) -> None:
+    # The namespace check tells the host's init from a process that got its pid later.
+    if _init_alive(host):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(host.init_pid, signal.SIGKILL)
 
 
 def _accepts_connections(address: str) -> bool:

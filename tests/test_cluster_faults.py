@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,13 +15,14 @@ from cluster import Cluster, start_cluster
 pytestmark = pytest.mark.e2e
 
 
-def ssh(cluster: Cluster, host: str, command: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+def ssh(cluster: Cluster, host: str, command: str, connect_timeout: int = 5) -> subprocess.CompletedProcess[str]:
+    options = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout}"]
     return subprocess.run(
-        ["ssh", "-F", str(cluster.ssh_config), "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", host, command],
+        ["ssh", "-F", str(cluster.ssh_config), *options, host, command],
         env=cluster.env(),
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=30,
         check=False,
     )
 
@@ -81,3 +83,104 @@ def test_one_host_gets_another_python_through_a_wrapper(unshared: Cluster) -> No
 
     assert h0.run([str(wrapper), "-c", "print(6 * 7)"]).stdout == "42\n"
     assert h1.run([str(wrapper), "-c", "print(6 * 7)"]).returncode == 127
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Cluster]:
+    with start_cluster(2, tmp_path, shared_disk=False) as cluster:
+        yield cluster
+
+
+def accepts_tcp(address: str, port: int = 22, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def test_crash_kills_every_process_of_the_host_and_only_that_host(pair: Cluster) -> None:
+    h0, h1 = pair.hosts
+    for host in (h0, h1):
+        started = ssh(pair, host.name, "setsid sleep 600 </dev/null >/dev/null 2>&1 &")
+        assert started.returncode == 0, started.stderr
+        assert any(command == "sleep 600" for _, command in host.processes())
+
+    h0.crash()
+
+    assert h0.processes() == []
+    assert not h0.is_up()
+    assert not accepts_tcp(h0.address)
+    assert ssh(pair, "h0", "true", connect_timeout=1).returncode == 255
+    assert any(command == "sleep 600" for _, command in h1.processes())
+    assert ssh(pair, "h1", "hostname").stdout == "h1\n"
+
+
+def test_a_crashed_host_reboots_with_a_fresh_tmp_and_the_same_disk(pair: Cluster) -> None:
+    h0 = pair.hosts[0]
+    h0.write_file("/tmp/before-crash", "gone\n")
+    h0.write_file(pair.project_dir / "kept", "kept\n")
+    h0.crash()
+
+    rebooted = pair.reboot(h0)
+
+    assert pair.hosts[0] is rebooted
+    assert (rebooted.name, rebooted.address, rebooted.netns) == (h0.name, h0.address, h0.netns)
+    assert rebooted.pid_namespace != h0.pid_namespace
+    result = ssh(pair, "h0", "hostname; ls -A /tmp")
+    assert result.returncode == 0, result.stderr
+    # A fresh /tmp holds only the way to the workdir, when the workdir is under /tmp.
+    fresh = [pair.workdir.relative_to("/tmp").parts[0]] if pair.workdir.is_relative_to("/tmp") else []
+    assert result.stdout.split() == ["h0", *fresh]
+    assert not rebooted.exists("/tmp/before-crash")
+    assert rebooted.read_file(pair.project_dir / "kept") == "kept\n"
+
+
+def test_a_running_host_reboots(pair: Cluster) -> None:
+    h1 = pair.hosts[1]
+    assert ssh(pair, "h1", "setsid sleep 600 </dev/null >/dev/null 2>&1 &").returncode == 0
+
+    rebooted = pair.reboot("h1")
+
+    assert h1.processes() == []
+    assert not any(command == "sleep 600" for _, command in rebooted.processes())
+    assert ssh(pair, "h1", "hostname").stdout == "h1\n"
+
+
+def test_close_after_a_crash_leaves_nothing_behind(tmp_path: Path) -> None:
+    cluster = start_cluster(2, tmp_path)
+    hosts = list(cluster.hosts)
+    hosts[1].crash()
+    cluster.reboot(hosts[0])  # a running host, rebooted
+
+    cluster.close()
+
+    assert [host.processes() for host in [*hosts, *cluster.hosts]] == [[]] * 4
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cut_link_blocks_tcp_until_it_heals(pair: Cluster) -> None:
+    h0, h1 = pair.hosts
+    assert accepts_tcp(h0.address)
+
+    h0.set_link(False)
+    try:
+        assert not accepts_tcp(h0.address)
+        assert h1.run(["python3", "-c", CONNECT, h0.address, "1"]).stdout == "blocked\n"
+    finally:
+        h0.set_link(True)
+
+    # Healed: a SYN lost as the link came up is sent again after 1 s, so allow for one.
+    assert accepts_tcp(h0.address, timeout=3)
+    assert h1.run(["python3", "-c", CONNECT, h0.address]).stdout == "connected\n"
+
+
+# From inside another host: connect to port 22 of argv[1] (with a 1 s timeout if argv[2]).
+CONNECT = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], 22), timeout=3 if len(sys.argv) < 3 else 1).close()
+    print("connected")
+except OSError:
+    print("blocked")
+"""
