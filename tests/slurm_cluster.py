@@ -51,7 +51,7 @@ __all__ = [
     "start_slurm",
 ]
 
-SLURM_PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "salloc", "squeue", "scancel", "scontrol")
+SLURM_PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "salloc", "squeue", "scancel", "scontrol", "sinfo")
 """What the Debian packages ``munge``, ``slurmctld``, ``slurmd`` and ``slurm-client`` install."""
 REGISTRY_DIR = Path("/run/lnch-slurm")
 SLURM_DIR_NAME = "slurm"
@@ -115,6 +115,11 @@ class SlurmCluster:
         self._daemons: list[_Daemon] = []
         self._processes: list[subprocess.Popen[bytes]] = []
         self._closed = False
+
+    @property
+    def daemon_pids(self) -> dict[str, int]:
+        """Root-namespace pid of each daemon started: ``munged``, ``slurmctld``, ``slurmd-h0``..."""
+        return {daemon.name: daemon.pid for daemon in self._daemons}
 
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for ``sbatch``, ``srun``, ``salloc``, ``squeue``, ``scancel``, ``scontrol``.
@@ -203,8 +208,10 @@ class SlurmCluster:
             return
         self._closed = True
         try:
-            with contextlib.suppress(SlurmError, subprocess.TimeoutExpired, OSError):
-                self.cancel_all_jobs()
+            # Without a slurmctld (a failed start), squeue would retry for MessageTimeout.
+            if self._controller_running():
+                with contextlib.suppress(SlurmError, subprocess.TimeoutExpired, OSError):
+                    self.cancel_all_jobs()
             self._kill_job_steps()
         finally:
             try:
@@ -217,6 +224,10 @@ class SlurmCluster:
                 shutil.rmtree(self.dir, ignore_errors=True)
                 with _registry_lock():
                     _record_path(self.cluster.token).unlink(missing_ok=True)
+
+    def _controller_running(self) -> bool:
+        daemon = next((d for d in self._daemons if d.name == "slurmctld"), None)
+        return daemon is not None and _alive(daemon.pid, daemon.create_time)
 
     def __enter__(self) -> SlurmCluster:
         return self
@@ -305,7 +316,8 @@ class SlurmCluster:
         argv = [
             _program("munged"),
             "--foreground",  # which logs to stderr: munged.out
-            # --force: a crashed run's socket may still be there.
+            # pytest's tmp dirs are 0700, so munged finds the socket "inaccessible" to other
+            # users and refuses to start; only root uses it here.
             "--force",
             f"--socket={self.munge_socket}",
             f"--key-file={key}",
@@ -313,13 +325,13 @@ class SlurmCluster:
             f"--seed-file={munge_dir / 'munged.seed'}",
         ]
         process = self._spawn("munged", argv)
+        self._record(_Daemon("munged", process.pid, _create_time(process.pid)))
         deadline = time.monotonic() + START_DEADLINE_S
         while not self.munge_socket.is_socket():
             self._check_alive(process, "munged")
             if time.monotonic() > deadline:
                 raise SlurmError(f"munged made no socket within {START_DEADLINE_S}s\n{self.logs()}")
             time.sleep(0.02)
-        self._record(_Daemon("munged", process.pid, _create_time(process.pid)))
 
     def _start_slurmctld(self) -> None:
         # slurmctld binds to what its hostname resolves to (NoCtldInAddrAny) and refuses to

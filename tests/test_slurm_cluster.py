@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import slurm_fixtures
 from cluster import TestHost, remove_stale_clusters, start_cluster
 from slurm_cluster import REGISTRY_DIR, SlurmCluster, remove_stale_slurms, start_slurm
 from slurm_fixtures import require_slurm, slurm  # noqa: F401
@@ -25,10 +26,11 @@ HOSTS = ["h0", "h1", "h2"]
 
 
 @pytest.fixture(autouse=True)
-def no_jobs_left(slurm: SlurmCluster) -> Iterator[None]:  # noqa: F811
-    """Each test starts on idle nodes, and a job one test leaves does not hold up the next."""
+def no_jobs_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A job that one test leaves (it failed half-way) does not hold up the next one's nodes."""
     yield
-    slurm.cancel_all_jobs()
+    if "slurm" in request.fixturenames:
+        request.getfixturevalue("slurm").cancel_all_jobs()
 
 
 def hostnames(slurm: SlurmCluster, nodelist: str) -> list[str]:  # noqa: F811
@@ -144,11 +146,20 @@ def test_env_points_commands_at_this_slurm_only(slurm: SlurmCluster, monkeypatch
 # --- start and stop -------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("ci", ["", "true"])
+def test_a_missing_slurm_skips_but_fails_under_ci(ci: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(slurm_fixtures, "missing_slurm_programs", lambda: ["slurmd", "munged"])
+    monkeypatch.setenv("CI", ci)
+
+    with pytest.raises(pytest.fail.Exception if ci else pytest.skip.Exception, match="missing slurmd, munged"):
+        require_slurm()
+
+
 def test_close_stops_every_daemon_and_removes_its_files(tmp_path: Path) -> None:
     require_slurm()
     with start_cluster(1, tmp_path / "one") as cluster:
         with start_slurm(cluster) as one:
-            daemons = [psutil.Process(d.pid) for d in one._daemons]
+            daemons = [psutil.Process(pid) for pid in one.daemon_pids.values()]
             assert sorted(d.name() for d in daemons) == ["munged", "slurmctld", "slurmd"]
             record = REGISTRY_DIR / f"{cluster.token}.json"
             assert record.is_file()
@@ -167,7 +178,7 @@ from cluster import start_cluster
 from slurm_cluster import start_slurm
 cluster = start_cluster(1, Path(sys.argv[1]))
 slurm = start_slurm(cluster)
-print(json.dumps({"token": cluster.token, "dir": str(slurm.dir), "pids": [d.pid for d in slurm._daemons]}), flush=True)
+print(json.dumps({"token": cluster.token, "dir": str(slurm.dir), "pids": list(slurm.daemon_pids.values())}), flush=True)
 os.kill(os.getpid(), signal.SIGKILL)  # a crash: no close(), no finally
 """
 
