@@ -16,7 +16,7 @@ import psutil
 import pytest
 import slurm_fixtures
 from cluster import TestHost, remove_stale_clusters, start_cluster
-from slurm_cluster import REGISTRY_DIR, SlurmCluster, remove_stale_slurms, start_slurm
+from slurm_cluster import REGISTRY_DIR, SlurmCluster, SlurmError, remove_stale_slurms, start_slurm
 from slurm_fixtures import require_slurm, slurm  # noqa: F401
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm]
@@ -168,6 +168,29 @@ def test_close_stops_every_daemon_and_removes_its_files(tmp_path: Path) -> None:
         assert not one.dir.exists()
         assert not record.exists()
         assert [command for _, command in cluster.hosts[0].processes() if "slurm" in command] == []
+
+
+def test_a_failed_start_stops_what_it_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    require_slurm()
+    started: dict[str, psutil.Process] = {}
+    spawn = SlurmCluster._spawn
+
+    def spawn_and_note(self: SlurmCluster, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        process = spawn(self, name, argv)
+        started[name] = psutil.Process(process.pid)
+        return process
+
+    monkeypatch.setattr(SlurmCluster, "_spawn", spawn_and_note)
+    # munged starts; slurmctld then exits on the first line it does not know.
+    monkeypatch.setattr(SlurmCluster, "_slurm_conf", lambda self: "NoSuchOption=1\n")
+    with start_cluster(1, tmp_path / "one") as cluster:
+        with pytest.raises(SlurmError, match="slurmctld exited"):
+            start_slurm(cluster)
+
+        assert list(started) == ["munged", "slurmctld"]
+        assert not [p for p in started.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert not (cluster.workdir / "slurm").exists()
+        assert not (REGISTRY_DIR / f"{cluster.token}.json").exists()
 
 
 CRASHING_RUN = """
