@@ -25,6 +25,10 @@ Options (keywords of ``start_cluster``; the defaults give the cluster above):
     ``host.write_file(cluster.project_dir / "python", "#!/bin/sh\\nexec python3 \\"$@\\"\\n", 0o755)``,
     a different one (or none) on that host, and launch with ``--python`` naming that path.
 
+Size: 1 to ``MAX_HOSTS`` (253, a /24) hosts. Start-up costs a few process starts per host
+(host keys are made in-process) and stop one ``ip link del group``: here, on 2 busy cores,
+64 hosts start in about 1.5 s, 128 in 3.5 s and 253 in 8 s; each stops in under a second.
+
 Faults, on any cluster: ``host.set_link(False)`` cuts a host off (a pulled cable; ``True``
 heals it), ``host.crash()`` is a power cut (link down, and SIGKILL to the init of its PID
 namespace, which takes every process of the host at once), and ``cluster.reboot(host)``
@@ -56,6 +60,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
 __all__ = [
     "Cluster",
     "ClusterError",
@@ -73,8 +80,10 @@ GUEST_GRACE_S = 2.0
 """Every sshd also listens here, for hosts files that name a port (``root@host:2222``)."""
 START_DEADLINE_S = 15.0
 STOP_DEADLINE_S = 5.0
-# Veth names are "lnch-<6 hex>-<index>" and must fit IFNAMSIZ (15 chars).
-MAX_HOSTS = 99
+# Addresses .2 to .254 of a /24; veth names "lnch-<6 hex>-<index>" then fit IFNAMSIZ (15 chars).
+MAX_HOSTS = 253
+LINK_GROUP_BASE = 0x6C000000
+"""Plus the token (24 bits): the link group of a cluster, unique as its token is."""
 
 # Runs inside the host's fresh namespaces, as its init: $1 hostname, $2 hosts file,
 # $3 sshd config, $4 workdir. The private tmpfs would hide a workdir under /tmp, so the
@@ -224,6 +233,9 @@ class _Layout:
     """Names and addresses of a whole cluster."""
 
     token: str
+    group: int
+    """Link group (``ip link ... group``) of every root-side link: one ``link del group``
+    removes them all at once, where one ``link del`` per link takes seconds at 253 hosts."""
     bridge: str
     bridge_address: str
     bridge_mac: str
@@ -248,6 +260,7 @@ class _Layout:
         )
         return _Layout(
             token=token,
+            group=LINK_GROUP_BASE + int(token, 16),
             bridge=f"{NAME_PREFIX}-{token}",
             bridge_address=str(subnet.network_address + 1),
             bridge_mac=f"{mac_prefix}:00:01",
@@ -257,10 +270,11 @@ class _Layout:
     def root_commands(self) -> list[str]:
         """``ip -batch`` lines run in the root namespace: namespaces, bridge, veths."""
         lines = [f"netns add {h.netns}" for h in self.hosts]
-        lines.append(f"link add {self.bridge} address {self.bridge_mac} type bridge")
+        lines.append(f"link add {self.bridge} address {self.bridge_mac} group {self.group} type bridge")
         for h in self.hosts:
             lines.append(
-                f"link add {h.link} address {h.link_mac} type veth peer name eth0 address {h.mac} netns {h.netns}"
+                f"link add {h.link} address {h.link_mac} group {self.group} type veth"
+                f" peer name eth0 address {h.mac} netns {h.netns}"
             )
             lines.append(f"link set {h.link} master {self.bridge} up")
         lines.append(f"addr add {self.bridge_address}/24 dev {self.bridge}")
@@ -355,6 +369,7 @@ class Cluster:
         finally:
             layout = self._layout
             _delete_network(
+                groups=[layout.group],
                 links=[h.link for h in layout.hosts] + [layout.bridge],
                 namespaces=[h.netns for h in layout.hosts],
             )
@@ -378,7 +393,7 @@ class Cluster:
         self._servers[index] = self._start_host(plan)
         old.set_link(True)
         self._wait_for_sshd(time.monotonic() + START_DEADLINE_S, [index])
-        self.hosts[index] = self._describe_host(plan, self._servers[index])
+        self.hosts[index] = self._describe_host(plan, _children_of(self._servers[index].pid))
         return self.hosts[index]
 
     def __enter__(self) -> Cluster:
@@ -393,22 +408,24 @@ class Cluster:
         self.close()
 
     def _start(self) -> None:
-        keygens = self._generate_keys()  # in parallel with the network
+        self._make_dirs()
+        _run_ip_batch(self._layout.root_commands())
+        batches = [_start_ip_batch(self._layout.host_commands(h), netns=h.netns) for h in self._layout.hosts]
         try:
-            _run_ip_batch(self._layout.root_commands())
-            batches = [_start_ip_batch(self._layout.host_commands(h), netns=h.netns) for h in self._layout.hosts]
-            _wait_all(batches, what="configure host network")
+            self._generate_keys()  # while the hosts' networks are configured
         finally:
-            _wait_all(keygens, what="ssh-keygen")
+            _wait_all(batches, what="configure host network")
         self._write_ssh_files()
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
         self._servers = [self._start_host(h) for h in self._layout.hosts]
         self._wait_for_sshd(time.monotonic() + START_DEADLINE_S, range(len(self._servers)))
+        children = _children_by_parent()  # one pass over /proc, not one per host
         self.hosts = [
-            self._describe_host(plan, server) for plan, server in zip(self._layout.hosts, self._servers, strict=True)
+            self._describe_host(plan, children.get(server.pid, []))
+            for plan, server in zip(self._layout.hosts, self._servers, strict=True)
         ]
 
-    def _generate_keys(self) -> list[subprocess.Popen[bytes]]:
+    def _make_dirs(self) -> None:
         (self.home / ".ssh").mkdir(parents=True, mode=0o700)
         self._sshd_dir.mkdir()
         self.node_state_dir.mkdir()
@@ -418,17 +435,19 @@ class Cluster:
             for host in self._layout.hosts:
                 (self._disk(host) / "project").mkdir(parents=True)
                 (self._disk(host) / "node-state").mkdir()
+
+    def _generate_keys(self) -> None:
+        # In-process, as ssh-keygen would write them: one ssh-keygen per host costs a
+        # process start each, which is most of the start-up of a 253-host cluster.
         keys = [self.home / ".ssh" / "id_ed25519"]
         keys += [self._host_key(h) for h in self._layout.hosts]
-        return [
-            subprocess.Popen(
-                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", key.name, "-f", str(key)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
-            for key in keys
-        ]
+        for key in keys:
+            private = Ed25519PrivateKey.generate()
+            pem = private.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption())
+            with os.fdopen(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
+                file.write(pem)
+            public = private.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH)
+            key.with_suffix(".pub").write_bytes(public + f" {key.name}\n".encode())
 
     def _disk(self, host: _HostPlan) -> Path:
         """What the host has of its own, when there is no shared disk: kept across reboots."""
@@ -525,10 +544,10 @@ class Cluster:
             if waiting:
                 time.sleep(0.01)
 
-    def _describe_host(self, plan: _HostPlan, server: subprocess.Popen[bytes]) -> TestHost:
-        children = _children_of(server.pid)
+    def _describe_host(self, plan: _HostPlan, children: list[int]) -> TestHost:
+        """``children``: of the host's unshare, whose only child is the host's init."""
         if len(children) != 1:
-            raise ClusterError(f"{plan.name}: expected one init under unshare {server.pid}, found {children}")
+            raise ClusterError(f"{plan.name}: expected one init under its unshare, found {children}")
         return TestHost(
             name=plan.name,
             address=plan.address,
@@ -544,7 +563,8 @@ class Cluster:
         A shell SIGKILLed inside pyenv's ~/.bashrc leaves ~/.pyenv/shims/.pyenv-shim behind,
         and every later login on this machine then waits 60 s for that lock (seen here).
         """
-        guests = [pid for host in self.hosts for pid, _ in host.processes() if pid not in inits]
+        by_namespace = _pids_by_pid_namespace()  # one pass over /proc, not one per host
+        guests = [pid for host in self.hosts for pid in by_namespace.get(host.pid_namespace, []) if pid not in inits]
         for pid in guests:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
@@ -562,7 +582,8 @@ class Cluster:
             for host in self.hosts:
                 _kill_init(host)  # not a crashed host's: its pid may belong to another process now
         else:  # start failed before the hosts were described
-            for pid in [pid for server in self._servers for pid in _children_of(server.pid)]:
+            children = _children_by_parent()
+            for pid in [pid for server in self._servers for pid in children.get(server.pid, [])]:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + STOP_DEADLINE_S
@@ -734,11 +755,14 @@ def _kill_netns_processes(namespaces: list[str]) -> None:
         time.sleep(0.01)
 
 
-def _delete_network(links: list[str], namespaces: list[str]) -> None:
+def _delete_network(links: list[str], namespaces: list[str], groups: Sequence[int] = ()) -> None:
     # Delete the veths ourselves: a deleted namespace takes its half of a pair with it,
     # but asynchronously, so the root half would linger for a moment after we return.
+    # A group goes in one step; the links by name then only find what it missed.
     # -force: go on past what a failed start never created.
-    commands = [f"link del {link}" for link in links] + [f"netns del {ns}" for ns in namespaces]
+    commands = [f"link del group {group}" for group in groups]
+    commands += [f"link del {link}" for link in links if groups == () or _link_exists(link)]
+    commands += [f"netns del {ns}" for ns in namespaces]
     if commands:
         subprocess.run(
             ["ip", "-force", "-batch", "-"],
@@ -761,6 +785,10 @@ def _kill_init(host: TestHost) -> None:
     if _init_alive(host):
         with contextlib.suppress(ProcessLookupError):
             os.kill(host.init_pid, signal.SIGKILL)
+
+
+def _link_exists(name: str) -> bool:
+    return Path("/sys/class/net", name).exists()
 
 
 def _accepts_connections(address: str) -> bool:
@@ -796,12 +824,23 @@ def _is_running(pid: int) -> bool:
 
 
 def _children_of(parent: int) -> list[int]:
-    children = []
+    return _children_by_parent().get(parent, [])
+
+
+def _children_by_parent() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
     for pid in _all_pids():
         with contextlib.suppress(OSError):
-            if int(_stat_fields(pid)[1]) == parent:
-                children.append(pid)
+            children.setdefault(int(_stat_fields(pid)[1]), []).append(pid)
     return children
+
+
+def _pids_by_pid_namespace() -> dict[str, list[int]]:
+    found: dict[str, list[int]] = {}
+    for pid in _all_pids():
+        with contextlib.suppress(OSError):  # it exited while we looked
+            found.setdefault(os.readlink(f"/proc/{pid}/ns/pid"), []).append(pid)
+    return found
 
 
 def _command_line(pid: int) -> str:

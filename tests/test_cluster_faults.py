@@ -1,16 +1,18 @@
-"""The test cluster's options: hosts without a shared disk, crashes and reboots, cuts."""
+"""The test cluster's options: hosts without a shared disk, crashes and reboots, cuts, many hosts."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster import Cluster, start_cluster
+from cluster import MAX_HOSTS, Cluster, TestHost, _Layout, start_cluster
 
 pytestmark = pytest.mark.e2e
 
@@ -99,12 +101,24 @@ def accepts_tcp(address: str, port: int = 22, timeout: float = 1.0) -> bool:
         return False
 
 
+def start_sleep(cluster: Cluster, host: TestHost) -> None:
+    """Start a process on ``host`` that outlives the SSH session, and wait until it runs."""
+    started = ssh(cluster, host.name, "setsid sleep 600 </dev/null >/dev/null 2>&1 &")
+    assert started.returncode == 0, started.stderr
+    deadline = time.monotonic() + 10
+    while not sleeps(host):
+        assert time.monotonic() < deadline, host.processes()
+        time.sleep(0.01)
+
+
+def sleeps(host: TestHost) -> bool:
+    return any(command == "sleep 600" for _, command in host.processes())
+
+
 def test_crash_kills_every_process_of_the_host_and_only_that_host(pair: Cluster) -> None:
     h0, h1 = pair.hosts
-    for host in (h0, h1):
-        started = ssh(pair, host.name, "setsid sleep 600 </dev/null >/dev/null 2>&1 &")
-        assert started.returncode == 0, started.stderr
-        assert any(command == "sleep 600" for _, command in host.processes())
+    start_sleep(pair, h0)
+    start_sleep(pair, h1)
 
     h0.crash()
 
@@ -112,7 +126,7 @@ def test_crash_kills_every_process_of_the_host_and_only_that_host(pair: Cluster)
     assert not h0.is_up()
     assert not accepts_tcp(h0.address)
     assert ssh(pair, "h0", "true", connect_timeout=1).returncode == 255
-    assert any(command == "sleep 600" for _, command in h1.processes())
+    assert sleeps(h1)
     assert ssh(pair, "h1", "hostname").stdout == "h1\n"
 
 
@@ -138,12 +152,12 @@ def test_a_crashed_host_reboots_with_a_fresh_tmp_and_the_same_disk(pair: Cluster
 
 def test_a_running_host_reboots(pair: Cluster) -> None:
     h1 = pair.hosts[1]
-    assert ssh(pair, "h1", "setsid sleep 600 </dev/null >/dev/null 2>&1 &").returncode == 0
+    start_sleep(pair, h1)
 
     rebooted = pair.reboot("h1")
 
     assert h1.processes() == []
-    assert not any(command == "sleep 600" for _, command in rebooted.processes())
+    assert not sleeps(rebooted)
     assert ssh(pair, "h1", "hostname").stdout == "h1\n"
 
 
@@ -184,3 +198,36 @@ try:
 except OSError:
     print("blocked")
 """
+
+
+def test_a_cluster_of_max_hosts_fits_the_names_and_addresses() -> None:
+    layout = _Layout.plan(MAX_HOSTS, "abcdef", ipaddress.IPv4Network("10.9.8.0/24"))
+
+    links = [host.link for host in layout.hosts] + [layout.bridge]
+    assert max(len(name) for name in links) <= 15  # IFNAMSIZ - 1
+    assert len(set(links)) == len(links)
+    addresses = [host.address for host in layout.hosts] + [layout.bridge_address]
+    assert len(set(addresses)) == MAX_HOSTS + 1
+    assert all(ipaddress.IPv4Address(a) in ipaddress.IPv4Network("10.9.8.0/24") for a in addresses)
+    macs = [mac for host in layout.hosts for mac in (host.mac, host.link_mac)] + [layout.bridge_mac]
+    assert len(set(macs)) == len(macs)
+    with pytest.raises(ValueError, match="1 to 253 hosts"):
+        start_cluster(MAX_HOSTS + 1, Path("/nonexistent"))
+
+
+def test_max_hosts_start_and_leave_nothing_behind(tmp_path: Path) -> None:
+    cluster = start_cluster(MAX_HOSTS, tmp_path)
+    hosts = list(cluster.hosts)
+    try:
+        last = hosts[-1]
+        assert last.name == f"h{MAX_HOSTS - 1}"
+        result = ssh(cluster, last.name, "hostname; getent hosts h0")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == [last.name, hosts[0].address, "h0"]
+    finally:
+        cluster.close()
+
+    assert all(host.processes() == [] for host in hosts)
+    assert not any(cluster.token in link for link in os.listdir("/sys/class/net"))
+    assert not any(cluster.token in netns for netns in os.listdir("/run/netns"))
+    assert list(tmp_path.iterdir()) == []
