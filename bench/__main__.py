@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.text import Text
 
-from bench.config import Plan
+from bench.config import MAX_HOSTS, MEASURES, Plan
 from bench.procs import REPO
 from bench.results import Results
 
@@ -25,7 +25,22 @@ PLOT = REPO / "docs" / "launch_time.png"
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--max-hosts", type=int, default=32, metavar="N", help="largest cluster (default 32)")
+    parser.add_argument(
+        "--max-hosts", type=int, default=32, metavar="N", help=f"largest cluster, 1 to {MAX_HOSTS} (default 32)"
+    )
+    parser.add_argument(
+        "--sizes",
+        type=_sizes,
+        metavar="N,N,...",
+        help="exactly these cluster sizes (instead of 1, 2, 4, ... up to --max-hosts)",
+    )
+    parser.add_argument(
+        "--only",
+        type=_measures,
+        default=MEASURES,
+        metavar="M,M,...",
+        help=f"only these measurements, of {', '.join(MEASURES)} (start-up always runs)",
+    )
     parser.add_argument("--repeat", type=int, default=5, metavar="R", help="repetitions of each launch (default 5)")
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 hosts, one repetition (< 3 min)")
     parser.add_argument(
@@ -34,9 +49,40 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-docs", action="store_true", help="leave docs/benchmarks.md and the plot alone")
     parser.add_argument("--from-json", type=Path, metavar="FILE", help="measure nothing: report a saved run")
     args = parser.parse_args(argv)
-    if not 1 <= args.max_hosts <= 99 or args.repeat < 1:
-        parser.error("--max-hosts must be 1 to 99 and --repeat at least 1")
+    largest = max(args.sizes or [args.max_hosts])
+    if not 1 <= args.max_hosts <= MAX_HOSTS or args.repeat < 1:
+        parser.error(f"--max-hosts must be 1 to {MAX_HOSTS} and --repeat at least 1")
+    if not args.from_json and largest > (cluster_max := _cluster_max_hosts()):
+        parser.error(f"tests/cluster.py builds clusters of at most {cluster_max} hosts, not {largest}")
     return args
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of host counts: {text!r}") from None
+    if not all(1 <= n <= MAX_HOSTS for n in sizes):
+        raise argparse.ArgumentTypeError(f"host counts are 1 to {MAX_HOSTS}: {text!r}")
+    return sizes
+
+
+def _measures(text: str) -> tuple[str, ...]:
+    chosen = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [m for m in chosen if m not in MEASURES]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"measurements are {', '.join(MEASURES)}; not {', '.join(unknown)}")
+    return tuple(m for m in MEASURES if m in chosen)
+
+
+def _cluster_max_hosts() -> int:
+    """What the test cluster allows (another limit than ours: its veth names, its subnet)."""
+    from bench.procs import REPO
+
+    sys.path.insert(0, str(REPO / "tests"))
+    import cluster
+
+    return int(cluster.MAX_HOSTS)
 
 
 def main(argv: list[str]) -> int:
@@ -74,7 +120,7 @@ def _measure(args: argparse.Namespace, console: Console) -> Results:
     def progress(line: str) -> None:
         console.print(Text(line, style="red" if "FAILED" in line else ""))
 
-    plan = Plan.make(args.max_hosts, args.repeat, args.quick)
+    plan = Plan.make(args.max_hosts, args.repeat, args.quick, args.sizes, args.only)
     save_to = args.out / ("quick.json" if args.quick else "full.json")
     results = run_benchmark(plan, save_to, progress)
     console.print(f"raw numbers: {save_to}")

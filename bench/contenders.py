@@ -19,7 +19,7 @@ from typing import Literal
 from bench.procs import REPO, Run, is_shell, run_timed
 from bench.site import Site
 
-Contender = Literal["launcher", "xargs", "xargs -P 32", "pdsh", "floor"]
+Contender = Literal["launcher", "xargs", "xargs -P 32", "pdsh", "floor", "torchrunx", "deepspeed"]
 PARALLEL = 32
 """Fan-out of ``xargs -P`` and of pdsh (pdsh's default ``-f``)."""
 
@@ -37,10 +37,21 @@ class Job:
     """Rendezvous port on the first host (the recipes' fixed one; the launcher picks its own)."""
 
 
+def installed(contenders: tuple[Contender, ...]) -> tuple[Contender, ...]:
+    """Those of ``contenders`` that can run here (torchrunx and deepspeed are optional)."""
+    from bench.foreground import missing
+
+    return tuple(c for c in contenders if missing(c) is None)
+
+
 def launcher_launch(site: Site, job: Job) -> list[str]:
     runner = ["--nproc-per-node", "1"] if job.torchrun else ["--runner", "python"]
     options = ["--hosts", str(site.hosts_file), "--name", job.name, *runner]
     return [sys.executable, "-m", "launcher", "launch", *options, job.script, *job.args]
+
+
+def launcher_status(job: Job) -> list[str]:
+    return [sys.executable, "-m", "launcher", "status", job.name]
 
 
 def launcher_kill(job: Job, grace: float) -> list[str]:
@@ -106,6 +117,8 @@ def start(site: Site, job: Job, contender: Contender) -> Run:
 
 def output_files(site: Site, job: Job, contender: Contender) -> list[Path]:
     """The files holding the job's output, one per host that has written any."""
+    if contender in ("torchrunx", "deepspeed"):
+        return sorted((site.output_dir / job.name).glob("*.log" if contender == "torchrunx" else "deepspeed.out"))
     if contender == "launcher":
         # The node agents' run directories (launcher/paths.py): <state>/launcher/runs/JOB/HOST/.
         return sorted(site.cluster.node_state_dir.glob(f"*/runs/{job.name}/*/output.log"))
@@ -114,6 +127,10 @@ def output_files(site: Site, job: Job, contender: Contender) -> list[Path]:
 
 def hosts_with_line(site: Site, job: Job, contender: Contender, needle: str) -> int:
     """How many hosts' output holds a line containing ``needle``."""
+    if contender in ("torchrunx", "deepspeed"):
+        from bench.foreground import hosts_with_line as foreground_hosts_with_line
+
+        return foreground_hosts_with_line(site, job.name, contender, needle)
     count = 0
     for path in output_files(site, job, contender):
         try:

@@ -24,7 +24,10 @@ def describe_machine() -> dict[str, Any]:
         "os": _os_name(),
         "python": platform.python_version(),
         "versions": {
-            **{name: _package_version(name) for name in ("torch", "asyncssh", "libtmux", "psutil", "click")},
+            **{
+                name: _package_version(name)
+                for name in ("torch", "asyncssh", "libtmux", "psutil", "click", "torchrunx", "deepspeed")
+            },
             "openssh": _first_line(["ssh", "-V"]),
             "pdsh": _first_line(["pdsh", "-V"]),
             "tmux": _first_line(["tmux", "-V"]),

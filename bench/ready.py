@@ -18,11 +18,13 @@ import time
 from collections.abc import Callable
 from itertools import count
 
+from bench import foreground
 from bench.config import Plan
 from bench.contenders import (
     Contender,
     Job,
     hosts_with_line,
+    installed,
     launcher_launch,
     output_files,
     recipe_launch,
@@ -32,7 +34,7 @@ from bench.procs import REPO
 from bench.results import Sample
 from bench.site import Site
 
-CONTENDERS: tuple[Contender, ...] = ("launcher", "xargs", "pdsh")
+CONTENDERS: tuple[Contender, ...] = ("launcher", "xargs", "pdsh", "torchrunx", "deepspeed")
 SCRIPT = "examples/distributed_sum.py"
 OK_LINE = " ok\n"
 READY_TIMEOUT_S = 300.0
@@ -41,9 +43,10 @@ _jobs = count()
 
 
 def measure_ready(site: Site, plan: Plan, record: Callable[[Sample], None]) -> None:
+    contenders = installed(CONTENDERS)
     for rep in range(plan.heavy_repeat):
-        shift = rep % len(CONTENDERS)
-        for contender in CONTENDERS[shift:] + CONTENDERS[:shift]:
+        shift = rep % len(contenders)
+        for contender in contenders[shift:] + contenders[:shift]:
             number = next(_jobs)
             job = Job(f"br{number}", SCRIPT, torchrun=True, port=29500 + number % 1000)
             record(ready_once(site, job, contender, rep))
@@ -52,13 +55,18 @@ def measure_ready(site: Site, plan: Plan, record: Callable[[Sample], None]) -> N
 def ready_once(site: Site, job: Job, contender: Contender, rep: int) -> Sample:
     if contender == "launcher":
         argv = launcher_launch(site, job)
+    elif contender in foreground.FOREGROUND:
+        argv = foreground.argv(site, job.name, job.script, job.args, job.port, contender)
     else:
         recipe_output(site, job).mkdir(exist_ok=True)
         argv = recipe_launch(site, job, contender)
     with tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         # Not run_timed: the ranks start while the command still runs, and we watch them.
-        command = subprocess.Popen(argv, cwd=REPO, env=site.env(), stdout=subprocess.DEVNULL, stderr=err)
+        if contender in foreground.FOREGROUND:  # torchrunx, deepspeed: they return when the job ends
+            command = foreground.start(site, job.name, job.script, job.args, job.port, contender)
+        else:
+            command = subprocess.Popen(argv, cwd=REPO, env=site.env(), stdout=subprocess.DEVNULL, stderr=err)
         try:
             returned, ready = _watch(site, job, contender, command, start)
         finally:
