@@ -294,6 +294,7 @@ class SlurmCluster:
             # Trust the CPUs written here over what slurmd finds: every host is the same machine.
             "SlurmdParameters=config_overrides",
             "MpiDefault=none",
+            "MailProg=/bin/true",  # the default, /bin/mail, is not installed: an error at every start
             "ReturnToService=2",
             f"KillWait={KILL_WAIT_S}",
             "InactiveLimit=0",
@@ -346,7 +347,7 @@ class SlurmCluster:
         # unshare and sh exec: the pid is slurmctld's from here on.
         self._record(_Daemon("slurmctld", process.pid, _create_time(process.pid)))
         deadline = time.monotonic() + START_DEADLINE_S
-        while not _accepts_connections(self.cluster.gateway, self.controller_port):
+        while not _listens(process.pid, self.cluster.gateway, self.controller_port):
             self._check_alive(process, "slurmctld")
             if time.monotonic() > deadline:
                 raise SlurmError(f"slurmctld did not listen within {START_DEADLINE_S}s\n{self.logs()}")
@@ -572,12 +573,14 @@ def _free_port(address: str) -> int:
         return int(probe.getsockname()[1])
 
 
-def _accepts_connections(address: str, port: int) -> bool:
+def _listens(pid: int, address: str, port: int) -> bool:
+    """Whether ``pid`` listens on ``address:port`` (asked of the kernel: a probe connection
+    would be logged by slurmctld as an error)."""
     try:
-        with socket.create_connection((address, port), timeout=0.2):
-            return True
-    except OSError:
+        connections = psutil.Process(pid).net_connections(kind="tcp4")
+    except psutil.Error:
         return False
+    return any(c.status == psutil.CONN_LISTEN and tuple(c.laddr) == (address, port) for c in connections)
 
 
 def _with_sbin(path: str) -> str:
