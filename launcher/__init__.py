@@ -1,53 +1,165 @@
 """launcher: start distributed PyTorch jobs on hosts you can SSH into.
 
-The Python API mirrors the command line::
+The Python API does what the command line does, through the same code::
 
     import asyncio
-    from launcher import LaunchSpec, launch_job, resolve_hosts
+    from launcher import launch_job, make_spec
 
-    record = asyncio.run(launch_job(LaunchSpec("train.py", hosts=resolve_hosts("hosts"))))
+    record = asyncio.run(launch_job(make_spec("train.py", hosts="hosts", nproc_per_node=4)))
 
-Names are imported on first use so that ``launcher --help`` and the node agent stay
-fast (no asyncssh, no torch at start-up).
+Every public name is listed in ``__all__`` and re-exported here. They are imported on
+first use (PEP 562), not eagerly: ``launcher --help`` must stay fast, and every node
+agent (``python -m launcher.node``) imports this package first, so it must not pull in
+the launching side. Type checkers see the explicit imports below.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+if TYPE_CHECKING:
+    from launcher.errors import (
+        AgentError,
+        AuthenticationError,
+        ConnectionLostError,
+        HostError,
+        HostKeyError,
+        HostsFileError,
+        JobError,
+        JobNotFoundError,
+        JobRunningError,
+        LauncherError,
+        NodeRefusedError,
+        ScriptMissingError,
+        StartFailedError,
+        TmuxMissingError,
+        UnreachableError,
+        UsageError,
+        VersionMismatchError,
+        WorkdirMissingError,
+    )
+    from launcher.hosts import Host, parse_hosts_file
+    from launcher.kill import HostKill, kill_all_jobs, kill_job
+    from launcher.launch import dry_run, launch_job
+    from launcher.logs import LogLine, follow_logs, read_logs
+    from launcher.plan import NodePlan
+    from launcher.records import JobRecord, all_records, latest_record, load_record
+    from launcher.run_context import ContextError, RunContext, context
+    from launcher.sources import resolve_hosts
+    from launcher.spec import LaunchSpec, make_spec
+    from launcher.status import HostStatus, JobStatus, RankStatus, RootCause, job_status, wait_for_end
+    from launcher.transport import SshOptions
 
 _EXPORTS = {
-    "LaunchSpec": "launcher.launch",
-    "JobStatus": "launcher.jobs",
-    "HostStatus": "launcher.jobs",
-    "HostKill": "launcher.jobs",
-    "LogLine": "launcher.jobs",
+    "LaunchSpec": "launcher.spec",
+    "make_spec": "launcher.spec",
+    "NodePlan": "launcher.plan",
     "launch_job": "launcher.launch",
-    "job_status": "launcher.jobs",
-    "kill_job": "launcher.jobs",
-    "read_logs": "launcher.jobs",
-    "follow_logs": "launcher.jobs",
+    "dry_run": "launcher.launch",
+    "JobStatus": "launcher.status",
+    "HostStatus": "launcher.status",
+    "RankStatus": "launcher.status",
+    "RootCause": "launcher.status",
+    "job_status": "launcher.status",
+    "wait_for_end": "launcher.status",
+    "HostKill": "launcher.kill",
+    "kill_job": "launcher.kill",
+    "kill_all_jobs": "launcher.kill",
+    "LogLine": "launcher.logs",
+    "read_logs": "launcher.logs",
+    "follow_logs": "launcher.logs",
     "JobRecord": "launcher.records",
     "load_record": "launcher.records",
     "latest_record": "launcher.records",
+    "all_records": "launcher.records",
     "Host": "launcher.hosts",
-    "resolve_hosts": "launcher.hosts",
     "parse_hosts_file": "launcher.hosts",
-    "SshOptions": "launcher.ssh",
+    "resolve_hosts": "launcher.sources",
+    "SshOptions": "launcher.transport",
+    "RunContext": "launcher.run_context",
+    "ContextError": "launcher.run_context",
+    "context": "launcher.run_context",
     "LauncherError": "launcher.errors",
-    "HostsFileError": "launcher.errors",
-    "HostError": "launcher.errors",
-    "JobError": "launcher.errors",
-    "JobNotFoundError": "launcher.errors",
     "UsageError": "launcher.errors",
+    "HostsFileError": "launcher.errors",
+    "JobNotFoundError": "launcher.errors",
+    "HostError": "launcher.errors",
+    "UnreachableError": "launcher.errors",
+    "AuthenticationError": "launcher.errors",
+    "HostKeyError": "launcher.errors",
+    "ConnectionLostError": "launcher.errors",
+    "AgentError": "launcher.errors",
+    "VersionMismatchError": "launcher.errors",
+    "NodeRefusedError": "launcher.errors",
+    "JobRunningError": "launcher.errors",
+    "WorkdirMissingError": "launcher.errors",
+    "ScriptMissingError": "launcher.errors",
+    "TmuxMissingError": "launcher.errors",
+    "StartFailedError": "launcher.errors",
+    "JobError": "launcher.errors",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [
+    "AgentError",
+    "AuthenticationError",
+    "ConnectionLostError",
+    "ContextError",
+    "Host",
+    "HostError",
+    "HostKeyError",
+    "HostKill",
+    "HostStatus",
+    "HostsFileError",
+    "JobError",
+    "JobNotFoundError",
+    "JobRecord",
+    "JobRunningError",
+    "JobStatus",
+    "LaunchSpec",
+    "LauncherError",
+    "LogLine",
+    "NodePlan",
+    "NodeRefusedError",
+    "RankStatus",
+    "RootCause",
+    "RunContext",
+    "ScriptMissingError",
+    "SshOptions",
+    "StartFailedError",
+    "TmuxMissingError",
+    "UnreachableError",
+    "UsageError",
+    "VersionMismatchError",
+    "WorkdirMissingError",
+    "__version__",
+    "all_records",
+    "context",
+    "dry_run",
+    "follow_logs",
+    "job_status",
+    "kill_all_jobs",
+    "kill_job",
+    "latest_record",
+    "launch_job",
+    "load_record",
+    "make_spec",
+    "parse_hosts_file",
+    "read_logs",
+    "resolve_hosts",
+    "wait_for_end",
+]
 
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # the next access is a plain attribute
+        return value
     raise AttributeError(f"module 'launcher' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

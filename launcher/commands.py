@@ -11,7 +11,7 @@ from pathlib import PurePath
 from typing import Literal
 
 from launcher.errors import UsageError
-from launcher.node import RANK_PREFIX_TEMPLATE
+from launcher.protocol import RANK_PREFIX_TEMPLATE, session_name
 
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,79}")
 
@@ -139,7 +139,7 @@ def attach_argv(
     host_name: str, user: str | None, port: int | None, local: bool, job: str, read_only: bool
 ) -> list[str]:
     """The command that opens a job's tmux session on a host, interactively."""
-    tmux = ["tmux", "attach-session", *(["-r"] if read_only else []), "-t", f"launcher-{job}"]
+    tmux = ["tmux", "attach-session", *(["-r"] if read_only else []), "-t", session_name(job)]
     if local:
         return tmux
     options = [*(["-p", str(port)] if port else []), *(["-l", user] if user else [])]

@@ -1,14 +1,26 @@
-"""Errors a user of launcher can see.
+"""Errors a user of launcher can see, typed by kind so that callers branch on the type.
 
 Every expected failure is a ``LauncherError``; the CLI prints its message on one line
-and exits non-zero without a traceback. Each child names what it is about::
+and exits non-zero without a traceback. Each one carries the facts it is about::
 
     LauncherError
-    ├── UsageError         bad arguments or options (exit 2)
-    ├── HostsFileError     a hosts file or host spec, with file and line
-    ├── JobNotFoundError   no record of a job by that name
-    ├── HostError          one host failed: unreachable, refused, remote error
-    └── JobError           several hosts failed (launch rolled back, kill unverified, ...)
+    ├── UsageError              bad arguments or options (exit 2)
+    ├── HostsFileError          a hosts file or host spec: source, line
+    ├── JobNotFoundError        no record of a job by that name: name
+    ├── HostError               one host failed: host, message
+    │   ├── UnreachableError        cannot connect (refused, timed out, unknown name)
+    │   ├── AuthenticationError     the host refused our keys
+    │   ├── HostKeyError            the host key is unknown or changed
+    │   ├── ConnectionLostError     the connection dropped during an operation
+    │   ├── AgentError              the node agent cannot run or does not answer
+    │   │   └── VersionMismatchError   the node runs another launcher: node_version, local_version
+    │   └── NodeRefusedError        the node refused the request: kind
+    │       ├── JobRunningError         a job of that name already runs there
+    │       ├── WorkdirMissingError     the working directory is not there
+    │       ├── ScriptMissingError      the script is not in the working directory there
+    │       ├── TmuxMissingError        tmux is not installed there
+    │       └── StartFailedError        the job's command or session could not start
+    └── JobError                several hosts failed: summary, errors (host -> HostError)
 """
 
 from __future__ import annotations
@@ -21,7 +33,7 @@ class LauncherError(Exception):
 
 
 class UsageError(LauncherError):
-    """The command line asked for something that cannot be done."""
+    """The command line (or the call) asked for something that cannot be done."""
 
     exit_code = 2
 
@@ -44,7 +56,7 @@ class HostsFileError(LauncherError):
 
 
 class JobNotFoundError(LauncherError):
-    """No local record of the job, and no ``--hosts`` to look it up with."""
+    """No record of the job, and no hosts to look it up on."""
 
     def __init__(self, name: str | None, message: str | None = None) -> None:
         self.name = name
@@ -54,7 +66,7 @@ class JobNotFoundError(LauncherError):
 
 
 class HostError(LauncherError):
-    """Something went wrong on or with one host."""
+    """Something went wrong on or with one host: ``host`` (its label) and ``message``."""
 
     def __init__(self, host: str, message: str) -> None:
         self.host = host
@@ -62,11 +74,103 @@ class HostError(LauncherError):
         super().__init__(f"{host}: {message}")
 
 
-class JobError(LauncherError):
-    """An operation failed on some hosts; ``failures`` maps host label to what went wrong."""
+class UnreachableError(HostError):
+    """No SSH connection could be made: refused, timed out, unknown host name."""
 
-    def __init__(self, summary: str, failures: dict[str, str]) -> None:
+
+class AuthenticationError(HostError):
+    """The host refused every key and method we offered."""
+
+
+class HostKeyError(HostError):
+    """The host's key is not in known_hosts, or it changed: never trusted silently."""
+
+
+class ConnectionLostError(HostError):
+    """The connection dropped while an operation was under way."""
+
+
+class AgentError(HostError):
+    """The node agent could not run there (no python, launcher not installed) or stopped answering."""
+
+
+class VersionMismatchError(AgentError):
+    """The node runs another launcher version (or protocol) than this machine."""
+
+    def __init__(
+        self, host: str, node_version: str, local_version: str, node_protocol: int, local_protocol: int
+    ) -> None:
+        self.node_version = node_version
+        self.local_version = local_version
+        self.node_protocol = node_protocol
+        self.local_protocol = local_protocol
+        if node_version == local_version:
+            what = f"protocol {node_protocol}, this machine protocol {local_protocol}"
+        else:
+            what = f"{node_version}, this machine {local_version}"
+        super().__init__(host, f"runs launcher {what}: install the same version on every node")
+
+
+class NodeRefusedError(HostError):
+    """The node refused the request; ``kind`` says why (``protocol.RefusalKind``)."""
+
+    kind = "internal"
+
+
+class JobRunningError(NodeRefusedError):
+    """A job of that name already runs on the host (``--force`` replaces it)."""
+
+    kind = "job_running"
+
+
+class WorkdirMissingError(NodeRefusedError):
+    """The working directory does not exist on the host (sync the code, or pass ``--cwd``)."""
+
+    kind = "workdir_missing"
+
+
+class ScriptMissingError(NodeRefusedError):
+    """The script is not in the working directory on the host."""
+
+    kind = "script_missing"
+
+
+class TmuxMissingError(NodeRefusedError):
+    """tmux is not installed on the host."""
+
+    kind = "tmux_missing"
+
+
+class StartFailedError(NodeRefusedError):
+    """The job's command or its tmux session could not start on the host."""
+
+    kind = "start_failed"
+
+
+REFUSALS: dict[str, type[NodeRefusedError]] = {
+    cls.kind: cls
+    for cls in (
+        NodeRefusedError,
+        JobRunningError,
+        WorkdirMissingError,
+        ScriptMissingError,
+        TmuxMissingError,
+        StartFailedError,
+    )
+}
+"""The error class for each kind of refusal a node answers with."""
+
+
+class JobError(LauncherError):
+    """An operation failed on some hosts; ``errors`` maps each host's label to its error."""
+
+    def __init__(self, summary: str, errors: dict[str, HostError]) -> None:
         self.summary = summary
-        self.failures = failures
-        details = "; ".join(f"{host}: {why}" for host, why in failures.items())
+        self.errors = errors
+        details = "; ".join(f"{host}: {exc.message}" for host, exc in errors.items())
         super().__init__(f"{summary} ({details})" if details else summary)
+
+    @property
+    def failures(self) -> dict[str, str]:
+        """What went wrong per host, as text."""
+        return {host: exc.message for host, exc in self.errors.items()}

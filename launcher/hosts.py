@@ -1,4 +1,4 @@
-"""Hosts files and inline host lists -> ``tuple[Host, ...]`` (SLURM: ``slurm.py``).
+"""Hosts files and inline host lists -> ``tuple[Host, ...]`` (which source: ``sources.py``).
 
 Pure: nothing here touches the network, and the only I/O is reading the hosts file.
 Every input either parses or raises one ``HostsFileError`` naming the file and line.
@@ -24,7 +24,7 @@ import ipaddress
 import os
 import re
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from launcher.errors import HostsFileError
@@ -36,7 +36,7 @@ __all__ = [
     "parse_host_spec",
     "parse_hosts_file",
     "parse_hosts_text",
-    "resolve_hosts",
+    "parse_inline_hosts",
 ]
 
 MAX_SLOTS = 1024
@@ -181,29 +181,6 @@ def parse_host_spec(spec: str, source: str = "--hosts", line: int | None = None)
     return Host(name, slots=parse_slots(number, source, line, f"slots after '{name}:'", hint))
 
 
-def resolve_hosts(arg: str | None, environ: Mapping[str, str] | None = None) -> tuple[Host, ...]:
-    """Turn the ``--hosts`` value into hosts.
-
-    None or ``localhost``: this machine. ``slurm``: the current SLURM allocation. A path
-    that exists: a hosts file. Anything with a comma: an inline list.
-    """
-    if arg is None or arg == "localhost":
-        return (LOCALHOST,)
-    if arg == "slurm":
-        from launcher.slurm import slurm_hosts
-
-        return slurm_hosts(os.environ if environ is None else environ)
-    if not arg.strip():
-        raise HostsFileError("--hosts", None, "empty value; expected a hosts file, node1,node2, localhost or slurm")
-    if os.path.exists(arg):
-        return parse_hosts_file(arg)
-    if "," in arg:
-        return _parse_inline_hosts(arg)
-    raise HostsFileError(
-        arg, None, "hosts file not found (to list hosts inline, separate them with commas: node1,node2)"
-    )
-
-
 def _parse_hosts_line(content: str, source: str, line: int) -> Host:
     spec, *settings = _SPACES.split(content)
     if "=" in spec:
@@ -263,7 +240,7 @@ def _parse_bracketed(address: str, source: str, line: int | None) -> tuple[str, 
     return name, _parse_port(after[1:], source, line) if after else None
 
 
-def _parse_inline_hosts(arg: str) -> tuple[Host, ...]:
+def parse_inline_hosts(arg: str) -> tuple[Host, ...]:
     # Empty items are skipped so that a trailing comma ("node1,") names one host.
     hosts: list[tuple[Host, int | None]] = [(parse_host_spec(item), None) for item in arg.split(",") if item.strip()]
     if not hosts:

@@ -8,98 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from launcher import commands
 from launcher.errors import HostError, JobError, LauncherError
 from launcher.hosts import Host
+from launcher.plan import NodePlan, dry_plan, plan_nodes
+from launcher.protocol import Kill, Prepare, Prepared, Start, Teardown
 from launcher.records import JobRecord, all_records, save_record
-from launcher.ssh import NodeAgent, SshOptions, open_agent
-
-
-@dataclass(frozen=True)
-class LaunchSpec:
-    """Everything ``launch`` needs; the CLI fills it from its options."""
-
-    script: str
-    """The training script, as the nodes will open it (relative to ``cwd``)."""
-    script_args: tuple[str, ...] = ()
-    hosts: tuple[Host, ...] = ()
-    name: str | None = None
-    """Job name; default ``<script stem>-<time>``."""
-    nproc_per_node: str | None = None
-    """Processes per node (a number, or torchrun's ``gpu``/``auto``); default: the host's slots, else 1."""
-    env: Mapping[str, str] = field(default_factory=dict)
-    """Extra variables for the job (``-e KEY=VALUE``)."""
-    python: str = sys.executable
-    cwd: str = field(default_factory=os.getcwd)
-    rdzv_port: int | None = None
-    """Port of the c10d store on the first host; default: one found free there."""
-    runner: commands.Runner = "torchrun"
-    """``torchrun``; ``python`` runs the script once per node with MASTER_ADDR/NODE_RANK/...;
-    ``exec`` runs SCRIPT as a command."""
-    nnodes: str | None = None
-    """torchrun's ``--nnodes`` for elastic jobs (``MIN:MAX``); default: the number of hosts."""
-    max_restarts: int = 0
-    torchrun_args: tuple[str, ...] = ()
-    """More torchrun options, placed before the script."""
-    force: bool = False
-    """Replace a job of the same name that is still running, instead of refusing."""
-    teardown: bool = True
-    """When the job fails on one node, stop it on all (else the others hang at a collective)."""
-    ssh: SshOptions = field(default_factory=SshOptions)
-
-
-@dataclass(frozen=True)
-class NodePlan:
-    """What one host will run: its command and the variables set on top of its login environment."""
-
-    host: Host
-    argv: list[str]
-    env: dict[str, str]
-
-
-def plan_nodes(spec: LaunchSpec, name: str, endpoint: tuple[str, int | str], run_dirs: Sequence[str]) -> list[NodePlan]:
-    plans = []
-    for index, host in enumerate(spec.hosts):
-        log_dir = f"{run_dirs[index]}/torchrun"
-        command = commands.node_command(
-            runner=spec.runner,
-            python=spec.python,
-            nnodes=len(spec.hosts),
-            nnodes_spec=spec.nnodes,
-            node_rank=index,
-            nproc_per_node=_nproc(spec, host),
-            endpoint=endpoint,
-            job=name,
-            log_dir=log_dir,
-            script=spec.script,
-            script_args=spec.script_args,
-            max_restarts=spec.max_restarts,
-            torchrun_args=spec.torchrun_args,
-        )
-        env = {**commands.job_env(spec.env, log_dir), **command.env}
-        if host.gpus is not None:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in host.gpus)
-        plans.append(NodePlan(host, command.argv, env))
-    return plans
+from launcher.spec import LaunchSpec
+from launcher.transport import NodeAgent, SshOptions, open_agent
 
 
 def dry_run(spec: LaunchSpec) -> tuple[str, list[NodePlan]]:
-    """The job name and what every host would run; contacts no host.
-
-    Two values are only known at launch and shown as placeholders: the free port picked
-    on the first host, and each node's run directory (it holds the node's hostname).
-    """
+    """The job name and what every host would run; contacts no host."""
     name = _job_name(spec)
-    endpoint = (spec.hosts[0].name, spec.rdzv_port or "PORT")
-    run_dirs = [f"~/.local/state/launcher/runs/{name}/HOSTNAME" for _ in spec.hosts]
-    return name, plan_nodes(spec, name, endpoint, run_dirs)
+    return name, dry_plan(spec, name)
 
 
 async def launch_job(spec: LaunchSpec, on_progress: Callable[[str, str], None] | None = None) -> JobRecord:
@@ -115,17 +42,19 @@ async def launch_job(spec: LaunchSpec, on_progress: Callable[[str, str], None] |
     starting: list[NodeAgent] = []
     try:
         prepared = await _connect_and_prepare(spec, name, ssh, agents, progress)
-        endpoint = (_rendezvous_address(spec.hosts, agents), spec.rdzv_port or prepared[0]["port"])
-        plans = plan_nodes(spec, name, endpoint, [p["run_dir"] for p in prepared])
-
+        first = prepared[0]
+        if first.port is None or first.watch_port is None:
+            raise HostError(spec.hosts[0].label, "the first host picked no rendezvous port")
+        endpoint = (_rendezvous_address(spec.hosts, agents), spec.rdzv_port or first.port)
+        plans = plan_nodes(spec, name, endpoint, [p.run_dir for p in prepared])
+        watch_port = first.watch_port
         watch = spec.teardown and len(spec.hosts) > 1
 
         async def start(index: int, agent: NodeAgent, plan: NodePlan) -> None:
             starting.append(agent)
-            teardown = {"node": index, "address": endpoint[0], "port": prepared[0]["watch_port"]} if watch else None
-            await agent.call(
-                "start", timeout=90, job=name, argv=plan.argv, env=plan.env, cwd=spec.cwd, teardown=teardown
-            )  # the node waits up to 60 s for the job's supervisor
+            teardown = Teardown(node=index, address=endpoint[0], port=watch_port) if watch else None
+            request = Start(job=name, argv=plan.argv, env=plan.env, cwd=spec.cwd, teardown=teardown)
+            await agent.call(request, timeout=90)  # the node waits up to 60 s for the job's supervisor
             progress(agent.host.label, "started")
 
         steps = [start(i, a, p) for i, (a, p) in enumerate(zip(agents, plans, strict=True)) if a is not None]
@@ -165,17 +94,15 @@ async def _connect_and_prepare(
     ssh: SshOptions,
     agents: list[NodeAgent | None],
     progress: Callable[[str, str], None],
-) -> list[dict[str, Any]]:
+) -> list[Prepared]:
     gate = asyncio.Semaphore(ssh.max_parallel)
     script = commands.script_file(spec.runner, spec.script, spec.torchrun_args)
 
-    async def prepare(index: int) -> dict[str, Any]:
+    async def prepare(index: int) -> Prepared:
         agent = await open_agent(spec.hosts[index], ssh, gate)
         agents[index] = agent
-        want_port = index == 0
-        answer = await agent.call(
-            "prepare", job=name, cwd=spec.cwd, want_port=want_port, replace=spec.force, script=script
-        )
+        request = Prepare(job=name, cwd=spec.cwd, want_port=index == 0, replace=spec.force, script=script)
+        answer = await agent.call(request)
         progress(agent.host.label, "connected")
         return answer
 
@@ -192,13 +119,13 @@ async def _all_or_nothing(steps: Sequence[Any], hosts: Sequence[Host], summary: 
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    failures = {}
+    failures: dict[str, HostError] = {}
     for host, task in zip(hosts, tasks, strict=True):
         if task.cancelled():
             continue
         exc = task.exception()
         if isinstance(exc, HostError):
-            failures[host.label] = exc.message
+            failures[host.label] = exc
         elif exc is not None:
             raise exc
     if failures:
@@ -212,7 +139,7 @@ async def _roll_back(name: str, agents: Sequence[NodeAgent]) -> None:
     async def kill(agent: NodeAgent) -> None:
         # If that host's agent is gone, its connection went with it, and so did the start.
         with contextlib.suppress(LauncherError):
-            await agent.call("kill", job=name, grace=3.0, timeout=30)
+            await agent.call(Kill(job=name, grace=3.0), timeout=30)
 
     await asyncio.gather(*(kill(a) for a in agents))
 
@@ -220,9 +147,8 @@ async def _roll_back(name: str, agents: Sequence[NodeAgent]) -> None:
 def _rendezvous_address(hosts: Sequence[Host], agents: Sequence[NodeAgent | None]) -> str:
     """The first host's address as the other nodes reach it."""
     first = agents[0]
-    assert first is not None
-    if first.info.get("address"):
-        return str(first.info["address"])
+    if first is not None and first.hello is not None and first.hello.address:
+        return first.hello.address
     if len(hosts) == 1:
         return "127.0.0.1"
     # The first host is this machine: use the address our SSH connections leave from.
@@ -230,9 +156,3 @@ def _rendezvous_address(hosts: Sequence[Host], agents: Sequence[NodeAgent | None
         if agent is not None and agent.local_address:
             return agent.local_address
     raise LauncherError("cannot tell which address the other hosts reach this machine at")
-
-
-def _nproc(spec: LaunchSpec, host: Host) -> str:
-    if spec.nproc_per_node is not None:
-        return spec.nproc_per_node
-    return str(host.slots or 1)

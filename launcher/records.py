@@ -10,7 +10,12 @@ from typing import Any
 
 from launcher.errors import JobNotFoundError
 from launcher.hosts import Host
-from launcher.paths import records_dir
+
+
+def records_dir() -> Path:
+    """``$XDG_STATE_HOME/launcher/jobs`` (default ``~/.local/state/launcher/jobs``) on this machine."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "launcher" / "jobs"
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ def remember_state(record: JobRecord, state: str) -> None:
 
 
 def load_record(name: str) -> JobRecord:
+    """The local record of job ``name``; JobNotFoundError if there is none."""
     path = records_dir() / f"{name}.json"
     try:
         return _from_json(json.loads(path.read_text(encoding="utf-8")))
@@ -69,6 +75,7 @@ def all_records() -> list[JobRecord]:
 
 
 def latest_record() -> JobRecord:
+    """The job launched last from this machine."""
     records = all_records()
     if not records:
         raise JobNotFoundError(None, "no job has been launched from here yet (name one with --hosts FILE NAME)")

@@ -16,6 +16,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "e2e: end-to-end test against real hosts (network namespaces running sshd); needs root",
     )
+    config.addinivalue_line("markers", "slurm: runs on the test cluster's real SLURM (slurmctld, slurmd, munge)")
+    config.addinivalue_line("markers", "gpu: needs CUDA; skipped on a machine without a GPU")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -101,30 +101,53 @@ def test_python_m_launcher_help(home: Path) -> None:
 # --- public API ----------------------------------------------------------------------------
 
 PUBLIC_API = [
+    "AgentError",
+    "AuthenticationError",
+    "ConnectionLostError",
+    "ContextError",
     "Host",
     "HostError",
+    "HostKeyError",
     "HostKill",
     "HostStatus",
     "HostsFileError",
     "JobError",
     "JobNotFoundError",
     "JobRecord",
+    "JobRunningError",
     "JobStatus",
     "LaunchSpec",
     "LauncherError",
     "LogLine",
+    "NodePlan",
+    "NodeRefusedError",
+    "RankStatus",
+    "RootCause",
+    "RunContext",
+    "ScriptMissingError",
     "SshOptions",
+    "StartFailedError",
+    "TmuxMissingError",
+    "UnreachableError",
     "UsageError",
+    "VersionMismatchError",
+    "WorkdirMissingError",
     "__version__",
+    "all_records",
+    "context",
+    "dry_run",
     "follow_logs",
     "job_status",
+    "kill_all_jobs",
     "kill_job",
     "latest_record",
     "launch_job",
     "load_record",
+    "make_spec",
     "parse_hosts_file",
     "read_logs",
     "resolve_hosts",
+    "wait_for_end",
 ]
 
 
@@ -141,6 +164,8 @@ def test_every_public_name_resolves(name: str) -> None:
     if name != "__version__":
         assert value.__name__ == name
         assert value.__module__.startswith("launcher.")
+        doc = value.__doc__ or ""
+        assert doc.strip() and not doc.startswith(f"{name}("), f"{name} has no docstring of its own"
 
 
 def test_unknown_names_are_attribute_errors() -> None:
@@ -149,8 +174,14 @@ def test_unknown_names_are_attribute_errors() -> None:
 
 
 def test_public_errors_are_launcher_errors() -> None:
-    for name in ("HostError", "HostsFileError", "JobError", "JobNotFoundError", "UsageError"):
+    errors = [name for name in PUBLIC_API if name.endswith("Error")]
+    assert len(errors) == 19
+    for name in errors:
         assert issubclass(getattr(launcher, name), launcher.LauncherError)
+
+
+def test_the_package_ships_its_types() -> None:
+    assert (Path(launcher.__file__).parent / "py.typed").is_file()
 
 
 # --- error paths -----------------------------------------------------------------------------

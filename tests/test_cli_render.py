@@ -14,9 +14,12 @@ from typing import Any, Literal
 
 import pytest
 
-from launcher import render
+from launcher.cli import render
+from launcher.codec import decode
 from launcher.commands import attach_argv
-from launcher.jobs import HostStatus, JobStatus, LogLine, RankStatus, RootCause, _rank_states
+from launcher.logs import LogLine
+from launcher.protocol import NodeStatus
+from launcher.status import HostStatus, JobStatus, RankStatus, RootCause, _rank_states
 
 # --- attach_argv ---------------------------------------------------------------------------
 
@@ -350,7 +353,13 @@ def test_status_json_of_a_running_job() -> None:
     ],
 )
 def test_rank_states(answer: dict[str, Any], expected: list[RankStatus]) -> None:
-    assert list(_rank_states(answer)) == expected
+    failures = {
+        key: {"rank": int(key), "local_rank": None, "exception": "", "traceback": [], "time": None, **failure}
+        for key, failure in answer.get("rank_failures", {}).items()
+    }
+    status = decode(NodeStatus, {"hostname": "h0", **answer, "rank_failures": failures})  # as a node answers
+
+    assert list(_rank_states(status)) == expected
 
 
 # --- render.print_root_cause ---------------------------------------------------------------------

@@ -20,7 +20,7 @@ from launcher.commands import (
 )
 from launcher.environment import parse_assignment as parse_env_assignment
 from launcher.errors import LauncherError, UsageError
-from launcher.node import RANK_PREFIX_TEMPLATE
+from launcher.protocol import RANK_PREFIX_TEMPLATE
 
 # --- torchrun_argv ------------------------------------------------------------------------
 

@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 
-from launcher.context import ContextError, context
 from launcher.errors import LauncherError, UsageError
+from launcher.run_context import ContextError, context
 
 # Through sys.modules, not `import launcher.context as ...`: that reads the package's
 # attribute, which becomes the function once launcher/__init__.py exports `context`.
-ctx: ModuleType = importlib.import_module("launcher.context")
+ctx: ModuleType = importlib.import_module("launcher.run_context")
 REPO = Path(__file__).resolve().parent.parent
 
 # Every variable context() reads, removed from the environment of the real processes.
@@ -403,15 +403,9 @@ def test_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch, no_gpus: None) 
 
 
 def test_job_variable_is_the_marker_the_node_sets() -> None:
-    markers = []
-    for module in ("launcher.protocol", "launcher.node"):
-        try:
-            markers.append(getattr(importlib.import_module(module), "JOB_MARKER", None))
-        except ImportError:
-            continue
-    markers = [marker for marker in markers if marker is not None]
-    assert markers, "no JOB_MARKER found in launcher.protocol or launcher.node"
-    assert set(markers) == {ctx.JOB_VARIABLE}
+    from launcher.protocol import JOB_MARKER
+
+    assert ctx.JOB_VARIABLE == JOB_MARKER == "LAUNCHER_JOB"
 
 
 # --- real processes ---------------------------------------------------------------------
@@ -419,7 +413,7 @@ def test_job_variable_is_the_marker_the_node_sets() -> None:
 PRINT_CONTEXT = """\
 import dataclasses, json, sys
 {preamble}
-from launcher.context import context
+from launcher.run_context import context
 print("CONTEXT " + json.dumps({{**dataclasses.asdict(context()), "torch_imported": "torch" in sys.modules}}))
 """
 
@@ -514,7 +508,7 @@ def test_importing_context_imports_only_the_standard_library() -> None:
         """
         import sys
         before = set(sys.modules)
-        import launcher.context
+        import launcher.run_context
         new = {name.partition(".")[0] for name in set(sys.modules) - before}
         print(sorted(new - set(sys.stdlib_module_names) - {"launcher"}))
         """

@@ -132,7 +132,7 @@ def test_kill_leaves_no_process_and_spares_other_jobs(cluster: Cluster, hosts_fi
     time.sleep(2)  # anything that survived or respawned would show up by now
     for host in cluster.hosts:
         # The bystander's torchrun and supervisor name their job; nothing else of a job may remain.
-        agents = leftovers(host, ("torch.distributed.run", "launcher.supervisor"))
+        agents = leftovers(host, ("torch.distributed.run", "launcher.node.supervisor"))
         assert len(agents) == 2 and all(bystander in cmd for _, cmd in agents), (host.name, agents)
         # Per host the bystander's 2 ranks and their 2 setsid grandchildren; none of the victim's.
         assert len(leftovers(host, ("-u tests/scripts/sleeper.py", "time.sleep(3600)"))) == 4, (

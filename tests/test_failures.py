@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 
-from launcher.failures import rank_failures, root_cause
+from launcher.codec import decode, to_wire
+from launcher.node.failures import rank_failures, root_cause
+from launcher.protocol import LogRecord, RankFailure
 
-Record = list[Any]
+Record = LogRecord
 
 NOTICED_AT = 1_700_000_053.5
 SUMMARY_AT = 1_700_000_054.0
@@ -101,17 +103,17 @@ def noticed(local_rank: int, exitcode: int, pid: int = 517) -> str:
 
 
 def torchrun_lines(lines: Iterable[str], at: float = SUMMARY_AT) -> list[Record]:
-    return [[at, None, "e", line] for line in lines]
+    return [LogRecord(at, None, "e", line) for line in lines]
 
 
 def rank_lines(rank: int, lines: Iterable[str], at: float = 1_700_000_050.0, stream: str = "e") -> list[Record]:
-    return [[at, rank, stream, line] for line in lines]
+    return [LogRecord(at, rank, stream, line) for line in lines]
 
 
 def torchrun_end(summary: Sequence[str], local_rank: int, exitcode: int) -> list[Record]:
     """torchrun's stderr from noticing the failure to its summary."""
     return [
-        [NOTICED_AT, None, "e", noticed(local_rank, exitcode)],
+        LogRecord(NOTICED_AT, None, "e", noticed(local_rank, exitcode)),
         *torchrun_lines(TORCHRUN_TRACEBACK),
         *torchrun_lines(summary),
     ]
@@ -134,11 +136,17 @@ TRACEBACK = (
 # --- rank_failures -------------------------------------------------------------------------
 
 
+def facts(failures: dict[int, RankFailure]) -> dict[int, dict[str, Any]]:
+    """What torchrun's summary says of each rank (no traceback: only the root cause has one)."""
+    fields = ("rank", "local_rank", "exit_code", "signal", "error_file")
+    return {rank: {name: getattr(f, name) for name in fields} for rank, f in failures.items()}
+
+
 def test_every_failed_rank_and_the_root_cause() -> None:
     failures, root = rank_failures(torchrun_end(SIGKILL_SUMMARY, local_rank=2, exitcode=-9))
 
     assert root == 2
-    assert failures == {
+    assert facts(failures) == {
         0: {"rank": 0, "local_rank": 0, "exit_code": -15, "signal": "SIGTERM", "error_file": None},
         1: {"rank": 1, "local_rank": 1, "exit_code": -15, "signal": "SIGTERM", "error_file": None},
         2: {"rank": 2, "local_rank": 2, "exit_code": -9, "signal": "SIGKILL", "error_file": None},
@@ -149,12 +157,12 @@ def test_no_other_failures() -> None:
     failures, root = rank_failures(torchrun_end(exception_summary(), local_rank=1, exitcode=1))
 
     assert root == 3
-    assert failures == {3: {"rank": 3, "local_rank": 1, "exit_code": 1, "signal": None, "error_file": None}}
+    assert facts(failures) == {3: {"rank": 3, "local_rank": 1, "exit_code": 1, "signal": None, "error_file": None}}
 
 
 def test_a_summary_printed_by_a_rank_is_not_torchruns() -> None:
     assert rank_failures(rank_lines(0, SIGKILL_SUMMARY)) == ({}, None)
-    assert rank_failures([[1.0, None, "o", line] for line in SIGKILL_SUMMARY]) == ({}, None)
+    assert rank_failures([LogRecord(1.0, None, "o", line) for line in SIGKILL_SUMMARY]) == ({}, None)
 
 
 def test_a_signal_without_a_name() -> None:
@@ -163,13 +171,13 @@ def test_a_signal_without_a_name() -> None:
     failures, root = rank_failures(torchrun_lines(summary))
 
     assert root == 2
-    assert failures[2]["signal"] == "signal 9"
+    assert failures[2].signal == "signal 9"
 
 
 def test_an_error_file_is_named() -> None:
     failures, _ = rank_failures(torchrun_lines(exception_summary(error_file="/tmp/x/error.json")))
 
-    assert failures[3]["error_file"] == "/tmp/x/error.json"
+    assert failures[3].error_file == "/tmp/x/error.json"
 
 
 # --- root_cause ----------------------------------------------------------------------------
@@ -184,11 +192,11 @@ def test_sigkill_root_cause() -> None:
     cause = root_cause(records, exit_code=1)
 
     assert cause is not None
-    assert (cause["rank"], cause["local_rank"], cause["exit_code"], cause["signal"]) == (2, 2, -9, "SIGKILL")
-    assert cause["exception"].startswith("killed by SIGKILL")
-    assert "OOM" in cause["exception"]
-    assert cause["time"] == NOTICED_AT
-    assert rank_failures(records)[0][0]["signal"] == "SIGTERM"
+    assert (cause.rank, cause.local_rank, cause.exit_code, cause.signal) == (2, 2, -9, "SIGKILL")
+    assert cause.exception.startswith("killed by SIGKILL")
+    assert "OOM" in cause.exception
+    assert cause.time == NOTICED_AT
+    assert rank_failures(records)[0][0].signal == "SIGTERM"
 
 
 def test_a_sigterm_root_cause_has_no_oom_hint() -> None:
@@ -197,7 +205,7 @@ def test_a_sigterm_root_cause_has_no_oom_hint() -> None:
     cause = root_cause(torchrun_lines(summary), exit_code=1)
 
     assert cause is not None
-    assert cause["exception"] == "killed by SIGTERM"
+    assert cause.exception == "killed by SIGTERM"
 
 
 def test_exception_with_torch_rank_prefixes() -> None:
@@ -211,9 +219,9 @@ def test_exception_with_torch_rank_prefixes() -> None:
     cause = root_cause(records, exit_code=1)
 
     assert cause is not None
-    assert (cause["rank"], cause["local_rank"], cause["exit_code"], cause["signal"]) == (3, 1, 1, None)
-    assert cause["traceback"] == list(TRACEBACK)
-    assert cause["exception"] == "ValueError: bad"
+    assert (cause.rank, cause.local_rank, cause.exit_code, cause.signal) == (3, 1, 1, None)
+    assert cause.traceback == list(TRACEBACK)
+    assert cause.exception == "ValueError: bad"
 
 
 def test_plain_traceback() -> None:
@@ -222,8 +230,8 @@ def test_plain_traceback() -> None:
     cause = root_cause(records, exit_code=1)
 
     assert cause is not None
-    assert cause["traceback"] == list(TRACEBACK)
-    assert cause["exception"] == "ValueError: bad"
+    assert cause.traceback == list(TRACEBACK)
+    assert cause.exception == "ValueError: bad"
 
 
 def test_the_last_traceback_of_the_rank_is_the_one() -> None:
@@ -242,8 +250,8 @@ def test_the_last_traceback_of_the_rank_is_the_one() -> None:
     cause = root_cause(records, exit_code=1)
 
     assert cause is not None
-    assert cause["traceback"] == list(TRACEBACK)
-    assert cause["exception"] == "ValueError: bad"
+    assert cause.traceback == list(TRACEBACK)
+    assert cause.exception == "ValueError: bad"
 
 
 def test_no_traceback_printed_gives_the_last_lines() -> None:
@@ -253,15 +261,15 @@ def test_no_traceback_printed_gives_the_last_lines() -> None:
     cause = root_cause(records, exit_code=1)
 
     assert cause is not None
-    assert cause["traceback"] == printed[-10:]
-    assert cause["exception"] == "line 14"
+    assert cause.traceback == printed[-10:]
+    assert cause.exception == "line 14"
 
 
 def test_a_rank_that_printed_nothing() -> None:
     cause = root_cause(torchrun_end(exception_summary(), 1, 1), exit_code=1)
 
     assert cause is not None
-    assert (cause["traceback"], cause["exception"]) == ([], "")
+    assert (cause.traceback, cause.exception) == ([], "")
 
 
 def test_a_deep_traceback_keeps_its_exception() -> None:
@@ -279,7 +287,7 @@ def test_a_deep_traceback_keeps_its_exception() -> None:
     cause = root_cause(records, exit_code=1)
 
     assert cause is not None
-    assert cause["exception"] == oom
+    assert cause.exception == oom
 
 
 def test_output_after_the_traceback_is_not_the_exception() -> None:
@@ -293,14 +301,14 @@ def test_output_after_the_traceback_is_not_the_exception() -> None:
     cause = root_cause(records, exit_code=1)
 
     assert cause is not None
-    assert cause["exception"] == "ValueError: bad"
+    assert cause.exception == "ValueError: bad"
 
 
 def test_a_later_summary_wins() -> None:
     records = [
         *torchrun_end(SIGKILL_SUMMARY, local_rank=2, exitcode=-9),
         *rank_lines(3, TRACEBACK, at=1_700_000_100.0),
-        [1_700_000_101.0, None, "e", noticed(1, 1)],
+        LogRecord(1_700_000_101.0, None, "e", noticed(1, 1)),
         *torchrun_lines(TORCHRUN_TRACEBACK, at=1_700_000_102.0),
         *torchrun_lines(exception_summary(), at=1_700_000_102.0),
     ]
@@ -310,45 +318,47 @@ def test_a_later_summary_wins() -> None:
 
     assert (sorted(failures), root) == ([3], 3)
     assert cause is not None
-    assert (cause["rank"], cause["exit_code"], cause["signal"], cause["exception"]) == (3, 1, None, "ValueError: bad")
-    assert cause["time"] == 1_700_000_101.0
+    assert (cause.rank, cause.exit_code, cause.signal, cause.exception) == (3, 1, None, "ValueError: bad")
+    assert cause.time == 1_700_000_101.0
 
 
 def test_after_restarts_the_time_is_the_last_attempts() -> None:
     records = [
-        [1_700_000_010.0, None, "e", noticed(1, 1, pid=400)],
-        [1_700_000_011.0, None, "e", "[default] Worker group FAILED. 1/1 attempts left; will restart worker group"],
+        LogRecord(1_700_000_010.0, None, "e", noticed(1, 1, pid=400)),
+        LogRecord(
+            1_700_000_011.0, None, "e", "[default] Worker group FAILED. 1/1 attempts left; will restart worker group"
+        ),
         *rank_lines(3, TRACEBACK, at=1_700_000_049.0),
-        [1_700_000_050.0, None, "e", noticed(1, 1, pid=517)],
+        LogRecord(1_700_000_050.0, None, "e", noticed(1, 1, pid=517)),
         *torchrun_lines(exception_summary(), at=1_700_000_051.0),
     ]
 
     cause = root_cause(records, exit_code=1)
 
     assert cause is not None
-    assert cause["time"] == 1_700_000_050.0
+    assert cause.time == 1_700_000_050.0
 
 
 def test_time_is_when_torchrun_noticed_the_root_rank() -> None:
     records: list[Record] = [
-        [1_700_000_040.0, None, "e", noticed(11, 1)],  # another local rank, whose number contains 1
-        [1_700_000_041.0, None, "o", noticed(1, 1)],  # not torchrun's stderr
-        [1_700_000_042.0, 1, "e", noticed(1, 1)],  # printed by a rank
-        [1_700_000_043.0, None, "e", noticed(1, 1)],
+        LogRecord(1_700_000_040.0, None, "e", noticed(11, 1)),  # another local rank, whose number contains 1
+        LogRecord(1_700_000_041.0, None, "o", noticed(1, 1)),  # not torchrun's stderr
+        LogRecord(1_700_000_042.0, 1, "e", noticed(1, 1)),  # printed by a rank
+        LogRecord(1_700_000_043.0, None, "e", noticed(1, 1)),
         *torchrun_lines(exception_summary(), at=1_700_000_044.0),
     ]
 
     cause = root_cause(records, exit_code=1)
 
     assert cause is not None
-    assert cause["time"] == 1_700_000_043.0
+    assert cause.time == 1_700_000_043.0
 
 
 def test_without_the_noticed_line_the_time_is_the_last_record() -> None:
-    cause = root_cause([*torchrun_lines(exception_summary(), at=7.0), [9.5, 0, "o", "bye"]], exit_code=1)
+    cause = root_cause([*torchrun_lines(exception_summary(), at=7.0), LogRecord(9.5, 0, "o", "bye")], exit_code=1)
 
     assert cause is not None
-    assert cause["time"] == 9.5
+    assert cause.time == 9.5
 
 
 @pytest.mark.parametrize("exit_code", [0, None])
@@ -413,10 +423,10 @@ def test_no_summary(stderr: list[str], traceback: slice | None, exception: str) 
     cause = root_cause(records, exit_code=2)
 
     assert cause is not None
-    assert (cause["rank"], cause["local_rank"], cause["exit_code"], cause["signal"]) == (None, None, 2, None)
-    assert cause["traceback"] == (stderr[-10:] if traceback is None else stderr[traceback])
-    assert cause["exception"] == exception
-    assert cause["time"] == SUMMARY_AT
+    assert (cause.rank, cause.local_rank, cause.exit_code, cause.signal) == (None, None, 2, None)
+    assert cause.traceback == (stderr[-10:] if traceback is None else stderr[traceback])
+    assert cause.exception == exception
+    assert cause.time == SUMMARY_AT
 
 
 # --- error files (@record) -----------------------------------------------------------------
@@ -438,10 +448,10 @@ def test_the_error_file_is_preferred(tmp_path: Path) -> None:
     cause = root_cause(with_error_file(path), exit_code=1)
 
     assert cause is not None
-    assert cause["rank"] == 3
-    assert cause["error_file"] == str(path)
-    assert cause["traceback"] == CALLSTACK.splitlines()
-    assert cause["exception"] == "ValueError: bad"
+    assert cause.rank == 3
+    assert cause.error_file == str(path)
+    assert cause.traceback == CALLSTACK.splitlines()
+    assert cause.exception == "ValueError: bad"
 
 
 def test_an_error_file_with_a_plain_message(tmp_path: Path) -> None:
@@ -451,7 +461,7 @@ def test_an_error_file_with_a_plain_message(tmp_path: Path) -> None:
     cause = root_cause(with_error_file(path), exit_code=1)
 
     assert cause is not None
-    assert cause["exception"] == "RuntimeError: from the file"
+    assert cause.exception == "RuntimeError: from the file"
 
 
 @pytest.mark.parametrize(
@@ -482,8 +492,8 @@ def test_a_missing_or_corrupt_error_file_falls_back_to_stderr(tmp_path: Path, co
     cause = root_cause(with_error_file(path), exit_code=1)
 
     assert cause is not None
-    assert cause["traceback"] == ["Traceback (most recent call last):", "RuntimeError: printed"]
-    assert cause["exception"] == "RuntimeError: printed"
+    assert cause.traceback == ["Traceback (most recent call last):", "RuntimeError: printed"]
+    assert cause.exception == "RuntimeError: printed"
 
 
 # --- hostile input -------------------------------------------------------------------------
@@ -539,5 +549,5 @@ def test_shuffled_summaries_never_raise() -> None:
         assert root is None or root in failures
         cause = root_cause(records, exit_code=1)
         assert cause is not None
-        assert isinstance(cause["exception"], str)
-        json.dumps(cause)
+        assert isinstance(cause.exception, str)
+        assert decode(RankFailure, json.loads(json.dumps(to_wire(cause)))) == cause  # it crosses the wire whole

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher import gpus
-from launcher.gpus import BusyGpu, Gpu, GpuInventory, GpuProcess, MigDevice
+from launcher.node import gpus
+from launcher.node.gpus import BusyGpu, Gpu, GpuInventory, GpuProcess, MigDevice
 
 # --- nvidia-smi's output, as it prints it ------------------------------------------------------
 

@@ -19,10 +19,10 @@ from launcher.hosts import (
     parse_host_spec,
     parse_hosts_file,
     parse_hosts_text,
-    resolve_hosts,
 )
 from launcher.selection import select_hosts
 from launcher.slurm import expand_slurm_nodelist
+from launcher.sources import resolve_hosts
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -14,7 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from launcher import node
+from launcher.node import logfile, logs
+from launcher.node.rundir import ExitRecord, RunDir
+from launcher.protocol import Follow, LogBatch, LogEnd, ReadLogs, Tail
 
 Record = tuple[int | None, str, bytes]
 """rank (None: the node's own line), stream, text."""
@@ -38,16 +40,19 @@ def log_bytes(records: list[Record]) -> bytes:
 
 @pytest.fixture
 def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(node, "this_run_dir", lambda job: tmp_path)
-    return tmp_path
+    """Job ``job``'s run directory on this node, under a state directory of the test's own."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    run = RunDir.of("job")
+    run.path.mkdir(parents=True)
+    return run.path
 
 
 def tail(count: int, ranks: list[int] | None = None, stderr_only: bool = False) -> list[list[Any]]:
-    batches: list[dict[str, Any]] = []
-    answer = node.tail_logs("job", count, ranks, stderr_only, batches.append)
-    log = node.this_run_dir("job") / "output.log"
-    assert answer == {"offset": log.stat().st_size if log.exists() else 0}  # where a follow goes on
-    return [record for batch in batches for record in batch["records"]]
+    batches: list[LogBatch] = []
+    answer = logs.tail_logs(Tail(job="job", count=count, ranks=ranks, stderr_only=stderr_only), batches.append)
+    log = RunDir.of("job").log_path
+    assert answer == LogEnd(offset=log.stat().st_size if log.exists() else 0)  # where a follow goes on
+    return [list(record) for batch in batches for record in batch.records]
 
 
 def expected_tail(records: list[Record], count: int, ranks: list[int] | None, stderr_only: bool) -> list[str]:
@@ -72,8 +77,8 @@ def test_records_backwards_gives_every_complete_record_last_first(
     path.write_bytes(data + partial)  # a record still being written is not given
 
     with open(path, "rb") as log:
-        end = node._end_of_complete_records(log, block)
-        backwards = list(node._records_backwards(log, end, block))
+        end = logfile.end_of_complete_records(log, block)
+        backwards = list(logfile.records_backwards(log, end, block))
 
     lines = data.split(b"\n")[:-1]
     offsets = [sum(len(line) + 1 for line in lines[:i]) for i in range(len(lines))]
@@ -95,13 +100,14 @@ def test_tail_is_the_last_lines_of_each_rank_after_the_filters(
     ranks: list[int] | None,
     stderr_only: bool,
 ) -> None:
-    directory = tmp_path_factory.mktemp("run")
-    (directory / "output.log").write_bytes(log_bytes(records))
-    # The supervisor lists the ranks it saw on this node; it may stop reading early once each has enough.
-    node.write_json(directory / "ranks.json", sorted({r for r, _, _ in records if r is not None}))
-
+    state = tmp_path_factory.mktemp("state")
     with pytest.MonkeyPatch.context() as patch:  # hypothesis runs many examples per function-scoped fixture
-        patch.setattr(node, "this_run_dir", lambda job: directory)
+        patch.setenv("XDG_STATE_HOME", str(state))
+        run = RunDir.of("job")
+        run.path.mkdir(parents=True)
+        run.log_path.write_bytes(log_bytes(records))
+        # The supervisor lists the ranks it saw on this node; it may stop reading early once each has enough.
+        run.write_ranks(sorted({r for r, _, _ in records if r is not None}))
         assert shown(tail(count, ranks, stderr_only)) == expected_tail(records, count, ranks, stderr_only)
 
 
@@ -110,30 +116,30 @@ def test_tail_reads_only_as_far_back_as_it_needs(run_dir: Path, monkeypatch: pyt
     old = b"".join(b"1.000 0 o old %d\n" % i for i in range(200_000))
     recent = b"2.000 0 o r0a\n2.000 1 o r1a\n2.000 0 o r0b\n2.000 1 o r1b\n"
     (run_dir / "output.log").write_bytes(old + recent)
-    node.write_json(run_dir / "ranks.json", [0, 1])
+    RunDir(run_dir).write_ranks([0, 1])
     read: list[int] = []
-    real = node._records_backwards
+    real = logfile.records_backwards
 
     def counted(log: Any, end: int, block: int = 1 << 20) -> Any:
         for item in real(log, end, block=64):
             read.append(item[0])
             yield item
 
-    monkeypatch.setattr(node, "_records_backwards", counted)
+    monkeypatch.setattr(logfile, "records_backwards", counted)
 
     assert [r[3] for r in tail(2, ranks=[0, 1])] == ["r0a", "r1a", "r0b", "r1b"]
     assert len(read) == 4
 
 
 def test_tail_comes_in_batches_in_order(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(node, "_MAX_BATCH_BYTES", 100)
+    monkeypatch.setattr(logfile, "MAX_BATCH_BYTES", 100)
     (run_dir / "output.log").write_bytes(b"".join(b"%d.000 0 o line %d\n" % (i, i) for i in range(50)))
-    batches: list[dict[str, Any]] = []
+    batches: list[LogBatch] = []
 
-    node.tail_logs("job", 30, None, False, batches.append)
+    logs.tail_logs(Tail(job="job", count=30), batches.append)
 
     assert len(batches) > 1
-    assert [r[3] for b in batches for r in b["records"]] == [f"line {i}" for i in range(20, 50)]
+    assert [r.text for b in batches for r in b.records] == [f"line {i}" for i in range(20, 50)]
 
 
 def test_tail_of_a_job_without_output_is_empty(run_dir: Path) -> None:
@@ -143,30 +149,30 @@ def test_tail_of_a_job_without_output_is_empty(run_dir: Path) -> None:
 def test_read_logs_filters_but_still_moves_on(run_dir: Path) -> None:
     (run_dir / "output.log").write_bytes(b"1.000 0 o out\n1.000 0 e err\n1.000 1 e other\n1.000 - e agent\n")
 
-    answer = node.read_logs("job", 0, ranks=[0], stderr_only=True)
+    answer = logs.read_logs(ReadLogs(job="job", offset=0, ranks=[0], stderr_only=True))
 
-    assert [r[3] for r in answer["records"]] == ["err"]
-    assert answer["offset"] == (run_dir / "output.log").stat().st_size
-    assert node.read_logs("job", answer["offset"], ranks=[0]) == {"records": [], "offset": answer["offset"]}
+    assert [r.text for r in answer.records] == ["err"]
+    assert answer.offset == (run_dir / "output.log").stat().st_size
+    assert logs.read_logs(ReadLogs(job="job", offset=answer.offset, ranks=[0])) == LogBatch([], answer.offset)
 
 
 def test_tail_ends_before_a_record_still_being_written(run_dir: Path) -> None:
     (run_dir / "output.log").write_bytes(b"1.000 0 o done\n1.000 0 o half writ")
-    batches: list[dict[str, Any]] = []
+    batches: list[LogBatch] = []
 
-    answer = node.tail_logs("job", 5, None, False, batches.append)
+    answer = logs.tail_logs(Tail(job="job", count=5), batches.append)
 
-    assert [r[3] for b in batches for r in b["records"]] == ["done"]
-    assert answer == {"offset": len(b"1.000 0 o done\n")}
+    assert [r.text for b in batches for r in b.records] == ["done"]
+    assert answer == LogEnd(offset=len(b"1.000 0 o done\n"))
 
 
 def test_follow_sends_only_what_passes_the_filters_and_ends_with_the_job(run_dir: Path) -> None:
     log = b"1.000 0 o out\n1.000 1 e other\n1.000 0 e err\n1.000 - o agent\n"
     (run_dir / "output.log").write_bytes(log)
-    node.write_json(run_dir / "exit.json", {"exit_code": 0, "signal": None, "time": 2.0})
-    sent: list[dict[str, Any]] = []
+    RunDir(run_dir).write_exit(ExitRecord(exit_code=0, time=2.0))
+    sent: list[LogBatch] = []
 
-    answer = node.follow_logs("job", 0, sent.append, ranks=[0], stderr_only=False)
+    answer = logs.follow_logs(Follow(job="job", offset=0, ranks=[0]), sent.append)
 
-    assert [r[3] for m in sent for r in m["records"]] == ["out", "err"]
-    assert answer == {"offset": len(log), "ended": True}
+    assert [r.text for m in sent for r in m.records] == ["out", "err"]
+    assert answer == LogEnd(offset=len(log), ended=True)

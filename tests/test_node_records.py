@@ -1,4 +1,4 @@
-"""The supervisor's output handling (``_pump``, the log records) and the job's overall state.
+"""The supervisor's output handling (``pump``, ``logfile``'s records) and the job's overall state.
 
 No processes are started: ``_pump`` reads a ``BytesIO`` of torchrun-style console output,
 where each worker line arrives as ``RS <global rank> US <text>`` and torchrun's own
@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from launcher import node, supervisor
-from launcher.jobs import overall_state
+from launcher.node import logfile, supervisor
+from launcher.status import overall_state
 
 STAMP = 1_700_000_000.25
 
@@ -25,7 +25,7 @@ STAMP = 1_700_000_000.25
 @pytest.fixture
 def console(monkeypatch: pytest.MonkeyPatch) -> io.BytesIO:
     """What the supervisor mirrors to its tmux pane (see ``pump``); the clock is fixed."""
-    monkeypatch.setattr(supervisor, "time", SimpleNamespace(time=lambda: STAMP))
+    monkeypatch.setattr(logfile, "time", SimpleNamespace(time=lambda: STAMP))
     return io.BytesIO()
 
 
@@ -38,7 +38,7 @@ def pump(output: bytes, pane: io.BytesIO, kind: str = "o") -> bytes:
     """The log the supervisor writes for ``output`` on one stream."""
     log = io.BytesIO()
     with as_stdout(pane):
-        supervisor.pump(io.BytesIO(output), kind, supervisor.OutputLog(log))
+        supervisor.pump(io.BytesIO(output), kind, logfile.OutputLog(log))
     return log.getvalue()
 
 
@@ -46,10 +46,16 @@ def read_all(path: Path) -> list[list[Any]]:
     records: list[list[Any]] = []
     offset = 0
     while True:
-        batch, offset = node._read_records(path, offset)
+        batch, offset = read_records(path, offset)
         if not batch:
             return records
         records.extend(batch)
+
+
+def read_records(path: Path, offset: int) -> tuple[list[list[Any]], int]:
+    """``logfile.read_forward`` with each record as a plain list, to compare with literals."""
+    records, new_offset = logfile.read_forward(path, offset)
+    return [list(r) for r in records], new_offset
 
 
 def rank(r: int | str) -> bytes:
@@ -88,7 +94,7 @@ def test_pumped_output_reads_back_with_global_ranks(
     path = tmp_path / "output.log"
     path.write_bytes(pump(output, console))
 
-    records, offset = node._read_records(path, 0)
+    records, offset = read_records(path, 0)
 
     assert records == [[STAMP, r, "o", text] for r, text in expected]
     assert offset == path.stat().st_size
@@ -105,7 +111,7 @@ def test_carriage_return_stays_inside_its_record(console: io.BytesIO, tmp_path: 
     path = tmp_path / "output.log"
     path.write_bytes(pump(output, console))
 
-    records, _ = node._read_records(path, 0)
+    records, _ = read_records(path, 0)
 
     assert records == [[STAMP, 3, "o", output[len(rank(3)) : -1].decode()]]
 
@@ -142,7 +148,7 @@ def test_stdout_and_stderr_pumps_share_the_log_whole_records_only(console: io.By
     err = b"".join(rank(i % 4) + b"err %d %s\n" % (i, b"e" * 50) for i in range(lines))
     path = tmp_path / "output.log"
     with open(path, "ab", buffering=0) as file, as_stdout(console):
-        log = supervisor.OutputLog(file)
+        log = logfile.OutputLog(file)
         pumps = [
             threading.Thread(target=supervisor.pump, args=(io.BytesIO(out), "o", log)),
             threading.Thread(target=supervisor.pump, args=(io.BytesIO(err), "e", log)),
@@ -168,8 +174,8 @@ def record(stamp: float, r: int | None, text: str, kind: str = "o") -> bytes:
 
 
 def test_read_records_of_a_missing_file_is_empty(tmp_path: Path) -> None:
-    assert node._read_records(tmp_path / "nothing.log", 0) == ([], 0)
-    assert node._read_records(tmp_path / "nothing.log", 42) == ([], 42)
+    assert read_records(tmp_path / "nothing.log", 0) == ([], 0)
+    assert read_records(tmp_path / "nothing.log", 42) == ([], 42)
 
 
 def test_read_records_from_an_offset_in_the_middle(tmp_path: Path) -> None:
@@ -177,11 +183,11 @@ def test_read_records_from_an_offset_in_the_middle(tmp_path: Path) -> None:
     path = tmp_path / "output.log"
     path.write_bytes(first + second + third)
 
-    records, offset = node._read_records(path, len(first))
+    records, offset = read_records(path, len(first))
 
     assert records == [[2.0, None, "e", "two"], [3.0, 1, "o", "three words here"]]
     assert offset == len(first + second + third)
-    assert node._read_records(path, offset) == ([], offset)
+    assert read_records(path, offset) == ([], offset)
 
 
 def test_a_partial_record_waits_until_it_is_complete(tmp_path: Path) -> None:
@@ -189,23 +195,23 @@ def test_a_partial_record_waits_until_it_is_complete(tmp_path: Path) -> None:
     path = tmp_path / "output.log"
     path.write_bytes(done + b"2.000 1 o half a li")
 
-    records, offset = node._read_records(path, 0)
+    records, offset = read_records(path, 0)
 
     assert records == [[1.0, 0, "o", "done"]]
     assert offset == len(done)
-    assert node._read_records(path, offset) == ([], offset)
+    assert read_records(path, offset) == ([], offset)
 
     with open(path, "ab") as log:
         log.write(b"ne\n")
 
-    assert node._read_records(path, offset) == ([[2.0, 1, "o", "half a line"]], path.stat().st_size)
+    assert read_records(path, offset) == ([[2.0, 1, "o", "half a line"]], path.stat().st_size)
 
 
 def test_a_partial_record_alone_returns_nothing(tmp_path: Path) -> None:
     path = tmp_path / "output.log"
     path.write_bytes(b"1.000 0 o no end yet")
 
-    assert node._read_records(path, 0) == ([], 0)
+    assert read_records(path, 0) == ([], 0)
 
 
 def test_a_large_log_comes_in_batches_that_end_on_record_boundaries(tmp_path: Path) -> None:
@@ -222,7 +228,7 @@ def test_a_large_log_comes_in_batches_that_end_on_record_boundaries(tmp_path: Pa
     offsets = []
     offset = 0
     while True:
-        batch, offset = node._read_records(path, offset)
+        batch, offset = read_records(path, offset)
         if not batch:
             break
         records.extend(batch)
@@ -259,7 +265,7 @@ def test_a_line_longer_than_a_batch_comes_in_pieces(console: io.BytesIO, tmp_pat
     ],
 )
 def test_parse_record(line: bytes, expected: list[Any]) -> None:
-    assert node.parse_record(line) == expected
+    assert list(logfile.parse_record(line)) == expected
 
 
 # --- overall_state ----------------------------------------------------------------------------

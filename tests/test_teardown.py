@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from launcher import teardown
-from launcher.teardown import WatchClient, WatchServer
+from launcher.node import teardown
+from launcher.node.teardown import WatchClient, WatchServer
 
 WAIT_S = 2.0
 QUIET_S = 0.2

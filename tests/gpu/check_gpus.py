@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's launcher
 
-from launcher import gpus
+from launcher.node import gpus
 
 TORCH_COUNT = "import torch; print(torch.cuda.device_count())"
 

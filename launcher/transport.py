@@ -1,8 +1,8 @@
 """Reaching the nodes: asyncssh connections and the node agent spoken to over them.
 
 One SSH connection per host carries one ``python -m launcher.node serve`` process for
-the whole operation; requests and answers are JSON lines. ``localhost`` needs no SSH:
-its agent is a local subprocess speaking the same protocol.
+the whole operation; it speaks ``launcher.protocol``. ``localhost`` needs no SSH: its
+agent is a local subprocess speaking the same protocol.
 
 This module is the one place a remote command line is turned into a string.
 """
@@ -17,17 +17,41 @@ import resource
 import shlex
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from launcher.errors import HostError, LauncherError
+from launcher import __version__
+from launcher.codec import ProtocolError, decode
+from launcher.errors import (
+    REFUSALS,
+    AgentError,
+    AuthenticationError,
+    ConnectionLostError,
+    HostError,
+    HostKeyError,
+    LauncherError,
+    NodeRefusedError,
+    UnreachableError,
+    VersionMismatchError,
+)
 from launcher.hosts import Host
-from launcher.node import JOB_MARKER
+from launcher.protocol import (
+    AGENT_MODULE,
+    ANSWERS,
+    JOB_MARKER,
+    PROTOCOL_VERSION,
+    Hello,
+    LogBatch,
+    Request,
+    encode_request,
+)
 
 T = TypeVar("T")
+A = TypeVar("A")
 
-_AGENT_ARGS = ["-P", "-m", "launcher.node", "serve"]  # -P: a "launcher" dir in $HOME must not shadow the package
+_AGENT_ARGS = ["-P", "-m", AGENT_MODULE, "serve"]  # -P: a "launcher" dir in $HOME must not shadow the package
 _STREAM_LIMIT = 1 << 24
 
 
@@ -50,7 +74,7 @@ class SshOptions:
 
 
 class NodeAgent:
-    """The agent on one host: ``await agent.call("status", job=...)``."""
+    """The agent on one host: ``await agent.call(Status(job))`` returns its ``NodeStatus``."""
 
     def __init__(
         self,
@@ -61,7 +85,8 @@ class NodeAgent:
         explain: Callable[[], Awaitable[str]],
     ) -> None:
         self.host = host
-        self.info: dict[str, Any] = {}
+        self.hello: Hello | None = None
+        """The node's greeting, once ``greeting()`` read it."""
         self.local_address: str | None = None
         """This machine's address on the SSH connection (None for a local agent)."""
         self._reader = reader
@@ -71,9 +96,9 @@ class NodeAgent:
         self._lock = asyncio.Lock()
         self._unanswered = 0
 
-    async def call(self, op: str, timeout: float | None = 60.0, **args: Any) -> dict[str, Any]:
-        """One request, one answer; a refusal or a lost agent raises HostError. ``timeout``
-        None: wait as long as the node takes (``wait``)."""
+    async def call(self, request: Request[A], timeout: float | None = 60.0) -> A:
+        """One request, one answer; a refusal or a lost agent raises a HostError.
+        ``timeout`` None: wait as long as the node takes (``Wait``)."""
         async with self._lock:
             try:
                 # A call cancelled (Ctrl-C) or timed out after its request went out leaves
@@ -81,60 +106,78 @@ class NodeAgent:
                 while self._unanswered:
                     await asyncio.wait_for(self._receive(), timeout)
                     self._unanswered -= 1
-                await self._send(op, args)
+                await self._send(request)
                 self._unanswered += 1
                 answer = await asyncio.wait_for(self._receive(), timeout)
                 self._unanswered -= 1
             except TimeoutError:
-                raise HostError(self.host.label, f"no answer to {op} within {timeout:g} s") from None
-        return self._checked(answer)
+                raise AgentError(self.host.label, f"no answer to {request.op} within {timeout:g} s") from None
+        answer_type: type[A] = ANSWERS[type(request)]
+        return self._checked(answer, answer_type, request.op)
 
-    async def greeting(self, timeout: float) -> dict[str, Any]:
-        """The agent's first line, sent unasked: who and where the node is (``node.hello``)."""
+    async def greeting(self, timeout: float) -> Hello:
+        """The agent's first line, sent unasked; refuses a node with another launcher version."""
         async with self._lock:
             try:
-                answer = await asyncio.wait_for(self._receive(), timeout)
+                raw = await asyncio.wait_for(self._receive(), timeout)
             except TimeoutError:
-                raise HostError(self.host.label, f"the node agent did not start within {timeout:g} s") from None
-        return self._checked(answer)
+                raise AgentError(self.host.label, f"the node agent did not start within {timeout:g} s") from None
+        # Checked before the rest: an older node's greeting has another shape.
+        version, protocol = raw.get("version"), raw.get("protocol", 1)
+        if version != __version__ or protocol != PROTOCOL_VERSION:
+            raise VersionMismatchError(self.host.label, str(version), __version__, protocol, PROTOCOL_VERSION)
+        self.hello = self._checked(raw, Hello, "the greeting")
+        return self.hello
 
-    async def stream(self, op: str, **args: Any) -> AsyncIterator[dict[str, Any]]:
-        """A request answered by many messages; the last one has ``"ok"``."""
+    async def stream(self, request: Request[A]) -> AsyncIterator[LogBatch | A]:
+        """A request answered by many ``LogBatch`` messages, then its answer."""
         async with self._lock:
-            await self._send(op, args)
+            await self._send(request)
             while True:
                 message = await self._receive()
                 if "ok" in message:
-                    yield self._checked(message)
+                    yield self._checked(message, ANSWERS[type(request)], request.op)
                     return
-                yield message
+                yield self._checked({**message, "ok": True}, LogBatch, request.op)
 
     async def close(self) -> None:
         with contextlib.suppress(OSError, RuntimeError):
             self._writer.close()
         await self._closer()
 
-    async def _send(self, op: str, args: dict[str, Any]) -> None:
+    async def _send(self, request: Request[Any]) -> None:
         try:
-            self._writer.write((json.dumps({"op": op, **args}) + "\n").encode())
+            self._writer.write(encode_request(request).encode())
             await self._writer.drain()
         except _connection_errors() as exc:
-            raise HostError(self.host.label, f"connection lost: {exc}") from None
+            raise ConnectionLostError(self.host.label, f"connection lost: {exc}") from None
 
     async def _receive(self) -> dict[str, Any]:
         try:
             line = await self._reader.readline()
         except _connection_errors() as exc:
-            raise HostError(self.host.label, f"connection lost: {exc}") from None
+            raise ConnectionLostError(self.host.label, f"connection lost: {exc}") from None
         if not line:
-            raise HostError(self.host.label, await self._explain())
-        message: dict[str, Any] = json.loads(line)
+            raise AgentError(self.host.label, await self._explain())
+        try:
+            message = json.loads(line)
+        except ValueError:
+            raise AgentError(self.host.label, f"the node agent said something unexpected: {line[:200]!r}") from None
+        if not isinstance(message, dict):
+            raise AgentError(self.host.label, f"the node agent said something unexpected: {line[:200]!r}")
         return message
 
-    def _checked(self, answer: dict[str, Any]) -> dict[str, Any]:
-        if not answer.get("ok"):
-            raise HostError(self.host.label, str(answer.get("error", "the node agent refused")))
-        return answer
+    def _checked(self, raw: dict[str, Any], cls: type[T], what: str) -> T:
+        if not raw.get("ok"):
+            # Read leniently: a newer node may name a kind this side does not know yet.
+            kind, error = raw.get("kind"), raw.get("error")
+            if not isinstance(error, str):
+                raise AgentError(self.host.label, f"the node agent refused {what} without saying why")
+            raise REFUSALS.get(str(kind), NodeRefusedError)(self.host.label, error)
+        try:
+            return decode(cls, raw)
+        except ProtocolError as exc:
+            raise AgentError(self.host.label, f"unexpected answer to {what}: {exc}") from None
 
 
 def _connection_errors() -> tuple[type[BaseException], ...]:
@@ -150,7 +193,7 @@ async def open_agent(host: Host, options: SshOptions, gate: asyncio.Semaphore | 
     async with gate or asyncio.Semaphore(1):
         agent = await (_open_local_agent(host, options) if host.is_local else _open_remote_agent(host, options))
         try:
-            agent.info = await agent.greeting(timeout=options.connect_timeout + 20)
+            await agent.greeting(timeout=options.connect_timeout + 20)
         except BaseException:
             await agent.close()
             raise
@@ -170,7 +213,7 @@ async def _open_local_agent(host: Host, options: SshOptions) -> NodeAgent:
             limit=_STREAM_LIMIT,
         )
     except OSError as exc:
-        raise HostError(host.label, f"cannot run {options.python}: {exc.strerror}") from None
+        raise AgentError(host.label, f"cannot run {options.python}: {exc.strerror}") from None
 
     async def closer() -> None:
         try:
@@ -197,7 +240,7 @@ async def _open_remote_agent(host: Host, options: SshOptions) -> NodeAgent:
         proc = await conn.create_process(command, encoding=None)
     except (asyncssh.Error, OSError) as exc:
         conn.close()
-        raise HostError(host.label, f"cannot start a remote command: {exc}") from None
+        raise AgentError(host.label, f"cannot start a remote command: {exc}") from None
 
     async def closer() -> None:
         conn.close()
@@ -243,31 +286,38 @@ async def connect(host: Host, options: SshOptions) -> Any:
             return await asyncssh.connect(host.name, connect_timeout=options.connect_timeout, **kwargs)
         except transient as exc:
             if attempt == options.retries:
-                raise HostError(host.label, describe_connect_error(exc, options)) from None
+                raise connect_error(host.label, exc, options) from None
             await asyncio.sleep(0.5 * 2**attempt)
         except (OSError, asyncssh.Error, ValueError) as exc:
-            raise HostError(host.label, describe_connect_error(exc, options)) from None
+            raise connect_error(host.label, exc, options) from None
     raise AssertionError("unreachable")
 
 
-def describe_connect_error(exc: BaseException, options: SshOptions) -> str:
+def connect_error(host: str, exc: BaseException, options: SshOptions) -> HostError:
+    """The typed error, in one line, for a connection that could not be made."""
     import asyncssh
 
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
-        return "host key not trusted: it is not in known_hosts (ssh to it once, or add it with ssh-keyscan)"
+        return HostKeyError(
+            host, "host key not trusted: it is not in known_hosts (ssh to it once, or add it with ssh-keyscan)"
+        )
     if isinstance(exc, asyncssh.PermissionDenied):
-        return "authentication failed: permission denied (check the user name and your SSH key or agent)"
+        return AuthenticationError(
+            host, "authentication failed: permission denied (check the user name and your SSH key or agent)"
+        )
     if isinstance(exc, TimeoutError):
-        return f"cannot connect: timed out after {options.connect_timeout:g} s"
+        return UnreachableError(host, f"cannot connect: timed out after {options.connect_timeout:g} s")
     if isinstance(exc, ConnectionRefusedError):
-        return "cannot connect: connection refused (is sshd running on that port?)"
+        return UnreachableError(host, "cannot connect: connection refused (is sshd running on that port?)")
     if isinstance(exc, socket.gaierror):
-        return "cannot connect: unknown host name"
+        return UnreachableError(host, "cannot connect: unknown host name")
     if isinstance(exc, OSError):
-        return f"cannot connect: {exc.strerror or exc}"
+        return UnreachableError(host, f"cannot connect: {exc.strerror or exc}")
+    if isinstance(exc, asyncssh.ConnectionLost):
+        return UnreachableError(host, f"cannot connect: {exc.reason}")
     if isinstance(exc, asyncssh.Error):
-        return f"ssh: {exc.reason}"
-    return f"ssh: {exc}"
+        return UnreachableError(host, f"ssh: {exc.reason}")
+    return UnreachableError(host, f"ssh: {exc}")
 
 
 async def for_each_host(hosts: Sequence[T], action: Callable[[T], Awaitable[Any]]) -> list[Any]:
@@ -290,3 +340,50 @@ def raise_open_files_limit(hosts: int) -> None:
     if soft != resource.RLIM_INFINITY and soft < wanted:
         new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+
+
+async def ask(host: Host, ssh: SshOptions, request: Request[A], timeout: float = 60.0) -> A:
+    """One request on a connection of its own, closed after the answer."""
+    agent = await open_agent(host, ssh)
+    try:
+        return await agent.call(request, timeout=timeout)
+    finally:
+        await agent.close()
+
+
+async def reconnecting(
+    host: Host,
+    ssh: SshOptions,
+    session: Callable[[NodeAgent], Awaitable[None]],
+    on_problem: Callable[[str, str], None] | None,
+    reconnect_for: float,
+) -> None:
+    """Run ``session`` over a connection to ``host`` until it returns. A connection that
+    fails or drops is retried with backoff for up to ``reconnect_for`` seconds;
+    ``on_problem`` hears of it once per outage."""
+    delay = 0.5
+    down_since: float | None = None
+    while True:
+        try:
+            agent = await open_agent(host, ssh)
+        except HostError as exc:
+            down_since = down_since or time.monotonic()
+            if time.monotonic() - down_since > reconnect_for:
+                raise
+            if on_problem and delay == 0.5:
+                on_problem(host.label, f"{exc.message}; retrying")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10)
+            continue
+        if down_since is not None and on_problem:
+            on_problem(host.label, "reconnected")
+        down_since, delay = None, 0.5
+        try:
+            await session(agent)
+            return
+        except HostError as exc:
+            down_since = time.monotonic()
+            if on_problem:
+                on_problem(host.label, f"{exc.message}; reconnecting")
+        finally:
+            await agent.close()

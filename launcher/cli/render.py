@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
-    from launcher.jobs import JobStatus, LogLine
+    from launcher.logs import LogLine
+    from launcher.records import JobRecord
+    from launcher.status import JobStatus
 
 
 def print_dry_run(name: str, plans: list[Any], cwd: str) -> None:
@@ -124,24 +126,58 @@ def status_json(result: JobStatus) -> dict[str, Any]:
 
 
 def print_status(result: JobStatus) -> None:
+    """One row per host, readable at 80 columns: long notes go below the table, and a
+    column that would only say 0 (restarts) is left out."""
     import time
 
     from rich.console import Console
     from rich.table import Table
 
     console = Console(highlight=False)
-    table = Table(title=f"{result.name}: {result.state}", title_justify="left")
-    for column in ("host", "state", "exit", "ranks", "restarts", "started", "duration", "note"):
-        table.add_column(column, overflow="fold")
+    restarts = any(h.restarts for h in result.hosts)
+    table = Table(title=f"{result.name}: {result.state}", title_justify="left", box=None, padding=(0, 2, 0, 0))
+    table.add_column("host", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("exit", no_wrap=True)
+    table.add_column("ranks", overflow="fold", ratio=1)
+    if restarts:
+        table.add_column("restarts", no_wrap=True)
+    table.add_column("started", no_wrap=True)
+    table.add_column("took", no_wrap=True)
+    notes = []
     for h in result.hosts:
         started = time.strftime("%H:%M:%S", time.localtime(h.started_at)) if h.started_at else ""
         duration = _duration((h.ended_at or time.time()) - h.started_at) if h.started_at else ""
         ranks = " ".join(_rank_cell(r) for r in h.ranks)
         exit_code = "" if h.exit_code is None else str(h.exit_code)
-        table.add_row(h.host, h.state, exit_code, ranks, str(h.restarts), started, duration, h.error or "")
+        row = [h.host, h.state, exit_code, ranks, *([str(h.restarts)] if restarts else []), started, duration]
+        table.add_row(*row)
+        if h.error:
+            notes.append(f"{h.host}: {h.error}")
     console.print(table)
+    for note in notes:
+        console.print(note, soft_wrap=True)
     if result.root_cause is not None:
         print_root_cause(console, result.root_cause)
+
+
+def print_jobs(records: list[JobRecord]) -> None:
+    """``launcher list``: job, when, last known state, hosts (folded at commas, never mid-word)."""
+    import time
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, padding=(0, 2, 0, 0))
+    table.add_column("job", no_wrap=True)
+    table.add_column("launched", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("hosts", overflow="fold", ratio=1)
+    for record in records:
+        when = time.strftime("%m-%d %H:%M", time.localtime(record.launched_at))
+        hosts = ", ".join(h.label for h in record.hosts)
+        table.add_row(record.name, when, record.last_state or "launched", hosts)
+    Console(highlight=False).print(table)
 
 
 def _rank_cell(rank: Any) -> str:

@@ -2,9 +2,9 @@
 
 ::
 
-    from launcher.context import context
+    import launcher
 
-    ctx = context()
+    ctx = launcher.context()
     torch.distributed.init_process_group("nccl" if ctx.device != "cpu" else "gloo")
     model.to(ctx.device)
     if ctx.is_main:
@@ -66,12 +66,10 @@ from pathlib import Path
 from typing import Literal
 
 from launcher.errors import UsageError
+from launcher.protocol import JOB_MARKER
 
-JOB_VARIABLE = "LAUNCHER_JOB"
-"""Set to the job name in every process that ``launcher launch`` starts.
-
-The job marker the node agent sets (``JOB_MARKER``), named here again so that a
-training script's ``context()`` imports nothing of the agent; a test pins the two together."""
+JOB_VARIABLE = JOB_MARKER
+"""Set to the job name in every process that ``launcher launch`` starts."""
 
 Source = Literal["torchrun", "launcher", "slurm", "single"]
 

@@ -16,15 +16,17 @@ The traceback comes from the rank's ``error.json`` when the script uses torch el
 ``@record``, and otherwise from the last Python traceback the rank printed on stderr
 (the supervisor keeps every line with its global rank).
 
-Records are ``[time, rank or None, stream, text]`` as ``node.parse_record`` gives them.
+Records are ``protocol.LogRecord``s, as ``logfile.parse_record`` gives them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Sequence
-from typing import Any
+
+from launcher.protocol import LogRecord, RankFailure
 
 _ENTRY = re.compile(r"^\[\d+\]:$")
 _FIELD = re.compile(r"^\s+(\w+)\s*:\s?(.*)$")
@@ -37,13 +39,29 @@ _TORCH_RANK_PREFIX = re.compile(r"^\[rank\d+\]: ")
 """Once a process group exists, torch's excepthook prefixes each traceback line with it."""
 
 
-def rank_failures(records: Sequence[Sequence[Any]]) -> tuple[dict[int, dict[str, Any]], int | None]:
+@dataclasses.dataclass(frozen=True)
+class _SummaryEntry:
+    """One failed rank as torchrun's summary lists it."""
+
+    rank: int
+    local_rank: int
+    exit_code: int
+    signal: str | None
+    error_file: str | None
+
+
+def rank_failures(records: Sequence[LogRecord]) -> tuple[dict[int, RankFailure], int | None]:
     """Every failed rank in torchrun's last summary, and which of them is the root cause."""
-    lines = [r[3] for r in records if r[1] is None and r[2] == "e"]
-    failures: dict[int, dict[str, Any]] = {}
+    entries, root = _summary_entries(records)
+    return {rank: _as_failure(entry, records) for rank, entry in entries.items()}, root
+
+
+def _summary_entries(records: Sequence[LogRecord]) -> tuple[dict[int, _SummaryEntry], int | None]:
+    lines = [r.text for r in records if r.rank is None and r.stream == "e"]
+    failures: dict[int, _SummaryEntry] = {}
     root: int | None = None
     section = ""
-    entry: dict[str, Any] | None = None
+    entry: dict[str, str] | None = None
     for line in lines:
         if "ChildFailedError" in line:
             failures, root, section, entry = {}, None, "", None  # a later attempt's summary wins
@@ -56,61 +74,81 @@ def rank_failures(records: Sequence[Sequence[Any]]) -> tuple[dict[int, dict[str,
         elif entry is not None and (field := _FIELD.match(line)):
             entry[field.group(1)] = field.group(2).strip()
             if field.group(1) == "traceback":  # the last field of an entry
-                failure = _failure_from_entry(entry)
+                failure = _entry_from_fields(entry)
                 if failure is not None:
-                    failures[failure["rank"]] = failure
+                    failures[failure.rank] = failure
                     if section == "root":
-                        root = failure["rank"]
+                        root = failure.rank
                 entry = None
     return failures, root
 
 
-def _failure_from_entry(entry: dict[str, str]) -> dict[str, Any] | None:
+def _entry_from_fields(entry: dict[str, str]) -> _SummaryEntry | None:
     rank = _RANK.match(entry.get("rank", ""))
     code = _EXITCODE.match(entry.get("exitcode", ""))
     if not rank or not code:
         return None
     exit_code = int(code.group(1))
     signal = _SIGNAL.search(entry.get("exitcode", ""))
-    return {
-        "rank": int(rank.group(1)),
-        "local_rank": int(rank.group(2)),
-        "exit_code": exit_code,
-        "signal": signal.group(1) if signal else (f"signal {-exit_code}" if exit_code < 0 else None),
-        "error_file": entry.get("error_file") if entry.get("error_file") not in (None, "<N/A>") else None,
-    }
+    error_file = entry.get("error_file")
+    return _SummaryEntry(
+        rank=int(rank.group(1)),
+        local_rank=int(rank.group(2)),
+        exit_code=exit_code,
+        signal=signal.group(1) if signal else (f"signal {-exit_code}" if exit_code < 0 else None),
+        error_file=error_file if error_file not in (None, "<N/A>") else None,
+    )
 
 
-def root_cause(records: Sequence[Sequence[Any]], exit_code: int | None) -> dict[str, Any] | None:
+def _as_failure(entry: _SummaryEntry, records: Sequence[LogRecord], with_traceback: bool = False) -> RankFailure:
+    """The failure of one rank; with its traceback and time only for the root cause (costly)."""
+    traceback: list[str] = []
+    if with_traceback:
+        traceback = _error_file_traceback(entry.error_file) or _printed_traceback(records, entry.rank)
+    return RankFailure(
+        rank=entry.rank,
+        local_rank=entry.local_rank,
+        exit_code=entry.exit_code,
+        signal=entry.signal,
+        exception=_exception_line(traceback, entry.signal) if with_traceback else "",
+        traceback=traceback,
+        time=_noticed_at(records, entry.local_rank) if with_traceback else None,
+        error_file=entry.error_file,
+    )
+
+
+def root_cause(records: Sequence[LogRecord], exit_code: int | None) -> RankFailure | None:
     """The first failure on this node, with the traceback that explains it; None if none."""
-    failures, root = rank_failures(records)
+    entries, root = _summary_entries(records)
     if root is not None:
-        failure = dict(failures[root])
-        failure["time"] = _noticed_at(records, failure["local_rank"])
-        failure["traceback"] = _error_file_traceback(failure["error_file"]) or _printed_traceback(records, root)
-    elif exit_code not in (None, 0):
-        # No torchrun summary: another runner, or torchrun itself failed (bad arguments,
-        # rendezvous timeout). What it printed last on stderr explains it.
-        failure = {"rank": None, "local_rank": None, "exit_code": exit_code, "signal": None, "error_file": None}
-        failure["time"] = _last_time(records)
-        failure["traceback"] = _printed_traceback(records, None)
-    else:
+        return _as_failure(entries[root], records, with_traceback=True)
+    if exit_code in (None, 0):
         return None
-    failure["exception"] = _exception_line(failure["traceback"], failure["signal"])
-    return failure
+    # No torchrun summary: another runner, or torchrun itself failed (bad arguments,
+    # rendezvous timeout). What it printed last on stderr explains it.
+    traceback = _printed_traceback(records, None)
+    return RankFailure(
+        rank=None,
+        local_rank=None,
+        exit_code=exit_code,
+        signal=None,
+        exception=_exception_line(traceback, None),
+        traceback=traceback,
+        time=_last_time(records),
+    )
 
 
-def _noticed_at(records: Sequence[Sequence[Any]], local_rank: int) -> float | None:
+def _noticed_at(records: Sequence[LogRecord], local_rank: int) -> float | None:
     """When torchrun last noticed the rank's end (its ``failed (exitcode: ...)`` line)."""
-    for stamp, rank, stream, text in reversed(records):  # the last attempt's, after restarts
-        match = _NOTICED.search(text) if rank is None and stream == "e" else None
+    for record in reversed(records):  # the last attempt's, after restarts
+        match = _NOTICED.search(record.text) if record.rank is None and record.stream == "e" else None
         if match and int(match.group(2)) == local_rank:
-            return float(stamp)
+            return record.time
     return _last_time(records)
 
 
-def _last_time(records: Sequence[Sequence[Any]]) -> float | None:
-    return float(records[-1][0]) if records else None
+def _last_time(records: Sequence[LogRecord]) -> float | None:
+    return records[-1].time if records else None
 
 
 def _error_file_traceback(path: str | None) -> list[str]:
@@ -128,9 +166,9 @@ def _error_file_traceback(path: str | None) -> list[str]:
     return callstack.splitlines()[-_MAX_TRACEBACK_LINES:]
 
 
-def _printed_traceback(records: Sequence[Sequence[Any]], rank: int | None) -> list[str]:
+def _printed_traceback(records: Sequence[LogRecord], rank: int | None) -> list[str]:
     """The last ``Traceback (most recent call last):`` block the rank printed on stderr."""
-    lines = [_TORCH_RANK_PREFIX.sub("", r[3]) for r in records if r[1] == rank and r[2] == "e"]
+    lines = [_TORCH_RANK_PREFIX.sub("", r.text) for r in records if r.rank == rank and r.stream == "e"]
     if rank is None:
         # torchrun's own summary is not the job's traceback.
         cut = next((i for i, line in enumerate(lines) if "ChildFailedError" in line), len(lines))

@@ -1,0 +1,148 @@
+"""``launcher launch``: the options, then ``make_spec`` and ``launch_job`` from the library."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from launcher.cli import render
+from launcher.cli.common import HOSTS_HELP, command_name, connect_timeout, run, ssh_for, warn
+
+if TYPE_CHECKING:
+    from launcher.records import JobRecord
+    from launcher.status import JobStatus
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--hosts", "hosts_arg", metavar="FILE", help=HOSTS_HELP + "  [default: localhost]")
+@click.option("--include", metavar="H1@H2", help="Only these hosts (DeepSpeed syntax; host:0,1 picks GPUs).")
+@click.option("--exclude", metavar="H1@H2", help="All hosts but these (host:0,1 drops GPUs).")
+@click.option("--name", help="Job name.  [default: SCRIPT stem + time]")
+@click.option(
+    "--nproc-per-node", metavar="N", help="Processes per host (or gpu/auto).  [default: the host's slots, else 1]"
+)
+@click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE", help="Set a variable for the job (repeatable).")
+@click.option("--env-file", multiple=True, metavar="FILE", help="KEY=VALUE lines for the job (repeatable).")
+@click.option(
+    "--forward-env/--no-forward-env",
+    default=True,
+    show_default=True,
+    help="Forward NCCL_*, CUDA_*, PYTHON*, TORCH*, HF_*, PATH, LD_LIBRARY_PATH, VIRTUAL_ENV, OMP_NUM_THREADS.",
+)
+@click.option("--python", metavar="PATH", help="Python on the hosts.  [default: this one]")
+@click.option("--cwd", metavar="DIR", help="Working directory on the hosts.  [default: this one]")
+@click.option(
+    "--runner",
+    type=click.Choice(["torchrun", "python", "exec"]),
+    default="torchrun",
+    show_default=True,
+    help="python: SCRIPT once per host with MASTER_ADDR/MASTER_PORT/NODE_RANK/NNODES; exec: SCRIPT is a command.",
+)
+@click.option(
+    "--rdzv-port", type=click.IntRange(1, 65535), help="Rendezvous port on the first host.  [default: a free one]"
+)
+@click.option("--nnodes", metavar="MIN:MAX", help="Elastic node range for torchrun.  [default: the number of hosts]")
+@click.option("--max-restarts", type=click.IntRange(min=0), default=0, show_default=True, help="torchrun restarts.")
+@click.option("--torchrun-args", metavar="ARGS", help="More torchrun options in one string: '--monitor-interval 1'.")
+@connect_timeout
+@click.option(
+    "--max-parallel", type=click.IntRange(min=1), default=128, show_default=True, help="SSH handshakes at once."
+)
+@click.option("--force", is_flag=True, help="Replace a running job of the same name.")
+@click.option("--no-teardown", is_flag=True, help="Keep the other hosts running when one fails.")
+@click.option("--dry-run", is_flag=True, help="Print what each host would run; contact no host.")
+@click.option("--follow", "-f", is_flag=True, help="Follow the logs after launching (Ctrl-C detaches).")
+@click.option("--wait", is_flag=True, help="Wait for the job to end; exit 0 only if every host succeeded.")
+@click.argument("script")
+@click.argument("script_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def launch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **options: Any) -> None:
+    """Start SCRIPT with torchrun on every host, each in a detached tmux session.
+
+    Everything after SCRIPT goes to the script unchanged.
+    """
+    from launcher import launch as launching
+    from launcher.spec import make_spec
+
+    spec = make_spec(
+        script,
+        script_args,
+        hosts=options["hosts_arg"],
+        include=options["include"],
+        exclude=options["exclude"],
+        name=options["name"],
+        nproc_per_node=options["nproc_per_node"],
+        assignments=options["env"],
+        env_files=options["env_file"],
+        forward_env=options["forward_env"],
+        python=options["python"],
+        cwd=options["cwd"],
+        runner=options["runner"],
+        rdzv_port=options["rdzv_port"],
+        nnodes=options["nnodes"],
+        max_restarts=options["max_restarts"],
+        torchrun_args=options["torchrun_args"] or (),
+        force=options["force"],
+        teardown=not options["no_teardown"],
+        connect_timeout=options["connect_timeout"],
+        max_parallel=options["max_parallel"],
+    )
+    if options["dry_run"]:
+        render.print_dry_run(*launching.dry_run(spec), cwd=spec.cwd)
+        return
+    with render.LaunchProgress(len(spec.hosts)) as progress:
+        record = run(launching.launch_job(spec, progress.update))
+    hosts = ", ".join(h.label for h in record.hosts)
+    me = command_name()
+    click.echo(f"Launched {record.name} on {len(record.hosts)} host(s): {hosts}")
+    click.echo(f"  rendezvous  {record.rdzv_endpoint}")
+    click.echo(f"  logs        {me} logs --follow {record.name}")
+    click.echo(f"  status      {me} status {record.name}")
+    click.echo(f"  stop        {me} kill {record.name}")
+    if options["follow"]:
+        status = follow(record, render.LinePrinter(set(), stderr_only=False, no_prefix=False))
+        if status is None:
+            return  # detached: the job keeps running
+    elif options["wait"]:
+        try:
+            status = run(_wait_for_end(record))
+        except KeyboardInterrupt:
+            click.echo(f"\nlauncher: stopped waiting; {record.name} keeps running", err=True)
+            ctx.exit(130)
+    else:
+        return
+    render.print_status(status)
+    ctx.exit(0 if status.state == "succeeded" else 1)
+
+
+async def _wait_for_end(record: JobRecord) -> JobStatus:
+    from launcher.status import job_status, wait_for_end
+
+    # Every host, not the first failure: a failed job may still be stopping elsewhere.
+    await wait_for_end(record, replace(ssh_for(record), keepalive=5.0), on_problem=warn)
+    return await job_status(record, ssh_for(record))
+
+
+def follow(record: JobRecord, show: Any, keepalive: float = 5.0, **filters: Any) -> JobStatus | None:
+    """Print lines as they come until the job ends everywhere; then its status, or None
+    when Ctrl-C detached. ``filters``: ``tail``, ``ranks``, ``stderr_only`` (see logs.follow_logs)."""
+    import sys
+
+    from launcher.logs import follow_logs
+    from launcher.status import job_status
+
+    ssh = replace(ssh_for(record), keepalive=keepalive)
+
+    async def stream() -> JobStatus:
+        async for line in follow_logs(record, ssh, on_problem=warn, **filters):
+            show(line)
+            sys.stdout.flush()
+        return await job_status(record, ssh_for(record))
+
+    try:
+        return run(stream())
+    except KeyboardInterrupt:
+        click.echo(f"\nlauncher: stopped following; {record.name} keeps running", err=True)
+        return None

@@ -1,0 +1,75 @@
+"""Kill: end a job on every host and verify it there (best effort per host, every host reported)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from launcher.errors import HostError
+from launcher.hosts import Host
+from launcher.protocol import Kill, KillAll, KillReport
+from launcher.records import JobRecord, remember_state
+from launcher.transport import SshOptions, ask, for_each_host
+
+DEFAULT_SSH = SshOptions()
+
+
+@dataclass(frozen=True)
+class HostKill:
+    """How the kill went on one host."""
+
+    host: str
+    verified: bool
+    """True when nothing of the job is left on the host."""
+    message: str
+
+
+async def kill_job(record: JobRecord, grace: float = 10.0, ssh: SshOptions = DEFAULT_SSH) -> list[HostKill]:
+    """End the job on every host (SIGTERM, ``grace`` seconds, SIGKILL) and verify nothing is left."""
+
+    async def one(host: Host) -> HostKill:
+        return _host_kill(host.label, await ask(host, ssh, Kill(job=record.name, grace=grace), timeout=grace + 60))
+
+    results = await for_each_host(record.hosts, one)
+    kills = [
+        r if isinstance(r, HostKill) else HostKill(h.label, False, _message(r))
+        for h, r in zip(record.hosts, results, strict=True)
+    ]
+    if all(k.verified for k in kills):
+        remember_state(record, "killed")
+    return kills
+
+
+async def kill_all_jobs(hosts: Sequence[Host], grace: float = 10.0, ssh: SshOptions = DEFAULT_SSH) -> list[HostKill]:
+    """Kill every launcher job running on ``hosts``, whoever launched it."""
+
+    async def one(host: Host) -> HostKill:
+        answer = await ask(host, ssh, KillAll(grace=grace), timeout=grace + 120)
+        kills = {name: _host_kill(host.label, result) for name, result in answer.jobs.items()}
+        if not kills:
+            return HostKill(host.label, True, "no job running")
+        verified = all(k.verified for k in kills.values())
+        return HostKill(host.label, verified, "; ".join(f"{name}: {k.message}" for name, k in kills.items()))
+
+    results = await for_each_host(hosts, one)
+    return [
+        r if isinstance(r, HostKill) else HostKill(h.label, False, _message(r))
+        for h, r in zip(hosts, results, strict=True)
+    ]
+
+
+def _host_kill(label: str, answer: KillReport) -> HostKill:
+    if answer.gpu_holders:
+        pids = ", ".join(str(pid) for pid in answer.gpu_holders)
+        return HostKill(label, False, f"nvidia-smi still lists GPU memory held by pid(s) {pids}")
+    if answer.left:
+        pids = ", ".join(str(p.pid) for p in answer.left)
+        return HostKill(label, False, f"{len(answer.left)} process(es) still alive: {pids}")
+    if answer.found == 0:
+        return HostKill(label, True, f"already gone (the job had {answer.state_before})")
+    forced = f", {answer.forced} needed SIGKILL" if answer.forced else ""
+    return HostKill(label, True, f"killed {answer.found} process(es){forced}; none left")
+
+
+def _message(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, HostError) else str(exc)

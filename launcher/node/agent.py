@@ -1,0 +1,133 @@
+"""The node agent's loop: greet, then answer one request per line until stdin closes.
+
+The launching machine starts one agent per host over SSH (or as a local process for
+``localhost``) and speaks ``launcher.protocol`` to it. Each request type has one handler
+in ``HANDLERS``; the modules it calls import psutil and libtmux only when they need them,
+so that a status or a kill starts as little Python as it can.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import IO, Any
+
+from launcher import __version__
+from launcher.codec import ProtocolError
+from launcher.node import logs, processes, start, status
+from launcher.node.errors import HungUp, NodeError
+from launcher.protocol import (
+    PROTOCOL_VERSION,
+    Follow,
+    Hello,
+    Kill,
+    KillAll,
+    LogBatch,
+    Prepare,
+    ReadLogs,
+    Refusal,
+    Start,
+    Status,
+    Tail,
+    Wait,
+    decode_request,
+    encode_answer,
+    encode_batch,
+)
+
+Idle = logs.Idle
+
+
+def hello() -> Hello:
+    """Who and where this node is: the agent's first line, sent before any request.
+
+    ``address`` is the address the launching machine reached us at (from sshd's
+    ``SSH_CONNECTION``): the one the other nodes should use for the rendezvous, even
+    when the hosts file names this node by an ssh-config alias.
+    """
+    ssh_connection = os.environ.get("SSH_CONNECTION", "").split()
+    return Hello(
+        protocol=PROTOCOL_VERSION,
+        version=__version__,
+        hostname=socket.gethostname(),
+        address=ssh_connection[2] if len(ssh_connection) == 4 else None,
+        python=sys.executable,
+        pid=os.getpid(),
+    )
+
+
+Handler = Callable[[Any, Callable[[LogBatch], None], Idle], Any]
+"""``(request, emit, idle) -> answer``: ``emit`` sends a streamed batch, ``idle`` waits."""
+
+HANDLERS: dict[type[Any], Handler] = {
+    Prepare: lambda r, emit, idle: start.prepare(r),
+    Start: lambda r, emit, idle: start.start(r),
+    Status: lambda r, emit, idle: status.job_status(r.job),
+    Kill: lambda r, emit, idle: processes.kill(r.job, r.grace),
+    KillAll: lambda r, emit, idle: processes.kill_all(r.grace),
+    ReadLogs: lambda r, emit, idle: logs.read_logs(r),
+    Tail: lambda r, emit, idle: logs.tail_logs(r, emit),
+    Follow: lambda r, emit, idle: logs.follow_logs(r, emit, idle),
+    Wait: lambda r, emit, idle: logs.wait_ended(r, idle),
+}
+
+
+def serve(stdin: IO[str], stdout: IO[str]) -> None:
+    """Answer requests, one per line, until stdin closes."""
+
+    def answer(message: Any) -> None:
+        stdout.write(encode_answer(message))
+        stdout.flush()
+
+    def emit(batch: LogBatch) -> None:
+        stdout.write(encode_batch(batch))
+        stdout.flush()
+
+    idle = idle_until_hang_up(stdin)
+    answer(hello())  # unasked: the launcher learns who we are without a round trip
+    for line in stdin:
+        if not line.strip():
+            continue
+        try:
+            request = decode_request(line)
+            answer(HANDLERS[type(request)](request, emit, idle))
+        except ProtocolError as exc:
+            answer(Refusal(kind="bad_request", error=str(exc)))
+        except NodeError as exc:
+            answer(Refusal(kind=exc.kind, error=str(exc)))
+        except (BrokenPipeError, HungUp):
+            return
+        except Exception as exc:  # noqa: BLE001 - the launcher shows it, naming this host
+            answer(Refusal(kind="internal", error=f"{type(exc).__name__}: {exc}"))
+
+
+def idle_until_hang_up(stdin: IO[str]) -> Idle:
+    """An ``Idle`` that watches ``stdin`` for its end (Ctrl-C, a dropped connection).
+    Without it, an agent would wait for the job's end (hours) with nobody left to answer."""
+    import fcntl
+    import termios
+
+    try:
+        fd = stdin.fileno()
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both
+        return time.sleep
+
+    def idle(seconds: float) -> None:
+        readable, _, _ = select.select([fd], [], [], seconds)
+        if not readable:
+            return
+        pending = bytearray(4)
+        try:
+            fcntl.ioctl(fd, termios.FIONREAD, pending)
+        except OSError:  # not a pipe or socket: no way to tell, so keep waiting
+            time.sleep(seconds)
+            return
+        if int.from_bytes(pending, sys.byteorder) == 0:
+            raise HungUp  # readable with nothing to read: the end of the stream
+        time.sleep(seconds)  # a next request waits its turn (select would return at once)
+
+    return idle

@@ -1,0 +1,17 @@
+"""What a node answers when it cannot carry out a request."""
+
+from __future__ import annotations
+
+from launcher.protocol import RefusalKind
+
+
+class NodeError(Exception):
+    """A request the node refuses; ``kind`` tells the launching side which error to raise."""
+
+    def __init__(self, kind: RefusalKind, message: str) -> None:
+        super().__init__(message)
+        self.kind: RefusalKind = kind
+
+
+class HungUp(Exception):
+    """The launcher closed the connection while a request was waiting: nobody to answer."""

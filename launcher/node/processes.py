@@ -1,0 +1,129 @@
+"""The job's processes on this node: find them by their marker, end them, verify (psutil).
+
+A process belongs to a job when its environment carries ``LAUNCHER_JOB=<job>``: children
+inherit it across double forks and ``setsid``, so nothing escapes by leaving the tmux
+session's process tree, and matching it exactly never touches another job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from typing import Any
+
+from launcher.node import status, tmux
+from launcher.node.rundir import RunDir, runs_dir
+from launcher.protocol import JOB_MARKER, KillAllReport, KillReport, LeftProcess
+
+_SWEEPS = 5
+"""Processes may fork while we wait: SIGKILL rounds until one finds nothing new."""
+
+
+def job_processes(job: str) -> list[Any]:
+    """Every live process of this user whose environment carries the job's marker."""
+    import psutil
+
+    me = os.getpid()
+    uid = os.getuid()
+    found = []
+    for proc in psutil.process_iter(["uids", "status"]):
+        try:
+            if proc.pid == me or proc.info["uids"] is None or proc.info["uids"].real != uid:
+                continue
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.environ().get(JOB_MARKER) == job:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def kill(job: str, grace: float) -> KillReport:
+    """End every process of the job here: SIGTERM, ``grace`` seconds, SIGKILL, verify."""
+    run = RunDir.of(job)
+    before = status.node_state(run)
+    procs = job_processes(job)
+    if procs and run.exists() and not run.has_ended():
+        run.mark_killed()
+    for proc in procs:
+        send_signal(proc, signal.SIGTERM)
+    alive = _wait_gone(procs, grace)
+    forced: set[int] = set()
+    for _ in range(_SWEEPS):
+        survivors = alive + [p for p in job_processes(job) if p not in alive]
+        if not survivors:
+            break
+        for proc in survivors:
+            send_signal(proc, signal.SIGKILL)
+            forced.add(proc.pid)
+        alive = _wait_gone(survivors, 2.0)
+    with contextlib.suppress(tmux.TmuxMissing):
+        tmux.kill_session(job)
+    left = [LeftProcess(p.pid, _cmdline(p)) for p in job_processes(job)]
+    gpu = gpu_holders({p.pid for p in procs} | forced)
+    return KillReport(found=len(procs), forced=len(forced), left=left, gpu_holders=gpu, state_before=before)
+
+
+def kill_all(grace: float) -> KillAllReport:
+    """Kill every job of launcher running here: those with a live supervisor or session."""
+    mine = runs_dir().glob(f"*/{socket.gethostname()}")
+    names = {p.parent.name for p in mine if status.node_state(RunDir(p)) == "running"}
+    names |= tmux.job_sessions()
+    return KillAllReport(jobs={name: kill(name, grace) for name in sorted(names)})
+
+
+def gpu_holders(pids: set[int]) -> list[int]:
+    """Which of ``pids`` nvidia-smi still lists as holding GPU memory (none without nvidia-smi)."""
+    if not pids or shutil.which("nvidia-smi") is None:
+        return []
+    query = ["nvidia-smi", "--query-compute-apps=pid", "--format=csv,noheader"]
+    try:
+        listed = subprocess.run(query, capture_output=True, text=True, timeout=30, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return sorted(pids & {int(word) for word in listed.split() if word.isdigit()})
+
+
+def send_signal(proc: Any, signum: int) -> None:
+    import psutil
+
+    with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+        proc.send_signal(signum)
+
+
+def _wait_gone(procs: list[Any], timeout: float) -> list[Any]:
+    """Those of ``procs`` still alive after at most ``timeout`` seconds.
+
+    A zombie counts as gone: it holds no memory, GPU or port, and its parent may not
+    reap it before the end of the kill (psutil's ``wait_procs`` would wait for that).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in procs if _alive(p)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.02)
+
+
+def _alive(proc: Any) -> bool:
+    import psutil
+
+    try:
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _cmdline(proc: Any) -> str:
+    import psutil
+
+    try:
+        return " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return "?"

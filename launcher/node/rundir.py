@@ -1,0 +1,155 @@
+"""A job's run directory on one node, and the only code that knows its files.
+
+``<state>/launcher/runs/<job>/<hostname>/`` (``<state>`` is ``$XDG_STATE_HOME``, by default
+``~/.local/state``). The hostname is part of the path because homes are often shared over
+NFS: two nodes of a job never write the same file. The supervisor writes; the agent reads.
+
+    spec.json      JobSpec: what the supervisor runs (argv, env, cwd, teardown)
+    started.json   SupervisorStarted: written once the command runs
+    exit.json      ExitRecord: how the command ended (or why it could not start)
+    ranks.json     the global ranks seen on this node
+    killed         present once ``kill`` began
+    output.log     every output line, labelled with its global rank (``logfile.py``)
+    torchrun/      torchrun's ``--log-dir``
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+from typing import Any, TypeVar
+
+from launcher.codec import ProtocolError, decode, to_wire
+from launcher.protocol import RUNS_PATH, Teardown
+
+T = TypeVar("T")
+
+
+def state_dir() -> Path:
+    """``$XDG_STATE_HOME``, or ``~/.local/state``."""
+    return Path(os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state"))
+
+
+def runs_dir() -> Path:
+    """Every job's run directories on this node (and its NFS neighbours)."""
+    return state_dir() / RUNS_PATH
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSpec:
+    job: str
+    argv: list[str]
+    env: dict[str, str]
+    """The whole environment of the command (the agent's, plus the job's variables)."""
+    cwd: str
+    teardown: Teardown | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SupervisorStarted:
+    pid: int
+    """The supervisor's pid, with ``create_time`` to tell it from a later process with that pid."""
+    create_time: float
+    child: int
+    """The command's pid (torchrun)."""
+    time: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ExitRecord:
+    exit_code: int
+    """The command's exit status, or 128 + N after signal N."""
+    time: float
+    signal: int | None = None
+    stopped_by: int | None = None
+    """The node whose failure made this one stop (teardown)."""
+    error: str | None = None
+    """Why the command could not start at all."""
+
+
+class RunDir:
+    """One job's files on this node."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def of(cls, job: str) -> RunDir:
+        return cls(runs_dir() / job / socket.gethostname())
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / "output.log"
+
+    @property
+    def torchrun_dir(self) -> Path:
+        return self.path / "torchrun"
+
+    def exists(self) -> bool:
+        return self.path.is_dir()
+
+    def reset(self) -> None:
+        """Empty, for a new run of the job under the same name."""
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True)
+
+    def write_spec(self, spec: JobSpec) -> None:
+        self._write("spec.json", spec)
+
+    def read_spec(self) -> JobSpec | None:
+        return self._read("spec.json", JobSpec)
+
+    def write_started(self, started: SupervisorStarted) -> None:
+        self._write("started.json", started)
+
+    def read_started(self) -> SupervisorStarted | None:
+        return self._read("started.json", SupervisorStarted)
+
+    def has_started(self) -> bool:
+        return (self.path / "started.json").exists()
+
+    def write_exit(self, ended: ExitRecord) -> None:
+        self._write("exit.json", ended)
+
+    def read_exit(self) -> ExitRecord | None:
+        return self._read("exit.json", ExitRecord)
+
+    def has_ended(self) -> bool:
+        return (self.path / "exit.json").exists()
+
+    def write_ranks(self, ranks: list[int]) -> None:
+        self._write("ranks.json", ranks)
+
+    def read_ranks(self) -> list[int]:
+        return self._read("ranks.json", list[int]) or []
+
+    def mark_killed(self) -> None:
+        (self.path / "killed").touch()
+
+    def was_killed(self) -> bool:
+        return (self.path / "killed").exists()
+
+    def restarts(self) -> int:
+        """How often torchrun restarted the workers (attempt directories, less the first)."""
+        return max(len(list(self.torchrun_dir.glob("*/attempt_*"))) - 1, 0)
+
+    def _write(self, name: str, value: Any) -> None:
+        """Atomically: a reader sees the old file or the whole new one."""
+        path = self.path / name
+        tmp = path.with_name(f"{name}.{os.getpid()}.tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(to_wire(value), fh)
+        os.replace(tmp, path)
+
+    def _read(self, name: str, cls: type[T]) -> T | None:
+        """The file's record; None when it is missing or damaged (a reboot mid-write)."""
+        try:
+            with open(self.path / name, encoding="utf-8") as fh:
+                return decode(cls, json.load(fh))
+        except (FileNotFoundError, NotADirectoryError, ValueError, ProtocolError):
+            return None

@@ -1,0 +1,95 @@
+"""Prepare and start a job on this node: checks first, then its tmux session and supervisor."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+
+from launcher.node import processes, status, tmux
+from launcher.node.errors import NodeError
+from launcher.node.rundir import JobSpec, RunDir
+from launcher.protocol import JOB_MARKER, Prepare, Prepared, Start, Started, session_name
+
+SUPERVISOR_START_S = 60.0
+"""Generous: on a busy node (32 torch imports sharing two cores, measured) the supervisor's
+own start took longer than 15 s."""
+_SESSION_CHECK_S = 0.5
+"""Asking tmux forks a client (~1.6 ms of CPU): now and then, not every poll."""
+
+
+def prepare(request: Prepare) -> Prepared:
+    """Check that the job can start here; pick free ports if asked.
+
+    The script, relative to ``cwd``, must exist (a file not synced to every node is the
+    usual cause). A job of the same name still running here is refused, or killed when
+    the request says ``replace``.
+    """
+    job, cwd = request.job, request.cwd
+    if not os.path.isdir(cwd):
+        raise NodeError("workdir_missing", f"working directory {cwd} does not exist")
+    if request.script is not None and not os.path.isfile(os.path.join(cwd, request.script)):
+        raise NodeError("script_missing", f"script {request.script} not found in {cwd}")
+    try:
+        running = tmux.has_session(job) or status.is_running(job)
+    except tmux.TmuxMissing:
+        raise NodeError("tmux_missing", "tmux is not installed (install it, e.g. apt-get install tmux)") from None
+    if running:
+        if not request.replace:
+            raise NodeError("job_running", f"job {job} is already running here (pass --force to replace it)")
+        if processes.kill(job, grace=10.0).left:
+            raise NodeError("job_running", f"job {job} is already running here and could not be killed")
+    if not request.want_port:
+        return Prepared(run_dir=str(RunDir.of(job).path))
+    return Prepared(run_dir=str(RunDir.of(job).path), port=free_port(), watch_port=free_port())
+
+
+def free_port() -> int:
+    """A TCP port free on every address of this node right now."""
+    with socket.socket(socket.AF_INET6 if socket.has_dualstack_ipv6() else socket.AF_INET) as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
+
+
+def start(request: Start) -> Started:
+    """Start the job's tmux session running the supervisor, and wait until it runs."""
+    job = request.job
+    try:
+        if tmux.has_session(job):
+            raise NodeError("job_running", f"job {job} is already running here")
+    except tmux.TmuxMissing:
+        raise NodeError("tmux_missing", "tmux is not installed") from None
+    run = RunDir.of(job)
+    run.reset()
+    env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE")}
+    env.update(request.env)
+    env[JOB_MARKER] = job
+    run.write_spec(JobSpec(job=job, argv=request.argv, env=env, cwd=request.cwd, teardown=request.teardown))
+    supervisor = [sys.executable, "-P", "-m", "launcher.node.supervisor", str(run.path)]
+    complaint = tmux.new_session(job, request.cwd, supervisor)
+    if complaint is not None:  # "duplicate session: ..." when the job started here meanwhile
+        raise NodeError("start_failed", f"tmux new-session failed: {complaint}")
+    _wait_for_supervisor(job, run)
+    return Started(session=session_name(job), run_dir=str(run.path))
+
+
+def _wait_for_supervisor(job: str, run: RunDir) -> None:
+    deadline = time.monotonic() + SUPERVISOR_START_S
+    next_session_check = time.monotonic() + _SESSION_CHECK_S
+    while not run.has_started():
+        ended = run.read_exit()
+        if ended is not None:  # the command could not start (written before started.json otherwise)
+            raise NodeError("start_failed", ended.error or f"the job's command could not start (see {run.path})")
+        now = time.monotonic()
+        if now > deadline:
+            raise NodeError(
+                "start_failed", f"the job's supervisor did not start within {SUPERVISOR_START_S:g} s (see {run.path})"
+            )
+        if now > next_session_check:
+            if not tmux.has_session(job) and not run.has_started():
+                raise NodeError(
+                    "start_failed", f"the job's tmux session ended before its supervisor started (see {run.path})"
+                )
+            next_session_check = now + _SESSION_CHECK_S
+        time.sleep(0.01)

@@ -1,0 +1,172 @@
+"""What a job's tmux session runs on each node: ``python -m launcher.node.supervisor RUN_DIR``.
+
+It starts the job's command from the run directory's spec and writes every output line
+to ``output.log``, labelled with its global rank (torchrun prefixes each worker line with
+``protocol.RANK_PREFIX_TEMPLATE``). It records how the command ended. With the other
+nodes' supervisors, it stops the job everywhere when the job fails anywhere (``teardown``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from launcher.node import processes, teardown
+from launcher.node.logfile import RANK_PREFIX, OutputLog
+from launcher.node.rundir import ExitRecord, RunDir, SupervisorStarted
+from launcher.protocol import Teardown
+
+_STOP_GRACE_S = 15.0
+"""After a teardown SIGTERM, how long torchrun gets to stop its workers before SIGKILL."""
+
+
+def pump(stream: IO[bytes], kind: str, log: OutputLog) -> None:
+    """Copy one of the command's streams into the log, a line at a time."""
+    for raw in iter(stream.readline, b""):
+        rank: int | None = None
+        match = RANK_PREFIX.match(raw)
+        if match:
+            rank = int(match.group(1))
+            raw = raw[match.end() :]
+        # torchrun's tail writes a partial line with a prefix and its rest with another.
+        log.write(rank, kind, RANK_PREFIX.sub(b"", raw))
+
+
+def supervise(run: RunDir) -> int:
+    """Run the job's command, label and record its output, record how it ended."""
+    import psutil
+
+    spec = run.read_spec()
+    if spec is None:
+        print(f"launcher: no job spec in {run.path}", file=sys.stderr)
+        return 2
+    log = OutputLog.open(run.log_path)
+    try:
+        proc = subprocess.Popen(
+            spec.argv,
+            cwd=spec.cwd,
+            env=spec.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    except OSError as exc:
+        error = f"cannot start {spec.argv[0]}: {exc.strerror or exc}"
+        log.note(error)
+        run.write_exit(ExitRecord(exit_code=127, time=time.time(), error=error))
+        return 127
+    me = psutil.Process()
+    run.write_started(SupervisorStarted(pid=me.pid, create_time=me.create_time(), child=proc.pid, time=time.time()))
+
+    for forwarded in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(forwarded, lambda signum, _frame: proc.send_signal(signum))
+    pumps = [
+        threading.Thread(target=pump, args=(s, k, log), daemon=True)
+        for s, k in ((proc.stdout, "o"), (proc.stderr, "e"))
+    ]
+    for thread in pumps:
+        thread.start()
+
+    threading.Thread(target=_record_ranks, args=(proc, run), daemon=True).start()
+    stopper = _Stopper(proc, spec.job, log)
+    watch = _start_watch(spec.teardown, stopper.stop, log)
+    returncode = proc.wait()
+    for thread in pumps:
+        # A daemonised grandchild may hold the pipes open forever: do not wait for it.
+        thread.join(timeout=2)
+    exit_code, signum = (128 - returncode, -returncode) if returncode < 0 else (returncode, None)
+    # Recorded before the others hear of it: whoever asks then finds the cause here.
+    run.write_exit(ExitRecord(exit_code=exit_code, signal=signum, time=time.time(), stopped_by=stopper.stopped_by))
+    if watch is not None:
+        failed_here = returncode != 0 and stopper.stopped_by is None and not run.was_killed()
+        watch.report_failure() if failed_here else watch.finish()
+    return 0
+
+
+def _record_ranks(proc: subprocess.Popen[bytes], run: RunDir) -> None:
+    """Keep ``ranks.json`` = the global ranks of the workers seen on this node.
+
+    Read from the workers' environment (torchrun sets RANK), so ranks that never print
+    are known too. A worker that ends within one poll may be missed; its output or
+    torchrun's failure summary still names it.
+    """
+    import psutil
+
+    seen: set[int] = set()
+    try:
+        parent = psutil.Process(proc.pid)
+    except psutil.NoSuchProcess:
+        return
+    while proc.poll() is None:
+        found = set(seen)
+        for child in _children(parent):
+            try:
+                rank = child.environ().get("RANK")
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            if rank is not None and rank.isdigit():
+                found.add(int(rank))
+        if found != seen:
+            seen = found
+            run.write_ranks(sorted(seen))
+        time.sleep(0.5)
+
+
+def _children(parent: Any) -> list[Any]:
+    import psutil
+
+    try:
+        return list(parent.children())
+    except psutil.NoSuchProcess:
+        return []
+
+
+class _Stopper:
+    """Stops the job on this node because another node failed: SIGTERM, then SIGKILL."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], job: str, log: OutputLog) -> None:
+        self._proc = proc
+        self._job = job
+        self._log = log
+        self.stopped_by: int | None = None
+
+    def stop(self, failed_node: int) -> None:
+        if self.stopped_by is not None or self._proc.poll() is not None:
+            return
+        self.stopped_by = failed_node
+        self._log.note(f"node {failed_node} failed: stopping this node too")
+        self._proc.terminate()
+        threading.Thread(target=self._kill_after_grace, daemon=True).start()
+
+    def _kill_after_grace(self) -> None:
+        try:
+            self._proc.wait(timeout=_STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            for proc in processes.job_processes(self._job):
+                if proc.pid != os.getpid():
+                    processes.send_signal(proc, signal.SIGKILL)
+
+
+def _start_watch(config: Teardown | None, on_stop: teardown.OnStop, log: OutputLog) -> Any:
+    if config is None:
+        return None
+    if config.node == 0:
+        try:
+            return teardown.WatchServer(config.port, on_stop)
+        except OSError as exc:
+            log.note(f"teardown watcher cannot listen on port {config.port}: {exc}")
+            return None
+    return teardown.WatchClient(config.address, config.port, config.node, on_stop, log.note)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        print("usage: python -m launcher.node.supervisor RUN_DIR", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(supervise(RunDir(Path(sys.argv[1]))))

@@ -1,0 +1,364 @@
+"""The wire between the launching machine and the node agent: every message, typed.
+
+Both sides import this module, and nothing else of each other's; it is standard library
+only, so the node pays almost nothing to import it. One JSON object per line:
+
+    node -> launcher   Hello                       first, unasked, when the agent starts
+    launcher -> node   {"op": "<op>", ...}         a request (one of the dataclasses below)
+    node -> launcher   {"ok": true, ...}           its answer (``ANSWERS[type(request)]``)
+                       {"ok": false, "kind", "error"}   a refusal (``Refusal``)
+                       {"records": [...], ...}     streaming ops (tail, follow) send
+                                                   ``LogBatch`` messages before the answer
+
+``encode_*`` turn a message into its line and ``codec.decode`` checks a decoded JSON value
+against a message type, so that neither side reads a field by a string key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, ClassVar, Generic, Literal, NamedTuple, TypeVar
+
+from launcher.codec import ProtocolError, decode, to_wire
+
+PROTOCOL_VERSION = 2
+"""Bumped whenever a message changes; both sides must also run the same launcher version."""
+
+JOB_MARKER = "LAUNCHER_JOB"
+"""Environment variable set to the job name in every process of a job.
+
+Children inherit it across double forks and ``setsid``, so ``kill`` finds processes that
+left the tmux session's process tree; matching it exactly never touches another job.
+"""
+
+RANK_PREFIX_TEMPLATE = "\x1e${rank}\x1f"
+"""torchrun's ``TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE``: each worker line arrives as
+``RS <global rank> US <text>``. Control characters cannot be confused with output."""
+
+SESSION_PREFIX = "launcher-"
+"""Every job's tmux session is named ``launcher-<job>``."""
+
+RUNS_PATH = "launcher/runs"
+"""Under each node's ``$XDG_STATE_HOME`` (default ``~/.local/state``): ``<job>/<hostname>``."""
+
+AGENT_MODULE = "launcher.node"
+"""``python -P -m launcher.node serve`` starts the agent."""
+
+
+def session_name(job: str) -> str:
+    """The tmux session a job runs in, on every node."""
+    return SESSION_PREFIX + job
+
+
+A = TypeVar("A")
+Stream = Literal["o", "e"]
+NodeState = Literal["running", "succeeded", "failed", "killed", "unknown"]
+RefusalKind = Literal[
+    "bad_request",
+    "workdir_missing",
+    "script_missing",
+    "tmux_missing",
+    "job_running",
+    "start_failed",
+    "internal",
+]
+"""Why a node refused a request; the launching side raises one error class per kind."""
+
+
+class LogRecord(NamedTuple):
+    """One line of a job's output on a node, as ``output.log`` stores it.
+
+    A tuple on purpose: it travels as ``[time, rank, stream, text]``, the most compact
+    JSON for the message sent most often.
+    """
+
+    time: float
+    rank: int | None
+    """Global rank, or None for the node's own lines (torchrun, the launcher)."""
+    stream: Stream
+    text: str
+
+
+# ---------------------------------------------------------------------------- greeting
+
+
+@dataclasses.dataclass(frozen=True)
+class Hello:
+    """Who and where the node is: the agent's first line."""
+
+    protocol: int
+    version: str
+    """The launcher package's version on the node."""
+    hostname: str
+    address: str | None
+    """The address the launching machine reached the node at (sshd's ``SSH_CONNECTION``):
+    the one the other nodes should use, even when the hosts file names an ssh alias."""
+    python: str
+    pid: int
+
+
+# ---------------------------------------------------------------------------- answers
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    run_dir: str
+    port: int | None = None
+    """A free port for the rendezvous (node 0 only)."""
+    watch_port: int | None = None
+    """A free port for the teardown watcher (node 0 only)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Started:
+    session: str
+    run_dir: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RankFailure:
+    """How one rank failed, from torchrun's summary or the rank's own output."""
+
+    rank: int | None
+    local_rank: int | None
+    exit_code: int | None
+    signal: str | None
+    exception: str
+    traceback: list[str]
+    time: float | None
+    error_file: str | None = None
+    """Where torch elastic's ``@record`` wrote the rank's error, if it did."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeStatus:
+    """The job on one node."""
+
+    state: NodeState
+    hostname: str
+    exit_code: int | None = None
+    signal: int | None = None
+    stopped_by: int | None = None
+    """The node whose failure stopped this one (teardown)."""
+    started_at: float | None = None
+    ended_at: float | None = None
+    ranks: list[int] = dataclasses.field(default_factory=list)
+    rank_failures: dict[str, RankFailure] = dataclasses.field(default_factory=dict)
+    """By global rank (JSON keys are strings)."""
+    restarts: int = 0
+    failure: RankFailure | None = None
+    """The first failure here, when the node failed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LeftProcess:
+    pid: int
+    command: str
+
+
+@dataclasses.dataclass(frozen=True)
+class KillReport:
+    found: int
+    """Processes of the job found when the kill began."""
+    forced: int
+    """Of those and their late children, how many needed SIGKILL."""
+    left: list[LeftProcess]
+    """Still alive at the end: the kill failed."""
+    gpu_holders: list[int]
+    """Pids of the job that nvidia-smi still lists as holding GPU memory."""
+    state_before: NodeState
+
+
+@dataclasses.dataclass(frozen=True)
+class KillAllReport:
+    jobs: dict[str, KillReport]
+
+
+@dataclasses.dataclass(frozen=True)
+class LogBatch:
+    """Records that passed the filters; ``offset``: where the next read goes on from."""
+
+    records: list[LogRecord]
+    offset: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LogEnd:
+    """The last message of ``tail`` and ``follow``."""
+
+    offset: int
+    ended: bool = False
+    """Follow: the job has ended here and every record has been sent."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Ended:
+    state: NodeState
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """The node could not carry out a request."""
+
+    kind: RefusalKind
+    error: str
+
+
+# ---------------------------------------------------------------------------- requests
+
+
+class Request(Generic[A]):
+    """A request whose answer is an ``A``; ``op`` names it on the wire."""
+
+    op: ClassVar[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Teardown:
+    """How a job's supervisors watch each other (``node/teardown.py``)."""
+
+    node: int
+    address: str
+    """Node 0's address, where its watcher listens."""
+    port: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepare(Request[Prepared]):
+    """Check that the job can start here; node 0 also picks free ports."""
+
+    op: ClassVar[str] = "prepare"
+    job: str
+    cwd: str
+    want_port: bool = False
+    replace: bool = False
+    """Kill a job of the same name that still runs, instead of refusing."""
+    script: str | None = None
+    """Relative to ``cwd``; must exist (None: SCRIPT is no file, e.g. ``--runner exec``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Start(Request[Started]):
+    """Start the job's tmux session and wait until its supervisor runs."""
+
+    op: ClassVar[str] = "start"
+    job: str
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    teardown: Teardown | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Status(Request[NodeStatus]):
+    op: ClassVar[str] = "status"
+    job: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Kill(Request[KillReport]):
+    op: ClassVar[str] = "kill"
+    job: str
+    grace: float = 10.0
+    """Seconds between SIGTERM and SIGKILL."""
+
+
+@dataclasses.dataclass(frozen=True)
+class KillAll(Request[KillAllReport]):
+    op: ClassVar[str] = "kill_all"
+    grace: float = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadLogs(Request[LogBatch]):
+    """One batch of records from ``offset`` on (an answer whose offset has not moved: the end)."""
+
+    op: ClassVar[str] = "logs"
+    job: str
+    offset: int = 0
+    ranks: list[int] | None = None
+    stderr_only: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Tail(Request[LogEnd]):
+    """The last ``count`` records of each rank, streamed as ``LogBatch``es."""
+
+    op: ClassVar[str] = "tail"
+    job: str
+    count: int
+    ranks: list[int] | None = None
+    stderr_only: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Follow(Request[LogEnd]):
+    """New records from ``offset`` on, streamed as ``LogBatch``es until the job ends here."""
+
+    op: ClassVar[str] = "follow"
+    job: str
+    offset: int = 0
+    ranks: list[int] | None = None
+    stderr_only: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Wait(Request[Ended]):
+    """Answered once the job no longer runs here."""
+
+    op: ClassVar[str] = "wait"
+    job: str
+
+
+REQUESTS: dict[str, type[Request[Any]]] = {
+    cls.op: cls for cls in (Prepare, Start, Status, Kill, KillAll, ReadLogs, Tail, Follow, Wait)
+}
+
+
+ANSWERS: dict[type[Request[Any]], type[Any]] = {
+    Prepare: Prepared,
+    Start: Started,
+    Status: NodeStatus,
+    Kill: KillReport,
+    KillAll: KillAllReport,
+    ReadLogs: LogBatch,
+    Tail: LogEnd,
+    Follow: LogEnd,
+    Wait: Ended,
+}
+
+
+# ---------------------------------------------------------------------------- lines
+
+
+def encode_request(request: Any) -> str:
+    """``{"op": ..., fields...}`` and a newline."""
+    return json.dumps({"op": request.op, **to_wire(request)}) + "\n"
+
+
+def encode_answer(answer: Any) -> str:
+    """The answer that ends a request: ``{"ok": true, ...}``, or a refusal with ``"ok": false``."""
+    if isinstance(answer, Refusal):
+        return json.dumps({"ok": False, **to_wire(answer)}) + "\n"
+    return json.dumps({"ok": True, **to_wire(answer)}) + "\n"
+
+
+def encode_batch(batch: LogBatch) -> str:
+    """A message of a streamed answer: no ``"ok"``, so the launcher knows more is coming."""
+    return json.dumps(to_wire(batch)) + "\n"
+
+
+def decode_request(line: str) -> Any:
+    """A request line -> its dataclass; ProtocolError when it is no request we know."""
+    try:
+        data = json.loads(line)
+    except ValueError as exc:
+        raise ProtocolError(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("a request must be a JSON object")
+    op = data.pop("op", None)
+    cls = REQUESTS.get(op) if isinstance(op, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown request {op!r}")
+    return decode(cls, data)

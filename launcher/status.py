@@ -1,0 +1,175 @@
+"""Status and wait: how a job stands on every host (best effort per host, every host reported)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from launcher.errors import HostError, LauncherError
+from launcher.hosts import Host
+from launcher.protocol import NodeStatus, RankFailure, Status, Wait
+from launcher.records import JobRecord, remember_state
+from launcher.transport import NodeAgent, SshOptions, ask, for_each_host, reconnecting
+
+JobState = Literal["running", "succeeded", "failed", "killed", "unknown"]
+HostState = Literal["running", "succeeded", "failed", "killed", "unknown", "unreachable"]
+DEFAULT_SSH = SshOptions()
+
+
+@dataclass(frozen=True)
+class RankStatus:
+    """One global rank of the job."""
+
+    rank: int
+    state: str
+    """running, succeeded, failed, killed, or ended (its node failed; it exited by itself)."""
+    exit_code: int | None = None
+    signal: str | None = None
+
+
+@dataclass(frozen=True)
+class RootCause:
+    """The first failure of a job: where, which rank, how, and the traceback that explains it."""
+
+    host: str
+    rank: int | None
+    exit_code: int | None
+    signal: str | None
+    exception: str
+    traceback: tuple[str, ...]
+    time: float | None
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    """The job on one host."""
+
+    host: str
+    state: HostState
+    exit_code: int | None = None
+    error: str | None = None
+    """Why the host could not be asked, or why it stopped (another node failed)."""
+    started_at: float | None = None
+    ended_at: float | None = None
+    restarts: int = 0
+    ranks: tuple[RankStatus, ...] = ()
+    stopped_by: int | None = None
+    """The index of the node whose failure stopped this one."""
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """The job on every host, and its first failure."""
+
+    name: str
+    state: JobState
+    hosts: tuple[HostStatus, ...]
+    root_cause: RootCause | None = None
+
+
+async def job_status(record: JobRecord, ssh: SshOptions = DEFAULT_SSH) -> JobStatus:
+    """Ask every host how the job stands; a host that cannot be asked is ``unreachable``.
+
+    The state is remembered in the job's local record, for ``launcher list``.
+    """
+    failures: list[RootCause] = []
+
+    async def one(host: Host) -> HostStatus:
+        answer = await ask(host, ssh, Status(job=record.name))
+        if answer.failure is not None and answer.stopped_by is None:
+            failures.append(_root_cause(host.label, answer.failure))
+        stopped_by = answer.stopped_by
+        stopper = (
+            record.hosts[stopped_by].label if stopped_by is not None and stopped_by < len(record.hosts) else "a node"
+        )
+        return HostStatus(
+            host=host.label,
+            state=answer.state,
+            exit_code=answer.exit_code,
+            error=None if stopped_by is None else f"stopped: {stopper} failed",
+            started_at=answer.started_at,
+            ended_at=answer.ended_at,
+            restarts=answer.restarts,
+            ranks=_rank_states(answer),
+            stopped_by=stopped_by,
+        )
+
+    results = await for_each_host(record.hosts, one)
+    hosts = tuple(
+        r if isinstance(r, HostStatus) else HostStatus(h.label, "unreachable", error=_message(r))
+        for h, r in zip(record.hosts, results, strict=True)
+    )
+    root = min(failures, key=lambda f: f.time or float("inf"), default=None)
+    result = JobStatus(record.name, overall_state([h.state for h in hosts]), hosts, root)
+    remember_state(record, result.state)
+    return result
+
+
+def _root_cause(host: str, failure: RankFailure) -> RootCause:
+    return RootCause(
+        host=host,
+        rank=failure.rank,
+        exit_code=failure.exit_code,
+        signal=failure.signal,
+        exception=failure.exception,
+        traceback=tuple(failure.traceback),
+        time=failure.time,
+    )
+
+
+def _rank_states(answer: NodeStatus) -> tuple[RankStatus, ...]:
+    states = []
+    for rank in answer.ranks:
+        failure = answer.rank_failures.get(str(rank))
+        if failure is not None:
+            states.append(RankStatus(rank, "failed", failure.exit_code, failure.signal))
+        elif answer.state == "failed":
+            states.append(RankStatus(rank, "ended"))
+        else:
+            states.append(RankStatus(rank, answer.state, 0 if answer.state == "succeeded" else None))
+    return tuple(states)
+
+
+def overall_state(states: Sequence[str]) -> JobState:
+    """One word for the job: a kill or failure anywhere marks the whole job."""
+    if "killed" in states:
+        return "killed"
+    if "failed" in states:
+        return "failed"
+    if "running" in states:
+        return "running"
+    if states and all(s == "succeeded" for s in states):
+        return "succeeded"
+    return "unknown"
+
+
+async def wait_for_end(
+    record: JobRecord,
+    ssh: SshOptions = DEFAULT_SSH,
+    on_problem: Callable[[str, str], None] | None = None,
+    reconnect_for: float = 300.0,
+) -> None:
+    """Return once the job no longer runs on any host (or a host stayed out of reach for
+    ``reconnect_for`` seconds). One connection per host, which its node answers when
+    the job ends there: no new login every poll on nodes busy training."""
+
+    async def one(host: Host) -> None:
+        async def session(agent: NodeAgent) -> None:
+            await agent.call(Wait(job=record.name), timeout=None)
+
+        await reconnecting(host, ssh, session, on_problem, reconnect_for)
+
+    _report_given_up(record.hosts, await for_each_host(record.hosts, one), on_problem)
+
+
+def _report_given_up(
+    hosts: Sequence[Host], results: Sequence[Any], on_problem: Callable[[str, str], None] | None
+) -> None:
+    for host, result in zip(hosts, results, strict=True):
+        if isinstance(result, LauncherError) and on_problem:
+            on_problem(host.label, f"gave up: {_message(result)}")
+
+
+def _message(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, HostError) else str(exc)

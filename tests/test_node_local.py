@@ -1,0 +1,289 @@
+"""The middle layer: prepare, start, status, logs, kill and the teardown watchers through the
+real node agent and supervisor, as local processes with a private tmux server and state
+directory (``local_node.py``). No root, no SSH: CI runs this file as an unprivileged user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from local_node import LocalNode
+
+from launcher import __version__
+from launcher.errors import (
+    JobError,
+    JobRunningError,
+    ScriptMissingError,
+    StartFailedError,
+    VersionMismatchError,
+    WorkdirMissingError,
+)
+from launcher.hosts import LOCALHOST
+from launcher.kill import kill_job
+from launcher.launch import launch_job
+from launcher.logs import follow_logs, read_logs
+from launcher.protocol import (
+    Ended,
+    Kill,
+    LogBatch,
+    LogEnd,
+    NodeStatus,
+    Prepare,
+    Start,
+    Status,
+    Tail,
+    Teardown,
+    Wait,
+    session_name,
+)
+from launcher.records import JobRecord
+from launcher.spec import make_spec
+from launcher.status import job_status
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+
+CHATTY = """\
+import os, sys, time
+print("hello from", os.environ["LAUNCHER_JOB"], flush=True)
+print("to stderr", file=sys.stderr, flush=True)
+time.sleep(float(os.environ.get("SLEEP", "0")))
+sys.exit(int(os.environ.get("EXIT", "0")))
+"""
+
+STUBBORN = """\
+import signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"],
+                 start_new_session=True)
+print("stubborn up", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.fixture
+def node() -> Iterator[LocalNode]:
+    local = LocalNode.create()
+    try:
+        yield local
+    finally:
+        local.close()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "chatty.py").write_text(CHATTY)
+    (tmp_path / "stubborn.py").write_text(STUBBORN)
+    return tmp_path
+
+
+def launch(node: LocalNode, workdir: Path, script: str, name: str, **env: str) -> JobRecord:
+    node.jobs.add(name)
+    spec = make_spec(script, hosts="localhost", name=name, runner="python", cwd=str(workdir), env=env)
+    with node.environment():
+        return asyncio.run(launch_job(spec))
+
+
+def status_of(node: LocalNode, name: str) -> NodeStatus:
+    return node.call(Status(job=name))
+
+
+# --- prepare ----------------------------------------------------------------------------------
+
+
+def test_prepare_names_what_is_missing_with_a_typed_error(node: LocalNode, workdir: Path) -> None:
+    with pytest.raises(WorkdirMissingError, match=f"localhost: working directory {workdir}/nope does not exist"):
+        node.call(Prepare(job="j", cwd=str(workdir / "nope")))
+    with pytest.raises(ScriptMissingError, match=f"script missing.py not found in {workdir}"):
+        node.call(Prepare(job="j", cwd=str(workdir), script="missing.py"))
+    prepared = node.call(Prepare(job="j", cwd=str(workdir), script="chatty.py", want_port=True))
+    assert prepared.run_dir == str(node.state_dir / "launcher" / "runs" / "j" / os.uname().nodename)
+    assert prepared.port and prepared.watch_port and prepared.port != prepared.watch_port
+
+
+# --- start, status, logs ----------------------------------------------------------------------
+
+
+def test_a_job_runs_in_the_nodes_own_tmux_server_and_ends_succeeded(node: LocalNode, workdir: Path) -> None:
+    record = launch(node, workdir, "chatty.py", "chat", SLEEP="1")
+
+    assert node.sessions() == [session_name("chat")]  # on the private server, nowhere else
+    assert status_of(node, "chat").state == "running"
+    assert node.call(Wait(job="chat"), timeout=30) == Ended(state="succeeded")
+    with node.environment():
+        lines, failures = asyncio.run(read_logs(record))
+        status = asyncio.run(job_status(record))
+    assert failures == {}
+    # Two streams, two pump threads: their lines may interleave either way.
+    assert sorted((line.stream, line.text) for line in lines if line.rank is None) == [
+        ("e", "to stderr"),
+        ("o", "hello from chat"),
+    ]
+    assert (status.state, status.hosts[0].exit_code) == ("succeeded", 0)
+
+
+def test_a_failed_job_reports_its_exit_code_and_last_words(node: LocalNode, workdir: Path) -> None:
+    launch(node, workdir, "chatty.py", "sad", EXIT="7")
+    assert node.call(Wait(job="sad"), timeout=30) == Ended(state="failed")
+
+    status = status_of(node, "sad")
+
+    assert (status.state, status.exit_code) == ("failed", 7)
+    assert status.failure is not None and status.failure.exit_code == 7
+    assert "to stderr" in status.failure.traceback
+
+
+def test_tail_and_follow_through_the_agent(node: LocalNode, workdir: Path) -> None:
+    record = launch(node, workdir, "chatty.py", "tails", SLEEP="0.5")
+    node.call(Wait(job="tails"), timeout=30)
+
+    async def tail_and_follow() -> tuple[list[str], list[str]]:
+        agent = await node.open()
+        try:
+            tailed = [
+                r.text
+                async for m in agent.stream(Tail(job="tails", count=1, stderr_only=True))
+                if isinstance(m, LogBatch)
+                for r in m.records
+            ]
+        finally:
+            await agent.close()
+        followed = [line.text async for line in follow_logs(record)]
+        return tailed, followed
+
+    with node.environment():
+        tailed, followed = asyncio.run(tail_and_follow())
+    assert tailed == ["to stderr"]
+    assert sorted(followed) == ["hello from tails", "to stderr"]  # the job has ended: follow ends by itself
+
+
+def test_a_second_launch_of_a_running_job_is_refused_by_type(node: LocalNode, workdir: Path) -> None:
+    launch(node, workdir, "chatty.py", "twice", SLEEP="30")
+
+    with pytest.raises(JobError) as caught:
+        launch(node, workdir, "chatty.py", "twice")
+
+    assert isinstance(caught.value.errors["localhost"], JobRunningError)
+    assert "already running here (pass --force to replace it)" in str(caught.value)
+    assert status_of(node, "twice").state == "running"  # the refused launch removed nothing
+
+
+def test_a_command_that_cannot_start_is_a_start_failure(node: LocalNode, workdir: Path) -> None:
+    spec = make_spec("no-such-program-x", hosts="localhost", name="nostart", runner="exec", cwd=str(workdir))
+    node.jobs.add("nostart")
+    with node.environment(), pytest.raises(JobError) as caught:
+        asyncio.run(launch_job(spec))
+
+    assert isinstance(caught.value.errors["localhost"], StartFailedError)
+    assert "cannot start no-such-program-x" in str(caught.value)
+    assert node.job_processes("nostart") == []
+
+
+# --- kill -------------------------------------------------------------------------------------
+
+
+def test_kill_ends_a_stubborn_job_and_its_setsid_child(node: LocalNode, workdir: Path) -> None:
+    record = launch(node, workdir, "stubborn.py", "stub")
+    node.wait_for("the setsid child", lambda: len(node.job_processes("stub")) >= 3)
+
+    with node.environment():
+        (kill,) = asyncio.run(kill_job(record, grace=0.5))
+
+    assert kill.verified, kill.message
+    assert "needed SIGKILL" in kill.message
+    assert node.job_processes("stub") == []
+    assert node.sessions() == []
+    assert status_of(node, "stub").state == "killed"
+
+
+def test_a_kill_of_an_ended_job_says_so(node: LocalNode, workdir: Path) -> None:
+    launch(node, workdir, "chatty.py", "done")
+    node.call(Wait(job="done"), timeout=30)
+
+    report = node.call(Kill(job="done", grace=1))
+
+    assert (report.found, report.left, report.state_before) == (0, [], "succeeded")
+
+
+# --- teardown, across two nodes on this machine -------------------------------------------------
+
+
+def test_one_nodes_failure_stops_the_other(workdir: Path) -> None:
+    """Two nodes (two state directories and tmux servers) run one job with teardown:
+    node 1's command fails, node 0's supervisor hears it and stops its own command."""
+    nodes = [LocalNode.create(), LocalNode.create()]
+    try:
+        prepared = nodes[0].call(Prepare(job="pair", cwd=str(workdir), want_port=True))
+        assert prepared.watch_port is not None
+        for index, (local, argv) in enumerate(
+            zip(
+                nodes,
+                [[sys.executable, "-c", "import time; time.sleep(60)"], [sys.executable, "-c", "exit(5)"]],
+                strict=True,
+            )
+        ):
+            teardown = Teardown(node=index, address="127.0.0.1", port=prepared.watch_port)
+            local.call(Start(job="pair", argv=argv, env={}, cwd=str(workdir), teardown=teardown))
+
+        assert nodes[1].call(Wait(job="pair"), timeout=30) == Ended(state="failed")
+        assert nodes[0].call(Wait(job="pair"), timeout=30) == Ended(state="failed")
+        first = nodes[0].call(Status(job="pair"))
+        assert first.stopped_by == 1
+        assert nodes[1].call(Status(job="pair")).stopped_by is None
+    finally:
+        for local in nodes:
+            local.close()
+
+
+# --- versions ---------------------------------------------------------------------------------
+
+
+def test_an_agent_of_another_launcher_version_is_refused(node: LocalNode, tmp_path: Path) -> None:
+    """A ``--python`` whose launcher is another version: the greeting says so, nothing runs."""
+    other = tmp_path / "other-site"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "launcher", other / "launcher")
+    init = other / "launcher" / "__init__.py"
+    init.write_text(init.read_text().replace(f'__version__ = "{__version__}"', '__version__ = "0.0.1"'))
+    python = tmp_path / "python-other"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH={other} exec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+
+    with pytest.raises(VersionMismatchError) as caught:
+        node.call(Status(job="x"), python=str(python))
+
+    assert str(caught.value) == (
+        f"localhost: runs launcher 0.0.1, this machine {__version__}: install the same version on every node"
+    )
+    assert (caught.value.node_version, caught.value.host) == ("0.0.1", LOCALHOST.label)
+
+
+def test_logs_of_a_job_never_run_here_are_empty(node: LocalNode) -> None:
+    assert node.call(Tail(job="never", count=5)) == LogEnd(offset=0)
+    assert node.call(Status(job="never")).state == "unknown"
+
+
+def test_the_agent_runs_without_the_launching_side(node: LocalNode) -> None:
+    """The node imports none of the launching machine's modules (nor torch, asyncssh, click, rich)."""
+    code = textwrap.dedent(
+        """
+        import io, sys
+        from launcher.node.agent import serve
+        serve(io.StringIO('{"op": "status", "job": "x"}\\n'), io.StringIO())
+        launching = {"launcher.transport", "launcher.launch", "launcher.spec", "launcher.cli", "launcher.status"}
+        heavy = {"torch", "asyncssh", "click", "rich"}
+        print(sorted((launching | heavy) & set(sys.modules)))
+        """
+    )
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env={**os.environ, **node.env()}
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
