@@ -10,6 +10,7 @@ from launcher.hosts import Host
 from launcher.protocol import RUNS_PATH
 from launcher.spec import LaunchSpec
 
+
 def dry_run_dir(job: str) -> str:
     """A node's run directory as the dry run shows it: only the node knows its state
     directory and its hostname."""
