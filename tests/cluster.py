@@ -25,6 +25,20 @@ Options (keywords of ``start_cluster``; the defaults give the cluster above):
     ``host.write_file(cluster.project_dir / "python", "#!/bin/sh\\nexec python3 \\"$@\\"\\n", 0o755)``,
     a different one (or none) on that host, and launch with ``--python`` naming that path.
 
+``networks=2``
+    Every host gets a second interface, on a second bridge and /24 subnet, and interface
+    names differ between hosts: h0 ``eth0``/``eth1``, h1 ``ens3``/``ens4``, h2
+    ``enp1s0``/``enp2s0``, h3 ``eth0``/``eth1`` again... ``TestHost.addresses``,
+    ``interfaces`` and ``links`` hold one entry per network; ``cluster.gateways`` and
+    ``bridges`` the launching side's address and the bridge of each. sshd listens on both
+    networks, and ssh (the generated config) reaches the hosts on network 1.
+    With ``isolate_first_network=True`` the hosts' ports on bridge 1 are isolated: on
+    network 1 a host reaches the launching side and the launching side every host, but
+    no host reaches another, so host to host (a rendezvous, NCCL/gloo) goes only over
+    network 2. /etc/hosts on the hosts resolves a host's name to its network-1 address,
+    or, when that network is isolated, to its network-2 address: to the address the other
+    hosts can reach, which is what torch's gloo assumes of ``gethostname()``.
+
 Size: 1 to ``MAX_HOSTS`` (253, a /24) hosts. Start-up costs a few process starts per host
 (host keys are made in-process) and stop one ``ip link del group``: here, on 2 busy cores,
 64 hosts start in about 1.5 s, 128 in 3.5 s and 253 in 8 s; each stops in under a second.
@@ -52,13 +66,13 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
@@ -82,6 +96,9 @@ START_DEADLINE_S = 15.0
 STOP_DEADLINE_S = 5.0
 # Addresses .2 to .254 of a /24; veth names "lnch-<6 hex>-<index>" then fit IFNAMSIZ (15 chars).
 MAX_HOSTS = 253
+BASTION = "bastion"
+INTERFACE_NAMES = (("eth0", "eth1"), ("ens3", "ens4"), ("enp1s0", "enp2s0"))
+"""Interface names of hosts h0, h1, h2, h3... on two networks: they differ between hosts."""
 LINK_GROUP_BASE = 0x6C000000
 """Plus the token (24 bits): the link group of a cluster, unique as its token is."""
 
@@ -130,7 +147,8 @@ class TestHost:
     name: str
     """Hostname inside the host and alias in the generated ssh config: ``h0``, ``h1``..."""
     address: str
-    """IPv4 address of the host's ``eth0``; sshd listens there on port 22."""
+    """IPv4 address where ssh reaches the host (its first interface); sshd listens on port
+    22 (and 2222) of every address of the host."""
     netns: str
     """Name of the network namespace (``ip netns``)."""
     link: str
@@ -139,11 +157,19 @@ class TestHost:
     """PID, as seen from the root namespace, of the init (sshd) of the host's PID namespace."""
     pid_namespace: str
     """``readlink /proc/<pid>/ns/pid`` of the host's processes, e.g. ``pid:[4026532301]``."""
+    addresses: tuple[str, ...]
+    """IPv4 address of each interface, in network order (``addresses[1]``: on network 2)."""
+    interfaces: tuple[str, ...]
+    """Name of each interface inside the host, as ``addresses``: ``eth0``, or ``ens3``..."""
+    links: tuple[str, ...]
+    """Root-side end of each interface's veth pair, as ``addresses``."""
 
     def processes(self) -> list[tuple[int, str]]:
         """PID (root namespace view) and command line of every process in this host.
 
-        Empty once the host is gone: the kernel kills a PID namespace with its init.
+        Empty once the host is gone: the kernel kills a PID namespace with its init. After
+        ``Cluster.reboot``, ask the ``TestHost`` it returns: the kernel may give the new PID
+        namespace the number of the old one, so the old ``TestHost`` could list its processes.
         """
         found: list[tuple[int, str]] = []
         for pid in _all_pids():
@@ -190,9 +216,11 @@ class TestHost:
         if result.returncode != 0:
             raise ClusterError(f"{self.name}: cannot write {path}: {result.stderr.strip()}")
 
-    def set_link(self, up: bool) -> None:
-        """Connect (``up``) or cut the host's only network link, as a pulled cable would."""
-        _run_ip(["link", "set", self.link, "up" if up else "down"])
+    def set_link(self, up: bool, network: int | None = None) -> None:
+        """Connect (``up``) or cut the host's links, as pulled cables would: all of them,
+        or only the one of its interface ``network`` (an index into ``links``)."""
+        for link in self.links if network is None else [self.links[network]]:
+            _run_ip(["link", "set", link, "up" if up else "down"])
 
     def crash(self) -> None:
         """Power cut: the link goes down, then every process of the host dies at once.
@@ -215,17 +243,74 @@ class TestHost:
 
 
 @dataclass(frozen=True)
+class _NetworkPlan:
+    """One bridge in the root namespace and the subnet on it."""
+
+    bridge: str
+    subnet: ipaddress.IPv4Network
+    mac_prefix: str
+    """Locally administered MACs derived from the subnet, unique across live clusters, so
+    the permanent neighbour entries can be written before the links exist."""
+    gateway: str | None
+    """Address of the launching side on this network; None for a network of hosts only."""
+    isolated: bool = False
+    """Bridge port isolation: the hosts reach the launching side here, not each other."""
+
+    @property
+    def gateway_mac(self) -> str:
+        return f"{self.mac_prefix}:00:01"
+
+    @staticmethod
+    def plan(
+        bridge: str, subnet: ipaddress.IPv4Network, *, gateway: bool = True, isolated: bool = False
+    ) -> _NetworkPlan:
+        octets = subnet.network_address.packed
+        return _NetworkPlan(
+            bridge=bridge,
+            subnet=subnet,
+            mac_prefix=f"02:6c:{octets[1]:02x}:{octets[2]:02x}",
+            gateway=str(subnet.network_address + 1) if gateway else None,
+            isolated=isolated,
+        )
+
+
+@dataclass(frozen=True)
+class _InterfacePlan:
+    """One interface of a host: a veth pair from the host to a network's bridge."""
+
+    network: int
+    """Index into ``_Layout.networks``."""
+    name: str
+    """Inside the host: ``eth0``, ``ens3``..."""
+    address: str
+    mac: str
+    link: str
+    """Root-side end of the veth pair, a port of the network's bridge."""
+    link_mac: str
+
+
+@dataclass(frozen=True)
 class _HostPlan:
     """Names and addresses of one host, fixed before anything is created."""
 
     name: str
-    address: str
     netns: str
-    link: str
-    mac: str
-    """MAC of ``eth0`` inside the host."""
-    link_mac: str
-    """MAC of the root-side end of the veth pair."""
+    interfaces: tuple[_InterfacePlan, ...]
+    ssh_address: str
+    """Where ssh reaches the host (``HostName``), from the launching side or the bastion."""
+    named_address: str
+    """What the host's name resolves to in /etc/hosts."""
+    proxy_jump: str | None = None
+    max_startups: bool = True
+    """Whether sshd lifts MaxStartups (to 200) above its default of 10:30:100."""
+
+    @property
+    def address(self) -> str:
+        return self.interfaces[0].address
+
+    @property
+    def link(self) -> str:
+        return self.interfaces[0].link
 
 
 @dataclass(frozen=True)
@@ -236,73 +321,135 @@ class _Layout:
     group: int
     """Link group (``ip link ... group``) of every root-side link: one ``link del group``
     removes them all at once, where one ``link del`` per link takes seconds at 253 hosts."""
-    bridge: str
-    bridge_address: str
-    bridge_mac: str
+    networks: tuple[_NetworkPlan, ...]
     hosts: tuple[_HostPlan, ...]
+    """``h0``..``h<n-1>``, then the bastion if there is one."""
+
+    @property
+    def bridge(self) -> str:
+        return self.networks[0].bridge
+
+    @property
+    def bridge_address(self) -> str:
+        gateway = self.networks[0].gateway
+        assert gateway is not None  # the first network always has the launching side
+        return gateway
 
     @staticmethod
-    def plan(n: int, token: str, subnet: ipaddress.IPv4Network) -> _Layout:
-        octets = subnet.network_address.packed
-        # Locally administered MACs derived from the subnet, unique across live clusters,
-        # so the permanent neighbour entries can be written before the links exist.
-        mac_prefix = f"02:6c:{octets[1]:02x}:{octets[2]:02x}"
-        hosts = tuple(
-            _HostPlan(
-                name=f"h{i}",
-                address=str(subnet.network_address + i + 2),
-                netns=f"{NAME_PREFIX}-{token}-{i}",
-                link=f"{NAME_PREFIX}-{token}-{i}",
-                mac=f"{mac_prefix}:00:{i + 2:02x}",
-                link_mac=f"{mac_prefix}:01:{i + 2:02x}",
+    def plan(
+        n: int,
+        token: str,
+        subnet: ipaddress.IPv4Network,
+        second_subnet: ipaddress.IPv4Network | None = None,
+        *,
+        isolate_first_network: bool = False,
+        bastion: bool = False,
+    ) -> _Layout:
+        prefix = f"{NAME_PREFIX}-{token}"
+        networks = [_NetworkPlan.plan(prefix, subnet, isolated=isolate_first_network)]
+        if second_subnet is not None:
+            networks.append(_NetworkPlan.plan(f"{prefix}-n1", second_subnet, gateway=not bastion))
+
+        def interface(network: int, slot: int, name: str) -> _InterfacePlan:
+            net = networks[network]
+            # Network 0's links keep the plain "lnch-<token>-<index>"; "v<hex>" fits 253 too.
+            link = f"{prefix}-{slot}" if network == 0 else f"{prefix}-v{slot:02x}"
+            return _InterfacePlan(
+                network=network,
+                name=name,
+                address=str(net.subnet.network_address + slot + 2),
+                mac=f"{net.mac_prefix}:00:{slot + 2:02x}",
+                link=link,
+                link_mac=f"{net.mac_prefix}:01:{slot + 2:02x}",
             )
-            for i in range(n)
-        )
+
+        hosts = []
+        for i in range(n):
+            if bastion:
+                interfaces = (interface(1, i, "eth0"),)
+            elif second_subnet is not None:
+                names = INTERFACE_NAMES[i % len(INTERFACE_NAMES)]
+                interfaces = (interface(0, i, names[0]), interface(1, i, names[1]))
+            else:
+                interfaces = (interface(0, i, "eth0"),)
+            hosts.append(
+                _HostPlan(
+                    name=f"h{i}",
+                    netns=f"{prefix}-{i}",
+                    interfaces=interfaces,
+                    ssh_address=interfaces[0].address,
+                    named_address=interfaces[-1 if isolate_first_network or bastion else 0].address,
+                    proxy_jump=BASTION if bastion else None,
+                )
+            )
+        if bastion:
+            interfaces = (interface(0, n, "eth0"), interface(1, n, "eth1"))
+            hosts.append(
+                _HostPlan(
+                    name=BASTION,
+                    netns=f"{prefix}-{n}",
+                    interfaces=interfaces,
+                    ssh_address=interfaces[0].address,
+                    named_address=interfaces[1].address,
+                    max_startups=False,
+                )
+            )
         return _Layout(
             token=token,
             group=LINK_GROUP_BASE + int(token, 16),
-            bridge=f"{NAME_PREFIX}-{token}",
-            bridge_address=str(subnet.network_address + 1),
-            bridge_mac=f"{mac_prefix}:00:01",
-            hosts=hosts,
+            networks=tuple(networks),
+            hosts=tuple(hosts),
         )
 
     def root_commands(self) -> list[str]:
-        """``ip -batch`` lines run in the root namespace: namespaces, bridge, veths."""
+        """``ip -batch`` lines run in the root namespace: namespaces, bridges, veths."""
         lines = [f"netns add {h.netns}" for h in self.hosts]
-        lines.append(f"link add {self.bridge} address {self.bridge_mac} group {self.group} type bridge")
+        for net in self.networks:
+            lines.append(f"link add {net.bridge} address {net.gateway_mac} group {self.group} type bridge")
         for h in self.hosts:
-            lines.append(
-                f"link add {h.link} address {h.link_mac} group {self.group} type veth"
-                f" peer name eth0 address {h.mac} netns {h.netns}"
-            )
-            lines.append(f"link set {h.link} master {self.bridge} up")
-        lines.append(f"addr add {self.bridge_address}/24 dev {self.bridge}")
-        lines.append(f"link set {self.bridge} up")
+            for i in h.interfaces:
+                lines.append(
+                    f"link add {i.link} address {i.link_mac} group {self.group} type veth"
+                    f" peer name {i.name} address {i.mac} netns {h.netns}"
+                )
+                lines.append(f"link set {i.link} master {self.networks[i.network].bridge} up")
+                if self.networks[i.network].isolated:
+                    lines.append(f"link set {i.link} type bridge_slave isolated on")
+        for net in self.networks:
+            if net.gateway is not None:
+                lines.append(f"addr add {net.gateway}/24 dev {net.bridge}")
+            lines.append(f"link set {net.bridge} up")
         # ARP never gets a say: with 32 busy hosts a lost ARP reply stalls a connect
         # for a second, which shows up as flaky timeouts.
-        lines += [f"neigh replace {h.address} lladdr {h.mac} dev {self.bridge} nud permanent" for h in self.hosts]
+        for i in self._interfaces():
+            net = self.networks[i.network]
+            if net.gateway is not None:
+                lines.append(f"neigh replace {i.address} lladdr {i.mac} dev {net.bridge} nud permanent")
         return lines
 
     def host_commands(self, host: _HostPlan) -> list[str]:
         """``ip -batch`` lines run inside one host's network namespace."""
-        lines = [
-            "link set lo up",
-            f"addr add {host.address}/24 dev eth0",
-            "link set eth0 up",
-            f"neigh replace {self.bridge_address} lladdr {self.bridge_mac} dev eth0 nud permanent",
-        ]
-        lines += [
-            f"neigh replace {other.address} lladdr {other.mac} dev eth0 nud permanent"
-            for other in self.hosts
-            if other is not host
-        ]
+        lines = ["link set lo up"]
+        for mine in host.interfaces:
+            net = self.networks[mine.network]
+            lines += [f"addr add {mine.address}/24 dev {mine.name}", f"link set {mine.name} up"]
+            if net.gateway is not None:
+                lines.append(f"neigh replace {net.gateway} lladdr {net.gateway_mac} dev {mine.name} nud permanent")
+            lines += [
+                f"neigh replace {other.address} lladdr {other.mac} dev {mine.name} nud permanent"
+                for other in self._interfaces()
+                if other.network == mine.network and other is not mine
+            ]
         return lines
 
+    def _interfaces(self) -> list[_InterfacePlan]:
+        return [i for h in self.hosts for i in h.interfaces]
+
     def etc_hosts(self) -> str:
-        """The /etc/hosts every host sees: gethostname() must resolve to eth0 (gloo)."""
+        """The /etc/hosts every host sees: gethostname() must resolve to an address that
+        the other hosts reach (gloo binds to it)."""
         lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
-        lines += [f"{h.address}\t{h.name}" for h in self.hosts]
+        lines += [f"{h.named_address}\t{h.name}" for h in self.hosts]
         return "\n".join(lines) + "\n"
 
 
@@ -326,12 +473,19 @@ class Cluster:
         self.launcher_state_dir = workdir / "launcher-state"
         """XDG_STATE_HOME of the launching side (see ``env()``)."""
         self.gateway = layout.bridge_address
-        """Address of the launching side on the cluster network."""
+        """Address of the launching side on the (first) cluster network."""
+        self.gateways = tuple(net.gateway for net in layout.networks)
+        """Per network, the launching side's address on it (None: a network of hosts only)."""
         self.token = layout.token
         """Random part of every name the cluster gives (namespaces, links, registry record)."""
         self.bridge = layout.bridge
         """Name of the bridge joining the hosts, in the root namespace."""
+        self.bridges = tuple(net.bridge for net in layout.networks)
+        """Per network, its bridge."""
         self.hosts: list[TestHost] = []
+        """``h0``..``h<n-1>``, in order; a reboot replaces its host here."""
+        self.bastion: TestHost | None = None
+        """The bastion, with ``bastion=True``: the one host the launching side reaches."""
         self._layout = layout
         self._sshd_dir = workdir / "sshd"
         self._etc_hosts = workdir / "etc-hosts"
@@ -370,7 +524,7 @@ class Cluster:
             layout = self._layout
             _delete_network(
                 groups=[layout.group],
-                links=[h.link for h in layout.hosts] + [layout.bridge],
+                links=[i.link for h in layout.hosts for i in h.interfaces] + list(self.bridges),
                 namespaces=[h.netns for h in layout.hosts],
             )
             for path in self._created:
@@ -385,16 +539,24 @@ class Cluster:
         replaces the old one in ``hosts``) once its sshd accepts connections.
         """
         name = host if isinstance(host, str) else host.name
-        index = [h.name for h in self.hosts].index(name)
-        old, plan = self.hosts[index], self._layout.hosts[index]
+        index = [h.name for h in self._machines()].index(name)
+        old, plan = self._machines()[index], self._layout.hosts[index]
         if old.is_up():
             old.crash()
         self._servers[index].wait(timeout=STOP_DEADLINE_S)  # unshare exits with its init
         self._servers[index] = self._start_host(plan)
         old.set_link(True)
         self._wait_for_sshd(time.monotonic() + START_DEADLINE_S, [index])
-        self.hosts[index] = self._describe_host(plan, _children_of(self._servers[index].pid))
-        return self.hosts[index]
+        new = self._describe_host(plan, _children_of(self._servers[index].pid))
+        if new.name == BASTION:
+            self.bastion = new
+        else:
+            self.hosts[index] = new
+        return new
+
+    def _machines(self) -> list[TestHost]:
+        """Every host, the bastion too, in the order of ``_layout.hosts``."""
+        return self.hosts + ([self.bastion] if self.bastion is not None else [])
 
     def __enter__(self) -> Cluster:
         return self
@@ -420,10 +582,12 @@ class Cluster:
         self._servers = [self._start_host(h) for h in self._layout.hosts]
         self._wait_for_sshd(time.monotonic() + START_DEADLINE_S, range(len(self._servers)))
         children = _children_by_parent()  # one pass over /proc, not one per host
-        self.hosts = [
+        machines = [
             self._describe_host(plan, children.get(server.pid, []))
             for plan, server in zip(self._layout.hosts, self._servers, strict=True)
         ]
+        self.hosts = [host for host in machines if host.name != BASTION]
+        self.bastion = next((host for host in machines if host.name == BASTION), None)
 
     def _make_dirs(self) -> None:
         (self.home / ".ssh").mkdir(parents=True, mode=0o700)
@@ -456,6 +620,9 @@ class Cluster:
     def _host_key(self, host: _HostPlan) -> Path:
         return self._sshd_dir / f"{host.name}_host_ed25519"
 
+    def _pid_file(self, host: _HostPlan) -> Path:
+        return self._sshd_dir / f"{host.name}.pid"
+
     def _sshd_config_path(self, host: _HostPlan) -> Path:
         return self._sshd_dir / f"{host.name}.conf"
 
@@ -468,12 +635,15 @@ class Cluster:
         client_config: list[str] = []
         for host in self._layout.hosts:
             key_type, key_data = self._host_key(host).with_suffix(".pub").read_text().split()[:2]
-            known_hosts.append(f"{host.name},{host.address} {key_type} {key_data}\n")
-            known_hosts.append(f"[{host.name}]:{ALT_SSH_PORT},[{host.address}]:{ALT_SSH_PORT} {key_type} {key_data}\n")
+            names = [host.name] + [i.address for i in host.interfaces]
+            known_hosts.append(f"{','.join(names)} {key_type} {key_data}\n")
+            alt_names = [f"[{name}]:{ALT_SSH_PORT}" for name in names]
+            known_hosts.append(f"{','.join(alt_names)} {key_type} {key_data}\n")
             client_config.append(
                 f"Host {host.name}\n"
-                f"    HostName {host.address}\n"
-                "    User root\n"
+                f"    HostName {host.ssh_address}\n"
+                + (f"    ProxyJump {host.proxy_jump}\n" if host.proxy_jump else "")
+                + "    User root\n"
                 f"    IdentityFile {client_key}\n"
                 f"    UserKnownHostsFile {ssh_dir / 'known_hosts'}\n"
                 "    StrictHostKeyChecking yes\n"
@@ -486,12 +656,11 @@ class Cluster:
 
     def _sshd_config(self, host: _HostPlan) -> str:
         # No AcceptEnv: like a careful real server, sshd drops what the client sends.
+        listen = [f"ListenAddress {i.address}:{port}\n" for i in host.interfaces for port in (SSH_PORT, ALT_SSH_PORT)]
         return (
-            f"ListenAddress {host.address}:{SSH_PORT}\n"
-            f"ListenAddress {host.address}:{ALT_SSH_PORT}\n"
-            f"HostKey {self._host_key(host)}\n"
+            "".join(listen) + f"HostKey {self._host_key(host)}\n"
             f"AuthorizedKeysFile {self._authorized_keys}\n"
-            f"PidFile {self._sshd_dir / (host.name + '.pid')}\n"
+            f"PidFile {self._pid_file(host)}\n"
             "PermitRootLogin prohibit-password\n"
             "PubkeyAuthentication yes\n"
             "PasswordAuthentication no\n"
@@ -500,8 +669,8 @@ class Cluster:
             # The key files live in a pytest tmp dir whose modes sshd would reject.
             "StrictModes no\n"
             # Benchmarks open one connection per host and several sessions per connection.
-            "MaxStartups 200\n"
-            "MaxSessions 100\n"
+            # The bastion keeps sshd's default (10:30:100), as a real one would.
+             + ("MaxStartups 200\n" if host.max_startups else "") + "MaxSessions 100\n"
             "PrintMotd no\n"
             "LogLevel ERROR\n"
             f"SetEnv XDG_STATE_HOME={self.node_state_dir}\n"
@@ -517,6 +686,7 @@ class Cluster:
         init += [str(self._sshd_config_path(host)), str(self.workdir)]
         disk = "" if self.shared_disk else str(self._disk(host))
         init += [disk, str(self.project_dir), str(self.node_state_dir), str(self._disks)]
+        self._pid_file(host).unlink(missing_ok=True)  # a rebooted host's sshd writes it anew
         with (self._sshd_dir / f"{host.name}.log").open("ab") as log:
             return subprocess.Popen(
                 [*enter_netns, *new_namespaces, *init],
@@ -535,7 +705,9 @@ class Cluster:
                 if server.poll() is not None:
                     log = (self._sshd_dir / f"{host.name}.log").read_text(errors="replace")
                     raise ClusterError(f"{host.name}: sshd exited with {server.returncode}: {log.strip()}")
-                if not _accepts_connections(host.address):
+                # sshd writes its PidFile once its listening sockets are bound: no probe
+                # connection needed, and this works for hosts only the bastion reaches.
+                if not self._pid_file(host).exists() or not self._pid_file(host).read_text().endswith("\n"):
                     still_waiting.append((host, server))
             waiting = still_waiting
             if waiting and time.monotonic() > deadline:
@@ -550,11 +722,14 @@ class Cluster:
             raise ClusterError(f"{plan.name}: expected one init under its unshare, found {children}")
         return TestHost(
             name=plan.name,
-            address=plan.address,
+            address=plan.ssh_address,
             netns=plan.netns,
             link=plan.link,
             init_pid=children[0],
             pid_namespace=os.readlink(f"/proc/{children[0]}/ns/pid"),
+            addresses=tuple(i.address for i in plan.interfaces),
+            interfaces=tuple(i.name for i in plan.interfaces),
+            links=tuple(i.link for i in plan.interfaces),
         )
 
     def _terminate_guests(self, inits: set[int]) -> None:
@@ -564,7 +739,8 @@ class Cluster:
         and every later login on this machine then waits 60 s for that lock (seen here).
         """
         by_namespace = _pids_by_pid_namespace()  # one pass over /proc, not one per host
-        guests = [pid for host in self.hosts for pid in by_namespace.get(host.pid_namespace, []) if pid not in inits]
+        machines = self._machines()
+        guests = [pid for host in machines for pid in by_namespace.get(host.pid_namespace, []) if pid not in inits]
         for pid in guests:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
@@ -578,8 +754,8 @@ class Cluster:
         # which may reap it late (a second here, in a microVM) or never (some containers):
         # a zombie that "nothing remains" checks would trip over.
         if self.hosts:
-            self._terminate_guests({h.init_pid for h in self.hosts})
-            for host in self.hosts:
+            self._terminate_guests({h.init_pid for h in self._machines()})
+            for host in self._machines():
                 _kill_init(host)  # not a crashed host's: its pid may belong to another process now
         else:  # start failed before the hosts were described
             children = _children_by_parent()
@@ -595,13 +771,31 @@ class Cluster:
                 server.wait()
 
 
-def start_cluster(n: int, workdir: Path, *, shared_disk: bool = True) -> Cluster:
+def start_cluster(
+    n: int,
+    workdir: Path,
+    *,
+    shared_disk: bool = True,
+    networks: Literal[1, 2] = 1,
+    isolate_first_network: bool = False,
+    bastion: bool = False,
+) -> Cluster:
     """Start ``n`` hosts ``h0``..``h<n-1>`` whose sshd accept connections on return.
 
-    ``shared_disk=False``: each host has its own ``project_dir`` and ``node_state_dir``.
+    The options are described in the module's docstring: ``shared_disk=False`` (each host
+    has its own ``project_dir`` and ``node_state_dir``), ``networks=2`` (a second network;
+    ``isolate_first_network`` leaves it the only way between hosts) and ``bastion`` (the
+    hosts are reached only through a host ``bastion``).
     """
-    if not 1 <= n <= MAX_HOSTS:
-        raise ValueError(f"a cluster has 1 to {MAX_HOSTS} hosts, not {n}")
+    most = MAX_HOSTS - 1 if bastion else MAX_HOSTS
+    if not 1 <= n <= most:
+        raise ValueError(f"a cluster has 1 to {most} hosts, not {n}")
+    if networks not in (1, 2):
+        raise ValueError(f"a cluster has 1 or 2 networks, not {networks}")
+    if isolate_first_network and networks != 2:
+        raise ValueError("isolate_first_network needs networks=2")
+    if bastion and networks != 1:
+        raise ValueError("a cluster with a bastion has its own two networks; leave networks=1")
     workdir = workdir.resolve()
     if not SAFE_PATH.fullmatch(str(workdir)):
         raise ValueError(f"workdir {workdir} must match {SAFE_PATH.pattern} (it goes into ssh configs)")
@@ -614,9 +808,12 @@ def start_cluster(n: int, workdir: Path, *, shared_disk: bool = True) -> Cluster
             if (workdir / name).exists() or (workdir / name).is_symlink():
                 raise ClusterError(f"{workdir / name} already exists; give the cluster a fresh workdir")
         token = secrets.token_hex(3)
-        subnet = _free_subnet()
-        _write_record(token, subnet, workdir)
-    cluster = Cluster(workdir, _Layout.plan(n, token, subnet), shared_disk=shared_disk)
+        subnets = [_free_subnet()]
+        if networks == 2 or bastion:
+            subnets.append(_free_subnet(also_taken=subnets))
+        _write_record(token, subnets, workdir)
+    layout = _Layout.plan(n, token, *subnets, isolate_first_network=isolate_first_network, bastion=bastion)
+    cluster = Cluster(workdir, layout, shared_disk=shared_disk)
     try:
         cluster._start()
     except BaseException:
@@ -646,9 +843,15 @@ def _record_path(token: str) -> Path:
     return REGISTRY_DIR / f"{token}.json"
 
 
-def _write_record(token: str, subnet: ipaddress.IPv4Network, workdir: Path) -> None:
+def _write_record(token: str, subnets: list[ipaddress.IPv4Network], workdir: Path) -> None:
     pid = os.getpid()
-    record = {"pid": pid, "start_time": _start_time(pid), "subnet": str(subnet), "workdir": str(workdir)}
+    record = {
+        "pid": pid,
+        "start_time": _start_time(pid),
+        "subnet": str(subnets[0]),
+        "subnets": [str(subnet) for subnet in subnets],
+        "workdir": str(workdir),
+    }
     _record_path(token).write_text(json.dumps(record))
 
 
@@ -694,12 +897,16 @@ def _remove_stale_locked() -> list[str]:
     return sorted(stale)
 
 
-def _free_subnet() -> ipaddress.IPv4Network:
-    """A random 10.x.y.0/24 clashing with no address, route or live cluster."""
-    taken = _local_networks()
+def _free_subnet(also_taken: Sequence[ipaddress.IPv4Network] = ()) -> ipaddress.IPv4Network:
+    """A random 10.x.y.0/24 clashing with no address, route, live cluster or ``also_taken``."""
+    taken = _local_networks() + list(also_taken)
     for record in _read_records().values():
-        if _creator_alive(record) and isinstance(record.get("subnet"), str):
-            taken.append(ipaddress.IPv4Network(str(record["subnet"])))
+        if not _creator_alive(record):
+            continue
+        subnets = record.get("subnets", [record.get("subnet")])
+        for subnet in subnets if isinstance(subnets, list) else []:
+            if isinstance(subnet, str):
+                taken.append(ipaddress.IPv4Network(subnet))
     for _ in range(1000):
         candidate = ipaddress.IPv4Network(f"10.{secrets.randbelow(256)}.{secrets.randbelow(256)}.0/24")
         if not any(candidate.overlaps(net) for net in taken):
@@ -789,14 +996,6 @@ def _kill_init(host: TestHost) -> None:
 
 def _link_exists(name: str) -> bool:
     return Path("/sys/class/net", name).exists()
-
-
-def _accepts_connections(address: str) -> bool:
-    try:
-        with socket.create_connection((address, SSH_PORT), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 def _all_pids() -> list[int]:

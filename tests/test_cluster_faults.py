@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import socket
 import subprocess
@@ -140,7 +141,8 @@ def test_a_crashed_host_reboots_with_a_fresh_tmp_and_the_same_disk(pair: Cluster
 
     assert pair.hosts[0] is rebooted
     assert (rebooted.name, rebooted.address, rebooted.netns) == (h0.name, h0.address, h0.netns)
-    assert rebooted.pid_namespace != h0.pid_namespace
+    assert rebooted.is_up()
+    assert not h0.is_up()
     result = ssh(pair, "h0", "hostname; ls -A /tmp")
     assert result.returncode == 0, result.stderr
     # A fresh /tmp holds only the way to the workdir, when the workdir is under /tmp.
@@ -156,8 +158,9 @@ def test_a_running_host_reboots(pair: Cluster) -> None:
 
     rebooted = pair.reboot("h1")
 
-    assert h1.processes() == []
+    assert not h1.is_up()
     assert not sleeps(rebooted)
+    assert pair.hosts[1] is rebooted
     assert ssh(pair, "h1", "hostname").stdout == "h1\n"
 
 
@@ -180,20 +183,26 @@ def test_a_cut_link_blocks_tcp_until_it_heals(pair: Cluster) -> None:
     h0.set_link(False)
     try:
         assert not accepts_tcp(h0.address)
-        assert h1.run(["python3", "-c", CONNECT, h0.address, "1"]).stdout == "blocked\n"
+        assert connects(h1, h0.address, timeout=1) is False
     finally:
         h0.set_link(True)
 
     # Healed: a SYN lost as the link came up is sent again after 1 s, so allow for one.
     assert accepts_tcp(h0.address, timeout=3)
-    assert h1.run(["python3", "-c", CONNECT, h0.address]).stdout == "connected\n"
+    assert connects(h1, h0.address, timeout=3) is True
 
 
-# From inside another host: connect to port 22 of argv[1] (with a 1 s timeout if argv[2]).
+def connects(host: TestHost, address: str, port: int = 22, timeout: float = 2) -> bool:
+    """Whether a TCP connection from inside ``host`` to ``address:port`` is accepted."""
+    result = host.run([sys.executable, "-c", CONNECT, address, str(port), str(timeout)])
+    assert result.stdout in ("connected\n", "blocked\n"), result.stderr
+    return result.stdout == "connected\n"
+
+
 CONNECT = """
 import socket, sys
 try:
-    socket.create_connection((sys.argv[1], 22), timeout=3 if len(sys.argv) < 3 else 1).close()
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])).close()
     print("connected")
 except OSError:
     print("blocked")
@@ -204,12 +213,14 @@ def test_a_cluster_of_max_hosts_fits_the_names_and_addresses() -> None:
     layout = _Layout.plan(MAX_HOSTS, "abcdef", ipaddress.IPv4Network("10.9.8.0/24"))
 
     links = [host.link for host in layout.hosts] + [layout.bridge]
+    assert layout.hosts[-1].link == f"lnch-abcdef-{MAX_HOSTS - 1}"
     assert max(len(name) for name in links) <= 15  # IFNAMSIZ - 1
     assert len(set(links)) == len(links)
     addresses = [host.address for host in layout.hosts] + [layout.bridge_address]
     assert len(set(addresses)) == MAX_HOSTS + 1
     assert all(ipaddress.IPv4Address(a) in ipaddress.IPv4Network("10.9.8.0/24") for a in addresses)
-    macs = [mac for host in layout.hosts for mac in (host.mac, host.link_mac)] + [layout.bridge_mac]
+    macs = [mac for host in layout.hosts for i in host.interfaces for mac in (i.mac, i.link_mac)]
+    macs.append(layout.networks[0].gateway_mac)
     assert len(set(macs)) == len(macs)
     with pytest.raises(ValueError, match="1 to 253 hosts"):
         start_cluster(MAX_HOSTS + 1, Path("/nonexistent"))
@@ -231,3 +242,41 @@ def test_max_hosts_start_and_leave_nothing_behind(tmp_path: Path) -> None:
     assert not any(cluster.token in link for link in os.listdir("/sys/class/net"))
     assert not any(cluster.token in netns for netns in os.listdir("/run/netns"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_two_networks_give_each_host_two_interfaces_with_names_that_differ(tmp_path: Path) -> None:
+    with start_cluster(4, tmp_path, networks=2) as cluster:
+        h0, h1 = cluster.hosts[:2]
+        names = [host.interfaces for host in cluster.hosts]
+        assert names == [("eth0", "eth1"), ("ens3", "ens4"), ("enp1s0", "enp2s0"), ("eth0", "eth1")]
+        for host in cluster.hosts:
+            inside = json.loads(host.run(["ip", "-j", "-4", "addr", "show", "up"]).stdout)
+            seen = {entry["ifname"]: [a["local"] for a in entry["addr_info"]] for entry in inside}
+            assert seen == {"lo": ["127.0.0.1"]} | {
+                n: [a] for n, a in zip(host.interfaces, host.addresses, strict=True)
+            }
+        subnets = [ipaddress.IPv4Network(f"{a}/24", strict=False) for a in h0.addresses]
+        assert subnets[0] != subnets[1]
+        assert [ipaddress.IPv4Address(a) in subnets[1] for a in (h1.addresses[1], cluster.gateways[1])] == [True] * 2
+
+        assert connects(h0, h1.addresses[0]) and connects(h0, h1.addresses[1])
+        assert accepts_tcp(h1.addresses[0]) and accepts_tcp(h1.addresses[1])
+        assert h0.run(["getent", "hosts", "h1"]).stdout.split() == [h1.addresses[0], "h1"]
+        assert ssh(cluster, "h1", "hostname").stdout == "h1\n"
+
+
+def test_an_isolated_first_network_joins_hosts_only_through_the_second(tmp_path: Path) -> None:
+    with start_cluster(2, tmp_path, networks=2, isolate_first_network=True) as cluster:
+        h0, h1 = cluster.hosts
+        with socket.create_server((cluster.gateway, 0)) as launching_side:
+            # The launching side still reaches every host on network 1, and they reach it.
+            assert ssh(cluster, "h1", "hostname").stdout == "h1\n"
+            assert connects(h0, cluster.gateway, launching_side.getsockname()[1])
+
+            assert not connects(h0, h1.addresses[0], timeout=1)
+            assert connects(h0, h1.addresses[1])
+            assert not connects(h1, h0.addresses[0], timeout=1)
+            assert connects(h1, h0.addresses[1])
+            # Names resolve to the network the hosts can talk over.
+            assert h0.run(["getent", "hosts", "h1"]).stdout.split() == [h1.addresses[1], "h1"]
+            assert h1.run(["getent", "hosts", "h1"]).stdout.split() == [h1.addresses[1], "h1"]
