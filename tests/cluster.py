@@ -49,6 +49,9 @@ namespace, which takes every process of the host at once), and ``cluster.reboot(
 brings a crashed or running host back: a fresh PID namespace and /tmp, the same network
 namespace, hostname, address, host key and disk, sshd accepting connections again, and
 the new ``TestHost`` in ``cluster.hosts`` (the old one keeps naming the dead host).
+``host.block_tcp(port, direction="in")`` is a firewall (nftables, in the host's network
+namespace) that silently drops TCP to the host's ``port`` (``"out"``: to ``port`` elsewhere;
+no port: all TCP), say a rendezvous port; ``host.unblock_all()`` lifts it. Needs ``nft``.
 
 Needs root. Everything a cluster creates is named ``lnch-<token>...`` and recorded in
 ``/run/lnch-clusters/<token>.json`` with the creating process, so that
@@ -97,6 +100,8 @@ STOP_DEADLINE_S = 5.0
 # Addresses .2 to .254 of a /24; veth names "lnch-<6 hex>-<index>" then fit IFNAMSIZ (15 chars).
 MAX_HOSTS = 253
 BASTION = "bastion"
+FIREWALL_TABLE = "lnch_firewall"
+"""The nftables table of ``TestHost.block_tcp``, in the host's network namespace."""
 INTERFACE_NAMES = (("eth0", "eth1"), ("ens3", "ens4"), ("enp1s0", "enp2s0"))
 """Interface names of hosts h0, h1, h2, h3... on two networks: they differ between hosts."""
 LINK_GROUP_BASE = 0x6C000000
@@ -221,6 +226,39 @@ class TestHost:
         or only the one of its interface ``network`` (an index into ``links``)."""
         for link in self.links if network is None else [self.links[network]]:
             _run_ip(["link", "set", link, "up" if up else "down"])
+
+    def block_tcp(self, port: int | None = None, direction: Literal["in", "out"] = "in") -> None:
+        """Firewall the host (nftables in its network namespace): drop TCP packets, silently.
+
+        ``"in"``: arriving for the host's own ``port``, so connections to it time out.
+        ``"out"``: leaving for ``port`` on other machines. ``port=None``: all TCP that way
+        (``"in"`` then takes ssh too). Loopback stays open: the host still reaches itself,
+        as a real host firewall allows. Rules add up until ``unblock_all()``.
+        """
+        chain, interface = ("input", "iifname") if direction == "in" else ("output", "oifname")
+        match = "meta l4proto tcp" if port is None else f"tcp dport {int(port)}"
+        self._nft(
+            f"add table inet {FIREWALL_TABLE}\n"
+            f"add chain inet {FIREWALL_TABLE} {chain} {{ type filter hook {chain} priority 0; policy accept; }}\n"
+            f'add rule inet {FIREWALL_TABLE} {chain} {interface} != "lo" {match} drop\n'
+        )
+
+    def unblock_all(self) -> None:
+        """Remove every rule ``block_tcp`` added."""
+        # Adding the table first makes the delete succeed when there is nothing to remove.
+        self._nft(f"add table inet {FIREWALL_TABLE}\ndelete table inet {FIREWALL_TABLE}\n")
+
+    def _nft(self, script: str) -> None:
+        result = subprocess.run(
+            ["ip", "netns", "exec", self.netns, "nft", "-f", "-"],
+            input=script,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise ClusterError(f"{self.name}: nft -f -: {result.stderr.strip()}")
 
     def crash(self) -> None:
         """Power cut: the link goes down, then every process of the host dies at once.

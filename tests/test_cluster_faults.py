@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster import MAX_HOSTS, Cluster, TestHost, _Layout, start_cluster
+from cluster import ALT_SSH_PORT, MAX_HOSTS, Cluster, TestHost, _Layout, start_cluster
 
 pytestmark = pytest.mark.e2e
 
@@ -280,3 +280,46 @@ def test_an_isolated_first_network_joins_hosts_only_through_the_second(tmp_path:
             # Names resolve to the network the hosts can talk over.
             assert h0.run(["getent", "hosts", "h1"]).stdout.split() == [h1.addresses[1], "h1"]
             assert h1.run(["getent", "hosts", "h1"]).stdout.split() == [h1.addresses[1], "h1"]
+
+
+def test_block_tcp_in_drops_connections_to_one_port_until_unblocked(pair: Cluster) -> None:
+    h0, h1 = pair.hosts
+    h0.block_tcp(ALT_SSH_PORT)
+    try:
+        assert not connects(h1, h0.address, ALT_SSH_PORT, timeout=1)
+        assert not accepts_tcp(h0.address, ALT_SSH_PORT)
+        assert connects(h1, h0.address, 22)  # other ports stay open
+        assert connects(h0, h0.address, ALT_SSH_PORT)  # and the host reaches itself
+    finally:
+        h0.unblock_all()
+
+    assert connects(h1, h0.address, ALT_SSH_PORT)
+    h0.unblock_all()  # nothing left to remove: fine
+
+
+def test_block_tcp_out_drops_what_the_host_sends_to_a_port(pair: Cluster) -> None:
+    h0, h1 = pair.hosts
+    h0.block_tcp(22, direction="out")
+    try:
+        assert not connects(h0, h1.address, 22, timeout=1)
+        assert connects(h0, h1.address, ALT_SSH_PORT)
+        assert connects(h1, h0.address, 22)  # its replies from port 22 still go out
+        assert ssh(pair, "h0", "hostname").stdout == "h0\n"
+    finally:
+        h0.unblock_all()
+
+    assert connects(h0, h1.address, 22)
+
+
+def test_block_all_tcp_in_cuts_ssh_too(pair: Cluster) -> None:
+    h0, h1 = pair.hosts
+    h0.block_tcp()
+    h0.block_tcp(12345, direction="out")  # rules add up
+    try:
+        assert not accepts_tcp(h0.address)
+        assert not connects(h1, h0.address, ALT_SSH_PORT, timeout=1)
+        assert connects(h1, h1.address, 22)
+    finally:
+        h0.unblock_all()
+
+    assert ssh(pair, "h0", "hostname").stdout == "h0\n"
