@@ -39,6 +39,15 @@ Options (keywords of ``start_cluster``; the defaults give the cluster above):
     or, when that network is isolated, to its network-2 address: to the address the other
     hosts can reach, which is what torch's gloo assumes of ``gethostname()``.
 
+``bastion=True``
+    One more host, ``bastion`` (``cluster.bastion``, not in ``cluster.hosts``), with sshd's
+    default MaxStartups (10:30:100), on two networks: the launching side's (network 1) and
+    one of hosts only (network 2, no address of the launching side). The hosts are only on
+    network 2, and the generated ssh config reaches them with ``ProxyJump bastion``; a
+    direct connection times out (the launching side routes that subnet onto the bridge
+    of network 2, so nothing leaves this machine, and the hosts have no route back).
+    ``TestHost.address`` of a host is its network-2 address. At most ``MAX_HOSTS - 1`` hosts.
+
 Size: 1 to ``MAX_HOSTS`` (253, a /24) hosts. Start-up costs a few process starts per host
 (host keys are made in-process) and stop one ``ip link del group``: here, on 2 busy cores,
 64 hosts start in about 1.5 s, 128 in 3.5 s and 253 in 8 s; each stops in under a second.
@@ -454,9 +463,14 @@ class _Layout:
                 if self.networks[i.network].isolated:
                     lines.append(f"link set {i.link} type bridge_slave isolated on")
         for net in self.networks:
+            lines.append(f"link set {net.bridge} up")
             if net.gateway is not None:
                 lines.append(f"addr add {net.gateway}/24 dev {net.bridge}")
-            lines.append(f"link set {net.bridge} up")
+            else:
+                # A network of hosts only still gets a route here, onto its own bridge:
+                # without one, packets for it would take the default route off this
+                # machine. The hosts have no route back, so nothing connects.
+                lines.append(f"route add {net.subnet} dev {net.bridge}")
         # ARP never gets a say: with 32 busy hosts a lost ARP reply stalls a connect
         # for a second, which shows up as flaky timeouts.
         for i in self._interfaces():

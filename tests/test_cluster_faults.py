@@ -1,7 +1,9 @@
-"""The test cluster's options: hosts without a shared disk, crashes and reboots, cuts, many hosts."""
+"""The test cluster's options: no shared disk, crashes and reboots, cuts, many hosts, two networks,
+firewalls and a bastion."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import os
@@ -12,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncssh
 import pytest
 from cluster import ALT_SSH_PORT, MAX_HOSTS, Cluster, TestHost, _Layout, start_cluster
 
@@ -323,3 +326,40 @@ def test_block_all_tcp_in_cuts_ssh_too(pair: Cluster) -> None:
         h0.unblock_all()
 
     assert ssh(pair, "h0", "hostname").stdout == "h0\n"
+
+
+def test_hosts_behind_a_bastion_are_reached_only_through_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with start_cluster(2, tmp_path, bastion=True) as cluster:
+        h0, h1 = cluster.hosts
+        bastion = cluster.bastion
+        assert bastion is not None
+        assert [h.name for h in cluster.hosts] == ["h0", "h1"]
+
+        result = ssh(cluster, "h0", "hostname")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "h0\n"
+        assert ssh(cluster, "bastion", "hostname").stdout == "bastion\n"
+        # What the launcher uses: asyncssh, from ~/.ssh/config alone, follows the ProxyJump.
+        monkeypatch.setenv("HOME", str(cluster.home))
+        assert asyncio.run(asyncssh_hostname("h1")) == "h1\n"
+
+        direct = ssh(cluster, h0.address, "hostname", connect_timeout=2)
+        assert direct.returncode == 255
+        assert f"connect to host {h0.address} port 22" in direct.stderr  # not a key or login problem
+        assert not accepts_tcp(h0.address)
+        assert connects(bastion, h0.address) and connects(h1, h0.address)
+        assert h0.run(["getent", "hosts", "h1"]).stdout.split() == [h1.address, "h1"]
+        assert "ProxyJump bastion" in cluster.ssh_config.read_text().split("Host h0\n")[1].split("Host ")[0]
+        # The bastion's sshd keeps the default MaxStartups; the hosts' lift it.
+        settings = {
+            host.name: bastion.run(["/usr/sbin/sshd", "-T", "-f", str(cluster.workdir / "sshd" / f"{host.name}.conf")])
+            for host in (bastion, h0)
+        }
+        assert "maxstartups 10:30:100" in settings["bastion"].stdout.splitlines(), settings["bastion"].stderr
+        assert "maxstartups 200:30:200" in settings["h0"].stdout.splitlines(), settings["h0"].stderr
+
+
+async def asyncssh_hostname(host: str) -> str:
+    async with asyncssh.connect(host) as conn:
+        result = await conn.run("hostname", check=True, timeout=20)
+        return str(result.stdout)
