@@ -88,11 +88,16 @@ def test_close_leaves_nothing_behind(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_stale_cluster_of_a_crashed_run_is_removed(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"networks": 2, "isolate_first_network": True}, {"bastion": True, "shared_disk": False}],
+    ids=["default", "two-networks", "bastion-no-shared-disk"],
+)
+def test_stale_cluster_of_a_crashed_run_is_removed(tmp_path: Path, options: dict[str, object]) -> None:
     # A child process starts a cluster and dies without closing it. The helper is a child
     # subreaper, so the orphaned hosts' processes are reaped rather than left as zombies.
     helper = subprocess.run(
-        [sys.executable, "-c", CRASH_THEN_CLEAN, str(tmp_path)],
+        [sys.executable, "-c", CRASH_THEN_CLEAN, str(tmp_path), json.dumps(options)],
         cwd=Path(__file__).parent,
         capture_output=True,
         text=True,
@@ -118,8 +123,8 @@ ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 read_end, write_end = os.pipe()
 creator = os.fork()
 if creator == 0:
-    cluster = start_cluster(1, Path(sys.argv[1]))
-    hosts = [dataclasses.asdict(host) for host in cluster.hosts]
+    cluster = start_cluster(1, Path(sys.argv[1]), **json.loads(sys.argv[2]))
+    hosts = [dataclasses.asdict(host) for host in [*cluster.hosts, *filter(None, [cluster.bastion])]]
     os.write(write_end, json.dumps({"hosts": hosts, "token": cluster.token}).encode())
     os._exit(1)  # crash: no close()
 os.close(write_end)
@@ -141,9 +146,11 @@ def assert_gone(workdir: Path, token: str, hosts: list[TestHost]) -> None:
     link_names = {line.split(":")[1].strip().split("@")[0] for line in links.splitlines()}
     for host in hosts:
         assert host.netns not in namespaces.split()
-        assert host.link not in link_names
+        assert not set(host.links) & link_names
         assert host.processes() == []
-    assert not any(token in name for name in link_names)  # the bridge
+    assert not any(token in name for name in link_names)  # the bridges
+    routes = subprocess.run(["ip", "route", "show", "table", "all"], capture_output=True, text=True, check=True).stdout
+    assert token not in routes
     # Every process a cluster starts (unshare, sshd) names a file of its workdir.
     assert [command for command in all_command_lines() if str(workdir) in command] == []
     assert not (REGISTRY_DIR / f"{token}.json").exists()
