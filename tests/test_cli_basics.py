@@ -255,3 +255,25 @@ def test_status_of_a_damaged_record(home: Path) -> None:
     line = assert_one_error_line(run_launcher(home, "status", "damaged"), 1)
 
     assert "damaged" in line
+
+
+# --- the commands launch prints ---------------------------------------------------------------
+
+
+def test_printed_commands_work_where_launcher_is_not_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pip install into pyenv's interpreter makes no ``launcher`` shim: print what works."""
+    from launcher.cli.common import command_name
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(sys.executable)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    assert command_name() == "python3 -m launcher"
+    printed = subprocess.run(
+        [*command_name().split(), "--version"], capture_output=True, text=True, timeout=60, env=python_env(tmp_path)
+    )
+    assert printed.returncode == 0 and launcher.__version__ in printed.stdout
+
+    (bin_dir / "launcher").write_text("#!/bin/sh\n")
+    (bin_dir / "launcher").chmod(0o755)
+    assert command_name() == "launcher"

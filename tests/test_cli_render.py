@@ -389,3 +389,28 @@ def test_print_root_cause_of_an_unnamed_signal() -> None:
     cause = RootCause("h1", 3, -9, "signal 9", "killed by signal 9", (), 1.0)
 
     assert "(signal 9)" in root_cause_text(cause)
+
+
+@pytest.mark.parametrize(
+    ("ranks", "shown"),
+    [
+        ((), ""),
+        ((RankStatus(0, "running"),), "0"),
+        (tuple(RankStatus(i, "succeeded", 0) for i in range(8)), "0-7"),
+        (
+            (RankStatus(0, "ended"), RankStatus(1, "ended"), RankStatus(2, "failed", 1), RankStatus(3, "ended")),
+            "0-1:ended 2:exit 1 3:ended",
+        ),
+        (
+            (
+                RankStatus(4, "failed", -9, "SIGKILL"),
+                RankStatus(5, "failed", -9, "SIGKILL"),
+                RankStatus(7, "failed", -9, "SIGKILL"),
+            ),
+            "4-5:SIGKILL 7:SIGKILL",
+        ),
+        ((RankStatus(0, "killed"), RankStatus(1, "running")), "0:killed 1"),
+    ],
+)
+def test_rank_cells_group_consecutive_ranks_that_ended_alike(ranks: tuple[RankStatus, ...], shown: str) -> None:
+    assert render.rank_cells(ranks) == shown

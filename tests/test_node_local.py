@@ -263,6 +263,12 @@ def test_an_agent_of_another_launcher_version_is_refused(node: LocalNode, tmp_pa
     assert (caught.value.node_version, caught.value.host) == ("0.0.1", LOCALHOST.label)
 
 
+def test_this_layer_runs_unprivileged_where_ci_says_so() -> None:
+    """``.ci/run-unprivileged`` sets LAUNCHER_TEST_UNPRIVILEGED: then this file must not run as root."""
+    if os.environ.get("LAUNCHER_TEST_UNPRIVILEGED"):
+        assert os.geteuid() != 0
+
+
 def test_logs_of_a_job_never_run_here_are_empty(node: LocalNode) -> None:
     assert node.call(Tail(job="never", count=5)) == LogEnd(offset=0)
     assert node.call(Status(job="never")).state == "unknown"

@@ -148,7 +148,7 @@ def print_status(result: JobStatus) -> None:
     for h in result.hosts:
         started = time.strftime("%H:%M:%S", time.localtime(h.started_at)) if h.started_at else ""
         duration = _duration((h.ended_at or time.time()) - h.started_at) if h.started_at else ""
-        ranks = " ".join(_rank_cell(r) for r in h.ranks)
+        ranks = rank_cells(h.ranks)
         exit_code = "" if h.exit_code is None else str(h.exit_code)
         row = [h.host, h.state, exit_code, ranks, *([str(h.restarts)] if restarts else []), started, duration]
         table.add_row(*row)
@@ -180,10 +180,29 @@ def print_jobs(records: list[JobRecord]) -> None:
     Console(highlight=False).print(table)
 
 
-def _rank_cell(rank: Any) -> str:
+def rank_cells(ranks: Any) -> str:
+    """``0-7 8:SIGKILL 9-15:ended``: consecutive ranks that ended alike as one range."""
+    cells: list[str] = []
+    start = previous = None
+    how = ""
+    for rank in [*ranks, None]:
+        this = _rank_how(rank) if rank is not None else None
+        if rank is not None and previous is not None and rank.rank == previous + 1 and this == how:
+            previous = rank.rank
+            continue
+        if start is not None:
+            span = str(start) if start == previous else f"{start}-{previous}"
+            cells.append(span + (f":{how}" if how else ""))
+        if rank is not None:
+            start = previous = rank.rank
+            how = this or ""
+    return " ".join(cells)
+
+
+def _rank_how(rank: Any) -> str:
     if rank.state == "failed":
-        return f"{rank.rank}:{rank.signal or f'exit {rank.exit_code}'}"
-    return str(rank.rank) if rank.state in ("running", "succeeded") else f"{rank.rank}:{rank.state}"
+        return str(rank.signal or f"exit {rank.exit_code}")
+    return "" if rank.state in ("running", "succeeded") else str(rank.state)
 
 
 def print_root_cause(console: Any, cause: Any) -> None:
