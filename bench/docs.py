@@ -14,16 +14,35 @@ ANALYSIS = Path(__file__).with_name("analysis.md")
 HOW_TO_RUN = """\
 Needs root (the test cluster is network namespaces with their own sshd), `tmux`, `sshd`,
 `pdsh` (all installed by `.ci/setup`) and matplotlib for the plot (`pip install -e '.[bench]'`).
+Two contenders are optional and not installed by `.ci/setup`; a run without them skips them
+and says so. Install them into the same interpreter, without letting pip touch torch (check
+`python -c 'import torch; print(torch.__version__)'` afterwards):
+
+```
+pip install torchrunx                                    # 0.4.0 measured
+DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed   # 0.19.8 measured; ops not built
+```
 
 ```
 sudo python -m bench                                     # 1 to 32 hosts, 5 repetitions
 sudo python -m bench --max-hosts 32 --repeat 3           # what produced the numbers below
+sudo python -m bench --max-hosts 253 --repeat 3          # and 64, 128, 253 hosts: the light job only
+sudo python -m bench --sizes 1,4 --only launch,control   # chosen sizes and measurements
 sudo python -m bench --quick --no-docs --out "$(mktemp -d)"  # smoke test, < 3 min (CI)
 python -m bench --from-json bench/results/full.json      # redraw this page from raw numbers
 ```
 
+`--only` takes any of `launch`, `control` (status and kill of the light job), `ready`, `kill`
+and `logs`; start-up always runs. Above 32 hosts only the light job is measured (its launch,
+status and kill): torch's start on every host would keep both cores busy for minutes per
+run. From 64 hosts on a run may fail (a timeout, a host that does not answer); the tables
+count the runs that failed, and a cluster that cannot start is a note, not the end of the run.
+`--max-hosts` goes up to 253, as far as `tests/cluster.py`'s `MAX_HOSTS` allows.
+
 `--out DIR` (default `bench/results`) receives the raw numbers: `full.json`, or `quick.json`
-for `--quick`. Unless `--no-docs`, the run rewrites this page and `docs/launch_time.png`.
+for `--quick`. `bench/results/before-ed1abd0.json` holds node CPU of launch, status and kill
+at 1 and 4 hosts, 3 repetitions, on `ed1abd0` (before the node agent's refactor), for
+comparison: `python -m bench --from-json bench/results/before-ed1abd0.json --no-docs`. Unless `--no-docs`, the run rewrites this page and `docs/launch_time.png`.
 The exit status is 1 when any run failed (a missed target does not count), so that the
 smoke test notices a broken contender.
 The benchmark is not part of the test suite; `--quick` (2 hosts, one repetition)
@@ -48,6 +67,32 @@ min-max over the repetitions.
 * **pdsh**: `pdsh -S -R ssh -f 32 -w h0,h1,... <the same tmux command>`.
 * **floor**: `python -m bench.floor h0 h1 ...`: asyncssh connects to every host at once and
   runs `true`; interpreter start and `import asyncssh` included, as for the launcher.
+* **torchrunx** (optional): `python -m bench.jobs.torchrunx_job`, which runs the same jobs,
+  written as functions, with `torchrunx.Launcher(hostnames=<addresses>, workers_per_host=1)`.
+  It logs into the hosts one after another (fabric), starts an agent on each, and the agent
+  spawns the worker. Two things a real cluster's DNS gives it are given by hand: the hosts
+  by address (it resolves each name on the launching machine, where `h0` is only an ssh
+  alias), and its call-back name (`socket.getfqdn()`) as the launching machine's address on
+  the cluster network, with `GLOO_SOCKET_IFNAME` set to that network for its gloo group.
+* **deepspeed** (optional): `python -m deepspeed.launcher.runner --hostfile FILE --launcher pdsh
+  --no_ssh_check --force_multi --no_local_rank --master_addr <h0> --master_port P SCRIPT`,
+  FILE holding `hN slots=1`. Its ssh check runs a plain `ssh HOST`, which reads root's own
+  `~/.ssh/config` rather than the cluster's (pdsh gets that from `PDSH_SSH_ARGS_APPEND`);
+  `--force_multi` keeps one host on pdsh (it would run on this machine instead).
+
+torchrunx and deepspeed stay in the foreground while the job runs: their launch is timed
+until the job's own code runs on every host (the light function has written its first line;
+the script's process exists), their launching-side CPU read from the process tree at that
+moment, and their kill is Ctrl-C (SIGINT to the command's process group). On Ctrl-C
+deepspeed runs `pdsh ... pkill -f <its node command>` on every host; torchrunx runs
+`ssh HOST kill <agent pid>`, host by host.
+
+Status and kill of the light job (`control`): the launcher starts the light job, then
+`launcher status NAME` and `launcher kill --grace 5 NAME` are timed in turn, each with the
+hosts' CPU (node CPU) from just before the command until its SSH sessions have ended (for the
+kill: and the job is gone), measured as for a launch. What a sleeping job and its supervisor
+use meanwhile is measured over one idle second and given under the table. The torchrun kill
+has node CPU too: the kill's own work and the job's processes shutting down.
 
 Launch time is the wall time of the command. Every contender returns once each host has
 accepted the job's tmux session; the launcher returns later, once each host's supervisor
@@ -89,8 +134,8 @@ def write_docs(results: Results, path: Path, plot: str | None) -> None:
         "",
         "<!-- Generated by `python -m bench`: edit bench/docs.py or bench/analysis.md, not this file. -->",
         "",
-        "Launch, time to all ranks ready, kill and logs of `launcher`, measured against the",
-        "hand-rolled `xargs ... ssh ... tmux` recipe, pdsh and the raw SSH floor on 1 to 32 hosts",
+        "Launch, time to all ranks ready, status, kill and logs of `launcher`, measured against",
+        f"{_contenders(results)} on {_sizes(results)} hosts",
         "(issue 5). Run "
         + ("**in quick mode** (smoke test, 1 repetition: not numbers to quote) " if results.config.get("quick") else "")
         + f"on {machine.get('date', '?')}, launcher at `{machine.get('launcher_commit', '?')}`.",
@@ -128,6 +173,20 @@ def write_docs(results: Results, path: Path, plot: str | None) -> None:
         parts += ["## Notes from the run", ""] + [f"* {note}" for note in results.notes] + [""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts))
+
+
+def _contenders(results: Results) -> str:
+    measured = {s.contender for s in results.samples}
+    names = ["the hand-rolled `xargs ... ssh ... tmux` recipe", "pdsh", "the raw SSH floor"]
+    names += [
+        name for key, name in (("torchrunx", "torchrunx"), ("deepspeed", "the DeepSpeed launcher")) if key in measured
+    ]
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _sizes(results: Results) -> str:
+    counts = sorted({s.hosts for s in results.samples if s.hosts})
+    return f"{counts[0]} to {counts[-1]}" if counts else "no"
 
 
 def _load(load: object) -> str:

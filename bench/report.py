@@ -51,7 +51,7 @@ def launch_table(results: Results, measure: str) -> Table:
             "node CPU s/host: what the hosts (sshd, shells, tmux, agents, the job) used by the time the "
             "command returned, per host; on this machine the hosts share its cores with the launching side."
         )
-        + FOREGROUND_NOTE,
+        + (FOREGROUND_NOTE if _present(results, measure, ("torchrunx", "deepspeed")) else ""),
     )
     for n in results.host_counts(measure):
         floor = results.summary(measure, "floor", n, "wall_s")
@@ -122,8 +122,9 @@ def ready_table(results: Results) -> Table:
     table = Table(
         "Time to all ranks ready (examples/distributed_sum.py, 1 process per host, gloo): seconds from Enter",
         ["hosts", "contender", "median s", "min-max s", "x xargs", "x pdsh", "command returned s", "runs"],
-        note="torchrunx and deepspeed return when the job has ended, not once it has started.",
     )
+    if _present(results, "ready", ("torchrunx", "deepspeed")):
+        table.note = "torchrunx and deepspeed return when the job has ended, not once it has started."
     for n in results.host_counts("ready"):
         recipe = results.summary("ready", "xargs", n, "ready_s")
         pdsh = results.summary("ready", "pdsh", n, "ready_s")
@@ -167,10 +168,14 @@ def kill_table(results: Results) -> Table:
             f"{results.config.get('left_after_s', 3):g} s after the job was gone or we stopped looking. "
             "x xargs compares 'tree gone'. node CPU s/host: what the hosts used from just before the kill "
             "until the job was gone (or we stopped looking) and its SSH sessions had ended, per host: the "
-            "kill's own work and the job's processes shutting down. torchrunx and deepspeed have no kill "
-            "command: Ctrl-C (SIGINT to the command's process group) is theirs; returned: until it exited."
+            "kill's own work and the job's processes shutting down."
         ),
     )
+    if _present(results, "kill", ("torchrunx", "deepspeed")):
+        table.note += (
+            " torchrunx and deepspeed have no kill command: Ctrl-C (SIGINT to the command's process group) "
+            "is theirs; returned: until the command exited."
+        )
     for n in results.host_counts("kill"):
         recipe = results.summary("kill", "xargs", n, "tree_gone_s")
         for contender, label in _present_labels(results, "kill", KILL_LABELS):
