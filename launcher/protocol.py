@@ -61,6 +61,7 @@ RefusalKind = Literal[
     "tmux_missing",
     "job_running",
     "start_failed",
+    "sync_failed",
     "internal",
 ]
 """Why a node refused a request; the launching side raises one error class per kind."""
@@ -96,6 +97,11 @@ class Hello:
     the one the other nodes should use, even when the hosts file names an ssh alias."""
     python: str
     pid: int
+    python_version: str = ""
+    """``major.minor.micro`` of the agent's interpreter."""
+    torch: str | None = None
+    """The torch version installed for that interpreter (read from its ``dist-info``, not
+    imported); None: no torch there."""
 
 
 # ---------------------------------------------------------------------------- answers
@@ -327,6 +333,10 @@ ANSWERS: dict[type[Request[Any]], type[Any]] = {
     Follow: LogEnd,
     Wait: Ended,
 }
+
+# The sync messages live in their own module (a manifest, chunks, a two-phase commit),
+# which adds them to REQUESTS and ANSWERS. Imported last: it imports from this module.
+import launcher.protocol_sync  # noqa: E402, F401
 
 
 # ---------------------------------------------------------------------------- lines
