@@ -77,8 +77,9 @@ def test_what_a_host_writes_only_it_sees(unshared: Cluster) -> None:
 
 def test_hosts_without_a_shared_disk_still_share_python(unshared: Cluster) -> None:
     for host in unshared.hosts:
-        result = host.run([sys.executable, "-c", "import launcher, torch; print('ok')"], timeout=60)
+        result = host.run([sys.executable, "-c", "import asyncssh, torch; print('ok')"], timeout=60)
         assert result.stdout == "ok\n", result.stderr
+        assert host.exists(Path(__file__).resolve())  # and the repo
 
 
 def test_one_host_gets_another_python_through_a_wrapper(unshared: Cluster) -> None:
