@@ -411,6 +411,7 @@ class _Layout:
             )
 
         hosts = []
+        interfaces: tuple[_InterfacePlan, ...]
         for i in range(n):
             if bastion:
                 interfaces = (interface(1, i, "eth0"),)
