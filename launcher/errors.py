@@ -5,8 +5,10 @@ and exits non-zero without a traceback. Each one carries the facts it is about::
 
     LauncherError
     ├── UsageError              bad arguments or options (exit 2)
+    │   └── NotPicklableError       run()/submit(): a function or argument cannot be pickled: what
     ├── HostsFileError          a hosts file or host spec: source, line
     ├── JobNotFoundError        no record of a job by that name: name
+    ├── SlurmError              sbatch/scancel refused, or a batch job did not start: job_id
     ├── HostError               one host failed: host, message
     │   ├── UnreachableError        cannot connect (refused, timed out, unknown name)
     │   ├── AuthenticationError     the host refused our keys
@@ -53,6 +55,17 @@ class HostsFileError(LauncherError):
         self.message = message
         where = source if line is None else f"{source}:{line}"
         super().__init__(f"{where}: {message}")
+
+
+class SlurmError(LauncherError):
+    """SLURM refused or failed: no sbatch on PATH, a job that did not start, scancel refused.
+
+    ``job_id`` is the SLURM job it is about, when there is one.
+    """
+
+    def __init__(self, message: str, job_id: str | None = None) -> None:
+        self.job_id = job_id
+        super().__init__(message)
 
 
 class JobNotFoundError(LauncherError):

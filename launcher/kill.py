@@ -25,7 +25,17 @@ class HostKill:
 
 
 async def kill_job(record: JobRecord, grace: float = 10.0, ssh: SshOptions = DEFAULT_SSH) -> list[HostKill]:
-    """End the job on every host (SIGTERM, ``grace`` seconds, SIGKILL) and verify nothing is left."""
+    """End the job on every host (SIGTERM, ``grace`` seconds, SIGKILL) and verify nothing is left.
+
+    A job that SLURM runs (``launcher sbatch --submit``) is first cancelled with scancel,
+    which SlurmError reports when refused; then the same verification runs on every host.
+    """
+    if record.slurm_job_id is not None:
+        import asyncio
+
+        from launcher import slurm_jobs
+
+        await asyncio.to_thread(slurm_jobs.cancel, record.slurm_job_id, grace + 30)
 
     async def one(host: Host) -> HostKill:
         return _host_kill(host.label, await ask(host, ssh, Kill(job=record.name, grace=grace), timeout=grace + 60))

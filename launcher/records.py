@@ -32,6 +32,8 @@ class JobRecord:
     """``address:port`` of the c10d store on the first host."""
     last_state: str | None = None
     """The job's state when last asked (status, kill, --wait), for ``launcher list``."""
+    slurm_job_id: str | None = None
+    """The SLURM job that runs it (``launcher sbatch --submit``): ``kill`` goes through scancel."""
 
 
 def save_record(record: JobRecord) -> Path:

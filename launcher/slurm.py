@@ -13,6 +13,7 @@ from launcher.hosts import Host, check_name, parse_slots, shown
 _MAX_SLURM_HOSTS = 65536
 _DIGITS = re.compile(r"[0-9]+")
 _SLURM_COUNT = re.compile(r"([0-9]+)(?:\(x[0-9]+\))?(?:,.*)?")
+_SLURM_REPEAT = re.compile(r"([0-9]+)(?:\(x([0-9]{1,6})\))?")
 
 
 def expand_slurm_nodelist(nodelist: str) -> tuple[str, ...]:
@@ -44,11 +45,37 @@ def slurm_hosts(environ: Mapping[str, str]) -> tuple[Host, ...]:
     nodelist = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")
     if not nodelist:
         raise HostsFileError("--hosts slurm", None, "SLURM_JOB_NODELIST is not set (not inside a SLURM allocation)")
+    names = expand_slurm_nodelist(nodelist)
     slots = slurm_slots(environ)
-    return tuple(Host(name, slots=slots) for name in expand_slurm_nodelist(nodelist))
+    if slots is not None:
+        return tuple(Host(name, slots=slots) for name in names)
+    cpus = slurm_cpus_per_node(environ, len(names))
+    return tuple(Host(name, slots=count) for name, count in zip(names, cpus, strict=True))
+
+
+def slurm_cpus_per_node(environ: Mapping[str, str], nodes: int) -> list[int | None]:
+    """Each node's CPUs from ``SLURM_JOB_CPUS_PER_NODE`` (``4(x2),8``: 4, 4, 8), in node list order."""
+    value = environ.get("SLURM_JOB_CPUS_PER_NODE", "").strip()
+    if not value:
+        return [None] * nodes
+    counts: list[int | None] = []
+    for part in value.split(","):
+        match = _SLURM_REPEAT.fullmatch(part.strip())
+        if match is None:
+            raise HostsFileError(
+                "SLURM_JOB_CPUS_PER_NODE", None, f"expected counts such as 4(x2),8, got {shown(value)}"
+            )
+        count = parse_slots(match[1], "SLURM_JOB_CPUS_PER_NODE", None, "CPUs per node")
+        counts.extend([count] * int(match[2] or 1))
+    if len(counts) != nodes:
+        raise HostsFileError(
+            "SLURM_JOB_CPUS_PER_NODE", None, f"{shown(value)} gives {len(counts)} node(s), not {nodes}"
+        )
+    return counts
 
 
 def slurm_slots(environ: Mapping[str, str]) -> int | None:
+    """Processes per node when the allocation says: its GPUs, else the tasks per node asked for."""
     for variable in ("SLURM_GPUS_ON_NODE", "SLURM_NTASKS_PER_NODE"):
         value = environ.get(variable, "").strip()
         if not value:

@@ -19,6 +19,7 @@ import click
 from launcher import __version__
 from launcher.cli.jobs import attach, kill, list_jobs, logs, status
 from launcher.cli.launching import launch
+from launcher.cli.sbatch import sbatch
 from launcher.errors import LauncherError
 
 
@@ -34,7 +35,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-for _command in (launch, logs, status, kill, attach, list_jobs):
+for _command in (launch, sbatch, logs, status, kill, attach, list_jobs):
     cli.add_command(_command)
 
 

@@ -1,0 +1,126 @@
+"""``launcher sbatch``: the batch script of a launch (printed, written, or submitted)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import click
+
+from launcher.cli.common import command_name
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("-N", "--nodes", type=click.IntRange(1, 65536), default=1, show_default=True, help="Nodes to ask for.")
+@click.option("--gpus-per-node", type=click.IntRange(min=1), help="GPUs per node (also the processes per node).")
+@click.option("--cpus-per-task", type=click.IntRange(min=1), help="CPUs of each node's task (torchrun and workers).")
+@click.option("--time", "time_limit", metavar="D-HH:MM:SS", help="Time limit.")
+@click.option("--partition", "-p", help="SLURM partition.")
+@click.option("--account", "-A", help="SLURM account.")
+@click.option("--sbatch-arg", multiple=True, metavar="OPTION", help="Another #SBATCH line: '--output=run-%j.out'.")
+@click.option("--name", help="Job name (SLURM's and launcher's).  [default: SCRIPT stem + time]")
+@click.option("--nproc-per-node", metavar="N", help="Processes per node.  [default: --gpus-per-node, else 1]")
+@click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE", help="Set a variable for the job (repeatable).")
+@click.option("--env-file", multiple=True, metavar="FILE", help="KEY=VALUE lines for the job (repeatable).")
+@click.option("--forward-env/--no-forward-env", default=True, show_default=True, help="As for launch.")
+@click.option("--python", metavar="PATH", help="Python on the nodes.  [default: this one]")
+@click.option("--cwd", metavar="DIR", help="Working directory on the nodes.  [default: this one]")
+@click.option("--runner", type=click.Choice(["torchrun", "python", "exec"]), default="torchrun", show_default=True)
+@click.option("--rdzv-port", type=click.IntRange(1, 65535), help="Rendezvous port.  [default: a free one]")
+@click.option("--max-restarts", type=click.IntRange(min=0), default=0, show_default=True, help="torchrun restarts.")
+@click.option("--torchrun-args", metavar="ARGS", help="More torchrun options in one string.")
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), help="Write the script here, not stdout.")
+@click.option("--submit", is_flag=True, help="Submit it with sbatch and record the job for status/logs/kill.")
+@click.option(
+    "--start-timeout",
+    type=click.FloatRange(min=0),
+    default=120.0,
+    show_default=True,
+    help="With --submit: seconds the job may stay pending before it is cancelled.",
+)
+@click.argument("script")
+@click.argument("script_args", nargs=-1, type=click.UNPROCESSED)
+def sbatch(script: str, script_args: tuple[str, ...], **options: Any) -> None:
+    """Write the batch script that runs SCRIPT as `launcher launch` would, under SLURM.
+
+    One task per node under srun, torchrun with its rendezvous at the first node of the
+    allocation, the same variables, and logs that `launcher logs` reads. With --submit,
+    `launcher status`, `logs` and `kill` work for the job (kill through scancel).
+    """
+    from launcher import sbatch as batch
+    from launcher import slurm_jobs
+    from launcher.commands import default_job_name
+    from launcher.errors import UsageError
+    from launcher.spec import make_spec
+
+    settings = batch.SbatchOptions(
+        nodes=options["nodes"],
+        gpus_per_node=options["gpus_per_node"],
+        cpus_per_task=options["cpus_per_task"],
+        time=options["time_limit"],
+        partition=options["partition"],
+        account=options["account"],
+        extra=options["sbatch_arg"],
+    )
+    spec = make_spec(
+        script,
+        script_args,
+        hosts=batch.placeholder_hosts(settings),
+        name=options["name"],
+        nproc_per_node=options["nproc_per_node"],
+        assignments=options["env"],
+        env_files=options["env_file"],
+        forward_env=options["forward_env"],
+        python=options["python"],
+        cwd=options["cwd"],
+        runner=options["runner"],
+        rdzv_port=options["rdzv_port"],
+        max_restarts=options["max_restarts"],
+        torchrun_args=options["torchrun_args"] or (),
+    )
+    name = spec.name or default_job_name(spec.script)
+    text = batch.batch_script(spec, name, settings)
+    if options["submit"]:
+        slurm_jobs.command("sbatch")  # before anything is written
+    if options["output"]:
+        try:
+            with open(options["output"], "w", encoding="utf-8") as out:
+                out.write(text)
+            os.chmod(options["output"], 0o755)
+        except OSError as exc:
+            raise UsageError(f"cannot write {options['output']}: {exc.strerror or exc}") from None
+    elif not options["submit"]:
+        click.echo(text, nl=False)
+        return
+    if options["submit"]:
+        _submit(spec, name, text, options["output"], options["start_timeout"])
+
+
+def _submit(spec: Any, name: str, text: str, path: str | None, start_timeout: float) -> None:
+    from launcher import slurm_jobs
+    from launcher.hosts import Host
+    from launcher.records import JobRecord, save_record
+
+    job_id = slurm_jobs.submit(text, path)
+    click.echo(f"Submitted {name} as SLURM job {job_id}; waiting for its nodes...")
+    try:
+        started = slurm_jobs.wait_until_started(job_id, start_timeout)
+    except KeyboardInterrupt:
+        slurm_jobs.cancel(job_id)
+        raise
+    record = JobRecord(
+        name=name,
+        hosts=tuple(Host(node) for node in started.nodes),
+        launched_at=time.time(),
+        script=spec.script,
+        python=spec.python,
+        cwd=spec.cwd,
+        slurm_job_id=job_id,
+    )
+    save_record(record)
+    me = command_name()
+    click.echo(f"Started {name} (SLURM job {job_id}) on {len(started.nodes)} node(s): {', '.join(started.nodes)}")
+    click.echo(f"  logs        {me} logs --follow {name}")
+    click.echo(f"  status      {me} status {name}")
+    click.echo(f"  stop        {me} kill {name}")
