@@ -16,12 +16,16 @@ and exits non-zero without a traceback. Each one carries the facts it is about::
     │   ├── ConnectionLostError     the connection dropped during an operation
     │   ├── AgentError              the node agent cannot run or does not answer
     │   │   └── VersionMismatchError   the node runs another launcher: node_version, local_version
+    │   ├── RendezvousUnreachableError  it cannot connect to the first host's rendezvous
     │   └── NodeRefusedError        the node refused the request: kind
     │       ├── JobRunningError         a job of that name already runs there
     │       ├── WorkdirMissingError     the working directory is not there
     │       ├── ScriptMissingError      the script is not in the working directory there
     │       ├── TmuxMissingError        tmux is not installed there
-    │       └── StartFailedError        the job's command or session could not start
+    │       ├── StartFailedError        the job's command or session could not start
+    │       ├── GpusBusyError           a GPU it would use is held by a process of no job
+    │       ├── NoGpusError             --nproc-per-node gpu on a host without GPUs
+    │       └── PortBusyError           the rendezvous port is taken on the first host
     └── JobError                several hosts failed: summary, errors (host -> HostError)
 """
 
@@ -160,6 +164,29 @@ class StartFailedError(NodeRefusedError):
     kind = "start_failed"
 
 
+class GpusBusyError(NodeRefusedError):
+    """A GPU the job would use is held by a process of no launcher job (``--allow-busy-gpus``)."""
+
+    kind = "gpus_busy"
+
+
+class NoGpusError(NodeRefusedError):
+    """``--nproc-per-node gpu`` on a host without GPUs."""
+
+    kind = "no_gpus"
+
+
+class PortBusyError(NodeRefusedError):
+    """The first host cannot listen on the rendezvous port (``--rdzv-port`` in use)."""
+
+    kind = "port_busy"
+
+
+class RendezvousUnreachableError(HostError):
+    """The host cannot open a TCP connection to the first host's rendezvous: a firewall,
+    or an address it has no route to. Found before anything starts."""
+
+
 REFUSALS: dict[str, type[NodeRefusedError]] = {
     cls.kind: cls
     for cls in (
@@ -169,6 +196,9 @@ REFUSALS: dict[str, type[NodeRefusedError]] = {
         ScriptMissingError,
         TmuxMissingError,
         StartFailedError,
+        GpusBusyError,
+        NoGpusError,
+        PortBusyError,
     )
 }
 """The error class for each kind of refusal a node answers with."""

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from launcher import commands
+from launcher import commands, rendezvous
 from launcher.errors import HostError, JobError, LauncherError
 from launcher.hosts import Host
 from launcher.plan import NodePlan, dry_plan, plan_nodes
@@ -45,8 +45,9 @@ async def launch_job(spec: LaunchSpec, on_progress: Callable[[str, str], None] |
         first = prepared[0]
         if first.port is None or first.watch_port is None:
             raise HostError(spec.hosts[0].label, "the first host picked no rendezvous port")
-        endpoint = (_rendezvous_address(spec.hosts, agents), spec.rdzv_port or first.port)
-        plans = plan_nodes(spec, name, endpoint, [p.run_dir for p in prepared])
+        meeting = _meeting_point(spec.hosts, agents, prepared)
+        endpoint = (meeting.address, meeting.port)
+        plans = plan_nodes(spec, name, endpoint, [p.run_dir for p in prepared], prepared, meeting.interfaces)
         watch_port = first.watch_port
         watch = spec.teardown and len(spec.hosts) > 1
 
@@ -98,11 +99,21 @@ async def _connect_and_prepare(
     gate = asyncio.Semaphore(ssh.max_parallel)
     script = commands.script_file(spec.runner, spec.script, spec.torchrun_args)
 
+    first_ready: asyncio.Future[Prepared] = asyncio.get_running_loop().create_future()
+
     async def prepare(index: int) -> Prepared:
-        agent = await open_agent(spec.hosts[index], ssh, gate)
+        host = spec.hosts[index]
+        agent = await open_agent(host, ssh, gate)
         agents[index] = agent
-        request = Prepare(job=name, cwd=spec.cwd, want_port=index == 0, replace=spec.force, script=script)
-        answer = await agent.call(request)
+        request = Prepare(job=name, cwd=spec.cwd, replace=spec.force, script=script, **gpu_checks(spec, host))
+        if index == 0:  # it listens on the rendezvous port from now until its start
+            answer = await agent.call(replace(request, want_port=True, port=spec.rdzv_port))
+            first_ready.set_result(answer)
+        else:  # the others connect to it before answering: no launch waits on a dropped port
+            first = await asyncio.shield(first_ready)
+            first_address = agents[0].hello.address if agents[0] and agents[0].hello else None
+            probe = rendezvous.probe_addresses(first, first_address, agent.local_address)
+            answer = await agent.call(replace(request, probe=probe, probe_port=first.port))
         progress(agent.host.label, "connected")
         return answer
 
@@ -142,6 +153,30 @@ async def _roll_back(name: str, agents: Sequence[NodeAgent]) -> None:
             await agent.call(Kill(job=name, grace=3.0), timeout=30)
 
     await asyncio.gather(*(kill(a) for a in agents))
+
+
+def _meeting_point(
+    hosts: Sequence[Host], agents: Sequence[NodeAgent | None], prepared: Sequence[Prepared]
+) -> rendezvous.Rendezvous:
+    """Where the hosts meet: the first address every other host reached at prepare."""
+    first = prepared[0]
+    if len(hosts) == 1 or first.port is None:
+        return rendezvous.Rendezvous(_rendezvous_address(hosts, agents), first.port or 0, (None,))
+    hello = agents[0].hello if agents[0] is not None else None
+    preferred = [hello.address if hello else None, *(a.local_address for a in agents[1:] if a is not None)]
+    order = [a for a in dict.fromkeys([*preferred, *first.candidates]) if a]
+    return rendezvous.choose(hosts, prepared, order)
+
+
+def gpu_checks(spec: LaunchSpec, host: Host) -> dict[str, Any]:
+    """What a host's prepare checks of its GPUs: their number when it sets the processes
+    (no ``--nproc-per-node``, no slots), that it has some for ``gpu``, and that no
+    program outside launcher holds those the job would use."""
+    return {
+        "count_gpus": spec.nproc_per_node is None and host.slots is None,
+        "need_gpus": spec.nproc_per_node == "gpu",
+        "check_gpus": None if spec.allow_busy_gpus else list(host.gpus or ()),
+    }
 
 
 def _rendezvous_address(hosts: Sequence[Host], agents: Sequence[NodeAgent | None]) -> str:

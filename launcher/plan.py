@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from launcher import commands
+from launcher import commands, rendezvous
 from launcher.hosts import Host
-from launcher.protocol import RUNS_PATH
+from launcher.protocol import RUNS_PATH, Prepared
 from launcher.spec import LaunchSpec
 
 
@@ -26,10 +26,26 @@ class NodePlan:
     env: dict[str, str]
 
 
-def plan_nodes(spec: LaunchSpec, name: str, endpoint: tuple[str, int | str], run_dirs: Sequence[str]) -> list[NodePlan]:
-    """Every host's plan; ``endpoint`` is the rendezvous, ``run_dirs`` each node's run directory."""
+GPUS = "GPUS"
+"""The dry run's ``--nproc-per-node`` where each host's GPUs decide it at launch."""
+IFNAME = "IFNAME"
+"""The dry run's interface variables: each host's is chosen at launch."""
+
+
+def plan_nodes(
+    spec: LaunchSpec,
+    name: str,
+    endpoint: tuple[str, int | str],
+    run_dirs: Sequence[str],
+    prepared: Sequence[Prepared] | None = None,
+    interfaces: Sequence[str | None] | None = None,
+) -> list[NodePlan]:
+    """Every host's plan; ``endpoint`` is the rendezvous, ``run_dirs`` each node's run
+    directory, ``prepared`` what each host's prepare found (its GPUs, its environment),
+    ``interfaces`` the one each host reaches the rendezvous over."""
     plans = []
     for index, host in enumerate(spec.hosts):
+        answer = prepared[index] if prepared is not None else None
         log_dir = f"{run_dirs[index]}/torchrun"
         command = commands.node_command(
             runner=spec.runner,
@@ -37,7 +53,7 @@ def plan_nodes(spec: LaunchSpec, name: str, endpoint: tuple[str, int | str], run
             nnodes=len(spec.hosts),
             nnodes_spec=spec.nnodes,
             node_rank=index,
-            nproc_per_node=nproc_for(spec, host),
+            nproc_per_node=nproc_for(spec, host, answer.gpus if answer else None, placeholder=prepared is None),
             endpoint=endpoint,
             job=name,
             log_dir=log_dir,
@@ -47,6 +63,8 @@ def plan_nodes(spec: LaunchSpec, name: str, endpoint: tuple[str, int | str], run
             torchrun_args=spec.torchrun_args,
         )
         env = {**commands.job_env(spec.env, log_dir), **command.env}
+        interface = interfaces[index] if interfaces is not None else None
+        env.update(rendezvous.interface_env(interface, spec.env, answer.preset_env if answer else ()))
         if host.gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in host.gpus)
         plans.append(NodePlan(host, command.argv, env))
@@ -61,11 +79,17 @@ def dry_plan(spec: LaunchSpec, name: str) -> list[NodePlan]:
     named by its hostname).
     """
     endpoint = (spec.hosts[0].name, spec.rdzv_port or "PORT")
-    return plan_nodes(spec, name, endpoint, [dry_run_dir(name)] * len(spec.hosts))
+    interfaces = [IFNAME if len(spec.hosts) > 1 else None] * len(spec.hosts)
+    return plan_nodes(spec, name, endpoint, [dry_run_dir(name)] * len(spec.hosts), interfaces=interfaces)
 
 
-def nproc_for(spec: LaunchSpec, host: Host) -> str:
-    """``--nproc-per-node`` wins over the host's slots; else 1."""
+def nproc_for(spec: LaunchSpec, host: Host, gpus: int | None = None, placeholder: bool = False) -> str:
+    """``--nproc-per-node`` wins over the host's slots; else one per GPU the host has
+    (``gpus``, from its prepare; ``GPUS`` in a dry run), else 1."""
     if spec.nproc_per_node is not None:
         return spec.nproc_per_node
-    return str(host.slots or 1)
+    if host.slots is not None:
+        return str(host.slots)
+    if placeholder:
+        return GPUS
+    return str(gpus or 1)

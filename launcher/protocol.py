@@ -61,7 +61,9 @@ RefusalKind = Literal[
     "tmux_missing",
     "job_running",
     "start_failed",
-    "sync_failed",
+    "gpus_busy",
+    "no_gpus",
+    "port_busy",
     "internal",
 ]
 """Why a node refused a request; the launching side raises one error class per kind."""
@@ -97,23 +99,39 @@ class Hello:
     the one the other nodes should use, even when the hosts file names an ssh alias."""
     python: str
     pid: int
-    python_version: str = ""
-    """``major.minor.micro`` of the agent's interpreter."""
-    torch: str | None = None
-    """The torch version installed for that interpreter (read from its ``dist-info``, not
-    imported); None: no torch there."""
 
 
 # ---------------------------------------------------------------------------- answers
 
 
 @dataclasses.dataclass(frozen=True)
+class Probe:
+    """One TCP connection a node tried to the rendezvous (``node/network.py``)."""
+
+    address: str
+    port: int
+    ok: bool | None
+    """None: not tried (an address before it answered)."""
+    error: str | None = None
+    interface: str | None = None
+    """The interface this node reaches ``address`` over."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Prepared:
     run_dir: str
     port: int | None = None
-    """A free port for the rendezvous (node 0 only)."""
+    """The rendezvous port (node 0 only), held open until the start."""
     watch_port: int | None = None
     """A free port for the teardown watcher (node 0 only)."""
+    candidates: list[str] = dataclasses.field(default_factory=list)
+    """Node 0: its addresses the others may reach it at, the likeliest first."""
+    probes: list[Probe] = dataclasses.field(default_factory=list)
+    """The connections this node tried to the rendezvous, one per candidate address."""
+    gpus: int | None = None
+    """Processes to run here by default: one per GPU (or MIG device); None when not asked."""
+    preset_env: list[str] = dataclasses.field(default_factory=list)
+    """Of NCCL_SOCKET_IFNAME and GLOO_SOCKET_IFNAME, those this node's environment sets."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,6 +260,19 @@ class Prepare(Request[Prepared]):
     """Kill a job of the same name that still runs, instead of refusing."""
     script: str | None = None
     """Relative to ``cwd``; must exist (None: SCRIPT is no file, e.g. ``--runner exec``)."""
+    port: int | None = None
+    """Node 0 with ``want_port``: listen on this port (None: a free one) until the start."""
+    probe: list[str] = dataclasses.field(default_factory=list)
+    """The other nodes: connect to these addresses of node 0 at ``probe_port``."""
+    probe_port: int | None = None
+    probe_timeout: float = 3.0
+    count_gpus: bool = False
+    """Say how many processes this node's GPUs make (no ``--nproc-per-node``, no slots)."""
+    need_gpus: bool = False
+    """Refuse a node without GPUs (``--nproc-per-node gpu``)."""
+    check_gpus: list[int] | None = None
+    """Refuse when one of these GPUs (all of them: an empty list) is held by a process
+    of no launcher job; None: do not check (``--allow-busy-gpus``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,6 +363,7 @@ ANSWERS: dict[type[Request[Any]], type[Any]] = {
     Tail: LogEnd,
     Follow: LogEnd,
     Wait: Ended,
+    ReadResults: Results,
 }
 
 # The sync messages live in their own module (a manifest, chunks, a two-phase commit),

@@ -55,6 +55,8 @@ class LaunchSpec:
     """Replace a job of the same name that is still running, instead of refusing."""
     teardown: bool = True
     """When the job fails on one node, stop it on all (else the others hang at a collective)."""
+    allow_busy_gpus: bool = False
+    """Launch even where a process of no launcher job holds a GPU the job would use."""
     ssh: SshOptions = field(default_factory=SshOptions)
 
 
@@ -80,6 +82,7 @@ def make_spec(
     torchrun_args: str | Sequence[str] = (),
     force: bool = False,
     teardown: bool = True,
+    allow_busy_gpus: bool = False,
     connect_timeout: float = 10.0,
     max_parallel: int = 128,
     environ: Mapping[str, str] | None = None,
@@ -120,6 +123,7 @@ def make_spec(
         torchrun_args=_torchrun_args(torchrun_args),
         force=force,
         teardown=teardown,
+        allow_busy_gpus=allow_busy_gpus,
         ssh=SshOptions(connect_timeout=connect_timeout, max_parallel=max_parallel),
     )
 

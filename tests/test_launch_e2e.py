@@ -197,7 +197,7 @@ def test_dry_run_prints_each_hosts_command_and_touches_no_host(cluster: Cluster)
     commands = [line for line in result.stdout.splitlines() if line.startswith("env ")]
     assert len(commands) == 2
     assert "--nproc-per-node 2" in commands[0] and "--rdzv-conf is_host=1" in commands[0]
-    assert "--nproc-per-node 1" in commands[1] and "--rdzv-conf is_host=0" in commands[1]
+    assert "--nproc-per-node GPUS" in commands[1] and "--rdzv-conf is_host=0" in commands[1]
     assert all("--rdzv-endpoint h0:PORT" in c and c.endswith("examples/train_llm.py --steps '$(id)'") for c in commands)
     assert not (cluster.node_state_dir / "launcher" / "runs" / name).exists()
 

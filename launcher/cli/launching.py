@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 @click.option("--exclude", metavar="H1@H2", help="All hosts but these (host:0,1 drops GPUs).")
 @click.option("--name", help="Job name.  [default: SCRIPT stem + time]")
 @click.option(
-    "--nproc-per-node", metavar="N", help="Processes per host (or gpu/auto).  [default: the host's slots, else 1]"
+    "--nproc-per-node", metavar="N", help="Processes per host (or gpu/auto).  [default: the host's slots, else one per GPU, else 1]"
 )
 @click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE", help="Set a variable for the job (repeatable).")
 @click.option("--env-file", multiple=True, metavar="FILE", help="KEY=VALUE lines for the job (repeatable).")
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 )
 @click.option("--force", is_flag=True, help="Replace a running job of the same name.")
 @click.option("--no-teardown", is_flag=True, help="Keep the other hosts running when one fails.")
+@click.option("--allow-busy-gpus", is_flag=True, help="Launch even on GPUs held by a process of no launcher job.")
 @click.option("--dry-run", is_flag=True, help="Print what each host would run; contact no host.")
 @click.option("--follow", "-f", is_flag=True, help="Follow the logs after launching (Ctrl-C detaches).")
 @click.option("--wait", is_flag=True, help="Wait for the job to end; exit 0 only if every host succeeded.")
@@ -86,6 +87,7 @@ def launch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **o
         torchrun_args=options["torchrun_args"] or (),
         force=options["force"],
         teardown=not options["no_teardown"],
+        allow_busy_gpus=options["allow_busy_gpus"],
         connect_timeout=options["connect_timeout"],
         max_parallel=options["max_parallel"],
     )

@@ -20,8 +20,9 @@ def print_dry_run(name: str, plans: list[Any], cwd: str) -> None:
     from launcher.environment import masked
 
     click.echo(f"# dry run of {name}: nothing is started. PORT is picked free on the first host at launch;")
-    click.echo("# HOSTNAME is each node's hostname. Each command runs in the job's tmux session on its host,")
-    click.echo(f"# in {shell_quote(cwd)}:")
+    click.echo("# HOSTNAME is each node's hostname; GPUS its number of GPUs (else 1) and IFNAME the interface")
+    click.echo("# it reaches the first host over, both chosen at launch. Each command runs in the job's tmux")
+    click.echo(f"# session on its host, in {shell_quote(cwd)}:")
     for index, plan in enumerate(plans):
         env = [f"{k}={v}" for k, v in sorted(masked(plan.env).items())]
         click.echo(f"\n# {plan.host.label} (node {index})")

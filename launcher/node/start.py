@@ -7,7 +7,7 @@ import socket
 import sys
 import time
 
-from launcher.node import processes, status, tmux
+from launcher.node import network, preflight, processes, status, tmux
 from launcher.node.errors import NodeError
 from launcher.node.rundir import JobSpec, RunDir
 from launcher.protocol import JOB_MARKER, Prepare, Prepared, Start, Started, session_name
@@ -40,9 +40,8 @@ def prepare(request: Prepare) -> Prepared:
             raise NodeError("job_running", f"job {job} is already running here (pass --force to replace it)")
         if processes.kill(job, grace=10.0).left:
             raise NodeError("job_running", f"job {job} is already running here and could not be killed")
-    if not request.want_port:
-        return Prepared(run_dir=str(RunDir.of(job).path))
-    return Prepared(run_dir=str(RunDir.of(job).path), port=free_port(), watch_port=free_port())
+    run_dir = str(RunDir.of(job).path)
+    return preflight.finish(request, run_dir, watch_port=free_port() if request.want_port else None)
 
 
 def free_port() -> int:
@@ -55,6 +54,7 @@ def free_port() -> int:
 def start(request: Start) -> Started:
     """Start the job's tmux session running the supervisor, and wait until it runs."""
     job = request.job
+    network.release(job)  # the rendezvous port, held since the prepare: the job listens there now
     try:
         if tmux.has_session(job):
             raise NodeError("job_running", f"job {job} is already running here")
