@@ -42,7 +42,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help=f"only these measurements, of {', '.join(MEASURES)} (start-up always runs)",
     )
     parser.add_argument("--repeat", type=int, default=5, metavar="R", help="repetitions of each launch (default 5)")
-    parser.add_argument("--quick", action="store_true", help="smoke test: 2 hosts, one repetition (< 3 min)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: 2 hosts, one repetition (< 3 min; ~4 with torchrunx and deepspeed)",
+    )
     parser.add_argument(
         "--out", type=Path, default=REPO / "bench" / "results", metavar="DIR", help="raw numbers (JSON)"
     )

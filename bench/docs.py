@@ -28,7 +28,7 @@ sudo python -m bench                                     # 1 to 32 hosts, 5 repe
 sudo python -m bench --max-hosts 32 --repeat 3           # what produced the numbers below
 sudo python -m bench --max-hosts 253 --repeat 3          # and 64, 128, 253 hosts: the light job only
 sudo python -m bench --sizes 1,4 --only launch,control   # chosen sizes and measurements
-sudo python -m bench --quick --no-docs --out "$(mktemp -d)"  # smoke test, < 3 min (CI)
+sudo python -m bench --quick --no-docs --out "$(mktemp -d)"  # smoke test (CI): < 3 min, ~4 with torchrunx and deepspeed
 python -m bench --from-json bench/results/full.json      # redraw this page from raw numbers
 ```
 
