@@ -64,6 +64,7 @@ RefusalKind = Literal[
     "gpus_busy",
     "no_gpus",
     "port_busy",
+    "sync_failed",
     "internal",
 ]
 """Why a node refused a request; the launching side raises one error class per kind."""
@@ -99,6 +100,11 @@ class Hello:
     the one the other nodes should use, even when the hosts file names an ssh alias."""
     python: str
     pid: int
+    python_version: str = ""
+    """``major.minor.micro`` of the agent's interpreter."""
+    torch: str | None = None
+    """The torch version installed for that interpreter (read from its ``dist-info``, not
+    imported); None: no torch there."""
 
 
 # ---------------------------------------------------------------------------- answers
@@ -363,7 +369,6 @@ ANSWERS: dict[type[Request[Any]], type[Any]] = {
     Tail: LogEnd,
     Follow: LogEnd,
     Wait: Ended,
-    ReadResults: Results,
 }
 
 # The sync messages live in their own module (a manifest, chunks, a two-phase commit),

@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from launcher import __version__
 from launcher.codec import ProtocolError
-from launcher.node import logs, processes, start, status
+from launcher.node import logs, processes, python_env, start, status
 from launcher.node.errors import HungUp, NodeError
 from launcher.protocol import (
     PROTOCOL_VERSION,
@@ -38,6 +38,7 @@ from launcher.protocol import (
     encode_answer,
     encode_batch,
 )
+from launcher.protocol_sync import SyncAbort, SyncCommit, SyncFinish, SyncPlan, SyncPut
 
 Idle = logs.Idle
 
@@ -57,11 +58,20 @@ def hello() -> Hello:
         address=ssh_connection[2] if len(ssh_connection) == 4 else None,
         python=sys.executable,
         pid=os.getpid(),
+        python_version=python_env.python_version(),
+        torch=python_env.torch_version(),
     )
 
 
 Handler = Callable[[Any, Callable[[LogBatch], None], Idle], Any]
 """``(request, emit, idle) -> answer``: ``emit`` sends a streamed batch, ``idle`` waits."""
+
+def _sync() -> Any:
+    """``node/sync.py``, imported by the sync's first request: no other operation pays for it."""
+    from launcher.node import sync
+
+    return sync
+
 
 HANDLERS: dict[type[Any], Handler] = {
     Prepare: lambda r, emit, idle: start.prepare(r),
@@ -73,6 +83,11 @@ HANDLERS: dict[type[Any], Handler] = {
     Tail: lambda r, emit, idle: logs.tail_logs(r, emit),
     Follow: lambda r, emit, idle: logs.follow_logs(r, emit, idle),
     Wait: lambda r, emit, idle: logs.wait_ended(r, idle),
+    SyncPlan: lambda r, emit, idle: _sync().plan(r),
+    SyncPut: lambda r, emit, idle: _sync().put(r),
+    SyncCommit: lambda r, emit, idle: _sync().commit(r),
+    SyncFinish: lambda r, emit, idle: _sync().finish(r),
+    SyncAbort: lambda r, emit, idle: _sync().abort(r),
 }
 
 
