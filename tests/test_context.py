@@ -415,7 +415,7 @@ import dataclasses, json, sys
 {preamble}
 from launcher.run_context import context
 # One write per line: two ranks share the pipe, and print() writes the text and its newline apart.
-sys.stdout.write("CONTEXT " + json.dumps({{**dataclasses.asdict(context()), "torch_imported": "torch" in sys.modules}}) + "\n")
+sys.stdout.write("CONTEXT " + json.dumps({{**dataclasses.asdict(context()), "torch_imported": "torch" in sys.modules}}) + "\\n")
 sys.stdout.flush()
 """
 
