@@ -34,8 +34,8 @@ python -m bench --from-json bench/results/full.json      # redraw this page from
 
 `--only` takes any of `launch`, `control` (status and kill of the light job), `ready`, `kill`
 and `logs`; start-up always runs. Above 32 hosts only the light job is measured (its launch,
-status and kill): torch's start on every host would keep both cores busy for minutes per
-run. From 64 hosts on a run may fail (a timeout, a host that does not answer); the tables
+status and kill), without torchrunx and deepspeed: torch's start on every host (theirs
+import it even for the light job) would keep both cores busy for minutes per run. From 64 hosts on a run may fail (a timeout, a host that does not answer); the tables
 count the runs that failed, and a cluster that cannot start is a note, not the end of the run.
 `--max-hosts` goes up to 253, as far as `tests/cluster.py`'s `MAX_HOSTS` allows.
 

@@ -23,6 +23,10 @@ def measure_launch(site: Site, plan: Plan, record: Callable[[Sample], None]) -> 
     for torchrun in (False, True) if site.n <= HEAVY_MAX_HOSTS else (False,):
         measure = "launch-torchrun" if torchrun else "launch-light"
         contenders = installed(CONTENDERS)
+        if site.n > HEAVY_MAX_HOSTS:
+            # Their light job imports torch on every host too (torchrunx's agent, deepspeed's
+            # node launcher): at 64 hosts and more, minutes of both cores per run.
+            contenders = tuple(c for c in contenders if c not in foreground.FOREGROUND)
         for rep in range(plan.launch_repeats(site.n, torchrun)):
             # A different order each time: no contender always follows the same one.
             shift = rep % len(contenders)
