@@ -2,10 +2,13 @@
 
 The Python API does what the command line does, through the same code::
 
-    import asyncio
-    from launcher import launch_job, make_spec
+    import launcher
 
-    record = asyncio.run(launch_job(make_spec("train.py", hosts="hosts", nproc_per_node=4)))
+    job = launcher.launch("train.py", hosts="hosts", nproc_per_node=4)
+    result = job.wait()                      # JobFailed names the failed host and rank
+    values = launcher.run(fn, hosts="hosts")  # {global rank: fn()'s return value}
+
+Async callers use the coroutines (``launch_job``, ``job_status``, ``wait_for_end``...).
 
 Every public name is listed in ``__all__`` and re-exported here. They are imported on
 first use (PEP 562), not eagerly: ``launcher --help`` must stay fast, and every node
@@ -16,11 +19,14 @@ the launching side. Type checkers see the explicit imports below.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0"
 
 if TYPE_CHECKING:
+    from launcher.api import launch, run, submit
     from launcher.errors import (
         AgentError,
         AuthenticationError,
@@ -29,10 +35,13 @@ if TYPE_CHECKING:
         HostKeyError,
         HostsFileError,
         JobError,
+        JobFailed,
         JobNotFoundError,
         JobRunningError,
+        JobTimeoutError,
         LauncherError,
         NodeRefusedError,
+        NotPicklableError,
         ScriptMissingError,
         StartFailedError,
         TmuxMissingError,
@@ -42,6 +51,8 @@ if TYPE_CHECKING:
         WorkdirMissingError,
     )
     from launcher.hosts import Host, parse_hosts_file
+    from launcher.job import Job, jobs
+    from launcher.job_result import JobResult
     from launcher.kill import HostKill, kill_all_jobs, kill_job
     from launcher.launch import dry_run, launch_job
     from launcher.logs import LogLine, follow_logs, read_logs
@@ -100,6 +111,15 @@ _EXPORTS = {
     "TmuxMissingError": "launcher.errors",
     "StartFailedError": "launcher.errors",
     "JobError": "launcher.errors",
+    "JobFailed": "launcher.errors",
+    "JobTimeoutError": "launcher.errors",
+    "NotPicklableError": "launcher.errors",
+    "launch": "launcher.api",
+    "run": "launcher.api",
+    "submit": "launcher.api",
+    "Job": "launcher.job",
+    "jobs": "launcher.job",
+    "JobResult": "launcher.job_result",
 }
 
 __all__ = [
@@ -113,16 +133,21 @@ __all__ = [
     "HostKill",
     "HostStatus",
     "HostsFileError",
+    "Job",
     "JobError",
+    "JobFailed",
     "JobNotFoundError",
     "JobRecord",
+    "JobResult",
     "JobRunningError",
     "JobStatus",
+    "JobTimeoutError",
     "LaunchSpec",
     "LauncherError",
     "LogLine",
     "NodePlan",
     "NodeRefusedError",
+    "NotPicklableError",
     "RankStatus",
     "RootCause",
     "RunContext",
@@ -140,17 +165,36 @@ __all__ = [
     "dry_run",
     "follow_logs",
     "job_status",
+    "jobs",
     "kill_all_jobs",
     "kill_job",
     "latest_record",
+    "launch",
     "launch_job",
     "load_record",
     "make_spec",
     "parse_hosts_file",
     "read_logs",
     "resolve_hosts",
+    "run",
+    "submit",
     "wait_for_end",
 ]
+
+
+class _Package(types.ModuleType):
+    """``launcher.launch`` is the function, also once the submodule of that name (the
+    async launch, ``launcher/launch.py``) is imported: the import system sets a package's
+    attribute for each submodule it loads, and would replace the function by it.
+    ``from launcher.launch import launch_job`` still finds the submodule."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "launch" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:

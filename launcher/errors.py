@@ -6,6 +6,7 @@ and exits non-zero without a traceback. Each one carries the facts it is about::
     LauncherError
     ├── UsageError              bad arguments or options (exit 2)
     │   └── NotPicklableError       run()/submit(): a function or argument cannot be pickled: what
+    │   └── NotPicklableError       run()/submit(): a function or argument cannot be pickled: what
     ├── HostsFileError          a hosts file or host spec: source, line
     ├── JobNotFoundError        no record of a job by that name: name
     ├── SlurmError              sbatch/scancel refused, or a batch job did not start: job_id
@@ -26,10 +27,18 @@ and exits non-zero without a traceback. Each one carries the facts it is about::
     │       ├── GpusBusyError           a GPU it would use is held by a process of no job
     │       ├── NoGpusError             --nproc-per-node gpu on a host without GPUs
     │       └── PortBusyError           the rendezvous port is taken on the first host
-    └── JobError                several hosts failed: summary, errors (host -> HostError)
+    ├── JobError                several hosts failed: summary, errors (host -> HostError)
+    ├── JobFailed               a job ended failed (``Job.wait``, ``run``): job, host, rank,
+    │                           exception, traceback, exit_status, signal, result
+    └── JobTimeoutError         ``wait(timeout)`` ran out (also a TimeoutError): job, timeout
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from launcher.job_result import JobResult
 
 
 class LauncherError(Exception):
@@ -42,6 +51,15 @@ class UsageError(LauncherError):
     """The command line (or the call) asked for something that cannot be done."""
 
     exit_code = 2
+
+
+class NotPicklableError(UsageError):
+    """``run``/``submit``: the function or an argument cannot be pickled; ``what`` names it."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        self.what = what
+        self.reason = reason
+        super().__init__(f"cannot pickle {what}: {reason}")
 
 
 class HostsFileError(LauncherError):
@@ -217,3 +235,47 @@ class JobError(LauncherError):
     def failures(self) -> dict[str, str]:
         """What went wrong per host, as text."""
         return {host: exc.message for host, exc in self.errors.items()}
+
+
+class JobFailed(LauncherError):
+    """The job ended failed; the fields name its first failure (the root cause).
+
+    ``host`` and ``rank`` say where (``rank`` None: the node's own command failed),
+    ``exception`` the exception text (``ValueError: boom``), ``traceback`` the remote
+    traceback's lines, ``result`` the ``JobResult`` (every host and rank). The message
+    is one line; the remote traceback is added as a note, so Python shows it under ours.
+    """
+
+    def __init__(
+        self,
+        job: str,
+        host: str | None,
+        rank: int | None,
+        exception: str,
+        traceback: tuple[str, ...] = (),
+        exit_status: int | None = None,
+        signal: str | None = None,
+        result: JobResult | None = None,
+    ) -> None:
+        self.job = job
+        self.host = host
+        self.rank = rank
+        self.exception = exception
+        self.traceback = traceback
+        self.exit_status = exit_status
+        """The failed process's exit code (``exit_code`` is the CLI's, as for every error)."""
+        self.signal = signal
+        self.result = result
+        where = " ".join(part for part in (host, None if rank is None else f"rank {rank}") if part)
+        super().__init__(f"job {job} failed: {where + ': ' if where else ''}{exception}")
+        if traceback:
+            self.add_note(f"remote traceback ({where or job}):\n" + "\n".join(line.rstrip("\n") for line in traceback))
+
+
+class JobTimeoutError(LauncherError, TimeoutError):
+    """``wait(timeout)`` or ``result(timeout)`` ran out before the job ended; it keeps running."""
+
+    def __init__(self, job: str, timeout: float) -> None:
+        self.job = job
+        self.timeout = timeout
+        super().__init__(f"job {job} still runs after {timeout:g} s (it keeps running; kill() stops it)")

@@ -55,6 +55,8 @@ async def launch_job(spec: LaunchSpec, on_progress: Callable[[str, str], None] |
             starting.append(agent)
             teardown = Teardown(node=index, address=endpoint[0], port=watch_port) if watch else None
             request = Start(job=name, argv=plan.argv, env=plan.env, cwd=spec.cwd, teardown=teardown)
+            if spec.files:  # launcher.run's pickled call, for each node's run directory
+                request = replace(request, files=dict(spec.files))
             await agent.call(request, timeout=90)  # the node waits up to 60 s for the job's supervisor
             progress(agent.host.label, "started")
 

@@ -43,6 +43,13 @@ RUNS_PATH = "launcher/runs"
 """Under each node's ``$XDG_STATE_HOME`` (default ``~/.local/state``): ``<job>/<hostname>``."""
 
 AGENT_MODULE = "launcher.node"
+
+RUN_DIR_VARIABLE = "LAUNCHER_RUN_DIR"
+"""Set in every process of a job to the node's run directory (``launcher.run``'s workers
+read their function there and write their return values there)."""
+
+RESULT_LIMIT = 8 << 20
+"""Most bytes of one rank's pickled return value (``ReadResults`` sends it in one line)."""
 """``python -P -m launcher.node serve`` starts the agent."""
 
 
@@ -228,6 +235,15 @@ class Ended:
 
 
 @dataclasses.dataclass(frozen=True)
+class Results:
+    """Return values that ranks of ``launcher.run`` left on this node: rank -> base64 pickle."""
+
+    values: dict[str, str]
+    more: bool = False
+    """Some were left out to keep the line short: ask again, skipping those received."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Refusal:
     """The node could not carry out a request."""
 
@@ -291,6 +307,9 @@ class Start(Request[Started]):
     env: dict[str, str]
     cwd: str
     teardown: Teardown | None = None
+    files: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Files for the job, written into the run directory's ``inputs/`` before the command
+    starts: name -> content in base64 (``launcher.run`` sends the pickled function here)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -354,8 +373,17 @@ class Wait(Request[Ended]):
     job: str
 
 
+@dataclasses.dataclass(frozen=True)
+class ReadResults(Request[Results]):
+    """The ranks' return values (``launcher.run``), but for the ranks in ``skip``."""
+
+    op: ClassVar[str] = "results"
+    job: str
+    skip: list[int] = dataclasses.field(default_factory=list)
+
+
 REQUESTS: dict[str, type[Request[Any]]] = {
-    cls.op: cls for cls in (Prepare, Start, Status, Kill, KillAll, ReadLogs, Tail, Follow, Wait)
+    cls.op: cls for cls in (Prepare, Start, Status, Kill, KillAll, ReadLogs, Tail, Follow, Wait, ReadResults)
 }
 
 
@@ -369,6 +397,7 @@ ANSWERS: dict[type[Request[Any]], type[Any]] = {
     Tail: LogEnd,
     Follow: LogEnd,
     Wait: Ended,
+    ReadResults: Results,
 }
 
 # The sync messages live in their own module (a manifest, chunks, a two-phase commit),

@@ -58,6 +58,9 @@ class LaunchSpec:
     allow_busy_gpus: bool = False
     """Launch even where a process of no launcher job holds a GPU the job would use."""
     ssh: SshOptions = field(default_factory=SshOptions)
+    files: Mapping[str, str] = field(default_factory=dict)
+    """Files for each node's run directory (``inputs/``), name -> content in base64: the
+    pickled call of ``launcher.run``. ``make_spec`` sets none."""
 
 
 def make_spec(

@@ -64,7 +64,7 @@ def launch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **o
 
     Everything after SCRIPT goes to the script unchanged.
     """
-    from launcher import launch as launching
+    from launcher.launch import dry_run, launch_job
     from launcher.spec import make_spec
 
     spec = make_spec(
@@ -92,10 +92,10 @@ def launch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **o
         max_parallel=options["max_parallel"],
     )
     if options["dry_run"]:
-        render.print_dry_run(*launching.dry_run(spec), cwd=spec.cwd)
+        render.print_dry_run(*dry_run(spec), cwd=spec.cwd)
         return
     with render.LaunchProgress(len(spec.hosts)) as progress:
-        record = run(launching.launch_job(spec, progress.update))
+        record = run(launch_job(spec, progress.update))
     hosts = ", ".join(h.label for h in record.hosts)
     me = command_name()
     click.echo(f"Launched {record.name} on {len(record.hosts)} host(s): {hosts}")

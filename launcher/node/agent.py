@@ -29,7 +29,9 @@ from launcher.protocol import (
     LogBatch,
     Prepare,
     ReadLogs,
+    ReadResults,
     Refusal,
+    Results,
     Start,
     Status,
     Tail,
@@ -63,6 +65,12 @@ def hello() -> Hello:
     )
 
 
+def _read_results(request: ReadResults) -> Results:
+    from launcher.node import results  # imported only for the jobs of launcher.run that ask
+
+    return results.read_results(request)
+
+
 Handler = Callable[[Any, Callable[[LogBatch], None], Idle], Any]
 """``(request, emit, idle) -> answer``: ``emit`` sends a streamed batch, ``idle`` waits."""
 
@@ -83,6 +91,7 @@ HANDLERS: dict[type[Any], Handler] = {
     Tail: lambda r, emit, idle: logs.tail_logs(r, emit),
     Follow: lambda r, emit, idle: logs.follow_logs(r, emit, idle),
     Wait: lambda r, emit, idle: logs.wait_ended(r, idle),
+    ReadResults: lambda r, emit, idle: _read_results(r),
     SyncPlan: lambda r, emit, idle: _sync().plan(r),
     SyncPut: lambda r, emit, idle: _sync().put(r),
     SyncCommit: lambda r, emit, idle: _sync().commit(r),

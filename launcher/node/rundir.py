@@ -11,6 +11,8 @@ NFS: two nodes of a job never write the same file. The supervisor writes; the ag
     killed         present once ``kill`` began
     output.log     every output line, labelled with its global rank (``logfile.py``)
     torchrun/      torchrun's ``--log-dir``
+    inputs/        files the launch sent with the job (``Start.files``): ``call.pkl`` of ``run``
+    results/       ``<rank>.pkl``: what each rank of ``launcher.run`` returned or raised
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import socket
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +31,7 @@ from launcher.codec import ProtocolError, decode, to_wire
 from launcher.protocol import RUNS_PATH, Teardown
 
 T = TypeVar("T")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 
 
 def state_dir() -> Path:
@@ -133,6 +138,41 @@ class RunDir:
 
     def was_killed(self) -> bool:
         return (self.path / "killed").exists()
+
+    def write_inputs(self, files: dict[str, bytes]) -> None:
+        """``inputs/<name>`` for each file; a name must be plain (no ``/``, no leading dot)."""
+        for name in files:
+            if not _PLAIN_NAME.fullmatch(name):
+                raise ValueError(f"bad input file name {name!r}")
+        (self.path / "inputs").mkdir(exist_ok=True)
+        for name, data in files.items():
+            (self.path / "inputs" / name).write_bytes(data)
+
+    def input_path(self, name: str) -> Path:
+        return self.path / "inputs" / name
+
+    def write_result(self, rank: int, data: bytes) -> None:
+        """Rank ``rank``'s outcome (a pickle), atomically: a reader never sees half of it."""
+        directory = self.path / "results"
+        directory.mkdir(exist_ok=True)
+        tmp = directory / f".{rank}.{os.getpid()}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, directory / f"{rank}.pkl")
+
+    def read_results(self, skip: Collection[int] = (), budget: int = 1 << 20) -> tuple[dict[int, bytes], bool]:
+        """The ranks' outcomes, in rank order, but for ``skip``; at least one, then only while
+        the total stays within ``budget`` bytes. True when some were left for a next call."""
+        directory = self.path / "results"
+        ranks = sorted(int(p.stem) for p in directory.glob("*.pkl") if p.stem.isdigit()) if directory.is_dir() else []
+        found: dict[int, bytes] = {}
+        total = 0
+        for rank in (r for r in ranks if r not in skip):
+            data = (directory / f"{rank}.pkl").read_bytes()
+            if found and total + len(data) > budget:
+                return found, True
+            found[rank] = data
+            total += len(data)
+        return found, False
 
     def restarts(self) -> int:
         """How often torchrun restarted the workers (attempt directories, less the first)."""

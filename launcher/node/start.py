@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import socket
 import sys
@@ -10,7 +12,7 @@ import time
 from launcher.node import network, preflight, processes, status, tmux
 from launcher.node.errors import NodeError
 from launcher.node.rundir import JobSpec, RunDir
-from launcher.protocol import JOB_MARKER, Prepare, Prepared, Start, Started, session_name
+from launcher.protocol import JOB_MARKER, RUN_DIR_VARIABLE, Prepare, Prepared, Start, Started, session_name
 
 SUPERVISOR_START_S = 60.0
 """Generous: on a busy node (32 torch imports sharing two cores, measured) the supervisor's
@@ -65,6 +67,8 @@ def start(request: Start) -> Started:
     env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE")}
     env.update(request.env)
     env[JOB_MARKER] = job
+    env[RUN_DIR_VARIABLE] = str(run.path)
+    _write_inputs(run, request.files)
     run.write_spec(JobSpec(job=job, argv=request.argv, env=env, cwd=request.cwd, teardown=request.teardown))
     supervisor = [sys.executable, "-P", "-m", "launcher.node.supervisor", str(run.path)]
     complaint = tmux.new_session(job, request.cwd, supervisor)
@@ -72,6 +76,16 @@ def start(request: Start) -> Started:
         raise NodeError("start_failed", f"tmux new-session failed: {complaint}")
     _wait_for_supervisor(job, run)
     return Started(session=session_name(job), run_dir=str(run.path))
+
+
+def _write_inputs(run: RunDir, files: dict[str, str]) -> None:
+    """``Start.files`` into the run directory, before anything of the job runs."""
+    if not files:
+        return
+    try:
+        run.write_inputs({name: base64.b64decode(data, validate=True) for name, data in files.items()})
+    except (ValueError, binascii.Error) as exc:
+        raise NodeError("bad_request", f"bad job file: {exc}") from None
 
 
 def _wait_for_supervisor(job: str, run: RunDir) -> None:
