@@ -186,6 +186,8 @@ class NodeStatus:
     restarts: int = 0
     failure: RankFailure | None = None
     """The first failure here, when the node failed."""
+    interface: str | None = None
+    """The job's NCCL_SOCKET_IFNAME here (else GLOO_SOCKET_IFNAME), if set."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -56,6 +56,8 @@ class HostStatus:
     ranks: tuple[RankStatus, ...] = ()
     stopped_by: int | None = None
     """The index of the node whose failure stopped this one."""
+    interface: str | None = None
+    """The interface the job's NCCL and gloo sockets use there, when pinned."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ async def job_status(record: JobRecord, ssh: SshOptions = DEFAULT_SSH) -> JobSta
             restarts=answer.restarts,
             ranks=_rank_states(answer),
             stopped_by=stopped_by,
+            interface=answer.interface,
         )
 
     results = await for_each_host(record.hosts, one)

@@ -156,6 +156,9 @@ def print_status(result: JobStatus) -> None:
         if h.error:
             notes.append(f"{h.host}: {h.error}")
     console.print(table)
+    interfaces = [f"{h.host} {h.interface}" for h in result.hosts if h.interface]
+    if interfaces:
+        notes.insert(0, f"interfaces (NCCL, gloo): {', '.join(interfaces)}")
     for note in notes:
         console.print(note, soft_wrap=True)
     if result.root_cause is not None:

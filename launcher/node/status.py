@@ -49,7 +49,16 @@ def job_status(job: str) -> NodeStatus:
         rank_failures={str(rank): failure for rank, failure in rank_failures.items()},
         restarts=run.restarts(),
         failure=failures.root_cause(records, ended.exit_code if ended else None) if state == "failed" else None,
+        interface=_interface(run),
     )
+
+
+def _interface(run: RunDir) -> str | None:
+    """The interface the job's sockets were pinned to (from its spec)."""
+    spec = run.read_spec()
+    if spec is None:
+        return None
+    return spec.env.get("NCCL_SOCKET_IFNAME") or spec.env.get("GLOO_SOCKET_IFNAME")
 
 
 def process_alive(pid: int, create_time: float) -> bool:
