@@ -16,10 +16,12 @@ from typing import Any
 from launcher import commands, rendezvous
 from launcher.errors import HostError, JobError, LauncherError
 from launcher.hosts import Host
+from launcher.launch_sync import connect_check_and_sync
 from launcher.plan import NodePlan, dry_plan, plan_nodes
 from launcher.protocol import Kill, Prepare, Prepared, Start, Teardown
 from launcher.records import JobRecord, all_records, save_record
 from launcher.spec import LaunchSpec
+from launcher.sync import SyncProgress
 from launcher.transport import NodeAgent, SshOptions, open_agent
 
 
@@ -29,7 +31,11 @@ def dry_run(spec: LaunchSpec) -> tuple[str, list[NodePlan]]:
     return name, dry_plan(spec, name)
 
 
-async def launch_job(spec: LaunchSpec, on_progress: Callable[[str, str], None] | None = None) -> JobRecord:
+async def launch_job(
+    spec: LaunchSpec,
+    on_progress: Callable[[str, str], None] | None = None,
+    on_sync: Callable[[SyncProgress], None] | None = None,
+) -> JobRecord:
     """Start the job on every host, or on none.
 
     ``on_progress(host, event)`` hears ``connected`` and ``started`` for each host.
@@ -41,6 +47,7 @@ async def launch_job(spec: LaunchSpec, on_progress: Callable[[str, str], None] |
     # Only these may be rolled back: elsewhere a job of the same name may be running already.
     starting: list[NodeAgent] = []
     try:
+        code = await connect_check_and_sync(spec, ssh, agents, on_sync)
         prepared = await _connect_and_prepare(spec, name, ssh, agents, progress)
         first = prepared[0]
         if first.port is None or first.watch_port is None:
@@ -75,6 +82,9 @@ async def launch_job(spec: LaunchSpec, on_progress: Callable[[str, str], None] |
         python=spec.python,
         cwd=spec.cwd,
         rdzv_endpoint=commands.rdzv_endpoint(*endpoint),
+        code=code.fingerprint,
+        code_digest=code.digest,
+        code_hosts=code.hosts,
     )
     save_record(record)
     return record
@@ -105,7 +115,7 @@ async def _connect_and_prepare(
 
     async def prepare(index: int) -> Prepared:
         host = spec.hosts[index]
-        agent = await open_agent(host, ssh, gate)
+        agent = agents[index] or await open_agent(host, ssh, gate)
         agents[index] = agent
         request = Prepare(job=name, cwd=spec.cwd, replace=spec.force, script=script, **gpu_checks(spec, host))
         if index == 0:  # it listens on the rendezvous port from now until its start

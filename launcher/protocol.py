@@ -402,10 +402,6 @@ ANSWERS: dict[type[Request[Any]], type[Any]] = {
     ReadResults: Results,
 }
 
-# The sync messages live in their own module (a manifest, chunks, a two-phase commit),
-# which adds them to REQUESTS and ANSWERS. Imported last: it imports from this module.
-import launcher.protocol_sync  # noqa: E402, F401
-
 
 # ---------------------------------------------------------------------------- SLURM tasks
 
@@ -470,3 +466,8 @@ def decode_request(line: str) -> Any:
     if cls is None:
         raise ProtocolError(f"unknown request {op!r}")
     return decode(cls, data)
+
+
+# The sync messages live in their own module (a manifest, chunks, a two-phase commit),
+# which adds them to REQUESTS and ANSWERS. Imported last: it imports from this module.
+import launcher.protocol_sync  # noqa: E402, F401

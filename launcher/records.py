@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,12 @@ class JobRecord:
     """``address:port`` of the c10d store on the first host."""
     last_state: str | None = None
     """The job's state when last asked (status, kill, --wait), for ``launcher list``."""
+    code: str | None = None
+    """Which code it runs (``launch --sync``): ``git <commit>``, ``git <commit>+<hash of the
+    uncommitted changes>``, or ``tree <manifest hash>``."""
+    code_digest: str | None = None
+    """The manifest hash of the tree sent; ``code_hosts`` holds what each host reported."""
+    code_hosts: dict[str, str] = field(default_factory=dict)
     slurm_job_id: str | None = None
     """The SLURM job that runs it (``launcher sbatch --submit``): ``kill`` goes through scancel."""
 

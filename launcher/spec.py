@@ -18,6 +18,7 @@ from launcher.errors import UsageError
 from launcher.hosts import MAX_SLOTS, Host
 from launcher.selection import check_nproc_for_gpus, select_hosts
 from launcher.sources import HostsArg, resolve_hosts
+from launcher.sync import DEFAULT_SYNC_MAX, check_remote_dir, parse_size
 from launcher.transport import SshOptions
 
 _NPROC_WORDS = ("gpu", "auto", "cpu")
@@ -58,6 +59,13 @@ class LaunchSpec:
     allow_busy_gpus: bool = False
     """Launch even where a process of no launcher job holds a GPU the job would use."""
     ssh: SshOptions = field(default_factory=SshOptions)
+    sync_dir: str | None = None
+    """This machine's directory to copy to ``cwd`` on every host before the job starts
+    (``--sync``); None: the code is there already (a shared disk)."""
+    sync_max: int = DEFAULT_SYNC_MAX
+    """Refuse to sync more bytes than this (``--sync-max``)."""
+    allow_mismatch: bool = False
+    """Launch even where a host's Python or torch version differs from this machine's."""
     files: Mapping[str, str] = field(default_factory=dict)
     """Files for each node's run directory (``inputs/``), name -> content in base64: the
     pickled call of ``launcher.run``. ``make_spec`` sets none."""
@@ -88,6 +96,10 @@ def make_spec(
     allow_busy_gpus: bool = False,
     connect_timeout: float = 10.0,
     max_parallel: int = 128,
+    sync: bool = False,
+    remote_dir: str | None = None,
+    sync_max: int | str = DEFAULT_SYNC_MAX,
+    allow_mismatch: bool = False,
     environ: Mapping[str, str] | None = None,
 ) -> LaunchSpec:
     """Check a launch's inputs and resolve them, as ``launcher launch`` does.
@@ -98,7 +110,7 @@ def make_spec(
     Raises UsageError or HostsFileError, one line each, before any host is contacted.
     """
     environ = os.environ if environ is None else environ
-    cwd = cwd or os.getcwd()
+    sync_dir, cwd = _sync_dirs(sync, remote_dir, cwd)
     resolved = resolve_hosts(hosts, environ)
     if include is not None or exclude is not None:
         resolved = select_hosts(resolved, include, exclude)
@@ -128,7 +140,22 @@ def make_spec(
         teardown=teardown,
         allow_busy_gpus=allow_busy_gpus,
         ssh=SshOptions(connect_timeout=connect_timeout, max_parallel=max_parallel),
+        sync_dir=sync_dir,
+        sync_max=parse_size(sync_max, "--sync-max"),
+        allow_mismatch=allow_mismatch,
     )
+
+
+def _sync_dirs(sync: bool, remote_dir: str | None, cwd: str | None) -> tuple[str | None, str]:
+    """``--sync``: this directory, copied to ``--remote-dir`` (default: the same path), the job's cwd there."""
+    if not sync:
+        if remote_dir is not None:
+            raise UsageError("--remote-dir needs --sync")
+        return None, cwd or os.getcwd()
+    if cwd is not None:
+        raise UsageError("--sync copies this directory to the hosts: name where with --remote-dir, not --cwd")
+    here = os.getcwd()
+    return here, check_remote_dir(remote_dir) if remote_dir is not None else here
 
 
 def check_nproc(value: int | str | None) -> str | None:

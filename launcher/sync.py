@@ -24,6 +24,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -109,6 +110,19 @@ class SyncReport:
         return all(h.digest == self.digest for h in self.hosts)
 
 
+def parse_size(value: int | str, option: str = "--sync-max") -> int:
+    """Bytes from ``1073741824``, ``500M``, ``1GiB``, ``2.5G`` (K, M, G, T are powers of 1024)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise UsageError(f"{option} must be >= 0, got {value}")
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", str(value), re.IGNORECASE)
+    if match is None:
+        raise UsageError(f"{option} must be a size such as 500M or 1G, got {value!r}")
+    unit = match[2].lower()
+    return int(float(match[1]) * (1024 ** ("kmgt".index(unit) + 1) if unit else 1))
+
+
 def cache_dir() -> Path:
     """Where this machine keeps its hashes between syncs (next to the job records)."""
     return records_dir().parent / "sync-cache"
@@ -145,7 +159,7 @@ async def sync_tree(
         agents.append(await open_agent(host, ssh, gate))
 
     try:
-        await _everywhere([connect(h) for h in hosts], hosts, "sync failed, nothing changed")
+        await on_every_host([connect(h) for h in hosts], hosts, "sync failed, nothing changed")
         ordered = sorted(agents, key=lambda a: list(hosts).index(a.host))
         return await sync_agents(tree, [(a, remote) for a in ordered], dry_run=dry_run, on_progress=on_progress)
     finally:
@@ -172,7 +186,7 @@ async def sync_agents(
     agents = [agent for agent, _ in targets]
     hosts = [agent.host for agent in agents]
     try:
-        plans: list[SyncNeeds] = await _everywhere(
+        plans: list[SyncNeeds] = await on_every_host(
             [a.call(SyncPlan(root=root, token=token, entries=entries), timeout=120) for a, root in targets],
             hosts,
             "sync failed, nothing changed",
@@ -187,7 +201,7 @@ async def sync_agents(
                     await _stage(agent, token, tree, needs.needed, progress)
                     progress.host_done()
 
-            await _everywhere(
+            await on_every_host(
                 [stage(a, p) for a, p in zip(agents, plans, strict=True)],
                 hosts,
                 "sync failed, every host keeps its previous copy",
@@ -313,7 +327,7 @@ async def _abort(agents: Sequence[NodeAgent], token: str) -> None:
     await asyncio.gather(*(abort(a) for a in agents))
 
 
-async def _everywhere(steps: Sequence[Awaitable[T]], hosts: Sequence[Host], summary: str) -> list[T]:
+async def on_every_host(steps: Sequence[Awaitable[T]], hosts: Sequence[Host], summary: str) -> list[T]:
     """One step per host at once; the first failure cancels the rest and raises JobError."""
     tasks = [asyncio.ensure_future(step) for step in steps]
     try:

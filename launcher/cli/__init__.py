@@ -20,6 +20,7 @@ from launcher import __version__
 from launcher.cli.jobs import attach, kill, list_jobs, logs, status
 from launcher.cli.launching import launch
 from launcher.cli.sbatch import sbatch
+from launcher.cli.syncing import sync
 from launcher.errors import LauncherError
 
 
@@ -35,7 +36,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-for _command in (launch, sbatch, logs, status, kill, attach, list_jobs):
+for _command in (launch, sbatch, sync, logs, status, kill, attach, list_jobs):
     cli.add_command(_command)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from launcher.cli import render
+from launcher.cli import render, syncing
 from launcher.cli.common import as_json, connect_timeout, find_by_hosts, find_job, run, ssh_for, warn
 from launcher.cli.launching import follow
 
@@ -83,9 +83,10 @@ def status(ctx: click.Context, name: str | None, hosts_arg: str | None, as_json:
     record = find_job(name, hosts_arg)
     result = run(job_status(record, ssh_for(record)))
     if as_json:
-        click.echo(json.dumps(render.status_json(result)))
+        click.echo(json.dumps({**render.status_json(result), **syncing.code_json(record)}))
     else:
         render.print_status(result)
+        syncing.print_code(record)
     ctx.exit(0 if result.state in ("running", "succeeded") else 1)
 
 

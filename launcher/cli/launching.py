@@ -9,6 +9,7 @@ import click
 
 from launcher.cli import render
 from launcher.cli.common import HOSTS_HELP, command_name, connect_timeout, run, ssh_for, warn
+from launcher.cli.syncing import SYNC_MAX_HELP
 
 if TYPE_CHECKING:
     from launcher.records import JobRecord
@@ -50,6 +51,10 @@ if TYPE_CHECKING:
 @click.option(
     "--max-parallel", type=click.IntRange(min=1), default=128, show_default=True, help="SSH handshakes at once."
 )
+@click.option("--sync", is_flag=True, help="First copy this directory to every host (what changed).")
+@click.option("--remote-dir", metavar="DIR", help="--sync to DIR, the job's cwd there.  [default: this path]")
+@click.option("--sync-max", metavar="SIZE", default="1G", help=SYNC_MAX_HELP)
+@click.option("--allow-mismatch", is_flag=True, help="Launch though Python or torch differ from here.")
 @click.option("--force", is_flag=True, help="Replace a running job of the same name.")
 @click.option("--no-teardown", is_flag=True, help="Keep the other hosts running when one fails.")
 @click.option("--allow-busy-gpus", is_flag=True, help="Launch even on GPUs held by a process of no launcher job.")
@@ -90,6 +95,10 @@ def launch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **o
         allow_busy_gpus=options["allow_busy_gpus"],
         connect_timeout=options["connect_timeout"],
         max_parallel=options["max_parallel"],
+        sync=options["sync"],
+        remote_dir=options["remote_dir"],
+        sync_max=options["sync_max"],
+        allow_mismatch=options["allow_mismatch"],
     )
     if options["dry_run"]:
         render.print_dry_run(*dry_run(spec), cwd=spec.cwd)
