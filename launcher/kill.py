@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from launcher.errors import HostError
 from launcher.hosts import Host
-from launcher.protocol import Kill, KillAll, KillReport
+from launcher.protocol import Kill, KillAll, KillReport, LeftProcess
 from launcher.records import JobRecord, remember_state
 from launcher.transport import SshOptions, ask, for_each_host
 
@@ -68,10 +68,21 @@ async def kill_all_jobs(hosts: Sequence[Host], grace: float = 10.0, ssh: SshOpti
     ]
 
 
+def stuck_message(stuck: Sequence[LeftProcess]) -> str:
+    """Processes SIGKILL cannot end yet: uninterruptible sleep, a hung disk, NFS or driver."""
+    names = ", ".join(f"{p.command.split(' ', 1)[0].rsplit('/', 1)[-1] or '?'} (pid {p.pid})" for p in stuck)
+    return (
+        f"stuck in uninterruptible sleep (state D), SIGKILL waits on the kernel: {names};"
+        " it ends when its I/O returns (a hung disk, NFS or GPU driver), else only a reboot ends it"
+    )
+
+
 def _host_kill(label: str, answer: KillReport) -> HostKill:
     if answer.gpu_holders:
         pids = ", ".join(str(pid) for pid in answer.gpu_holders)
         return HostKill(label, False, f"nvidia-smi still lists GPU memory held by pid(s) {pids}")
+    if answer.stuck:
+        return HostKill(label, False, stuck_message(answer.stuck))
     if answer.left:
         pids = ", ".join(str(p.pid) for p in answer.left)
         return HostKill(label, False, f"{len(answer.left)} process(es) still alive: {pids}")

@@ -207,6 +207,8 @@ class KillReport:
     gpu_holders: list[int]
     """Pids of the job that nvidia-smi still lists as holding GPU memory."""
     state_before: NodeState
+    stuck: list[LeftProcess] = dataclasses.field(default_factory=list)
+    """Of ``left``, those in uninterruptible sleep (state D): SIGKILL waits on the kernel."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -55,19 +55,25 @@ def kill(job: str, grace: float) -> KillReport:
         send_signal(proc, signal.SIGTERM)
     alive = _wait_gone(procs, grace)
     forced: set[int] = set()
+    stuck: dict[int, Any] = {}  # in state D after a SIGKILL: waiting on them is waiting on the kernel
     for _ in range(_SWEEPS):
-        survivors = alive + [p for p in job_processes(job) if p not in alive]
+        survivors = [p for p in alive + [p for p in job_processes(job) if p not in alive] if p.pid not in stuck]
         if not survivors:
             break
         for proc in survivors:
             send_signal(proc, signal.SIGKILL)
             forced.add(proc.pid)
         alive = _wait_gone(survivors, 2.0)
+        stuck.update((p.pid, p) for p in alive if _in_disk_sleep(p))
+        alive = [p for p in alive if p.pid not in stuck]
     with contextlib.suppress(tmux.TmuxMissing):
         tmux.kill_session(job)
     left = [LeftProcess(p.pid, _cmdline(p)) for p in job_processes(job)]
     gpu = gpu_holders({p.pid for p in procs} | forced)
-    return KillReport(found=len(procs), forced=len(forced), left=left, gpu_holders=gpu, state_before=before)
+    blocked = [p for p in left if p.pid in stuck and _in_disk_sleep(stuck[p.pid])]
+    return KillReport(
+        found=len(procs), forced=len(forced), left=left, gpu_holders=gpu, state_before=before, stuck=blocked
+    )
 
 
 def kill_all(grace: float) -> KillAllReport:
@@ -117,6 +123,15 @@ def _alive(proc: Any) -> bool:
     try:
         return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
+        return False
+
+
+def _in_disk_sleep(proc: Any) -> bool:
+    import psutil
+
+    try:
+        return bool(proc.status() == psutil.STATUS_DISK_SLEEP)
+    except psutil.Error:
         return False
 
 
