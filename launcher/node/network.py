@@ -177,10 +177,16 @@ def _settled(results: Iterable[Probe | None]) -> bool:
 
 
 def _start_connect(address: str, port: int) -> tuple[socket.socket | None, str | None]:
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+    except ValueError:  # a name would need a lookup, which may hang: addresses only
+        return None, "not an IP address"
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setblocking(False)
-    code = sock.connect_ex((address, port))
+    try:
+        code = sock.connect_ex((address, port))
+    except OSError as exc:
+        code = exc.errno or errno.EINVAL
     if code in (0, errno.EINPROGRESS):
         return sock, None
     sock.close()
