@@ -111,16 +111,21 @@ PUBLIC_API = [
     "HostKill",
     "HostStatus",
     "HostsFileError",
+    "Job",
     "JobError",
+    "JobFailed",
     "JobNotFoundError",
     "JobRecord",
+    "JobResult",
     "JobRunningError",
     "JobStatus",
+    "JobTimeoutError",
     "LaunchSpec",
     "LauncherError",
     "LogLine",
     "NodePlan",
     "NodeRefusedError",
+    "NotPicklableError",
     "RankStatus",
     "RootCause",
     "RunContext",
@@ -138,15 +143,19 @@ PUBLIC_API = [
     "dry_run",
     "follow_logs",
     "job_status",
+    "jobs",
     "kill_all_jobs",
     "kill_job",
     "latest_record",
+    "launch",
     "launch_job",
     "load_record",
     "make_spec",
     "parse_hosts_file",
     "read_logs",
     "resolve_hosts",
+    "run",
+    "submit",
     "wait_for_end",
 ]
 
@@ -175,7 +184,7 @@ def test_unknown_names_are_attribute_errors() -> None:
 
 def test_public_errors_are_launcher_errors() -> None:
     errors = [name for name in PUBLIC_API if name.endswith("Error")]
-    assert len(errors) == 19
+    assert len(errors) == 21
     for name in errors:
         assert issubclass(getattr(launcher, name), launcher.LauncherError)
 
