@@ -18,11 +18,17 @@ from launcher.errors import HostError, JobError, LauncherError
 from launcher.hosts import Host
 from launcher.launch_sync import connect_check_and_sync
 from launcher.plan import NodePlan, dry_plan, plan_nodes
-from launcher.protocol import Kill, Prepare, Prepared, Start, Teardown
+from launcher.protocol import Commit, Kill, Prepare, Prepared, Start, Teardown
 from launcher.records import JobRecord, all_records, save_record
 from launcher.spec import LaunchSpec
 from launcher.sync import SyncProgress
 from launcher.transport import NodeAgent, SshOptions, open_agent
+
+COMMIT_WITHIN_S = 180.0
+"""A started node runs nothing until the launcher commits (every host started). If the
+launcher dies first, the node's supervisor ends as soon as the agent that started it does
+(the SSH session closed), or, if the launching machine vanished without closing it (a
+laptop lid), after this many seconds: not torch's 15-minute rendezvous timeout."""
 
 
 def dry_run(spec: LaunchSpec) -> tuple[str, list[NodePlan]]:
@@ -60,15 +66,29 @@ async def launch_job(
 
         async def start(index: int, agent: NodeAgent, plan: NodePlan) -> None:
             starting.append(agent)
-            teardown = Teardown(node=index, address=endpoint[0], port=watch_port) if watch else None
-            request = Start(job=name, argv=plan.argv, env=plan.env, cwd=spec.cwd, teardown=teardown)
+            teardown = (
+                Teardown(node=index, address=endpoint[0], port=watch_port, timeout=spec.heartbeat_timeout)
+                if watch
+                else None
+            )
+            request = Start(
+                job=name, argv=plan.argv, env=plan.env, cwd=spec.cwd, teardown=teardown, hold=COMMIT_WITHIN_S
+            )
             if spec.files:  # launcher.run's pickled call, for each node's run directory
                 request = replace(request, files=dict(spec.files))
             await agent.call(request, timeout=90)  # the node waits up to 60 s for the job's supervisor
             progress(agent.host.label, "started")
 
+        async def commit(agent: NodeAgent) -> None:
+            await agent.call(Commit(job=name), timeout=90)
+
         steps = [start(i, a, p) for i, (a, p) in enumerate(zip(agents, plans, strict=True)) if a is not None]
         await _all_or_nothing(steps, spec.hosts, "launch failed, nothing left running")
+        # Only now does any command run: a launcher that dies before this line leaves held
+        # supervisors, which end when their agent does (or after COMMIT_WITHIN_S).
+        await _all_or_nothing(
+            [commit(a) for a in agents if a is not None], spec.hosts, "launch failed, nothing left running"
+        )
     except BaseException:
         await asyncio.shield(_roll_back(name, starting))
         raise

@@ -60,7 +60,8 @@ def session_name(job: str) -> str:
 
 A = TypeVar("A")
 Stream = Literal["o", "e"]
-NodeState = Literal["running", "succeeded", "failed", "killed", "unknown"]
+NodeState = Literal["running", "succeeded", "failed", "killed", "lost", "unknown"]
+"""``lost``: the supervisor vanished without a word (its host rebooted, or it was SIGKILLed)."""
 RefusalKind = Literal[
     "bad_request",
     "workdir_missing",
@@ -178,6 +179,10 @@ class NodeStatus:
     signal: int | None = None
     stopped_by: int | None = None
     """The node whose failure stopped this one (teardown)."""
+    lost_node: int | None = None
+    """The node that fell silent and stopped this one (teardown heartbeats)."""
+    last_heard: float | None = None
+    """When ``lost_node`` was last heard from (epoch seconds)."""
     started_at: float | None = None
     ended_at: float | None = None
     ranks: list[int] = dataclasses.field(default_factory=list)
@@ -272,6 +277,8 @@ class Teardown:
     address: str
     """Node 0's address, where its watcher listens."""
     port: int
+    timeout: float = 15.0
+    """Seconds of silence after which a node is lost (``launch --heartbeat-timeout``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,6 +321,17 @@ class Start(Request[Started]):
     files: dict[str, str] = dataclasses.field(default_factory=dict)
     """Files for the job, written into the run directory's ``inputs/`` before the command
     starts: name -> content in base64 (``launcher.run`` sends the pickled function here)."""
+    hold: float | None = None
+    """Hold the command until ``Commit`` arrives, for at most this many seconds, and while
+    the agent that started it lives; then end, recording why. None: run it at once."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Commit(Request[Started]):
+    """Every host started: run the held command; answered once it runs."""
+
+    op: ClassVar[str] = "commit"
+    job: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -387,13 +405,14 @@ class ReadResults(Request[Results]):
 
 
 REQUESTS: dict[str, type[Request[Any]]] = {
-    cls.op: cls for cls in (Prepare, Start, Status, Kill, KillAll, ReadLogs, Tail, Follow, Wait, ReadResults)
+    cls.op: cls for cls in (Prepare, Start, Commit, Status, Kill, KillAll, ReadLogs, Tail, Follow, Wait, ReadResults)
 }
 
 
 ANSWERS: dict[type[Request[Any]], type[Any]] = {
     Prepare: Prepared,
     Start: Started,
+    Commit: Started,
     Status: NodeStatus,
     Kill: KillReport,
     KillAll: KillAllReport,

@@ -58,6 +58,8 @@ class LaunchSpec:
     """When the job fails on one node, stop it on all (else the others hang at a collective)."""
     allow_busy_gpus: bool = False
     """Launch even where a process of no launcher job holds a GPU the job would use."""
+    heartbeat_timeout: float = 15.0
+    """Seconds a node may be silent to the others before it counts as lost and the job stops."""
     ssh: SshOptions = field(default_factory=SshOptions)
     sync_dir: str | None = None
     """This machine's directory to copy to ``cwd`` on every host before the job starts
@@ -94,6 +96,7 @@ def make_spec(
     force: bool = False,
     teardown: bool = True,
     allow_busy_gpus: bool = False,
+    heartbeat_timeout: float = 15.0,
     connect_timeout: float = 10.0,
     max_parallel: int = 128,
     sync: bool = False,
@@ -139,11 +142,18 @@ def make_spec(
         force=force,
         teardown=teardown,
         allow_busy_gpus=allow_busy_gpus,
+        heartbeat_timeout=_check_heartbeat(heartbeat_timeout),
         ssh=SshOptions(connect_timeout=connect_timeout, max_parallel=max_parallel),
         sync_dir=sync_dir,
         sync_max=parse_size(sync_max, "--sync-max"),
         allow_mismatch=allow_mismatch,
     )
+
+
+def _check_heartbeat(seconds: float) -> float:
+    if not 0.5 <= seconds <= 86400:
+        raise UsageError(f"--heartbeat-timeout must be from 0.5 to 86400 seconds, got {seconds:g}")
+    return float(seconds)
 
 
 def _sync_dirs(sync: bool, remote_dir: str | None, cwd: str | None) -> tuple[str | None, str]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from launcher.errors import HostError, LauncherError
@@ -13,7 +15,8 @@ from launcher.records import JobRecord, remember_state
 from launcher.transport import NodeAgent, SshOptions, ask, for_each_host, reconnecting
 
 JobState = Literal["running", "succeeded", "failed", "killed", "unknown"]
-HostState = Literal["running", "succeeded", "failed", "killed", "unknown", "unreachable"]
+HostState = Literal["running", "succeeded", "failed", "killed", "lost", "unknown", "unreachable"]
+"""``lost``: the host fell silent to the others (heartbeats) or its supervisor vanished (a reboot)."""
 DEFAULT_SSH = SshOptions()
 
 
@@ -39,6 +42,8 @@ class RootCause:
     exception: str
     traceback: tuple[str, ...]
     time: float | None
+    lost: bool = False
+    """The host fell silent (``exception`` says since when), rather than a rank failing."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,8 @@ class HostStatus:
     """The index of the node whose failure stopped this one."""
     interface: str | None = None
     """The interface the job's NCCL and gloo sockets use there, when pinned."""
+    last_heard: float | None = None
+    """A lost host: when the others last heard from it (epoch seconds)."""
 
 
 @dataclass(frozen=True)
@@ -76,9 +83,12 @@ async def job_status(record: JobRecord, ssh: SshOptions = DEFAULT_SSH) -> JobSta
     The state is remembered in the job's local record, for ``launcher list``.
     """
     failures: list[RootCause] = []
+    losses: list[tuple[int, float]] = []
 
     async def one(host: Host) -> HostStatus:
         answer = await ask(host, ssh, Status(job=record.name))
+        if answer.lost_node is not None and answer.last_heard is not None:
+            losses.append((answer.lost_node, answer.last_heard))
         if answer.failure is not None and answer.stopped_by is None:
             failures.append(_root_cause(host.label, answer.failure))
         stopped_by = answer.stopped_by
@@ -89,7 +99,7 @@ async def job_status(record: JobRecord, ssh: SshOptions = DEFAULT_SSH) -> JobSta
             host=host.label,
             state=answer.state,
             exit_code=answer.exit_code,
-            error=None if stopped_by is None else f"stopped: {stopper} failed",
+            error=None if stopped_by is None else f"stopped: {_stop_reason(stopper, answer)}",
             started_at=answer.started_at,
             ended_at=answer.ended_at,
             restarts=answer.restarts,
@@ -103,10 +113,47 @@ async def job_status(record: JobRecord, ssh: SshOptions = DEFAULT_SSH) -> JobSta
         r if isinstance(r, HostStatus) else HostStatus(h.label, "unreachable", error=_message(r))
         for h, r in zip(record.hosts, results, strict=True)
     )
-    root = min(failures, key=lambda f: f.time or float("inf"), default=None)
+    hosts, lost = _mark_lost(hosts, losses)
+    root = min([*failures, *lost], key=lambda f: f.time or float("inf"), default=None)
     result = JobStatus(record.name, overall_state([h.state for h in hosts]), hosts, root)
     remember_state(record, result.state)
     return result
+
+
+def _stop_reason(stopper: str, answer: NodeStatus) -> str:
+    if answer.lost_node is not None and answer.last_heard is not None:
+        return f"{stopper} lost: no heartbeat since {_clock(answer.last_heard)}"
+    return f"{stopper} failed"
+
+
+def _clock(epoch: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(epoch))
+
+
+def _mark_lost(
+    hosts: tuple[HostStatus, ...], losses: Sequence[tuple[int, float]]
+) -> tuple[tuple[HostStatus, ...], list[RootCause]]:
+    """The host the others lost (the one most of them name: a host cut off names node 0),
+    or whose supervisor vanished, reads ``lost``; each is a root cause."""
+    marked = list(hosts)
+    causes = []
+    named = Counter(node for node, _ in losses)
+    if named:
+        node = max(named, key=lambda n: (named[n], -n))
+        heard = min(t for n, t in losses if n == node)
+        if node < len(marked) and marked[node].state not in ("running", "succeeded", "killed"):
+            why = f"lost: no heartbeat since {_clock(heard)}"
+            marked[node] = replace(marked[node], state="lost", last_heard=heard, error=why, stopped_by=None)
+            causes.append(_lost_cause(marked[node].host, why, heard))
+    for host in marked:
+        if host.state == "lost" and host.last_heard is None:
+            why = "lost: its supervisor vanished without a word (the host rebooted, or it was SIGKILLed)"
+            causes.append(_lost_cause(host.host, why, host.started_at))
+    return tuple(marked), causes
+
+
+def _lost_cause(host: str, why: str, when: float | None) -> RootCause:
+    return RootCause(host, None, None, None, f"{host} {why}", (), when, lost=True)
 
 
 def _root_cause(host: str, failure: RankFailure) -> RootCause:
@@ -138,7 +185,7 @@ def overall_state(states: Sequence[str]) -> JobState:
     """One word for the job: a kill or failure anywhere marks the whole job."""
     if "killed" in states:
         return "killed"
-    if "failed" in states:
+    if "failed" in states or "lost" in states:
         return "failed"
     if "running" in states:
         return "running"

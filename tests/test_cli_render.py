@@ -308,6 +308,7 @@ def test_status_json() -> None:
         "exception": CAUSE.exception,
         "traceback": list(CAUSE.traceback),
         "time": 1_700_000_053.5,
+        "lost": False,
     }
 
 
@@ -329,6 +330,7 @@ def test_status_json_of_a_running_job() -> None:
                 "restarts": 0,
                 "ranks": [{"rank": 0, "state": "running", "exit_code": None, "signal": None}],
                 "stopped_by": None,
+                "last_heard": None,
             }
         ],
         "root_cause": None,

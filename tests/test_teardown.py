@@ -39,14 +39,24 @@ class Calls:
         return self._called.wait(timeout)
 
 
+class Lost(Calls):
+    """``on_lost(node, last_heard)``: records ``(node, last_heard)``."""
+
+    def __call__(self, node: int, heard: float | None = None) -> None:  # type: ignore[override]
+        super().__call__((node, heard))
+
+
 class Node:
     """A client with its callbacks and the thread that watches node 0 for it."""
 
-    def __init__(self, client: WatchClient, thread: threading.Thread, stops: Calls, problems: Calls) -> None:
+    def __init__(
+        self, client: WatchClient, thread: threading.Thread, stops: Calls, problems: Calls, lost: Lost
+    ) -> None:
         self.client = client
         self.thread = thread
         self.stops = stops
         self.problems = problems
+        self.lost = lost
 
     def connected(self) -> bool:
         return self.client._connected.wait(WAIT_S)
@@ -79,6 +89,7 @@ class _OwnedThread(threading.Thread):
     def __init__(self, *, target: Callable[..., object] | None = None, **kwargs: Any) -> None:
         super().__init__(target=target, **kwargs)
         self.owner = getattr(target, "__self__", None)
+        self.method = getattr(target, "__name__", None)
 
 
 @pytest.fixture
@@ -102,15 +113,15 @@ def watch(port: int, started: list[_OwnedThread]) -> Iterator[SimpleNamespace]:
     servers: list[WatchServer] = []
     nodes: list[Node] = []
 
-    def server(on_stop: Callable[[int], None]) -> WatchServer:
-        servers.append(WatchServer(port, on_stop))
+    def server(on_stop: Callable[[int], None], lost: Lost | None = None, timeout: float = 15.0) -> WatchServer:
+        servers.append(WatchServer(port, on_stop, lost, timeout))
         return servers[-1]
 
-    def client(node: int) -> Node:
-        stops, problems = Calls(), Calls()
-        made = WatchClient("127.0.0.1", port, node, stops, problems)
-        (thread,) = [t for t in started if t.owner is made]
-        nodes.append(Node(made, thread, stops, problems))
+    def client(node: int, timeout: float = 15.0) -> Node:
+        stops, problems, lost = Calls(), Calls(), Lost()
+        made = WatchClient("127.0.0.1", port, node, stops, problems, lost, timeout)
+        (thread,) = [t for t in started if t.owner is made and t.method == "_run"]
+        nodes.append(Node(made, thread, stops, problems, lost))
         return nodes[-1]
 
     yield SimpleNamespace(server=server, client=client)
@@ -139,7 +150,7 @@ def release(servers: list[WatchServer], nodes: list[Node], port: int) -> None:
             pass
         for peer in [*peers, *server._peers]:
             with contextlib.suppress(OSError):
-                peer.shutdown(socket.SHUT_RDWR)
+                peer.sock.shutdown(socket.SHUT_RDWR)
 
 
 def eventually(condition: Callable[[], bool], timeout: float = WAIT_S) -> bool:
@@ -160,11 +171,14 @@ def accepted(server: WatchServer, count: int) -> None:
 
 def vanish(server: WatchServer) -> None:
     """Node 0 dies: the kernel closes its sockets. ``close()`` alone would not, here: the
-    server's reader threads still hold the peers' file objects open."""
+    server's reader threads still hold the peers' file objects open. A dead node 0 says
+    nothing more: its threads here must not act on the closed sockets either."""
+    server._finished = True
+    server._ended.set()
     server._server.close()
-    for peer in server._peers:
-        peer.shutdown(socket.SHUT_RDWR)
-        peer.close()
+    for peer in list(server._peers):  # a closed peer leaves the list
+        peer.sock.shutdown(socket.SHUT_RDWR)
+        peer.sock.close()
 
 
 def test_a_client_failure_stops_the_server_and_the_other_clients(watch: SimpleNamespace) -> None:
@@ -237,7 +251,7 @@ def test_a_finished_server_stops_nobody(watch: SimpleNamespace) -> None:
     server.finish()
     for peer in peers:  # then node 0's supervisor exits: the connections close
         with contextlib.suppress(OSError):  # finish() may have closed it already
-            peer.shutdown(socket.SHUT_RDWR)
+            peer.sock.shutdown(socket.SHUT_RDWR)
 
     assert all(node.ended() for node in nodes)
     assert [node.stops.values for node in nodes] == [[], []]
@@ -256,7 +270,7 @@ def test_a_client_arriving_after_finish_is_not_stopped(watch: SimpleNamespace, m
     late = watch.client(2)
     eventually(lambda: bool(server._peers) or late.problems.values != [], timeout=1.0)
     for peer in list(server._peers):  # node 0's supervisor exits: the kernel closes what it held
-        peer.shutdown(socket.SHUT_RDWR)
+        peer.sock.shutdown(socket.SHUT_RDWR)
 
     assert not late.stops.wait(QUIET_S)
     assert first.stops.values == []
@@ -270,8 +284,9 @@ def test_node_0_vanishing_stops_every_client(watch: SimpleNamespace) -> None:
 
     vanish(server)
 
-    assert all(node.stops.wait() for node in nodes)
-    assert [node.stops.values for node in nodes] == [[0], [0]]
+    assert all(node.lost.wait() for node in nodes)
+    assert [[lost for lost, _ in node.lost.values] for node in nodes] == [[0], [0]]
+    assert [node.stops.values for node in nodes] == [[], []]
     assert server_stops.values == []
 
 
@@ -317,3 +332,100 @@ def test_an_unreachable_server_is_a_problem_not_a_stop(
     assert "cannot reach node 0" in node.problems.values[0]
     assert str(port) in node.problems.values[0]
     assert node.stops.values == []
+
+
+# --- heartbeats: a silent node is lost, a short silence is not ---------------------------------
+
+LIMIT_S = 0.4
+"""A heartbeat limit short enough for a test; beats go every LIMIT_S / 5."""
+
+
+def raw_client(port: int, node: int) -> socket.socket:
+    """A node that says who it is and then nothing: its host froze, or its link is cut."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
+    sock.sendall(f"hello {node}\n".encode())
+    return sock
+
+
+def test_a_silent_node_is_lost_and_the_others_are_told(watch: SimpleNamespace, port: int) -> None:
+    server_lost = Lost()
+    server = watch.server(Calls(), server_lost, LIMIT_S)
+    other = watch.client(1, LIMIT_S)
+    accepted(server, 1)
+    silent = raw_client(port, 2)
+    began = time.time()
+    try:
+        assert server_lost.wait(LIMIT_S * 5)
+        ((node, heard),) = server_lost.values
+        assert node == 2
+        assert began - 0.1 <= heard <= began + LIMIT_S  # it was last heard saying hello
+        assert time.time() - began >= LIMIT_S  # not before the limit
+        assert other.lost.wait()
+        assert other.lost.values == [(2, pytest.approx(heard, abs=0.01))]
+        assert other.stops.values == []
+    finally:
+        silent.close()
+
+
+def test_a_node_whose_supervisor_dies_is_lost_at_once(watch: SimpleNamespace, port: int) -> None:
+    server_lost = Lost()
+    server = watch.server(Calls(), server_lost, timeout=60.0)
+    other = watch.client(1, timeout=60.0)
+    accepted(server, 1)
+    dying = raw_client(port, 2)
+    accepted(server, 2)
+    dying.close()  # the kernel closes a killed process's socket: no "bye"
+
+    assert server_lost.wait() and other.lost.wait()
+    assert [node for node, _ in server_lost.values] == [2]
+
+
+def test_a_node_that_ends_well_is_not_lost(watch: SimpleNamespace) -> None:
+    server_lost = Lost()
+    server = watch.server(Calls(), server_lost, LIMIT_S)
+    ending, staying = watch.client(1, LIMIT_S), watch.client(2, LIMIT_S)
+    accepted(server, 2)
+
+    ending.client.finish()
+
+    assert not server_lost.wait(LIMIT_S * 3)
+    assert staying.lost.values == staying.stops.values == []
+
+
+def test_beats_keep_a_quiet_job_alive_past_the_limit(watch: SimpleNamespace) -> None:
+    server_lost = Lost()
+    server = watch.server(Calls(), server_lost, LIMIT_S)
+    nodes = [watch.client(1, LIMIT_S), watch.client(2, LIMIT_S)]
+    accepted(server, 2)
+
+    assert not server_lost.wait(LIMIT_S * 4)
+    assert [(n.lost.values, n.stops.values) for n in nodes] == [([], []), ([], [])]
+
+
+def test_a_silence_shorter_than_the_limit_loses_nothing(watch: SimpleNamespace, port: int) -> None:
+    """A cut that heals: beats wait in TCP's buffers and arrive late, within the limit."""
+    server_lost = Lost()
+    server = watch.server(Calls(), server_lost, LIMIT_S * 2)
+    slow = raw_client(port, 3)
+    accepted(server, 1)
+    try:
+        for _ in range(6):
+            time.sleep(LIMIT_S)  # silent for half the limit, then heard again
+            slow.sendall(b"beat\n")
+        assert server_lost.values == []
+    finally:
+        slow.sendall(b"bye\n")
+        slow.close()
+
+
+def test_a_silent_node_0_is_lost_to_every_client(port: int, watch: SimpleNamespace) -> None:
+    with socket.create_server(("127.0.0.1", port)) as frozen:  # accepts, then says nothing
+        node = watch.client(1, LIMIT_S)
+        peer, _ = frozen.accept()
+        began = time.time()
+        with peer:
+            assert node.lost.wait(LIMIT_S * 5)
+            ((lost, heard),) = node.lost.values
+            assert lost == 0 and heard <= began + 0.1
+            assert time.time() - began >= LIMIT_S * 0.9
+            assert node.ended()

@@ -71,23 +71,33 @@ def logs(ctx: click.Context, /, name: str | None, hosts_arg: str | None, followi
 @click.command()
 @click.argument("name", required=False)
 @find_by_hosts
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="Seconds to reach a host (tried once: status is read-only).",
+)
 @as_json
 @click.pass_context
-def status(ctx: click.Context, name: str | None, hosts_arg: str | None, as_json: bool) -> None:
+def status(ctx: click.Context, name: str | None, hosts_arg: str | None, connect_timeout: float, as_json: bool) -> None:
     """Show per host whether the job runs and how it ended.
 
-    Exit status 0 when the job is running or succeeded, 1 otherwise.
+    Exit status 0 when the job is running or succeeded and every host answered, 1 otherwise
+    (a host unreachable or lost too).
     """
     from launcher.status import job_status
 
     record = find_job(name, hosts_arg)
-    result = run(job_status(record, ssh_for(record)))
+    ssh = replace(ssh_for(record), connect_timeout=connect_timeout, retries=0)
+    result = run(job_status(record, ssh))
     if as_json:
         click.echo(json.dumps({**render.status_json(result), **syncing.code_json(record)}))
     else:
         render.print_status(result)
         syncing.print_code(record)
-    ctx.exit(0 if result.state in ("running", "succeeded") else 1)
+    answered = all(h.state not in ("unreachable", "lost") for h in result.hosts)
+    ctx.exit(0 if answered and result.state in ("running", "succeeded") else 1)
 
 
 @click.command()

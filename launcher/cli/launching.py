@@ -58,6 +58,14 @@ if TYPE_CHECKING:
 @click.option("--force", is_flag=True, help="Replace a running job of the same name.")
 @click.option("--no-teardown", is_flag=True, help="Keep the other hosts running when one fails.")
 @click.option("--allow-busy-gpus", is_flag=True, help="Launch even on GPUs held by a process of no launcher job.")
+@click.option(
+    "--heartbeat-timeout",
+    type=float,
+    default=15.0,
+    show_default=True,
+    metavar="S",
+    help="A host silent this long to the others is lost, and the job stops.",
+)
 @click.option("--dry-run", is_flag=True, help="Print what each host would run; contact no host.")
 @click.option("--follow", "-f", is_flag=True, help="Follow the logs after launching (Ctrl-C detaches).")
 @click.option("--wait", is_flag=True, help="Wait for the job to end; exit 0 only if every host succeeded.")
@@ -93,6 +101,7 @@ def launch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **o
         force=options["force"],
         teardown=not options["no_teardown"],
         allow_busy_gpus=options["allow_busy_gpus"],
+        heartbeat_timeout=options["heartbeat_timeout"],
         connect_timeout=options["connect_timeout"],
         max_parallel=options["max_parallel"],
         sync=options["sync"],

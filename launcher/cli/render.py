@@ -212,6 +212,9 @@ def _rank_how(rank: Any) -> str:
 def print_root_cause(console: Any, cause: Any) -> None:
     from rich.markup import escape
 
+    if getattr(cause, "lost", False):  # "h2 lost: no heartbeat since 20:02:17"
+        console.print(f"[bold red]First failure[/]: {escape(cause.exception)}", soft_wrap=True)
+        return
     where = cause.host if cause.rank is None else f"{cause.host}, rank {cause.rank}"
     how = f"exit code {cause.exit_code}"
     if cause.signal:

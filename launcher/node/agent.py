@@ -22,6 +22,7 @@ from launcher.node import logs, processes, python_env, start, status
 from launcher.node.errors import HungUp, NodeError
 from launcher.protocol import (
     PROTOCOL_VERSION,
+    Commit,
     Follow,
     Hello,
     Kill,
@@ -84,6 +85,7 @@ def _sync() -> Any:
 HANDLERS: dict[type[Any], Handler] = {
     Prepare: lambda r, emit, idle: start.prepare(r),
     Start: lambda r, emit, idle: start.start(r),
+    Commit: lambda r, emit, idle: start.commit(r),
     Status: lambda r, emit, idle: status.job_status(r.job),
     Kill: lambda r, emit, idle: processes.kill(r.job, r.grace),
     KillAll: lambda r, emit, idle: processes.kill_all(r.grace),

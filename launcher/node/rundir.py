@@ -5,6 +5,8 @@
 NFS: two nodes of a job never write the same file. The supervisor writes; the agent reads.
 
     spec.json      JobSpec: what the supervisor runs (argv, env, cwd, teardown)
+    held           the supervisor's pid, while it holds the command for ``Commit``
+    committed      present once the launcher committed the start (every host started)
     started.json   SupervisorStarted: written once the command runs
     exit.json      ExitRecord: how the command ended (or why it could not start)
     ranks.json     the global ranks seen on this node
@@ -52,6 +54,12 @@ class JobSpec:
     """The whole environment of the command (the agent's, plus the job's variables)."""
     cwd: str
     teardown: Teardown | None = None
+    hold: float | None = None
+    """Seconds to wait for ``committed`` before running the command (None: run at once)."""
+    agent_pid: int | None = None
+    """The agent that started the job (with ``agent_create_time``): gone before the commit
+    means the launcher is gone (its SSH session closed), so the job ends at once."""
+    agent_create_time: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +82,10 @@ class ExitRecord:
     """The node whose failure made this one stop (teardown)."""
     error: str | None = None
     """Why the command could not start at all."""
+    lost_node: int | None = None
+    """The node that fell silent and made this one stop (teardown heartbeats)."""
+    last_heard: float | None = None
+    """When ``lost_node`` was last heard from (epoch seconds)."""
 
 
 class RunDir:
@@ -108,6 +120,22 @@ class RunDir:
 
     def read_spec(self) -> JobSpec | None:
         return self._read("spec.json", JobSpec)
+
+    def mark_held(self, pid: int) -> None:
+        self._write("held", pid)
+
+    def held_by(self) -> int | None:
+        """The pid of the supervisor holding the command (it waits for SIGUSR1)."""
+        return self._read("held", int)
+
+    def is_held(self) -> bool:
+        return (self.path / "held").exists()
+
+    def mark_committed(self) -> None:
+        (self.path / "committed").touch()
+
+    def is_committed(self) -> bool:
+        return (self.path / "committed").exists()
 
     def write_started(self, started: SupervisorStarted) -> None:
         self._write("started.json", started)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import signal
 import socket
 import sys
 import time
@@ -12,7 +13,7 @@ import time
 from launcher.node import network, preflight, processes, status, tmux
 from launcher.node.errors import NodeError
 from launcher.node.rundir import JobSpec, RunDir
-from launcher.protocol import JOB_MARKER, RUN_DIR_VARIABLE, Prepare, Prepared, Start, Started, session_name
+from launcher.protocol import JOB_MARKER, RUN_DIR_VARIABLE, Commit, Prepare, Prepared, Start, Started, session_name
 
 SUPERVISOR_START_S = 60.0
 """Generous: on a busy node (32 torch imports sharing two cores, measured) the supervisor's
@@ -69,13 +70,58 @@ def start(request: Start) -> Started:
     env[JOB_MARKER] = job
     env[RUN_DIR_VARIABLE] = str(run.path)
     _write_inputs(run, request.files)
-    run.write_spec(JobSpec(job=job, argv=request.argv, env=env, cwd=request.cwd, teardown=request.teardown))
+    agent_pid, agent_create_time = _me()
+    spec = JobSpec(
+        job=job,
+        argv=request.argv,
+        env=env,
+        cwd=request.cwd,
+        teardown=request.teardown,
+        hold=request.hold,
+        agent_pid=agent_pid,
+        agent_create_time=agent_create_time,
+    )
+    run.write_spec(spec)
     supervisor = [sys.executable, "-P", "-m", "launcher.node.supervisor", str(run.path)]
     complaint = tmux.new_session(job, request.cwd, supervisor)
     if complaint is not None:  # "duplicate session: ..." when the job started here meanwhile
         raise NodeError("start_failed", f"tmux new-session failed: {complaint}")
-    _wait_for_supervisor(job, run)
+    _wait_for_supervisor(job, run, held=request.hold is not None)
     return Started(session=session_name(job), run_dir=str(run.path))
+
+
+def commit(request: Commit) -> Started:
+    """Every host started: let the held command run, and wait until it does."""
+    run = RunDir.of(request.job)
+    if not run.is_held() and not run.has_started():
+        ended = run.read_exit()
+        raise NodeError("start_failed", (ended.error if ended else None) or f"job {request.job} is not held here")
+    run.mark_committed()
+    _wake(request.job, run.held_by())
+    _wait_for_supervisor(request.job, run, held=False)
+    return Started(session=session_name(request.job), run_dir=str(run.path))
+
+
+def _wake(job: str, pid: int | None) -> None:
+    """SIGUSR1 to the holding supervisor, if that pid is still one of the job's processes."""
+    import psutil
+
+    if pid is None:
+        return
+    try:
+        supervisor = psutil.Process(pid)
+        if supervisor.environ().get(JOB_MARKER) == job:
+            supervisor.send_signal(signal.SIGUSR1)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        pass  # it ended or will see the file at its next look
+
+
+def _me() -> tuple[int, float]:
+    """This agent's pid and create time, as psutil reads it (the supervisor checks both)."""
+    import psutil
+
+    me = psutil.Process()
+    return me.pid, me.create_time()
 
 
 def _write_inputs(run: RunDir, files: dict[str, str]) -> None:
@@ -88,10 +134,10 @@ def _write_inputs(run: RunDir, files: dict[str, str]) -> None:
         raise NodeError("bad_request", f"bad job file: {exc}") from None
 
 
-def _wait_for_supervisor(job: str, run: RunDir) -> None:
+def _wait_for_supervisor(job: str, run: RunDir, held: bool) -> None:
     deadline = time.monotonic() + SUPERVISOR_START_S
     next_session_check = time.monotonic() + _SESSION_CHECK_S
-    while not run.has_started():
+    while not run.has_started() and not (held and run.is_held()):
         ended = run.read_exit()
         if ended is not None:  # the command could not start (written before started.json otherwise)
             raise NodeError("start_failed", ended.error or f"the job's command could not start (see {run.path})")

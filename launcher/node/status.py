@@ -10,7 +10,8 @@ from launcher.protocol import NodeState, NodeStatus
 
 
 def node_state(run: RunDir) -> NodeState:
-    """running, succeeded, failed, killed or unknown (never launched here)."""
+    """running, succeeded, failed, killed, lost (the supervisor vanished without a word:
+    the node rebooted, or it was SIGKILLed) or unknown (never launched here)."""
     if run.was_killed():
         return "killed"
     ended = run.read_exit()
@@ -21,7 +22,7 @@ def node_state(run: RunDir) -> NodeState:
         return "unknown"
     if process_alive(started.pid, started.create_time):
         return "running"
-    return "failed"  # the supervisor vanished without a word: the node rebooted, or it was SIGKILLed
+    return "lost"
 
 
 def is_running(job: str) -> bool:
@@ -43,6 +44,8 @@ def job_status(job: str) -> NodeStatus:
         exit_code=ended.exit_code if ended else None,
         signal=ended.signal if ended else None,
         stopped_by=ended.stopped_by if ended else None,
+        lost_node=ended.lost_node if ended else None,
+        last_heard=ended.last_heard if ended else None,
         started_at=started.time if started else None,
         ended_at=ended.time if ended else None,
         ranks=sorted(seen),

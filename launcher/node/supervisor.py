@@ -19,9 +19,11 @@ from typing import IO, Any
 
 from launcher.node import processes, teardown
 from launcher.node.logfile import RANK_PREFIX, OutputLog
-from launcher.node.rundir import ExitRecord, RunDir, SupervisorStarted
+from launcher.node.rundir import ExitRecord, JobSpec, RunDir, SupervisorStarted
 from launcher.protocol import Teardown
 
+_COMMIT_POLL_S = 0.5
+"""How often a held supervisor looks at its agent and the deadline (a commit wakes it at once)."""
 _STOP_GRACE_S = 15.0
 """After a teardown SIGTERM, how long torchrun gets to stop its workers before SIGKILL."""
 
@@ -47,6 +49,12 @@ def supervise(run: RunDir) -> int:
         print(f"launcher: no job spec in {run.path}", file=sys.stderr)
         return 2
     log = OutputLog.open(run.log_path)
+    if spec.hold is not None:
+        refused = _wait_for_commit(run, spec, spec.hold)
+        if refused is not None:
+            log.note(refused)
+            run.write_exit(ExitRecord(exit_code=1, time=time.time(), error=refused))
+            return 1
     try:
         proc = subprocess.Popen(
             spec.argv,
@@ -75,18 +83,56 @@ def supervise(run: RunDir) -> int:
 
     threading.Thread(target=_record_ranks, args=(proc, run), daemon=True).start()
     stopper = _Stopper(proc, spec.job, log)
-    watch = _start_watch(spec.teardown, stopper.stop, log)
+    watch = _start_watch(spec.teardown, stopper, log)
     returncode = proc.wait()
     for thread in pumps:
         # A daemonised grandchild may hold the pipes open forever: do not wait for it.
         thread.join(timeout=2)
     exit_code, signum = (128 - returncode, -returncode) if returncode < 0 else (returncode, None)
     # Recorded before the others hear of it: whoever asks then finds the cause here.
-    run.write_exit(ExitRecord(exit_code=exit_code, signal=signum, time=time.time(), stopped_by=stopper.stopped_by))
+    ended = ExitRecord(
+        exit_code=exit_code,
+        signal=signum,
+        time=time.time(),
+        stopped_by=stopper.stopped_by,
+        lost_node=stopper.lost_node,
+        last_heard=stopper.last_heard,
+    )
+    run.write_exit(ended)
     if watch is not None:
         failed_here = returncode != 0 and stopper.stopped_by is None and not run.was_killed()
         watch.report_failure() if failed_here else watch.finish()
     return 0
+
+
+def _wait_for_commit(run: RunDir, spec: JobSpec, hold: float) -> str | None:
+    """Hold the command until the launcher commits the start (every host started); why
+    not, when it never does: the agent that started us ended first (the launcher died or
+    was cut off: its SSH session closed), or ``spec.hold`` seconds passed (a machine that
+    vanished without closing its connections)."""
+    deadline = time.monotonic() + hold
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})  # the agent's "committed"
+    run.mark_held(os.getpid())
+    try:
+        while not run.is_committed():
+            if _agent_gone(spec) and not run.is_committed():
+                return "launch abandoned: the launcher went away before every host had started"
+            if time.monotonic() > deadline:
+                return f"launch abandoned: no commit from the launcher within {hold:g} s"
+            signal.sigtimedwait({signal.SIGUSR1}, _COMMIT_POLL_S)
+    finally:
+        # Caught signals are reset at exec, blocked ones are not: unblock, for the command's sake.
+        signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+    return None
+
+
+def _agent_gone(spec: JobSpec) -> bool:
+    from launcher.node.status import process_alive
+
+    if spec.agent_pid is None or spec.agent_create_time is None:
+        return False
+    return not process_alive(spec.agent_pid, spec.agent_create_time)
 
 
 def _record_ranks(proc: subprocess.Popen[bytes], run: RunDir) -> None:
@@ -135,12 +181,24 @@ class _Stopper:
         self._job = job
         self._log = log
         self.stopped_by: int | None = None
+        self.lost_node: int | None = None
+        self.last_heard: float | None = None
 
     def stop(self, failed_node: int) -> None:
+        self._stop(failed_node, f"node {failed_node} failed: stopping this node too")
+
+    def lost(self, node: int, last_heard: float) -> None:
+        """Node ``node`` fell silent: no heartbeat since ``last_heard``."""
+        if self.stopped_by is None and self._proc.poll() is None:
+            self.lost_node, self.last_heard = node, last_heard
+        since = time.strftime("%H:%M:%S", time.localtime(last_heard))
+        self._stop(node, f"node {node} lost: no heartbeat since {since}: stopping this node too")
+
+    def _stop(self, node: int, why: str) -> None:
         if self.stopped_by is not None or self._proc.poll() is not None:
             return
-        self.stopped_by = failed_node
-        self._log.note(f"node {failed_node} failed: stopping this node too")
+        self.stopped_by = node
+        self._log.note(why)
         self._proc.terminate()
         threading.Thread(target=self._kill_after_grace, daemon=True).start()
 
@@ -153,16 +211,18 @@ class _Stopper:
                     processes.send_signal(proc, signal.SIGKILL)
 
 
-def _start_watch(config: Teardown | None, on_stop: teardown.OnStop, log: OutputLog) -> Any:
+def _start_watch(config: Teardown | None, stopper: _Stopper, log: OutputLog) -> Any:
     if config is None:
         return None
     if config.node == 0:
         try:
-            return teardown.WatchServer(config.port, on_stop)
+            return teardown.WatchServer(config.port, stopper.stop, stopper.lost, config.timeout)
         except OSError as exc:
             log.note(f"teardown watcher cannot listen on port {config.port}: {exc}")
             return None
-    return teardown.WatchClient(config.address, config.port, config.node, on_stop, log.note)
+    return teardown.WatchClient(
+        config.address, config.port, config.node, stopper.stop, log.note, stopper.lost, config.timeout
+    )
 
 
 if __name__ == "__main__":

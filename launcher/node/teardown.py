@@ -4,13 +4,21 @@ Without this, when torchrun fails on one node the others hang at their next coll
 or wait minutes in torch elastic's exit barrier. The supervisor on node 0 serves a tiny
 line protocol on a free port picked at launch; the others connect to it:
 
+    node i -> node 0   ``hello <i>``    first: who I am
+    node i -> node 0   ``beat``         every ``interval``: I am alive
     node i -> node 0   ``failed <i>``   my torchrun failed and will not restart
+    node i -> node 0   ``bye``          I ended well: my closed connection is no alarm
+    node 0 -> all      ``beat``         every ``interval``: node 0 is alive
     node 0 -> all      ``stop <i>``     node i failed: stop your torchrun
+    node 0 -> all      ``lost <i> <t>`` node i was last heard at epoch t: stop
     node 0 -> all      ``done``         node 0 ended well: a closed connection is no alarm
 
-A connection to node 0 that breaks before ``done`` means node 0 itself is gone, and
-that stops the node too. It needs nothing from the launching machine, which may be
-off by then. Runs on the nodes: standard library only.
+A node that says nothing for ``timeout`` seconds is lost, and so is one whose connection
+closes without ``bye``/``done`` (its supervisor died). A cut that heals sooner loses
+nothing: TCP keeps the connection and delivers the beats that waited. Node 0 tells the
+others when a node is lost; every node watches node 0's beats, so node 0 lost stops them
+too. It needs nothing from the launching machine, which may be off by then. Runs on the
+nodes: standard library only.
 """
 
 from __future__ import annotations
@@ -23,103 +31,187 @@ from collections.abc import Callable, Iterator
 
 OnStop = Callable[[int], None]
 """Called once, with the index of the node that failed."""
+OnLost = Callable[[int, float], None]
+"""Called once, with the index of the node lost and when it was last heard (epoch seconds)."""
 
 _CONNECT_FOR_S = 300.0
 """Node 0's supervisor may start after ours; the job may still be queueing for the rendezvous."""
+DEFAULT_TIMEOUT_S = 15.0
+
+
+def beat_interval(timeout: float) -> float:
+    """Five beats per limit: one late beat (a busy node) is no loss."""
+    return max(min(timeout / 5, 3.0), 0.05)
+
+
+class _Peer:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.node: int | None = None
+        self.heard = time.time()
+        self.said_bye = False
 
 
 class WatchServer:
-    """Node 0's side: tells every node to stop when any node fails."""
+    """Node 0's side: tells every node to stop when any node fails or goes silent."""
 
-    def __init__(self, port: int, on_stop: OnStop) -> None:
+    def __init__(
+        self, port: int, on_stop: OnStop, on_lost: OnLost | None = None, timeout: float = DEFAULT_TIMEOUT_S
+    ) -> None:
         self._on_stop = on_stop
+        self._on_lost = on_lost or (lambda node, heard: on_stop(node))
+        self._timeout = timeout
         self._lock = threading.Lock()
-        self._peers: list[socket.socket] = []
-        self._stopped_by: int | None = None
+        self._peers: list[_Peer] = []
+        self._stopped_by: str | None = None
+        """The line that stopped the job (``stop <i>``/``lost <i> <t>``), for late peers."""
         self._finished = False
+        self._ended = threading.Event()
         family = socket.AF_INET6 if socket.has_dualstack_ipv6() else socket.AF_INET
         self._server = socket.create_server(("", port), family=family, dualstack_ipv6=family == socket.AF_INET6)
         threading.Thread(target=self._accept, daemon=True).start()
+        threading.Thread(target=self._beat, daemon=True).start()
 
     def report_failure(self) -> None:
-        self._stop(0)
+        self._stop(0, f"stop {0}\n")
 
     def finish(self) -> None:
         with self._lock:
             self._finished = True
             peers, self._peers = self._peers, []
+        self._ended.set()
         for peer in peers:
-            _send(peer, "done\n")
-            _close(peer)
+            _send(peer.sock, "done\n")
+            _close(peer.sock)
         with contextlib.suppress(OSError):
             self._server.close()
 
     def _accept(self) -> None:
         while True:
             try:
-                peer, _ = self._server.accept()
+                sock, _ = self._server.accept()
             except OSError:
                 return  # closed by finish()
+            peer = _Peer(sock)
             with self._lock:
                 late_stop, finished = self._stopped_by, self._finished
                 if not finished:
                     self._peers.append(peer)
             if finished:  # accepted while finish() closed the socket: it must hear "done" too
-                _send(peer, "done\n")
-                _close(peer)
+                _send(sock, "done\n")
+                _close(sock)
                 return
             if late_stop is not None:
-                _send(peer, f"stop {late_stop}\n")
+                _send(sock, late_stop)
             threading.Thread(target=self._listen, args=(peer,), daemon=True).start()
 
-    def _listen(self, peer: socket.socket) -> None:
-        for line in _lines(peer):
+    def _listen(self, peer: _Peer) -> None:
+        for line in _lines(peer.sock):
+            peer.heard = time.time()
             kind, _, node = line.partition(" ")
-            if kind == "failed" and node.isdigit():
-                self._stop(int(node))
-
-    def _stop(self, node: int) -> None:
+            if kind == "hello" and node.isdigit():
+                peer.node = int(node)
+            elif kind == "failed" and node.isdigit():
+                self._stop(int(node), f"stop {node}\n")
+            elif kind == "bye":
+                peer.said_bye = True
         with self._lock:
-            if self._stopped_by is not None:
-                return
-            self._stopped_by = node
+            if peer not in self._peers:
+                return  # finish() or a loss took it
+            self._peers.remove(peer)
+        if not peer.said_bye and peer.node is not None:  # its supervisor died without a word
+            self._lose(peer.node, peer.heard)
+
+    def _beat(self) -> None:
+        interval = beat_interval(self._timeout)
+        while not self._ended.wait(interval):
+            with self._lock:
+                peers = list(self._peers)
+            now = time.time()
+            for peer in peers:
+                _send(peer.sock, "beat\n")
+                if peer.node is not None and now - peer.heard > self._timeout:
+                    with self._lock:
+                        if peer in self._peers:
+                            self._peers.remove(peer)
+                    _close(peer.sock)
+                    self._lose(peer.node, peer.heard)
+
+    def _lose(self, node: int, heard: float) -> None:
+        if self._stop(node, f"lost {node} {heard:.3f}\n", notify=False):
+            self._on_lost(node, heard)
+
+    def _stop(self, node: int, line: str, notify: bool = True) -> bool:
+        """Tell every node; True for the first stop (only the first counts)."""
+        with self._lock:
+            if self._stopped_by is not None or self._finished:
+                return False
+            self._stopped_by = line
             peers = list(self._peers)
         for peer in peers:
-            _send(peer, f"stop {node}\n")
-        if node != 0:
+            _send(peer.sock, line)
+        if notify and node != 0:
             self._on_stop(node)
+        return True
 
 
 class WatchClient:
-    """Node i's side: reports its failure, and stops when told or when node 0 vanishes."""
+    """Node i's side: reports its failure and beats; stops when told or when node 0 falls silent."""
 
-    def __init__(self, address: str, port: int, node: int, on_stop: OnStop, on_problem: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        address: str,
+        port: int,
+        node: int,
+        on_stop: OnStop,
+        on_problem: Callable[[str], None],
+        on_lost: OnLost | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
         self._address = (address, port)
         self._node = node
         self._on_stop = on_stop
+        self._on_lost = on_lost or (lambda node, heard: on_stop(node))
         self._on_problem = on_problem
+        self._timeout = timeout
         self._sock: socket.socket | None = None
         self._closing = False
+        self._stopped = False
+        self._server_done = False
+        self._ended = threading.Event()
+        self._heard = time.time()
         self._connected = threading.Event()
+        self._send_lock = threading.Lock()
         threading.Thread(target=self._run, daemon=True).start()
 
     def report_failure(self) -> None:
         if self._connected.wait(timeout=5) and self._sock is not None:
-            _send(self._sock, f"failed {self._node}\n")
-        self.finish()
+            self._say(f"failed {self._node}\n")
+        self._closing = True
+        self._ended.set()
+        if self._sock is not None:
+            _close(self._sock)
 
     def finish(self) -> None:
         self._closing = True
+        self._ended.set()
         if self._sock is not None:
+            self._say("bye\n")
             _close(self._sock)
+
+    def _say(self, line: str) -> None:
+        with self._send_lock:
+            if self._sock is not None:
+                _send(self._sock, line)
 
     def _run(self) -> None:
         deadline = time.monotonic() + _CONNECT_FOR_S
         while not self._closing:
             try:
-                self._sock = socket.create_connection(self._address, timeout=5)
-                self._sock.settimeout(None)
-                _keep_alive(self._sock)
+                sock = socket.create_connection(self._address, timeout=5)
+                sock.settimeout(None)
+                _keep_alive(sock)
+                self._sock = sock
                 break
             except OSError as exc:
                 if time.monotonic() > deadline:
@@ -128,17 +220,55 @@ class WatchClient:
                 time.sleep(0.5)
         else:
             return
+        self._heard = time.time()
+        self._say(f"hello {self._node}\n")
         self._connected.set()
+        threading.Thread(target=self._beat, daemon=True).start()
         done = False
         for line in _lines(self._sock):
-            kind, _, node = line.partition(" ")
-            if kind == "stop" and node.isdigit():
+            self._heard = time.time()
+            kind, _, rest = line.partition(" ")
+            node, _, when = rest.partition(" ")
+            if kind in ("stop", "lost") and node.isdigit():
                 if int(node) != self._node and not self._closing:  # our own failure echoed back: done already
-                    self._on_stop(int(node))
+                    self._stop(int(node), float(when) if kind == "lost" and _is_time(when) else None)
                 return
-            done = done or kind == "done"
+            if kind == "done":
+                done = self._server_done = True
+                self._ended.set()
         if not done and not self._closing:
-            self._on_stop(0)  # node 0 went away without a word: its host or its supervisor died
+            self._stop(0, self._heard)  # node 0 went away without a word: its host or its supervisor died
+
+    def _beat(self) -> None:
+        interval = beat_interval(self._timeout)
+        while not self._ended.wait(interval):
+            if self._closing or self._stopped or self._server_done:
+                return
+            self._say("beat\n")
+            if time.time() - self._heard > self._timeout:
+                self._stop(0, self._heard)
+                if self._sock is not None:
+                    _close(self._sock)
+                return
+
+    def _stop(self, node: int, lost_since: float | None) -> None:
+        with self._send_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self._ended.set()
+        if lost_since is None:
+            self._on_stop(node)
+        else:
+            self._on_lost(node, lost_since)
+
+
+def _is_time(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _close(sock: socket.socket) -> None:
@@ -150,7 +280,7 @@ def _close(sock: socket.socket) -> None:
 
 
 def _keep_alive(sock: socket.socket) -> None:
-    """Notice within about a minute that node 0's host is gone (powered off, cut off)."""
+    """Notice within about a minute that node 0's host is gone, even between beats."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     for option, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
         if hasattr(socket, option):
