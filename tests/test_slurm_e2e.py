@@ -59,10 +59,15 @@ def sbatch_cli(slurm: SlurmCluster, *args: str, **env: str) -> subprocess.Comple
     return cli(slurm, *args, **{"XDG_STATE_HOME": str(slurm.cluster.node_state_dir), **env})
 
 
-def in_allocation(slurm: SlurmCluster, script: str, nodes: int = 3) -> subprocess.CompletedProcess[str]:  # noqa: F811
+def in_allocation(
+    slurm: SlurmCluster,  # noqa: F811
+    script: str,
+    nodes: int = 3,
+    *options: str,
+) -> subprocess.CompletedProcess[str]:
     """``salloc -N nodes sh -c SCRIPT`` from the repo, ``$launcher`` being this launcher."""
     return subprocess.run(
-        ["salloc", f"--nodes={nodes}", "sh", "-c", script],
+        ["salloc", f"--nodes={nodes}", *options, "sh", "-c", script],
         cwd=REPO,
         env=slurm.env(launcher=f"{shlex.quote(sys.executable)} -m launcher"),
         capture_output=True,
@@ -95,9 +100,13 @@ def slurm_job_of(name: str, state_dir: Path) -> str:
 
 def test_distributed_sum_with_hosts_slurm_inside_salloc(slurm: SlurmCluster) -> None:  # noqa: F811
     name = job_name("alloc-sum")
+    per_node = min(2, slurm.cpus_per_node)
+    # No tasks per node asked for: the CPUs SLURM gives each node are its slots.
     launched = in_allocation(
         slurm,
-        f'$launcher launch --hosts slurm --name {name} --wait examples/distributed_sum.py && echo "$SLURM_JOB_ID"',
+        f"$launcher launch --hosts slurm --name {name} --wait examples/distributed_sum.py",
+        3,
+        f"--cpus-per-task={per_node}",
     )
 
     assert launched.returncode == 0, launched.stdout + launched.stderr
@@ -105,7 +114,6 @@ def test_distributed_sum_with_hosts_slurm_inside_salloc(slurm: SlurmCluster) -> 
     logs = cli(slurm, "logs", name)
     assert logs.returncode == 0, logs.stderr
     ranks = sum_ranks(logs.stdout)
-    per_node = slurm.cpus_per_node  # SLURM_JOB_CPUS_PER_NODE: the slots of each node
     assert sorted(ranks) == list(range(3 * per_node)), logs.stdout
     assert sorted(ranks.values()) == sorted(HOSTS * per_node)
     status = json.loads(cli(slurm, "status", "--json", name).stdout)

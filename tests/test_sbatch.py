@@ -1,0 +1,223 @@
+"""``launcher sbatch``'s batch script (pure), the node task that runs it, and SLURM slots."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launcher.codec import decode, to_wire
+from launcher.errors import HostsFileError, UsageError
+from launcher.node import slurm_task as node_task
+from launcher.node.rundir import RunDir
+from launcher.protocol import SlurmTask, TaskCommand, slurm_field
+from launcher.sbatch import SbatchOptions, batch_script, placeholder_hosts
+from launcher.sources import resolve_hosts
+from launcher.spec import make_spec
+
+REPO = Path(__file__).resolve().parent.parent
+NASTY = ["it's", '"quoted"', "$(touch /tmp/pwned)", "`id`", "a b", "ünïcødé", "semi;colon", "--flag=x"]
+
+
+def script_for(*args: str, options: SbatchOptions | None = None, **spec_options: object) -> str:
+    options = options or SbatchOptions(nodes=3)
+    spec = make_spec("train.py", args, hosts=placeholder_hosts(options), cwd="/work/dir", environ={}, **spec_options)  # type: ignore[arg-type]
+    return batch_script(spec, "job-1", options)
+
+
+def task_of(script: str) -> SlurmTask:
+    """The JSON argument of the srun line, as the node task receives it."""
+    srun = script[script.rindex("\nsrun ") :]
+    words = shlex.split(srun.replace("\\\n", " "))
+    return decode(SlurmTask, json.loads(words[-1]))
+
+
+def test_sbatch_lines_ask_for_what_the_options_say() -> None:
+    options = SbatchOptions(
+        nodes=4,
+        gpus_per_node=8,
+        cpus_per_task=32,
+        time="1-02:00:00",
+        partition="gpu",
+        account="proj-1",
+        extra=("--output=run-%j.out", "--exclusive"),
+    )
+    script = script_for(options=options)
+
+    sbatch = [line.removeprefix("#SBATCH ") for line in script.splitlines() if line.startswith("#SBATCH")]
+    assert sbatch == [
+        "--job-name=job-1",
+        "--nodes=4",
+        "--ntasks-per-node=1",
+        "--gpus-per-node=8",
+        "--cpus-per-task=32",
+        "--time=1-02:00:00",
+        "--partition=gpu",
+        "--account=proj-1",
+        "--chdir=/work/dir",
+        "--output=run-%j.out",
+        "--exclusive",
+    ]
+    assert script.startswith("#!/bin/bash\n#SBATCH")
+    task = task_of(script)
+    argv = task.first.argv
+    assert argv[argv.index("--nproc-per-node") + 1] == "8"  # the GPUs per node
+    assert argv[argv.index("--nnodes") + 1] == "4"
+
+
+def test_rendezvous_at_the_first_node_on_a_free_port() -> None:
+    script = script_for()
+
+    assert 'rdzv_host=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)' in script
+    assert "rdzv_port=$(" in script and "s.bind((" in script
+    assert "--kill-on-bad-exit=1" in script and "--ntasks-per-node=1" in script
+    task = task_of(script)
+    for command, is_host in ((task.first, "1"), (task.rest, "0")):
+        argv = command.argv
+        assert argv[argv.index("--rdzv-backend") + 1] == "c10d"
+        assert argv[argv.index("--rdzv-endpoint") + 1] == f"{slurm_field('rdzv_host')}:{slurm_field('rdzv_port')}"
+        assert argv[argv.index("--rdzv-conf") + 1] == f"is_host={is_host}"
+        assert argv[argv.index("--log-dir") + 1] == f"{slurm_field('run_dir')}/torchrun"
+
+
+def test_a_fixed_rendezvous_port() -> None:
+    assert "\nrdzv_port=29500\n" in script_for(rdzv_port=29500)
+
+
+def test_script_arguments_arrive_byte_for_byte() -> None:
+    task = task_of(script_for(*NASTY))
+
+    assert task.first.argv[-len(NASTY) - 1 :] == ["train.py", *NASTY]
+    assert task.rest.argv[-len(NASTY) - 1 :] == ["train.py", *NASTY]
+
+
+def test_exports_are_the_launch_environment_and_survive_bash(tmp_path: Path) -> None:
+    values = {f"V{index}": value for index, value in enumerate(NASTY)}
+    script = script_for(env=values, assignments=["HF_HOME=/data/hf cache"])
+    exports = "\n".join(line for line in script.splitlines() if line.startswith("export "))
+
+    shown = subprocess.run(
+        [
+            "bash",
+            "-c",
+            exports + '\nfor k in V0 V1 V2 V3 V4 V5 V6 V7 HF_HOME OMP_NUM_THREADS; do printf "%s\\0" "${!k}"; done',
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    ).stdout.split("\0")[:-1]
+
+    assert shown == [*NASTY, "/data/hf cache", "1"]
+    assert not list(tmp_path.iterdir())  # nothing ran: $(...) stayed text
+    task = task_of(script)
+    # What only a node knows, and what bash would mangle, travel in the task instead.
+    assert task.first.env["TORCHELASTIC_ERROR_FILE"] == f"{slurm_field('run_dir')}/torchrun/error.json"
+    assert task.first.env["TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"] == "\x1e${rank}\x1f"
+    assert "V2" not in task.first.env
+
+
+def test_python_runner_gets_each_node_its_rank() -> None:
+    task = task_of(script_for(runner="python"))
+
+    assert task.first.env["NODE_RANK"] == "0"
+    assert task.rest.env["NODE_RANK"] == slurm_field("node_rank")
+    assert task.first.env["MASTER_ADDR"] == slurm_field("rdzv_host")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (SbatchOptions(nodes=0), "--nodes must be a whole number from 1 to 65536"),
+        (SbatchOptions(partition="gpu a"), "--partition 'gpu a': an #SBATCH value may hold no whitespace"),
+        (SbatchOptions(account="a\nrm -rf /"), "an #SBATCH value may hold no whitespace or control characters"),
+        (SbatchOptions(extra=("--output=x\necho pwned",)), "--sbatch-arg"),
+        (SbatchOptions(extra=("exclusive",)), "--sbatch-arg takes an sbatch option"),
+        (SbatchOptions(time="an hour"), "--time must be SLURM's"),
+    ],
+)
+def test_bad_sbatch_values_are_refused(options: SbatchOptions, message: str) -> None:
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        script_for(options=options)
+
+
+def test_the_node_task_fills_in_what_only_the_node_knows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    task = task_of(script_for(*NASTY, runner="python"))
+
+    run = node_task.prepare(task, "h0", "29400", {"SLURM_NODEID": "2", "KEEP": "me"})
+
+    assert run.path == RunDir.of("job-1").path and str(tmp_path) in str(run.path)
+    spec = run.read_spec()
+    assert spec is not None
+    assert spec.argv[-len(NASTY) :] == NASTY
+    assert (spec.env["NODE_RANK"], spec.env["MASTER_ADDR"], spec.env["MASTER_PORT"]) == ("2", "h0", "29400")
+    assert spec.env["TORCHELASTIC_ERROR_FILE"] == f"{run.path}/torchrun/error.json"
+    assert (spec.env["KEEP"], spec.env["LAUNCHER_JOB"], spec.cwd) == ("me", "job-1", "/work/dir")
+
+
+def test_the_node_task_runs_the_command_and_exits_with_its_status(tmp_path: Path) -> None:
+    command = TaskCommand([sys.executable, "-c", "import sys; print('hello from the task'); sys.exit(3)"], {})
+    payload = json.dumps(to_wire(SlurmTask("job-2", str(tmp_path), command, command)))
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path), "SLURM_NODEID": "0"}
+
+    done = subprocess.run(
+        [sys.executable, "-P", "-m", "launcher.node.slurm_task", "h0", "1", payload],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 3, done.stderr
+    run = RunDir(tmp_path / "launcher" / "runs" / "job-2" / os.uname().nodename)
+    ended = run.read_exit()
+    assert ended is not None and ended.exit_code == 3
+    assert b"hello from the task" in run.log_path.read_bytes()
+
+
+def test_the_node_task_refuses_a_bad_task() -> None:
+    done = subprocess.run(
+        [sys.executable, "-P", "-m", "launcher.node.slurm_task", "h0", "1", "{not json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2 and "bad task" in done.stderr
+
+
+# --- slots of --hosts slurm -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("environ", "slots"),
+    [
+        ({"SLURM_JOB_CPUS_PER_NODE": "2(x3)"}, [2, 2, 2]),
+        ({"SLURM_JOB_CPUS_PER_NODE": "4(x2),8"}, [4, 4, 8]),
+        ({"SLURM_JOB_CPUS_PER_NODE": "4(x3)", "SLURM_NTASKS_PER_NODE": "1"}, [1, 1, 1]),
+        ({"SLURM_JOB_CPUS_PER_NODE": "4(x3)", "SLURM_GPUS_ON_NODE": "8"}, [8, 8, 8]),
+        ({}, [None, None, None]),
+    ],
+)
+def test_hosts_slurm_slots(environ: dict[str, str], slots: list[int | None]) -> None:
+    hosts = resolve_hosts("slurm", {"SLURM_JOB_NODELIST": "n[1-3]", **environ})
+
+    assert [h.slots for h in hosts] == slots
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("4(x2)", "gives 2 node(s), not 3"), ("four", "expected counts such as 4(x2),8")],
+)
+def test_hosts_slurm_bad_cpus_per_node(value: str, message: str) -> None:
+    with pytest.raises(HostsFileError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        resolve_hosts("slurm", {"SLURM_JOB_NODELIST": "n[1-3]", "SLURM_JOB_CPUS_PER_NODE": value})
