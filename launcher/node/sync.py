@@ -245,6 +245,9 @@ def _open_staged(session: _Session, index: int) -> _Staged:
     path = os.path.join(session.staging, str(index))
     try:
         os.makedirs(session.staging, exist_ok=True)
+    except OSError as exc:
+        raise NodeError("sync_failed", f"{_where(session, '')}: cannot write there: {exc.strerror}") from None
+    try:
         file = open(path, "wb")  # noqa: SIM115 - kept open across requests, closed when complete
     except OSError as exc:
         raise _failed(session, entry.path, exc) from None
