@@ -18,6 +18,7 @@ the launching side. Type checkers see the explicit imports below.
 
 from __future__ import annotations
 
+import copyreg
 import importlib
 import sys
 import types
@@ -195,6 +196,16 @@ class _Package(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _Package
+
+
+def _import_package(name: str) -> _Package:
+    package: _Package = importlib.import_module(name)  # type: ignore[assignment]  # it is one
+    return package
+
+
+# Pickled by name, as a plain module is (cloudpickle dispatches modules on the exact type):
+# a function that run() ships may name ``launcher`` among its globals.
+copyreg.pickle(_Package, lambda module: (_import_package, (module.__name__,)))
 
 
 def __getattr__(name: str) -> Any:

@@ -137,6 +137,16 @@ def test_launch_is_the_function_even_after_its_submodule_is_imported() -> None:
     assert launch_job is launcher.launch_job
 
 
+def test_functions_naming_the_package_pickle() -> None:
+    """``launcher`` has its own module class (above); it still pickles by name, as a module does."""
+    import pickle
+
+    import cloudpickle
+
+    assert pickle.loads(pickle.dumps(launcher)) is launcher
+    assert cloudpickle.loads(cloudpickle.dumps(lambda: launcher.context().world_size))() == 1
+
+
 # --- run(), submit() -----------------------------------------------------------------------------
 
 
