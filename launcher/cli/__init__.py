@@ -17,6 +17,7 @@ import sys
 import click
 
 from launcher import __version__
+from launcher.cli.doctor import doctor
 from launcher.cli.jobs import attach, kill, list_jobs, logs, status
 from launcher.cli.launching import launch
 from launcher.cli.sbatch import sbatch
@@ -38,6 +39,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 for _command in (launch, sbatch, sync, logs, status, kill, attach, list_jobs):
     cli.add_command(_command)
+cli.add_command(doctor)
 
 
 def main(argv: list[str] | None = None) -> int:

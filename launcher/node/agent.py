@@ -22,6 +22,7 @@ from launcher.node import logs, processes, python_env, start, status
 from launcher.node.errors import HungUp, NodeError
 from launcher.protocol import (
     PROTOCOL_VERSION,
+    Checkup,
     Commit,
     Follow,
     Hello,
@@ -75,6 +76,13 @@ def _read_results(request: ReadResults) -> Results:
 Handler = Callable[[Any, Callable[[LogBatch], None], Idle], Any]
 """``(request, emit, idle) -> answer``: ``emit`` sends a streamed batch, ``idle`` waits."""
 
+def _doctor() -> Any:
+    """``node/doctor.py``, imported by ``launcher doctor`` only."""
+    from launcher.node import doctor
+
+    return doctor
+
+
 def _sync() -> Any:
     """``node/sync.py``, imported by the sync's first request: no other operation pays for it."""
     from launcher.node import sync
@@ -99,6 +107,7 @@ HANDLERS: dict[type[Any], Handler] = {
     SyncCommit: lambda r, emit, idle: _sync().commit(r),
     SyncFinish: lambda r, emit, idle: _sync().finish(r),
     SyncAbort: lambda r, emit, idle: _sync().abort(r),
+    Checkup: lambda r, emit, idle: _doctor().checkup(r),
 }
 
 

@@ -1,0 +1,128 @@
+"""``launcher doctor``: one table, one row per host, the findings that are not ok below it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from launcher.cli.common import HOSTS_HELP, connect_timeout, run
+
+if TYPE_CHECKING:
+    from launcher.doctor import DoctorReport, HostCheck
+
+
+@click.command()
+@click.option("--hosts", "hosts_arg", metavar="FILE", help=HOSTS_HELP + "  [default: localhost]")
+@click.option("--python", metavar="PATH", help="Python on the hosts.  [default: this one]")
+@click.option("--cwd", metavar="DIR", help="Working directory on the hosts.  [default: this one]")
+@click.option("--rdzv-port", type=click.IntRange(1, 65535), help="Check this rendezvous port.  [default: a free one]")
+@connect_timeout
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def doctor(ctx: click.Context, /, **options: Any) -> None:
+    """Check every host for what a launch needs; start nothing, leave nothing.
+
+    SSH, clock, tmux, Python, launcher, torch/CUDA/NCCL, GPUs, free disk, and the
+    network: the first host listens where a launch would put the rendezvous and every
+    host connects to it. Exit 0 only when no check found an error.
+    """
+    import os
+    import sys
+
+    from launcher.doctor import run_doctor
+    from launcher.sources import resolve_hosts
+    from launcher.transport import SshOptions
+
+    hosts = resolve_hosts(options["hosts_arg"], os.environ)
+    ssh = SshOptions(connect_timeout=options["connect_timeout"], python=options["python"] or sys.executable)
+    report = run(run_doctor(hosts, ssh, options["cwd"] or os.getcwd(), options["rdzv_port"]))
+    if options["as_json"]:
+        import json
+
+        click.echo(json.dumps(doctor_json(report), indent=2))
+    else:
+        print_doctor(report)
+    ctx.exit(0 if report.ok else 1)
+
+
+def doctor_json(report: DoctorReport) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    hosts = [{**asdict(h), "level": h.level} for h in report.hosts]
+    return {"ok": report.ok, "rendezvous": report.rendezvous, "hosts": hosts}
+
+
+def print_doctor(report: DoctorReport, width: int | None = None) -> None:
+    """Readable at 80 columns: short cells, every finding that is not ok as a note below."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False, width=width)
+    where = report.rendezvous or "not reached by every host"
+    table = Table(title=f"rendezvous: {where}", title_justify="left", box=None, padding=(0, 1, 0, 0))
+    for column in ("host", "ssh", "clock", "python", "torch", "gpus", "disk", "network", "result"):
+        table.add_column(column, no_wrap=column != "host", overflow="fold")
+    for check in report.hosts:
+        table.add_row(*row_cells(check))
+    console.print(table)
+    common = common_line(report.hosts)
+    if common:
+        console.print(common)
+    for check in report.hosts:
+        for finding in check.findings:
+            if finding.level != "ok":
+                console.print(f"{check.host}: {finding.level}: {finding.message}")
+
+
+def row_cells(check: HostCheck) -> list[str]:
+    from launcher.doctor import human_bytes
+
+    report = check.report
+    if report is None:
+        return [check.host, "-", "", "", "", "", "", "", check.level]
+    network = {f.level for f in check.findings if f.check == "network"}
+    interface = check.interface or "?"
+    if "error" in network:
+        interface = "blocked"
+    frees = [d.free for d in report.disks if d.free is not None]
+    return [
+        check.host,
+        _seconds(check.ssh_s),
+        "" if check.clock_offset_s is None else f"{check.clock_offset_s:+.1f}s",
+        report.python_version,
+        report.torch or "none",
+        gpu_cell(report.gpus.count, report.gpus.models, report.gpus.free_mib),
+        human_bytes(min(frees)) if frees else "?",
+        interface,
+        check.level,
+    ]
+
+
+def gpu_cell(count: int, models: Sequence[str], free_mib: Sequence[int]) -> str:
+    """``none``, ``8 H100 79G`` (the least free memory of one GPU)."""
+    if count == 0:
+        return "none"
+    model = models[0].removeprefix("NVIDIA ").split()[0] if len(models) == 1 else "mixed"
+    free = f" {min(free_mib) / 1024:.0f}G" if free_mib else ""
+    return f"{count} {model}{free}"
+
+
+def common_line(hosts: Sequence[HostCheck]) -> str:
+    """What every reachable host has alike, said once."""
+    reports = [h.report for h in hosts if h.report is not None]
+    if not reports:
+        return ""
+    parts = []
+    for name, label in (("tmux", "tmux"), ("cuda", "CUDA"), ("nccl", "NCCL")):
+        values = {getattr(r, name) for r in reports}
+        if len(values) == 1:
+            parts.append(f"{label} {values.pop() or 'none'}")
+    return ("every host: " + ", ".join(parts)) if parts else ""
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1000:.0f}ms" if value < 1 else f"{value:.1f}s"
