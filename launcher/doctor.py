@@ -19,7 +19,7 @@ from typing import Literal
 
 from launcher import rendezvous
 from launcher.commands import rdzv_endpoint
-from launcher.errors import AgentError, HostError, LauncherError, VersionMismatchError, message_of
+from launcher.errors import AgentError, HostError, LauncherError, VersionMismatchError
 from launcher.hosts import Host
 from launcher.protocol import Checkup, NodeReport
 from launcher.transport import NodeAgent, SshOptions, open_agent, raise_open_files_limit
@@ -110,7 +110,7 @@ async def run_doctor(hosts: Sequence[Host], ssh: SshOptions, cwd: str, port: int
             # NTP's offset: the node's work between receiving and answering does not count.
             answer.offset = ((answer.report.received - sent) + (answer.report.time - back)) / 2
         except HostError as exc:
-            answer.error = message_of(exc)
+            answer.error = exc.message
             if isinstance(exc, VersionMismatchError):
                 answer.failed = "launcher"
             elif isinstance(exc, AgentError) and answer.ssh_s is None:
