@@ -1,0 +1,244 @@
+"""Sync on the middle layer: the real node agent as local processes, no root, no SSH.
+
+Each "host" is a local agent with its own state directory (where the node keeps the
+manifest of its last good sync) syncing to its own directory, so that three of them
+stand for three hosts that share nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from local_node import LocalNode
+
+from launcher import tree as tree_module
+from launcher.errors import JobError
+from launcher.sync import SyncReport, SyncTooLargeError, parse_size, prepare_tree, sync_agents
+from launcher.transport import NodeAgent
+from launcher.tree import SyncSourceError, scan_tree
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[LocalNode]]:
+    made = [LocalNode.create() for _ in range(3)]
+    yield made
+    for node in made:
+        node.close()
+
+
+def write(root: Path, files: dict[str, str | bytes]) -> Path:
+    for name, content in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return root
+
+
+def sync(source: Path, nodes: list[LocalNode], dests: list[Path], cache: Path | None = None) -> SyncReport:
+    """One sync of ``source`` to each node's own directory, over one agent per node."""
+    tree = scan_tree(str(source), cache)
+
+    async def go() -> SyncReport:
+        agents: list[NodeAgent] = []
+        try:
+            for node in nodes:
+                with node.environment():  # the agent starts with this node's state dir
+                    agents.append(await node.open())
+            return await sync_agents(tree, [(a, str(d)) for a, d in zip(agents, dests, strict=True)])
+        finally:
+            await asyncio.gather(*(a.close() for a in agents))
+
+    return asyncio.run(go())
+
+
+def listing(root: Path) -> dict[str, str]:
+    found = {}
+    for directory, dirs, files in os.walk(root):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(directory, d))]:
+            path = os.path.join(directory, name)
+            rel = os.path.relpath(path, root)
+            found[rel] = "-> " + os.readlink(path) if os.path.islink(path) else Path(path).read_bytes().hex()
+    return found
+
+
+# ---------------------------------------------------------------------------- what "my code" is
+
+
+def test_a_plain_directory_honours_launcherignore_and_never_takes_dot_git(tmp_path: Path) -> None:
+    write(tmp_path, {"a.py": "1", "data/x.bin": "2", "m.ckpt": "3", "keep/m.ckpt": "4", ".git/HEAD": "5"})
+    write(tmp_path, {".launcherignore": "data/\n*.ckpt\n!keep/m.ckpt\n"})
+    names = [e.path for e in scan_tree(str(tmp_path)).entries]
+    assert names == [".launcherignore", "a.py", "keep/m.ckpt"]
+
+
+def test_a_git_tree_is_its_tracked_and_untracked_unignored_files(tmp_path: Path) -> None:
+    write(tmp_path, {"a.py": "1", ".gitignore": "*.log\nbuild/\n", "x.log": "2", "build/o": "3", "gone.py": "4"})
+    subprocess.run(["git", "-C", str(tmp_path), "init", "-q"], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "add", "a.py", ".gitignore", "gone.py"], check=True)
+    (tmp_path / "gone.py").unlink()  # tracked, deleted: not part of the code any more
+    write(tmp_path, {"new.py": "5", ".launcherignore": "new.py\n"})
+    found = scan_tree(str(tmp_path))
+    assert [e.path for e in found.entries] == [".gitignore", ".launcherignore", "a.py"]
+    assert found.fingerprint.startswith("git (no commit)")
+
+
+def test_modes_and_symlinks_are_in_the_manifest_and_a_symlink_out_is_refused(tmp_path: Path) -> None:
+    write(tmp_path, {"run.sh": "#!/bin/sh\n", "lib/a.py": "1"})
+    (tmp_path / "run.sh").chmod(0o750)
+    (tmp_path / "alias").symlink_to("lib")
+    (tmp_path / "lib" / "up").symlink_to("../run.sh")
+    entries = {e.path: e for e in scan_tree(str(tmp_path)).entries}
+    assert entries["run.sh"].mode == 0o750
+    assert (entries["alias"].kind, entries["alias"].digest) == ("l", "lib")
+    assert entries["lib/up"].digest == "../run.sh"
+    (tmp_path / "lib" / "out").symlink_to("../../etc")
+    with pytest.raises(SyncSourceError, match=r"lib/out: a symlink to \.\./\.\./etc, outside the tree"):
+        scan_tree(str(tmp_path))
+
+
+def test_a_missing_directory_and_a_tree_over_the_limit_are_one_line_each(tmp_path: Path) -> None:
+    with pytest.raises(SyncSourceError, match="no such directory"):
+        scan_tree(str(tmp_path / "nope"))
+    write(tmp_path, {"data/big.bin": b"x" * 5000, "data/more.bin": b"x" * 3000, "a.py": "1"})
+    with pytest.raises(SyncTooLargeError) as caught:
+        prepare_tree(str(tmp_path), max_bytes=4096)
+    assert "refusing to sync 7.8 KiB, more than --sync-max 4.0 KiB; the largest: data/ 7.8 KiB, a.py 1 B" in str(
+        caught.value
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("1G", 1 << 30), ("500M", 500 << 20), ("2.5k", 2560), ("1GiB", 1 << 30), ("100", 100)]
+)
+def test_sizes(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_an_unchanged_tree_is_not_hashed_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = write(tmp_path / "src", {f"m{i}.py": str(i) for i in range(20)})
+    old = 1_600_000_000
+    for path in source.iterdir():
+        os.utime(path, (old, old))  # not "racy": old enough to be cached
+    first = scan_tree(str(source), tmp_path / "cache")
+    calls: list[str] = []
+    monkeypatch.setattr(tree_module, "hash_file", lambda path: calls.append(path) or "")
+    again = scan_tree(str(source), tmp_path / "cache")
+    assert calls == [] and again.digest == first.digest
+    (source / "m3.py").write_text("changed")
+    scan_tree(str(source), tmp_path / "cache")
+    assert calls == [str(source / "m3.py")]
+
+
+# ---------------------------------------------------------------------------- syncing to nodes
+
+
+def test_sync_copies_modes_symlinks_and_names_that_are_hard_to_spell(tmp_path: Path, nodes: list[LocalNode]) -> None:
+    odd = {"with space.py": "1", 'quote\'s "x".py': "2", "new\nline.py": "3", os.fsdecode(b"\xff\xfe.py"): "4"}
+    source = write(tmp_path / "src", {**odd, "bin/run": "#!/bin/sh\n", "empty": "", "big.bin": os.urandom(3 << 20)})
+    (source / "bin" / "run").chmod(0o755)
+    (source / "link").symlink_to("bin/run")
+    dests = [tmp_path / f"host{i}" / "code" for i in range(3)]
+
+    report = sync(source, nodes, dests)
+
+    assert report.same_everywhere and report.files == 8
+    for dest in dests:
+        assert listing(dest) == listing(source)
+        assert stat.S_IMODE((dest / "bin" / "run").stat().st_mode) == 0o755
+        assert (dest / "big.bin").stat().st_mtime_ns == (source / "big.bin").stat().st_mtime_ns
+
+
+def test_a_resync_sends_only_what_changed_and_deletes_only_what_it_put_there(
+    tmp_path: Path, nodes: list[LocalNode]
+) -> None:
+    source = write(tmp_path / "src", {"a.py": "1", "b.py": "2", "pkg/c.py": "3", "pkg/deep/d.py": "4"})
+    dests = [tmp_path / f"host{i}" for i in range(3)]
+    sync(source, nodes, dests)
+    write(dests[0], {"checkpoint.pt": "the job's own"})
+
+    unchanged = sync(source, nodes, dests)
+    assert [(h.copied, h.deleted) for h in unchanged.hosts] == [((), ())] * 3
+
+    write(source, {"a.py": "changed"})
+    (source / "pkg" / "deep" / "d.py").unlink()
+    os.utime(source / "b.py")  # only touched: its content is not sent again
+    report = sync(source, nodes, dests)
+    assert [(h.copied, h.deleted) for h in report.hosts] == [(("a.py",), ("pkg/deep/d.py",))] * 3
+    for dest in dests:
+        assert (dest / "a.py").read_text() == "changed"
+        assert not (dest / "pkg" / "deep").exists()  # the directory the deletion emptied, too
+        assert (dest / "b.py").stat().st_mtime_ns == (source / "b.py").stat().st_mtime_ns
+    assert (dests[0] / "checkpoint.pt").read_text() == "the job's own"
+
+
+def test_a_file_changed_on_a_host_behind_the_syncs_back_is_sent_again(tmp_path: Path, nodes: list[LocalNode]) -> None:
+    source = write(tmp_path / "src", {"a.py": "1"})
+    dests = [tmp_path / "host0"]
+    sync(source, nodes[:1], dests)
+    write(dests[0], {"a.py": "edited there"})
+    report = sync(source, nodes[:1], dests)
+    assert report.hosts[0].copied == ("a.py",)
+    assert (dests[0] / "a.py").read_text() == "1"
+
+
+def test_a_commit_that_fails_on_one_host_leaves_every_host_its_previous_copy(
+    tmp_path: Path, nodes: list[LocalNode]
+) -> None:
+    source = write(tmp_path / "src", {"a.py": "old", "z.py": "old", "run.sh": "old"})
+    dests = [tmp_path / f"host{i}" for i in range(3)]
+    sync(source, nodes, dests)
+    before = [listing(d) for d in dests]
+    write(source, {"a.py": "new", "m/inner.py": "new"})
+    (source / "z.py").unlink()
+    (source / "run.sh").chmod(0o700)
+    write(dests[1], {"m": "a file of host1's own where the tree now has a directory"})
+    before[1]["m"] = (dests[1] / "m").read_bytes().hex()
+
+    with pytest.raises(JobError) as caught:
+        sync(source, nodes, dests)
+
+    assert list(caught.value.errors) == ["localhost"]  # every local agent is "localhost"
+    assert "m is in the way" in str(caught.value) and "every host keeps its previous copy" in str(caught.value)
+    for dest, was in zip(dests, before, strict=True):
+        assert listing(dest) == was
+        assert stat.S_IMODE((dest / "run.sh").stat().st_mode) == 0o644
+        assert [n for n in os.listdir(dest) if n.startswith(".launcher-sync-")] == []
+    # and the next sync, the obstacle gone, is complete
+    (dests[1] / "m").unlink()
+    assert sync(source, nodes, dests).same_everywhere
+
+
+def test_a_full_disk_while_staging_changes_nothing_anywhere(tmp_path: Path, nodes: list[LocalNode]) -> None:
+    source = write(tmp_path / "src", {"a.py": "old"})
+    dests = [tmp_path / f"host{i}" for i in range(2)]
+    sync(source, nodes[:2], dests)
+    write(source, {"a.py": "new", "big.bin": os.urandom(300_000)})
+    # host1's agent may write no file over 64 KiB: a disk that fills up while it stages
+    limited = tmp_path / "limited-python"
+    import sys
+
+    limited.write_text(f"#!/bin/sh\nulimit -f 64\ntrap '' XFSZ\nexec {sys.executable} \"$@\"\n")
+    limited.chmod(0o755)
+    tree = scan_tree(str(source))
+
+    async def go() -> None:
+        agents = []
+        try:
+            with nodes[0].environment():
+                agents.append(await nodes[0].open())
+            with nodes[1].environment():
+                agents.append(await nodes[1].open(python=str(limited)))
+            await sync_agents(tree, [(a, str(d)) for a, d in zip(agents, dests, strict=True)])
+        finally:
+            await asyncio.gather(*(a.close() for a in agents))
+
+    with pytest.raises(JobError, match=r"big\.bin: File too large"):
+        asyncio.run(go())
+    for dest in dests:
+        assert listing(dest) == {"a.py": b"old".hex()}
