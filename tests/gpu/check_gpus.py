@@ -3,8 +3,11 @@
 Plain Python, no pytest. Prints ``list_gpus()`` and ``gpu_processes()`` as JSON, with how
 long each took, and checks the GPU count against ``torch.cuda.device_count()`` when torch
 is importable. torch runs in a child process without ``CUDA_VISIBLE_DEVICES``, because
-``list_gpus()`` reports the physical GPUs. Exits 1 on a disagreement (or when no GPU is
-found on a machine where torch sees one), else 0.
+``list_gpus()`` reports the physical GPUs. Where CUDA works, it then launches through
+launcher on localhost (``launch_checks.py``): a 1-GPU NCCL job that must run on cuda:0,
+a job with the default processes (one per GPU), a launch refused because a stray process
+holds GPU 0 (and let through with ``--allow-busy-gpus``), and a kill that nvidia-smi must
+show freed the GPU. Needs tmux and launcher's dependencies. Exits 1 on any problem, else 0.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's launcher
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # launch_checks
 
 from launcher.node import gpus
 
@@ -73,6 +77,12 @@ def main() -> int:
         # CUDA_VISIBLE_DEVICES: only a range can be checked.
         if mig and not plain <= torch_count <= gpus.default_nproc(inventory):
             problems.append(f"torch sees {torch_count} device(s), outside {plain}..{gpus.default_nproc(inventory)}")
+    if inventory.gpus and torch_count:
+        import launch_checks  # the launches through launcher: a 1-GPU NCCL job, a kill verified by nvidia-smi
+
+        problems += launch_checks.run_all(gpus.default_nproc(inventory))
+    else:
+        print("no CUDA GPU here: the launches through launcher are not run")
     for problem in problems:
         print(f"FAIL: {problem}")
     if not problems:
