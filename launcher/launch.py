@@ -76,7 +76,7 @@ async def launch_job(
             )
             if spec.files:  # launcher.run's pickled call, for each node's run directory
                 request = replace(request, files=dict(spec.files))
-            await agent.call(request, timeout=90)  # the node waits up to 60 s for the job's supervisor
+            await agent.call(request, timeout=90)  # a remote agent: at least SshOptions.patience
             progress(agent.host.label, "started")
 
         async def commit(agent: NodeAgent) -> None:

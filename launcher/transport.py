@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from launcher import __version__
 from launcher.codec import ProtocolError, decode
+from launcher.connecting import Dial, open_connection
 from launcher.errors import (
     REFUSALS,
     AgentError,
@@ -60,7 +61,10 @@ class SshOptions:
     """How to reach the hosts."""
 
     connect_timeout: float = 10.0
-    """Seconds for TCP connect, SSH handshake and authentication together."""
+    """Seconds for the TCP connection to a host: a host that does not answer is dead."""
+    patience: float = 600.0
+    """Seconds a live host (its connection up, its agent running) is waited for: the SSH
+    handshake, the agent's start, each answer. Keepalives notice a host that dies meanwhile."""
     max_parallel: int = 128
     """Handshakes in flight at once: bounds CPU, open files and sshd's MaxStartups."""
     retries: int = 1
@@ -95,10 +99,14 @@ class NodeAgent:
         self._explain = explain
         self._lock = asyncio.Lock()
         self._unanswered = 0
+        self.patience = 0.0
+        """The least a call waits (``SshOptions.patience``): a remote node may be slow, not
+        dead; its connection's keepalives and the agent's end tell dead from slow."""
 
     async def call(self, request: Request[A], timeout: float | None = 60.0) -> A:
         """One request, one answer; a refusal or a lost agent raises a HostError.
         ``timeout`` None: wait as long as the node takes (``Wait``)."""
+        timeout = None if timeout is None else max(timeout, self.patience)
         async with self._lock:
             try:
                 # A call cancelled (Ctrl-C) or timed out after its request went out leaves
@@ -192,11 +200,13 @@ async def open_agent(host: Host, options: SshOptions, gate: asyncio.Semaphore | 
     """Connect to ``host`` and start its agent; ``gate`` bounds concurrent handshakes."""
     async with gate or asyncio.Semaphore(1):
         agent = await (_open_local_agent(host, options) if host.is_local else _open_remote_agent(host, options))
-        try:
-            await agent.greeting(timeout=options.connect_timeout + 20)
-        except BaseException:
-            await agent.close()
-            raise
+    try:
+        # Outside the gate: the agent's Python start is the node's work, not a handshake,
+        # and its wait counts from the SSH session's start, not from the queue.
+        await agent.greeting(timeout=options.patience)
+    except BaseException:
+        await agent.close()
+        raise
     return agent
 
 
@@ -252,6 +262,7 @@ async def _open_remote_agent(host: Host, options: SshOptions) -> NodeAgent:
         return _agent_failure(options.python, completed.exit_status, stderr)
 
     agent = NodeAgent(host, proc.stdout, proc.stdin, closer, explain)
+    agent.patience = options.patience
     sockname = conn.get_extra_info("sockname")
     agent.local_address = str(sockname[0]) if sockname else None
     return agent
@@ -269,21 +280,15 @@ def _agent_failure(python: str, exit_status: int | None, stderr: str) -> str:
 
 
 async def connect(host: Host, options: SshOptions) -> Any:
-    """An asyncssh connection honouring ~/.ssh/config and known_hosts, with one retry."""
+    """An asyncssh connection honouring ~/.ssh/config and known_hosts, with one retry
+    (``connecting.py``: a dead host fails by ``connect_timeout``, a slow one is waited for)."""
     import asyncssh
 
-    kwargs: dict[str, Any] = {}
-    if host.port is not None:
-        kwargs["port"] = host.port
-    if host.user is not None:
-        kwargs["username"] = host.user
-    if options.keepalive is not None:
-        kwargs["keepalive_interval"] = options.keepalive
-        kwargs["keepalive_count_max"] = 3
     transient = (TimeoutError, ConnectionResetError, asyncssh.ConnectionLost)
+    dial = Dial(host.name, host.port, host.user, options.connect_timeout, options.patience, options.keepalive)
     for attempt in range(options.retries + 1):
         try:
-            return await asyncssh.connect(host.name, connect_timeout=options.connect_timeout, **kwargs)
+            return await open_connection(dial)
         except transient as exc:
             if attempt == options.retries:
                 raise connect_error(host.label, exc, options) from None

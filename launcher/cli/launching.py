@@ -112,7 +112,7 @@ def launch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **o
     if options["dry_run"]:
         render.print_dry_run(*dry_run(spec), cwd=spec.cwd)
         return
-    with render.LaunchProgress(len(spec.hosts)) as progress:
+    with render.LaunchProgress(len(spec.hosts), [h.label for h in spec.hosts]) as progress:
         record = run(launch_job(spec, progress.update))
     hosts = ", ".join(h.label for h in record.hosts)
     me = command_name()

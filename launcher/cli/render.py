@@ -6,6 +6,7 @@ Rich is imported where it draws, so that commands that print nothing pay nothing
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -42,15 +43,25 @@ def shell_quote(word: str) -> str:
     return f"$'{escaped}'"
 
 
+def waiting_note(pending: Sequence[str], total: int, shown: int = 3) -> str:
+    """The slowest hosts, by name, once most are done: ``waiting for h7, h9 (+3)``."""
+    if not pending or len(pending) > max(total // 4, shown):
+        return ""
+    more = f" (+{len(pending) - shown})" if len(pending) > shown else ""
+    return "waiting for " + ", ".join(pending[:shown]) + more
+
+
 class LaunchProgress:
     """A progress line over hosts on a terminal; nothing on a pipe or with NO_COLOR."""
 
-    def __init__(self, hosts: int) -> None:
+    def __init__(self, hosts: int, labels: Sequence[str] = ()) -> None:
         import os
 
         self._hosts = hosts
         self._live = sys.stderr.isatty() and not os.environ.get("NO_COLOR")
         self._progress: Any = None
+        self._pending = {"connected": dict.fromkeys(labels), "started": dict.fromkeys(labels)}
+        """Per phase, the hosts not there yet, in hosts-file order (a dict keeps it)."""
 
     def __enter__(self) -> LaunchProgress:
         if self._live:
@@ -62,17 +73,21 @@ class LaunchProgress:
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
+                TextColumn("{task.fields[waiting]}"),
                 console=Console(stderr=True),
                 transient=True,
             )
             self._progress.start()
-            self._connect = self._progress.add_task("connecting", total=self._hosts)
-            self._start = self._progress.add_task("starting  ", total=self._hosts)
+            self._connect = self._progress.add_task("connecting", total=self._hosts, waiting="")
+            self._start = self._progress.add_task("starting  ", total=self._hosts, waiting="")
         return self
 
     def update(self, host: str, event: str) -> None:
+        pending = self._pending.get(event, {})
+        pending.pop(host, None)
         if self._progress is not None:
-            self._progress.advance(self._connect if event == "connected" else self._start)
+            task = self._connect if event == "connected" else self._start
+            self._progress.update(task, advance=1, waiting=waiting_note(list(pending), self._hosts))
 
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:

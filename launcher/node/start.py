@@ -15,9 +15,10 @@ from launcher.node.errors import NodeError
 from launcher.node.rundir import JobSpec, RunDir
 from launcher.protocol import JOB_MARKER, RUN_DIR_VARIABLE, Commit, Prepare, Prepared, Start, Started, session_name
 
-SUPERVISOR_START_S = 60.0
-"""Generous: on a busy node (32 torch imports sharing two cores, measured) the supervisor's
-own start took longer than 15 s."""
+SUPERVISOR_START_S = 600.0
+"""Only a backstop: while its tmux session lives the supervisor is starting, however slowly
+(on a busy node, 32 torch imports sharing two cores, it took longer than 15 s); a session
+that ended is noticed within ``_SESSION_CHECK_S``."""
 _SESSION_CHECK_S = 0.5
 """Asking tmux forks a client (~1.6 ms of CPU): now and then, not every poll."""
 
