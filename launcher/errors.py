@@ -6,7 +6,6 @@ and exits non-zero without a traceback. Each one carries the facts it is about::
     LauncherError
     ├── UsageError              bad arguments or options (exit 2)
     │   └── NotPicklableError       run()/submit(): a function or argument cannot be pickled: what
-    │   └── NotPicklableError       run()/submit(): a function or argument cannot be pickled: what
     ├── HostsFileError          a hosts file or host spec: source, line
     ├── JobNotFoundError        no record of a job by that name: name
     ├── SlurmError              sbatch/scancel refused, or a batch job did not start: job_id
@@ -26,7 +25,8 @@ and exits non-zero without a traceback. Each one carries the facts it is about::
     │       ├── StartFailedError        the job's command or session could not start
     │       ├── GpusBusyError           a GPU it would use is held by a process of no job
     │       ├── NoGpusError             --nproc-per-node gpu on a host without GPUs
-    │       └── PortBusyError           the rendezvous port is taken on the first host
+    │       ├── PortBusyError           the rendezvous port is taken on the first host
+    │       └── SyncFailedError         a sync could not stage or commit there (disk full, in the way)
     ├── JobError                several hosts failed: summary, errors (host -> HostError)
     ├── JobFailed               a job ended failed (``Job.wait``, ``run``): job, host, rank,
     │                           exception, traceback, exit_status, signal, result
@@ -45,6 +45,11 @@ class LauncherError(Exception):
     """Base of every error launcher reports to its user."""
 
     exit_code = 1
+
+
+def message_of(exc: BaseException) -> str:
+    """What went wrong, without the host label a HostError's text starts with."""
+    return exc.message if isinstance(exc, HostError) else str(exc)
 
 
 class UsageError(LauncherError):
@@ -200,6 +205,12 @@ class PortBusyError(NodeRefusedError):
     kind = "port_busy"
 
 
+class SyncFailedError(NodeRefusedError):
+    """A sync could not stage or commit a file there; the message names the file."""
+
+    kind = "sync_failed"
+
+
 class RendezvousUnreachableError(HostError):
     """The host cannot open a TCP connection to the first host's rendezvous: a firewall,
     or an address it has no route to. Found before anything starts."""
@@ -217,6 +228,7 @@ REFUSALS: dict[str, type[NodeRefusedError]] = {
         GpusBusyError,
         NoGpusError,
         PortBusyError,
+        SyncFailedError,
     )
 }
 """The error class for each kind of refusal a node answers with."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from launcher.errors import HostError
+from launcher.errors import message_of
 from launcher.hosts import Host
 from launcher.protocol import Kill, KillAll, KillReport, LeftProcess
 from launcher.records import JobRecord, remember_state
@@ -38,11 +38,15 @@ async def kill_job(record: JobRecord, grace: float = 10.0, ssh: SshOptions = DEF
         await asyncio.to_thread(slurm_jobs.cancel, record.slurm_job_id, grace + 30)
 
     async def one(host: Host) -> HostKill:
-        return _host_kill(host.label, await ask(host, ssh, Kill(job=record.name, grace=grace), timeout=grace + 60))
+        answer = await ask(host, ssh, Kill(job=record.name, grace=grace), timeout=grace + 60)
+        kill = _host_kill(host.label, answer)
+        if record.slurm_job_id is not None and kill.verified and answer.found == 0:
+            return HostKill(host.label, True, f"ended by scancel (SLURM job {record.slurm_job_id}); none left")
+        return kill
 
     results = await for_each_host(record.hosts, one)
     kills = [
-        r if isinstance(r, HostKill) else HostKill(h.label, False, _message(r))
+        r if isinstance(r, HostKill) else HostKill(h.label, False, message_of(r))
         for h, r in zip(record.hosts, results, strict=True)
     ]
     if all(k.verified for k in kills):
@@ -63,7 +67,7 @@ async def kill_all_jobs(hosts: Sequence[Host], grace: float = 10.0, ssh: SshOpti
 
     results = await for_each_host(hosts, one)
     return [
-        r if isinstance(r, HostKill) else HostKill(h.label, False, _message(r))
+        r if isinstance(r, HostKill) else HostKill(h.label, False, message_of(r))
         for h, r in zip(hosts, results, strict=True)
     ]
 
@@ -91,6 +95,3 @@ def _host_kill(label: str, answer: KillReport) -> HostKill:
     forced = f", {answer.forced} needed SIGKILL" if answer.forced else ""
     return HostKill(label, True, f"killed {answer.found} process(es){forced}; none left")
 
-
-def _message(exc: BaseException) -> str:
-    return exc.message if isinstance(exc, HostError) else str(exc)

@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from launcher.errors import HostError, LauncherError
+from launcher.errors import LauncherError, message_of
 from launcher.hosts import Host
 from launcher.protocol import Follow, LogBatch, LogRecord, ReadLogs, Tail
 from launcher.records import JobRecord
-from launcher.transport import NodeAgent, SshOptions, for_each_host, open_agent, reconnecting
+from launcher.transport import NodeAgent, SshOptions, for_each_host, open_agent, reconnecting, report_given_up
 
 DEFAULT_SSH = SshOptions()
 
@@ -63,7 +63,7 @@ async def read_logs(
     results = await for_each_host(record.hosts, one)
     lines = [line for r in results if isinstance(r, list) for line in r]
     failures = {
-        h.label: _message(r) for h, r in zip(record.hosts, results, strict=True) if isinstance(r, LauncherError)
+        h.label: message_of(r) for h, r in zip(record.hosts, results, strict=True) if isinstance(r, LauncherError)
     }
     lines.sort(key=lambda line: line.time)
     return lines, failures
@@ -110,7 +110,7 @@ async def follow_logs(
 
     async def run_all() -> None:
         try:
-            _report_given_up(record.hosts, await for_each_host(record.hosts, one), on_problem)
+            report_given_up(record.hosts, await for_each_host(record.hosts, one), on_problem)
         finally:
             await queue.put(None)
 
@@ -136,17 +136,7 @@ async def _tail(agent: NodeAgent, job: str, count: int, filters: dict[str, Any])
     return lines, end
 
 
-def _report_given_up(
-    hosts: Sequence[Host], results: Sequence[Any], on_problem: Callable[[str, str], None] | None
-) -> None:
-    for host, result in zip(hosts, results, strict=True):
-        if isinstance(result, LauncherError) and on_problem:
-            on_problem(host.label, f"gave up: {_message(result)}")
-
 
 def _log_lines(host: str, records: list[LogRecord]) -> list[LogLine]:
     return [LogLine(host, r.rank, r.stream, r.text, r.time) for r in records]
 
-
-def _message(exc: BaseException) -> str:
-    return exc.message if isinstance(exc, HostError) else str(exc)

@@ -6,13 +6,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Literal
 
-from launcher.errors import HostError, LauncherError
+from launcher.errors import message_of
 from launcher.hosts import Host
 from launcher.protocol import NodeStatus, RankFailure, Status, Wait
 from launcher.records import JobRecord, remember_state
-from launcher.transport import NodeAgent, SshOptions, ask, for_each_host, reconnecting
+from launcher.transport import NodeAgent, SshOptions, ask, for_each_host, reconnecting, report_given_up
 
 JobState = Literal["running", "succeeded", "failed", "killed", "unknown"]
 HostState = Literal["running", "succeeded", "failed", "killed", "lost", "unknown", "unreachable"]
@@ -110,12 +110,15 @@ async def job_status(record: JobRecord, ssh: SshOptions = DEFAULT_SSH) -> JobSta
 
     results = await for_each_host(record.hosts, one)
     hosts = tuple(
-        r if isinstance(r, HostStatus) else HostStatus(h.label, "unreachable", error=_message(r))
+        r if isinstance(r, HostStatus) else HostStatus(h.label, "unreachable", error=message_of(r))
         for h, r in zip(record.hosts, results, strict=True)
     )
     hosts, lost = _mark_lost(hosts, losses)
     root = min([*failures, *lost], key=lambda f: f.time or float("inf"), default=None)
-    result = JobStatus(record.name, overall_state([h.state for h in hosts]), hosts, root)
+    state = overall_state([h.state for h in hosts])
+    if record.slurm_job_id is not None and record.last_state == "killed" and state == "failed":
+        state = "killed"  # launcher kill's scancel: on the nodes, SLURM's SIGTERM reads as a failure
+    result = JobStatus(record.name, state, hosts, root)
     remember_state(record, result.state)
     return result
 
@@ -210,16 +213,4 @@ async def wait_for_end(
 
         await reconnecting(host, ssh, session, on_problem, reconnect_for)
 
-    _report_given_up(record.hosts, await for_each_host(record.hosts, one), on_problem)
-
-
-def _report_given_up(
-    hosts: Sequence[Host], results: Sequence[Any], on_problem: Callable[[str, str], None] | None
-) -> None:
-    for host, result in zip(hosts, results, strict=True):
-        if isinstance(result, LauncherError) and on_problem:
-            on_problem(host.label, f"gave up: {_message(result)}")
-
-
-def _message(exc: BaseException) -> str:
-    return exc.message if isinstance(exc, HostError) else str(exc)
+    report_given_up(record.hosts, await for_each_host(record.hosts, one), on_problem)

@@ -36,6 +36,7 @@ from launcher.errors import (
     NodeRefusedError,
     UnreachableError,
     VersionMismatchError,
+    message_of,
 )
 from launcher.hosts import Host
 from launcher.protocol import (
@@ -392,3 +393,12 @@ async def reconnecting(
                 on_problem(host.label, f"{exc.message}; reconnecting")
         finally:
             await agent.close()
+
+
+def report_given_up(
+    hosts: Sequence[Host], results: Sequence[Any], on_problem: Callable[[str, str], None] | None
+) -> None:
+    """Tell ``on_problem`` of each host whose ``reconnecting`` session gave up."""
+    for host, result in zip(hosts, results, strict=True):
+        if isinstance(result, LauncherError) and on_problem:
+            on_problem(host.label, f"gave up: {message_of(result)}")
