@@ -206,6 +206,8 @@ def test_sbatch_kill_goes_through_scancel_and_verifies(slurm: SlurmCluster, tmp_
 
     assert killed.returncode == 0, killed.stdout + killed.stderr
     assert slurm.job_info(job)["JobState"] == "CANCELLED"
+    assert killed.stdout.count(f"ok    ended by scancel (SLURM job {job}); none left") == 2, killed.stdout
+    assert json.loads(sbatch_cli(slurm, "status", "--json", name).stdout)["state"] == "killed"
     assert all(not leftovers(h, ("sleeper.py", "time.sleep(3600)", "slurm_task")) for h in hosts)
 
 
