@@ -5,6 +5,7 @@ the hosts meet only on the second network."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,3 +108,20 @@ def test_a_user_setting_of_the_interface_wins(two_networks: tuple[Cluster, bool]
     assert dry.returncode == 0, dry.stderr
     assert "GLOO_SOCKET_IFNAME=mine" in dry.stdout and "NCCL_SOCKET_IFNAME=IFNAME" in dry.stdout, dry.stdout
     assert "GLOO_SOCKET_IFNAME=IFNAME" not in dry.stdout
+
+
+def test_doctor_names_each_hosts_interface_on_two_networks(two_networks: tuple[Cluster, bool]) -> None:
+    cluster, isolated = two_networks
+    network = 1 if isolated else 0
+    hosts = cluster.write_hosts_file(["h0", "h1", "h2"], name="doctor-nets")
+    result = run_cli(cluster, "doctor", "--hosts", str(hosts), "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["rendezvous"].startswith(f"{cluster.hosts[0].addresses[network]}:")
+    assert [h["interface"] for h in report["hosts"]] == [h.interfaces[network] for h in cluster.hosts]
+
+
+def test_nproc_gpu_on_hosts_without_gpus_is_one_line_naming_them(cluster: Cluster) -> None:
+    hosts = cluster.write_hosts_file(["h0", "h1"], name="no-gpus")
+    result = run_cli(cluster, "launch", "--hosts", str(hosts), "--nproc-per-node", "gpu", "examples/distributed_sum.py")
+    assert_one_line_error(result, "nothing was started", "h0: --nproc-per-node gpu, but this host has no GPU")
