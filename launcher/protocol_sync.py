@@ -50,6 +50,8 @@ class SyncNeeds:
     """Indexes of the entries whose content the node lacks."""
     deleted: list[str]
     """Paths the last sync put there that the new tree no longer has."""
+    unknown: bool = False
+    """Asked by digest only, the node has no intact copy of that tree: send the manifest."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,12 +76,18 @@ class SyncClosed:
 
 @dataclasses.dataclass(frozen=True)
 class SyncPlan(Request[SyncNeeds]):
-    """Compare the tree ``entries`` with what is under ``root``; opens session ``token``."""
+    """Compare the tree ``entries`` with what is under ``root``; opens session ``token``.
+
+    ``entries`` None: the tree is the one ``digest`` names; a node whose last good sync
+    was that tree, still intact, needs nothing, and the manifest never travels (a re-sync
+    with nothing changed: one small round trip, nothing decoded but the node's own record).
+    """
 
     op: ClassVar[str] = "sync_plan"
     root: str
     token: str
-    entries: list[SyncEntry]
+    entries: list[SyncEntry] | None = None
+    digest: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

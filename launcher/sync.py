@@ -187,9 +187,7 @@ async def sync_agents(
     hosts = [agent.host for agent in agents]
     try:
         plans: list[SyncNeeds] = await on_every_host(
-            [a.call(SyncPlan(root=root, token=token, entries=entries), timeout=120) for a, root in targets],
-            hosts,
-            "sync failed, nothing changed",
+            [_plan(a, root, token, tree) for a, root in targets], hosts, "sync failed, nothing changed"
         )
         sizes = [sum(entries[i].size for i in plan.needed) for plan in plans]
         if not dry_run:
@@ -235,6 +233,14 @@ async def sync_agents(
         ),
         dry_run=dry_run,
     )
+
+
+async def _plan(agent: NodeAgent, root: str, token: str, tree: Tree) -> SyncNeeds:
+    """By the tree's digest first: a host that has it intact needs nothing more."""
+    needs = await agent.call(SyncPlan(root=root, token=token, digest=tree.digest), timeout=120)
+    if needs.unknown:
+        needs = await agent.call(SyncPlan(root=root, token=token, entries=list(tree.entries)), timeout=120)
+    return needs
 
 
 async def _stage(agent: NodeAgent, token: str, tree: Tree, needed: list[int], progress: _Progress) -> None:

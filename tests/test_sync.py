@@ -242,3 +242,21 @@ def test_a_full_disk_while_staging_changes_nothing_anywhere(tmp_path: Path, node
         asyncio.run(go())
     for dest in dests:
         assert listing(dest) == {"a.py": b"old".hex()}
+
+
+def test_a_node_with_the_tree_intact_answers_the_digest_alone(tmp_path: Path, nodes: list[LocalNode]) -> None:
+    from launcher.protocol_sync import SyncAbort, SyncPlan
+
+    source = write(tmp_path / "src", {"a.py": "1", "pkg/b.py": "2"})
+    dest = tmp_path / "host0"
+    sync(source, nodes[:1], [dest])
+    digest = scan_tree(str(source)).digest
+
+    def ask() -> tuple[bool, list[int]]:
+        answer = nodes[0].call(SyncPlan(root=str(dest), token="t", digest=digest))
+        nodes[0].call(SyncAbort(token="t"))
+        return answer.unknown, answer.needed
+
+    assert ask() == (False, [])
+    write(dest, {"pkg/b.py": "edited on the node"})
+    assert ask() == (True, [])  # then the launcher sends the whole manifest

@@ -75,17 +75,24 @@ _SESSIONS: dict[str, _Session] = {}
 
 def plan(request: SyncPlan) -> SyncNeeds:
     root = _check_root(request.root)
-    for entry in request.entries:
-        _check_path(entry.path)
     previous = _load_manifest(root)
     _remove_stale_staging(root)
-    needed = [i for i, e in enumerate(request.entries) if not _present(root, e, previous.get(e.path))]
-    names = {e.path for e in request.entries}
+    if request.entries is None:
+        entries = list(previous.values())
+        intact = manifest_digest(entries) == request.digest and all(_present(root, e, e) for e in entries)
+        if not intact:
+            return SyncNeeds(needed=[], deleted=[], unknown=True)
+    else:
+        entries = request.entries
+        for entry in entries:
+            _check_path(entry.path)
+    needed = [i for i, e in enumerate(entries) if not _present(root, e, previous.get(e.path))]
+    names = {e.path for e in entries}
     deleted = sorted(p for p in previous if p not in names and os.path.lexists(os.path.join(root, p)))
     staging = os.path.join(root, f"{STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-{request.token}")
     for old in list(_SESSIONS):
         _drop(_SESSIONS.pop(old))
-    _SESSIONS[request.token] = _Session(root, request.entries, previous, set(needed), deleted, staging)
+    _SESSIONS[request.token] = _Session(root, entries, previous, set(needed), deleted, staging)
     return SyncNeeds(needed=needed, deleted=deleted)
 
 
