@@ -56,6 +56,12 @@ def unpicklable_result() -> Any:
     return threading.Lock()
 
 
+def big_value(mib_by_rank: dict[int, float]) -> bytes:
+    """Bytes of this rank's size in ``mib_by_rank``, all equal to the rank."""
+    rank = launcher.context().rank
+    return bytes([rank]) * int(mib_by_rank[rank] * 2**20)
+
+
 def sleep_for(seconds: float) -> float:
     time.sleep(seconds)
     return seconds

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from local_node import LocalNode
 
 import launcher
 from launcher.errors import JobFailed, JobNotFoundError, JobTimeoutError, NotPicklableError, UsageError
+from launcher.node.rundir import RunDir
 
 TESTS = Path(__file__).resolve().parent
 SCRIPTS = TESTS / "scripts"
@@ -106,6 +109,12 @@ def test_wait_times_out_then_a_kill_ends_the_wait(node: LocalNode) -> None:
         job.wait(timeout=1)
     assert isinstance(raised.value, TimeoutError) and time.monotonic() - started < 30
     assert job.status().state == "running"
+
+    before = set(threading.enumerate())
+    for line in job.logs(follow=True):
+        assert "ticker tick=" in line.text or line.rank is None
+        break  # leaving early closes the follower
+    assert_nothing_left_behind(before)
 
     kills = job.kill(grace=2)
 
@@ -207,6 +216,34 @@ def test_an_unpicklable_return_value_names_the_rank(node: LocalNode) -> None:
     with pytest.raises(JobFailed, match=r"rank 0: the return value of rank 0 cannot be pickled") as raised:
         run_here(api_functions.unpicklable_result, nproc_per_node=1)
     assert raised.value.rank == 0
+
+
+def test_big_values_come_back_in_several_answers_up_to_the_limit(node: LocalNode) -> None:
+    values = run_here(api_functions.big_value, {0: 5, 1: 5}, nproc_per_node=2)  # 10 MiB: two answers
+    assert {rank: (len(v), set(v)) for rank, v in values.items()} == {0: (5 << 20, {0}), 1: (5 << 20, {1})}  # type: ignore[arg-type]
+
+    with pytest.raises(
+        JobFailed, match=r"rank 1: the return value of rank 1 is 9\.0 MiB pickled, over the 8 MiB limit"
+    ):
+        run_here(api_functions.big_value, {0: 0, 1: 9}, nproc_per_node=2)
+
+
+def test_results_are_read_within_a_budget(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    for rank in (2, 0, 1):
+        run.write_result(rank, bytes(600))
+    assert run.read_results(budget=1000) == ({0: bytes(600)}, True)
+    assert run.read_results(skip={0}, budget=1200) == ({1: bytes(600), 2: bytes(600)}, False)
+    assert run.read_results(skip={0, 1, 2}) == ({}, False)
+
+
+def test_the_node_side_imports_neither_cloudpickle_nor_torch() -> None:
+    code = (
+        "import sys, launcher.node.agent, launcher.node.results, launcher.node.start;"
+        "print(sorted({'cloudpickle', 'torch'} & {m.partition('.')[0] for m in sys.modules}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_submit_then_result_and_a_timeout_that_kills(node: LocalNode) -> None:
