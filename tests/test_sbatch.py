@@ -221,3 +221,57 @@ def test_hosts_slurm_slots(environ: dict[str, str], slots: list[int | None]) -> 
 def test_hosts_slurm_bad_cpus_per_node(value: str, message: str) -> None:
     with pytest.raises(HostsFileError, match=message.replace("(", r"\(").replace(")", r"\)")):
         resolve_hosts("slurm", {"SLURM_JOB_NODELIST": "n[1-3]", "SLURM_JOB_CPUS_PER_NODE": value})
+
+
+# --- the command ------------------------------------------------------------------------
+
+
+def launcher_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "launcher", *args],
+        cwd=cwd,
+        env={"PATH": os.environ["PATH"], "HOME": str(cwd), "PYTHONPATH": str(REPO), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_sbatch_prints_the_script_or_writes_it(tmp_path: Path) -> None:
+    printed = launcher_cli("sbatch", "-N", "2", "--name", "j", "train.py", "--lr", "3e-4", cwd=tmp_path)
+    written = launcher_cli("sbatch", "-N", "2", "--name", "j", "-o", "job.sh", "train.py", "--lr", "3e-4", cwd=tmp_path)
+
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout.startswith("#!/bin/bash\n#SBATCH --job-name=j\n#SBATCH --nodes=2\n")
+    assert written.returncode == 0 and written.stdout == "", written.stderr
+    script = tmp_path / "job.sh"
+    assert script.read_text() == printed.stdout and os.access(script, os.X_OK)
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0  # it parses
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--partition", "a b", "x.py"), "--partition 'a b': an #SBATCH value may hold no whitespace"),
+        (("--name", "bad name", "x.py"), "bad job name 'bad name'"),
+        (("--sbatch-arg", "exclusive", "x.py"), "--sbatch-arg takes an sbatch option"),
+    ],
+)
+def test_sbatch_bad_input_is_one_line(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    result = launcher_cli("sbatch", *args, cwd=tmp_path)
+
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [result.stderr.strip()] and result.stderr.startswith("Error: ")
+    assert message in result.stderr
+
+
+def test_sbatch_submit_without_sbatch_on_path(tmp_path: Path) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+
+    result = launcher_cli("sbatch", "--submit", "-o", "job.sh", "x.py", cwd=tmp_path, PATH=str(empty))
+
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "Error: sbatch not found on PATH (SLURM's client commands are needed here)"
+    assert not (tmp_path / "job.sh").exists()

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from launcher.cli.common import command_name
+from launcher.cli.common import command_name, run, ssh_for, warn
+
+if TYPE_CHECKING:
+    from launcher.records import JobRecord
+
+TASK_START_S = 60.0
+"""How long each node's task may take to appear (its run directory) once SLURM runs the job."""
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -119,8 +125,29 @@ def _submit(spec: Any, name: str, text: str, path: str | None, start_timeout: fl
         slurm_job_id=job_id,
     )
     save_record(record)
+    for host in _unseen_hosts(record, TASK_START_S):
+        warn(
+            host,
+            f"no run directory of {name} seen there over SSH after {TASK_START_S:g} s (do SLURM jobs and SSH logins see another $XDG_STATE_HOME?)",
+        )
     me = command_name()
     click.echo(f"Started {name} (SLURM job {job_id}) on {len(started.nodes)} node(s): {', '.join(started.nodes)}")
     click.echo(f"  logs        {me} logs --follow {name}")
     click.echo(f"  status      {me} status {name}")
     click.echo(f"  stop        {me} kill {name}")
+
+
+def _unseen_hosts(record: JobRecord, timeout: float) -> list[str]:
+    """The nodes where the job's task has not yet made its run directory, as status sees them.
+
+    Until then ``status`` says ``unknown`` and ``logs --follow`` would end at once there.
+    """
+    from launcher.status import job_status
+
+    deadline = time.monotonic() + timeout
+    while True:
+        status = run(job_status(record, ssh_for(record)))
+        unseen = [host.host for host in status.hosts if host.state == "unknown"]
+        if not unseen or time.monotonic() > deadline:
+            return unseen
+        time.sleep(0.5)
