@@ -331,6 +331,7 @@ def test_status_json_of_a_running_job() -> None:
                 "ranks": [{"rank": 0, "state": "running", "exit_code": None, "signal": None}],
                 "stopped_by": None,
                 "last_heard": None,
+                "interface": None,
             }
         ],
         "root_cause": None,
