@@ -127,7 +127,7 @@ def launch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **o
             return  # detached: the job keeps running
     elif options["wait"]:
         try:
-            status = run(_wait_for_end(record))
+            status = run(wait_until_ended(record))
         except KeyboardInterrupt:
             click.echo(f"\nlauncher: stopped waiting; {record.name} keeps running", err=True)
             ctx.exit(130)
@@ -137,7 +137,8 @@ def launch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **o
     ctx.exit(0 if status.state == "succeeded" else 1)
 
 
-async def _wait_for_end(record: JobRecord) -> JobStatus:
+async def wait_until_ended(record: JobRecord) -> JobStatus:
+    """Once the job has ended on every host: its status (``launch --wait``, ``sbatch --wait``)."""
     from launcher.status import job_status, wait_for_end
 
     # Every host, not the first failure: a failed job may still be stopping elsewhere.

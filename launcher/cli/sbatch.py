@@ -45,9 +45,11 @@ TASK_START_S = 60.0
     show_default=True,
     help="With --submit: seconds the job may stay pending before it is cancelled.",
 )
+@click.option("--wait", is_flag=True, help="With --submit: wait for the job to end; exit 0 only if it succeeded.")
 @click.argument("script")
 @click.argument("script_args", nargs=-1, type=click.UNPROCESSED)
-def sbatch(script: str, script_args: tuple[str, ...], **options: Any) -> None:
+@click.pass_context
+def sbatch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **options: Any) -> None:
     """Write the batch script that runs SCRIPT as `launcher launch` would, under SLURM.
 
     One task per node under srun, torchrun with its rendezvous at the first node of the
@@ -99,11 +101,15 @@ def sbatch(script: str, script_args: tuple[str, ...], **options: Any) -> None:
     elif not options["submit"]:
         click.echo(text, nl=False)
         return
+    if options["wait"] and not options["submit"]:
+        raise UsageError("--wait needs --submit")
     if options["submit"]:
-        _submit(spec, name, text, options["output"], options["start_timeout"])
+        record = _submit(spec, name, text, options["output"], options["start_timeout"])
+        if options["wait"]:
+            _wait(ctx, record)
 
 
-def _submit(spec: Any, name: str, text: str, path: str | None, start_timeout: float) -> None:
+def _submit(spec: Any, name: str, text: str, path: str | None, start_timeout: float) -> JobRecord:
     from launcher import slurm_jobs
     from launcher.hosts import Host
     from launcher.records import JobRecord, save_record
@@ -135,6 +141,20 @@ def _submit(spec: Any, name: str, text: str, path: str | None, start_timeout: fl
     click.echo(f"  logs        {me} logs --follow {name}")
     click.echo(f"  status      {me} status {name}")
     click.echo(f"  stop        {me} kill {name}")
+    return record
+
+
+def _wait(ctx: click.Context, record: JobRecord) -> None:
+    from launcher.cli import render
+    from launcher.cli.launching import wait_until_ended
+
+    try:
+        status = run(wait_until_ended(record))
+    except KeyboardInterrupt:
+        click.echo(f"\nlauncher: stopped waiting; {record.name} keeps running", err=True)
+        ctx.exit(130)
+    render.print_status(status)
+    ctx.exit(0 if status.state == "succeeded" else 1)
 
 
 def _unseen_hosts(record: JobRecord, timeout: float) -> list[str]:
