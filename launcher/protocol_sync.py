@@ -52,6 +52,9 @@ class SyncNeeds:
     """Paths the last sync put there that the new tree no longer has."""
     unknown: bool = False
     """Asked by digest only, the node has no intact copy of that tree: send the manifest."""
+    source: bool = False
+    """``root`` there is the very directory being synced (a shared disk, or this machine):
+    the node leaves it alone."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +91,9 @@ class SyncPlan(Request[SyncNeeds]):
     token: str
     entries: list[SyncEntry] | None = None
     digest: str = ""
+    marker: str = ""
+    """A file the launching side put at the top of the tree for the plan: seen under
+    ``root``, the node is looking at the source itself."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,6 +34,7 @@ from typing import TypeVar
 from launcher.errors import HostError, JobError, LauncherError, UsageError
 from launcher.hosts import Host
 from launcher.protocol_sync import (
+    STAGING_PREFIX,
     SyncAbort,
     SyncChunk,
     SyncCommit,
@@ -91,6 +92,8 @@ class HostSync:
     deleted: tuple[str, ...]
     digest: str | None = None
     """The tree's digest as the node computed it after the commit (None: dry run)."""
+    source: bool = False
+    """Its directory is the source itself (a shared disk, or this machine): left alone."""
 
 
 @dataclass(frozen=True)
@@ -183,30 +186,35 @@ async def sync_agents(
     """Sync ``tree`` over open agents, each to its directory; every host commits, or none."""
     token = secrets.token_hex(6)
     entries = list(tree.entries)
-    agents = [agent for agent, _ in targets]
-    hosts = [agent.host for agent in agents]
+    every = [agent for agent, _ in targets]
+    agents = every  # those to abort if anything fails
     try:
-        plans: list[SyncNeeds] = await on_every_host(
-            [_plan(a, root, token, tree) for a, root in targets], hosts, "sync failed, nothing changed"
-        )
+        with _source_marker(tree, token) as marker:
+            plans: list[SyncNeeds] = await on_every_host(
+                [_plan(a, root, token, tree, marker) for a, root in targets],
+                [a.host for a in every],
+                "sync failed, nothing changed",
+            )
+        # A host whose directory is the source itself has nothing to stage, commit or finish.
+        syncing = [i for i, plan in enumerate(plans) if not plan.source]
+        agents = [every[i] for i in syncing]
         sizes = [sum(entries[i].size for i in plan.needed) for plan in plans]
+        committed: dict[int, SyncCommitted | None] = {}
         if not dry_run:
-            progress = _Progress(sum(sizes), len(agents), on_progress)
+            progress = _Progress(sum(sizes[i] for i in syncing), len(syncing), on_progress)
             semaphore = asyncio.Semaphore(parallel)
 
-            async def stage(agent: NodeAgent, needs: SyncNeeds) -> None:
+            async def stage(index: int) -> None:
                 async with semaphore:
-                    await _stage(agent, token, tree, needs.needed, progress)
+                    await _stage(every[index], token, tree, plans[index].needed, progress)
                     progress.host_done()
 
             await on_every_host(
-                [stage(a, p) for a, p in zip(agents, plans, strict=True)],
-                hosts,
+                [stage(i) for i in syncing],
+                [a.host for a in agents],
                 "sync failed, every host keeps its previous copy",
             )
-            committed = await _commit(agents, token)
-        else:
-            committed = [None] * len(agents)
+            committed = dict(zip(syncing, await _commit(agents, token), strict=True))
     except BaseException:
         await asyncio.shield(_abort(agents, token))
         raise
@@ -214,6 +222,11 @@ async def sync_agents(
         await _abort(agents, token)
     else:
         await asyncio.gather(*(a.call(SyncFinish(token=token), timeout=120) for a in agents), return_exceptions=True)
+
+    def digest(index: int) -> str | None:
+        done = committed.get(index)
+        return tree.digest if plans[index].source else done.digest if done else None
+
     return SyncReport(
         source=tree.root,
         remote_dir=targets[0][1] if targets else tree.root,
@@ -225,22 +238,42 @@ async def sync_agents(
             HostSync(
                 host=agent.host.label,
                 copied=tuple(entries[i].path for i in plan.needed),
-                bytes=size,
+                bytes=sizes[index],
                 deleted=tuple(plan.deleted),
-                digest=done.digest if done else None,
+                digest=digest(index),
+                source=plan.source,
             )
-            for agent, plan, size, done in zip(agents, plans, sizes, committed, strict=True)
+            for index, (agent, plan) in enumerate(zip(every, plans, strict=True))
         ),
         dry_run=dry_run,
     )
 
 
-async def _plan(agent: NodeAgent, root: str, token: str, tree: Tree) -> SyncNeeds:
+async def _plan(agent: NodeAgent, root: str, token: str, tree: Tree, marker: str) -> SyncNeeds:
     """By the tree's digest first: a host that has it intact needs nothing more."""
-    needs = await agent.call(SyncPlan(root=root, token=token, digest=tree.digest), timeout=120)
+    needs = await agent.call(SyncPlan(root=root, token=token, digest=tree.digest, marker=marker), timeout=120)
     if needs.unknown:
         needs = await agent.call(SyncPlan(root=root, token=token, entries=list(tree.entries)), timeout=120)
     return needs
+
+
+@contextlib.contextmanager
+def _source_marker(tree: Tree, token: str) -> Iterator[str]:
+    """A file in the source while hosts plan, so that a host whose directory is the source
+    itself (a shared disk, or this machine) says so instead of syncing onto it."""
+    name = f"{STAGING_PREFIX}source-{token}"
+    path = os.path.join(tree.root, name)
+    try:
+        with open(path, "x"):
+            pass
+    except OSError:
+        yield ""  # a read-only source: no host can delete from it either
+        return
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 async def _stage(agent: NodeAgent, token: str, tree: Tree, needed: list[int], progress: _Progress) -> None:

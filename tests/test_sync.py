@@ -260,3 +260,17 @@ def test_a_node_with_the_tree_intact_answers_the_digest_alone(tmp_path: Path, no
     assert ask() == (False, [])
     write(dest, {"pkg/b.py": "edited on the node"})
     assert ask() == (True, [])  # then the launcher sends the whole manifest
+
+
+def test_a_host_whose_directory_is_the_source_itself_is_left_alone(tmp_path: Path, nodes: list[LocalNode]) -> None:
+    source = write(tmp_path / "src", {"a.py": "1", "data/rows.csv": "2"})
+    other = tmp_path / "host1"
+    sync(source, nodes[:2], [tmp_path / "elsewhere", other])
+    write(source, {".launcherignore": "data/\n"})  # now ignored: a copy loses it, the source never
+
+    report = sync(source, nodes[:2], [source, other])
+
+    assert [h.source for h in report.hosts] == [True, False] and report.same_everywhere
+    assert (source / "data" / "rows.csv").read_text() == "2"
+    assert not (other / "data").exists()
+    assert [n for n in os.listdir(source) if n.startswith(".launcher-sync-")] == []

@@ -63,6 +63,9 @@ def print_report(report: SyncReport) -> None:
         f"{report.files} file(s), {human_bytes(report.size)}, code {report.fingerprint}"
     )
     for host in report.hosts:
+        if host.source:
+            click.echo(f"{host.host}  its directory is the source itself (a shared disk, or this machine): left alone")
+            continue
         click.echo(
             f"{host.host}  {verb} {len(host.copied)} file(s) ({human_bytes(host.bytes)}), "
             f"{'would delete' if report.dry_run else 'deleted'} {len(host.deleted)}"

@@ -75,6 +75,8 @@ _SESSIONS: dict[str, _Session] = {}
 
 def plan(request: SyncPlan) -> SyncNeeds:
     root = _check_root(request.root)
+    if request.marker and os.path.exists(os.path.join(root, request.marker)):
+        return SyncNeeds(needed=[], deleted=[], source=True)  # deleting here would delete the source
     previous = _load_manifest(root)
     _remove_stale_staging(root)
     if request.entries is None:
