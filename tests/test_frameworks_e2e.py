@@ -155,3 +155,42 @@ def test_accelerate_script_under_sbatch(slurm: SlurmCluster) -> None:  # noqa: F
 @pytest.mark.usefixtures(slurm_jobs_cancelled.__name__)
 def test_deepspeed_script_under_sbatch(slurm: SlurmCluster, deepspeed_ops: str) -> None:  # noqa: F811
     submit_and_check(slurm, "deepspeed_train", deepspeed_ops)
+
+
+HEAD_OR_WORKER = (
+    'if [ "$NODE_RANK" = 0 ]; then echo "head --port=$MASTER_PORT"; '
+    'else echo "worker --address=$MASTER_ADDR:$MASTER_PORT"; fi'
+)
+"""The README's recipe for Ray (``ray start --head`` on the first host, workers elsewhere), with
+echo in place of ``ray start``: what each host is told comes from ``--runner exec``'s variables."""
+
+
+@pytest.mark.usefixtures(kill_jobs_left_running.__name__)
+def test_exec_runner_tells_the_first_host_from_the_others(cluster: Cluster) -> None:
+    name = job_name("head-worker")
+
+    launched = run_cli(
+        cluster,
+        "launch",
+        "--runner",
+        "exec",
+        "--hosts",
+        "h0,h1",
+        "--name",
+        name,
+        "--wait",
+        "--",
+        "bash",
+        "-c",
+        HEAD_OR_WORKER,
+    )
+
+    assert launched.returncode == 0, launched.stdout + launched.stderr
+    lines = sorted(
+        line for line in run_cli(cluster, "logs", name).stdout.splitlines() if "head" in line or "worker" in line
+    )
+    assert len(lines) == 2, lines
+    head = re.fullmatch(r"\[h0\] head --port=(\d+)", lines[0])
+    worker = re.fullmatch(r"\[h1\] worker --address=(\S+):(\d+)", lines[1])
+    assert head is not None and worker is not None, lines
+    assert worker[2] == head[1]  # the workers reach the head at the port picked free on h0
