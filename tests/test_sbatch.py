@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from launcher import slurm_jobs
 from launcher.codec import decode, to_wire
-from launcher.errors import HostsFileError, UsageError
+from launcher.errors import HostsFileError, SlurmError, UsageError
 from launcher.node import slurm_task as node_task
 from launcher.node.rundir import RunDir
 from launcher.protocol import SlurmTask, TaskCommand, slurm_field
@@ -275,3 +276,58 @@ def test_sbatch_submit_without_sbatch_on_path(tmp_path: Path) -> None:
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip() == "Error: sbatch not found on PATH (SLURM's client commands are needed here)"
     assert not (tmp_path / "job.sh").exists()
+
+
+# --- what SLURM answers (its commands stood in for by scripts on PATH) --------------------
+
+
+def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **programs: str) -> None:
+    """Put scripts named after SLURM's commands first on PATH: ``name=shell code``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, code in programs.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{code}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+@pytest.mark.parametrize(
+    ("state", "reason"), [("FAILED", "NonZeroExitCode"), ("BOOT_FAIL", "None"), ("CANCELLED", "None")]
+)
+def test_a_job_that_failed_to_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state: str, reason: str) -> None:
+    fake_slurm(
+        tmp_path, monkeypatch, scontrol=f"echo 'JobId=7 JobName=j JobState={state} Reason={reason} NodeList=(null)'"
+    )
+
+    with pytest.raises(SlurmError, match=rf"^SLURM job 7 failed to start: {state} \(reason: {reason}\)$"):
+        slurm_jobs.wait_until_started("7", timeout=5)
+
+
+def test_a_started_job_gives_its_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_slurm(tmp_path, monkeypatch, scontrol="echo 'JobId=7 JobState=RUNNING Reason=None NodeList=gpu[01-02],cpu7'")
+
+    assert slurm_jobs.wait_until_started("7", timeout=5).nodes == ("gpu01", "gpu02", "cpu7")
+
+
+def test_scancel_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_slurm(
+        tmp_path,
+        monkeypatch,
+        scontrol="echo 'JobId=7 JobState=RUNNING Reason=None NodeList=n1'",
+        scancel="echo 'scancel: error: Kill job error on job id 7: Access/permission denied' >&2; exit 1",
+    )
+
+    with pytest.raises(SlurmError, match=r"^scancel refused SLURM job 7: scancel: error: Kill job error on job id 7"):
+        slurm_jobs.cancel("7")
+
+
+def test_a_job_slurm_forgot_is_not_cancelled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_slurm(
+        tmp_path,
+        monkeypatch,
+        scontrol="echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1",
+        scancel=f"touch {tmp_path}/called; exit 1",
+    )
+
+    assert slurm_jobs.cancel("7") is None  # ended over MinJobAge ago: nothing to scancel
+    assert not (tmp_path / "called").exists()
