@@ -11,19 +11,19 @@ from __future__ import annotations
 import asyncio
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from launcher.errors import JobError, JobTimeoutError, UnreachableError, UsageError
-from launcher.job_call import CALL_MODULE, collect_outcomes, values_or_raise
+from launcher.job_call import CALL_MODULE, RankOutcome, read_outcomes, values_or_raise
 from launcher.job_loop import iterate_sync, run_sync
 from launcher.job_result import JobResult, job_failed
 from launcher.kill import HostKill, kill_job
 from launcher.logs import LogLine, follow_logs, read_logs
 from launcher.records import JobRecord, all_records, load_record
 from launcher.status import JobStatus, job_status, wait_for_end
-from launcher.transport import SshOptions
+from launcher.transport import NodeAgent, SshOptions
 
 _KEEPALIVE_S = 5.0
 """While waiting or following: three missed keepalives and a host counts as cut off."""
@@ -87,11 +87,19 @@ class Job:
         if not self.is_function:
             raise UsageError(f"job {self.name} runs a script, not a function: use wait() (result() is for submit())")
 
-        async def ended_and_collected() -> tuple[JobStatus, Any]:
-            status = await self._ended(timeout)
-            return status, await collect_outcomes(self.record, self.ssh)
+        outcomes: dict[int, RankOutcome] = {}
+        read_from: set[str] = set()
 
-        status, (outcomes, unreadable) = run_sync(ended_and_collected())
+        async def collect(agent: NodeAgent) -> None:  # on the connection that saw the end
+            outcomes.update(await read_outcomes(agent, self.name))
+            read_from.add(agent.host.label)
+
+        async def ended_and_collected() -> JobStatus:
+            await self._wait_for_end(timeout, then=collect)
+            return await job_status(self.record, self.ssh)
+
+        status = run_sync(ended_and_collected())
+        unreadable = {h: "it could not be reached" for h in self.hosts if h not in read_from}
         return values_or_raise(JobResult.of(status), outcomes, unreadable)
 
     def logs(
@@ -133,12 +141,17 @@ class Job:
         return run_sync(kill_job(self.record, grace, self.ssh))
 
     async def _ended(self, timeout: float | None) -> JobStatus:
+        await self._wait_for_end(timeout)
+        return await job_status(self.record, self.ssh)
+
+    async def _wait_for_end(
+        self, timeout: float | None, then: Callable[[NodeAgent], Awaitable[None]] | None = None
+    ) -> None:
         try:
             async with asyncio.timeout(timeout):
-                await wait_for_end(self.record, replace(self.ssh, keepalive=_KEEPALIVE_S))
+                await wait_for_end(self.record, replace(self.ssh, keepalive=_KEEPALIVE_S), then=then)
         except TimeoutError:
             raise JobTimeoutError(self.name, timeout or 0.0) from None
-        return await job_status(self.record, self.ssh)
 
     def _on_host(self, host: str | None) -> JobRecord:
         if host is None:

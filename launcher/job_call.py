@@ -17,12 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from launcher.errors import HostError, JobFailed, NotPicklableError, UsageError
-from launcher.hosts import Host
+from launcher.errors import JobFailed, NotPicklableError, UsageError
 from launcher.job_result import JobResult, job_failed
 from launcher.protocol import RESULT_LIMIT, ReadResults
-from launcher.records import JobRecord
-from launcher.transport import SshOptions, for_each_host, open_agent
+from launcher.transport import NodeAgent
 
 CALL_MODULE = "launcher.node.call_function"
 """What torchrun runs (``--module``) on every rank of a function job."""
@@ -80,29 +78,14 @@ class RankOutcome:
     time: float | None = None
 
 
-async def collect_outcomes(record: JobRecord, ssh: SshOptions) -> tuple[dict[int, RankOutcome], dict[str, str]]:
-    """Every rank's outcome from every host; and the hosts that could not be asked, with why."""
-
-    async def one(host: Host) -> dict[int, RankOutcome]:
-        agent = await open_agent(host, ssh)
-        try:
-            found: dict[int, bytes] = {}
-            while True:
-                answer = await agent.call(ReadResults(job=record.name, skip=sorted(found)))
-                found.update({int(rank): base64.b64decode(data) for rank, data in answer.values.items()})
-                if not answer.more or not answer.values:
-                    return {rank: _outcome(host.label, rank, data) for rank, data in found.items()}
-        finally:
-            await agent.close()
-
-    results = await for_each_host(record.hosts, one)
-    outcomes = {rank: o for r in results if isinstance(r, dict) for rank, o in r.items()}
-    failures = {
-        h.label: (r.message if isinstance(r, HostError) else str(r))
-        for h, r in zip(record.hosts, results, strict=True)
-        if not isinstance(r, dict)
-    }
-    return outcomes, failures
+async def read_outcomes(agent: NodeAgent, job: str) -> dict[int, RankOutcome]:
+    """The outcomes of the ranks that ran on the agent's host (several answers if they are big)."""
+    found: dict[int, bytes] = {}
+    while True:
+        answer = await agent.call(ReadResults(job=job, skip=sorted(found)))
+        found.update({int(rank): base64.b64decode(data) for rank, data in answer.values.items()})
+        if not answer.more or not answer.values:
+            return {rank: _outcome(agent.host.label, rank, data) for rank, data in found.items()}
 
 
 def _outcome(host: str, rank: int, data: bytes) -> RankOutcome:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -202,14 +202,19 @@ async def wait_for_end(
     ssh: SshOptions = DEFAULT_SSH,
     on_problem: Callable[[str, str], None] | None = None,
     reconnect_for: float = 300.0,
+    then: Callable[[NodeAgent], Awaitable[None]] | None = None,
 ) -> None:
     """Return once the job no longer runs on any host (or a host stayed out of reach for
     ``reconnect_for`` seconds). One connection per host, which its node answers when
-    the job ends there: no new login every poll on nodes busy training."""
+    the job ends there: no new login every poll on nodes busy training. ``then(agent)``
+    runs on that connection once the job ended there (``Job.result`` reads the ranks'
+    return values on it, without a second login)."""
 
     async def one(host: Host) -> None:
         async def session(agent: NodeAgent) -> None:
             await agent.call(Wait(job=record.name), timeout=None)
+            if then is not None:
+                await then(agent)
 
         await reconnecting(host, ssh, session, on_problem, reconnect_for)
 
