@@ -119,6 +119,7 @@ def batch_script(spec: LaunchSpec, name: str, options: SbatchOptions) -> str:
     first, rest = node_plans(spec, name)
     task = slurm_task(name, spec.cwd, first, rest)
     python = shlex.quote(spec.python)
+    cpus = f" --cpus-per-task={options.cpus_per_task}" if options.cpus_per_task is not None else ""
     port = str(spec.rdzv_port) if spec.rdzv_port is not None else f"$({python} -c {shlex.quote(_FREE_PORT)})"
     lines = [
         "#!/bin/bash",
@@ -139,7 +140,8 @@ def batch_script(spec: LaunchSpec, name: str, options: SbatchOptions) -> str:
         f"rdzv_port={port}",
         "",
         'srun --nodes="$SLURM_JOB_NUM_NODES" --ntasks="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 \\',
-        "  --kill-on-bad-exit=1 --export=ALL \\",
+        # srun does not take sbatch's --cpus-per-task (SLURM >= 22.05): say it again.
+        f"  --kill-on-bad-exit=1 --export=ALL{cpus} \\",
         f'  {python} -P -m launcher.node.slurm_task "$rdzv_host" "$rdzv_port" \\',
         f"  {shlex.quote(json.dumps(to_wire(task)))}",
     ]

@@ -65,6 +65,7 @@ def test_sbatch_lines_ask_for_what_the_options_say() -> None:
         "--exclusive",
     ]
     assert script.startswith("#!/bin/bash\n#SBATCH")
+    assert "  --kill-on-bad-exit=1 --export=ALL --cpus-per-task=32 \\\n" in script  # srun: not inherited
     task = task_of(script)
     argv = task.first.argv
     assert argv[argv.index("--nproc-per-node") + 1] == "8"  # the GPUs per node

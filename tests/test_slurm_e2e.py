@@ -171,6 +171,7 @@ def test_sbatch_submit_runs_distributed_sum(slurm: SlurmCluster) -> None:  # noq
         "--wait",
         "--nodes=2",
         "--nproc-per-node=2",
+        f"--cpus-per-task={min(2, slurm.cpus_per_node)}",  # sbatch's and srun's
         "--name",
         name,
         f"--sbatch-arg=--output={output}",
