@@ -232,6 +232,19 @@ def test_sbatch_submit_of_a_job_that_stays_pending_cancels_it(slurm: SlurmCluste
     assert not (slurm.cluster.node_state_dir / "launcher" / "jobs" / f"{name}.json").exists()
 
 
+def test_sbatch_submit_of_a_job_whose_tasks_cannot_start(slurm: SlurmCluster) -> None:  # noqa: F811
+    name = job_name("no-python")
+    output = f"--sbatch-arg=--output={slurm.jobs_dir / name}.out"
+    args = ["--python", "/nonexistent/python3", "--rdzv-port", "29400", "--name", name, output]
+
+    result = sbatch_cli(slurm, "sbatch", "--submit", "-N", "2", *args, "examples/distributed_sum.py")
+
+    assert_one_line_error(result)
+    assert re.search(r"SLURM job \d+ (failed to start: FAILED|ended \(FAILED\) before its task started)", result.stderr)
+    assert slurm.job_ids() == []
+    assert not (slurm.cluster.node_state_dir / "launcher" / "jobs" / f"{name}.json").exists()
+
+
 def test_sbatch_refused_by_slurm_is_one_line(slurm: SlurmCluster) -> None:  # noqa: F811
     result = sbatch_cli(slurm, "sbatch", "--submit", "--sbatch-arg=--nodelist=nosuchnode", "x.py")
 

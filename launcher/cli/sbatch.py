@@ -118,23 +118,25 @@ def _submit(spec: Any, name: str, text: str, path: str | None, start_timeout: fl
     click.echo(f"Submitted {name} as SLURM job {job_id}; waiting for its nodes...")
     try:
         started = slurm_jobs.wait_until_started(job_id, start_timeout)
+        record = JobRecord(
+            name=name,
+            hosts=tuple(Host(node) for node in started.nodes),
+            launched_at=time.time(),
+            script=spec.script,
+            python=spec.python,
+            cwd=spec.cwd,
+            slurm_job_id=job_id,
+        )
+        unseen = _unseen_hosts(record, TASK_START_S)
     except KeyboardInterrupt:
         slurm_jobs.cancel(job_id)
         raise
-    record = JobRecord(
-        name=name,
-        hosts=tuple(Host(node) for node in started.nodes),
-        launched_at=time.time(),
-        script=spec.script,
-        python=spec.python,
-        cwd=spec.cwd,
-        slurm_job_id=job_id,
-    )
     save_record(record)
-    for host in _unseen_hosts(record, TASK_START_S):
+    for host in unseen:
         warn(
             host,
-            f"no run directory of {name} seen there over SSH after {TASK_START_S:g} s (do SLURM jobs and SSH logins see another $XDG_STATE_HOME?)",
+            f"no run directory of {name} seen there over SSH after {TASK_START_S:g} s"
+            " (do SLURM jobs and SSH logins see another $XDG_STATE_HOME?)",
         )
     me = command_name()
     click.echo(f"Started {name} (SLURM job {job_id}) on {len(started.nodes)} node(s): {', '.join(started.nodes)}")
@@ -162,12 +164,23 @@ def _unseen_hosts(record: JobRecord, timeout: float) -> list[str]:
 
     Until then ``status`` says ``unknown`` and ``logs --follow`` would end at once there.
     """
+    from launcher import slurm_jobs
+    from launcher.errors import SlurmError
     from launcher.status import job_status
 
+    assert record.slurm_job_id is not None
     deadline = time.monotonic() + timeout
     while True:
         status = run(job_status(record, ssh_for(record)))
         unseen = [host.host for host in status.hosts if host.state == "unknown"]
         if not unseen or time.monotonic() > deadline:
             return unseen
+        job = slurm_jobs.job(record.slurm_job_id)
+        if job is None or job.state not in slurm_jobs.ACTIVE:
+            state = job.state if job else "gone"
+            raise SlurmError(
+                f"SLURM job {record.slurm_job_id} ended ({state}) before its task started on"
+                f" {', '.join(unseen)}: see the job's output file",
+                record.slurm_job_id,
+            )
         time.sleep(0.5)
