@@ -20,13 +20,11 @@ host (see the closing note of issue 9 for the measurement against SFTP).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import os
 import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -36,28 +34,22 @@ from launcher.hosts import Host
 from launcher.protocol_sync import (
     STAGING_PREFIX,
     SyncAbort,
-    SyncChunk,
     SyncCommit,
     SyncCommitted,
     SyncFinish,
     SyncNeeds,
     SyncPlan,
-    SyncPut,
     display_path,
 )
 from launcher.records import records_dir
+from launcher.sync_send import Progress, stage_content
+from launcher.sync_send import SyncProgress as SyncProgress  # re-exported: launch and the CLI take it from here
 from launcher.transport import NodeAgent, SshOptions, open_agent
-from launcher.tree import SyncSourceError, Tree, scan_tree
+from launcher.tree import Tree, scan_tree
 
 DEFAULT_SYNC_MAX = 1 << 30
 """Refuse to sync more than this many bytes (``--sync-max``): a dataset or checkpoints by mistake."""
-CHUNK = 1 << 20
-"""Bytes of one chunk (base64 in JSON makes 4/3 of it)."""
-BATCH = 4 << 20
-"""Bytes of content per ``SyncPut``."""
 T = TypeVar("T")
-WINDOW = 3
-"""``SyncPut`` requests in flight per host: the node writes one while the next arrives."""
 
 
 class SyncTooLargeError(UsageError):
@@ -72,14 +64,6 @@ class SyncTooLargeError(UsageError):
             f"refusing to sync {human_bytes(size)}, more than --sync-max {human_bytes(limit)}; "
             f"the largest: {biggest} (ignore them in .gitignore or .launcherignore, or raise --sync-max)"
         )
-
-
-@dataclass(frozen=True)
-class SyncProgress:
-    bytes_done: int
-    bytes_total: int
-    hosts_done: int
-    hosts_total: int
 
 
 @dataclass(frozen=True)
@@ -201,12 +185,12 @@ async def sync_agents(
         sizes = [sum(entries[i].size for i in plan.needed) for plan in plans]
         committed: dict[int, SyncCommitted | None] = {}
         if not dry_run:
-            progress = _Progress(sum(sizes[i] for i in syncing), len(syncing), on_progress)
+            progress = Progress(sum(sizes[i] for i in syncing), len(syncing), on_progress)
             semaphore = asyncio.Semaphore(parallel)
 
             async def stage(index: int) -> None:
                 async with semaphore:
-                    await _stage(every[index], token, tree, plans[index].needed, progress)
+                    await stage_content(every[index], token, tree, plans[index].needed, progress)
                     progress.host_done()
 
             await on_every_host(
@@ -276,74 +260,6 @@ def _source_marker(tree: Tree, token: str) -> Iterator[str]:
             os.unlink(path)
 
 
-async def _stage(agent: NodeAgent, token: str, tree: Tree, needed: list[int], progress: _Progress) -> None:
-    """Send the content ``needed``, ``WINDOW`` requests in flight."""
-    in_flight: set[asyncio.Future[object]] = set()
-    try:
-        async for chunks, size in _batches(tree, needed):
-            if len(in_flight) >= WINDOW:
-                done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()
-            task = asyncio.ensure_future(_put(agent, token, chunks, size, progress))
-            in_flight.add(task)
-        for task in asyncio.as_completed(in_flight):
-            await task
-    finally:
-        for task in in_flight:
-            task.cancel()
-        await asyncio.gather(*in_flight, return_exceptions=True)
-
-
-async def _put(agent: NodeAgent, token: str, chunks: list[SyncChunk], size: int, progress: _Progress) -> object:
-    answer = await agent.call(SyncPut(token=token, chunks=chunks), timeout=120)
-    progress.add(size)
-    return answer
-
-
-async def _batches(tree: Tree, needed: list[int]) -> AsyncIterator[tuple[list[SyncChunk], int]]:
-    chunks: list[SyncChunk] = []
-    size = 0
-    for index in needed:
-        if tree.entries[index].kind != "f":
-            continue  # a symlink travels in the manifest
-        for chunk in _read_chunks(tree, index):
-            chunks.append(chunk)
-            size += len(chunk.data) * 3 // 4
-            if size >= BATCH:
-                yield chunks, size
-                chunks, size = [], 0
-                await asyncio.sleep(0)  # let the other hosts' sends run
-    if chunks:
-        yield chunks, size
-
-
-def _read_chunks(tree: Tree, index: int) -> Iterator[SyncChunk]:
-    """The file's chunks, checked against its manifest entry: a file that changed or
-    vanished since the scan fails the sync (every host keeps its previous copy)."""
-    entry = tree.entries[index]
-    path = os.path.join(tree.root, entry.path)
-    digest = hashlib.blake2b(digest_size=16)
-    offset = 0
-    try:
-        with open(path, "rb") as file:
-            while True:
-                data = file.read(CHUNK)
-                if not data and offset:
-                    break
-                digest.update(data)
-                yield SyncChunk(index, offset, base64.b64encode(data).decode("ascii"))
-                offset += len(data)
-                if not data:
-                    break
-    except FileNotFoundError:
-        raise SyncSourceError(path, "vanished while syncing; every host keeps its previous copy") from None
-    except OSError as exc:
-        raise SyncSourceError(path, f"cannot read: {exc.strerror}") from None
-    if offset != entry.size or digest.hexdigest() != entry.digest:
-        raise SyncSourceError(path, "changed while syncing; every host keeps its previous copy (sync again)")
-
-
 async def _commit(agents: Sequence[NodeAgent], token: str) -> list[SyncCommitted | None]:
     """Commit everywhere; if one host fails, the others put their previous copy back."""
     results = await asyncio.gather(
@@ -385,24 +301,6 @@ async def on_every_host(steps: Sequence[Awaitable[T]], hosts: Sequence[Host], su
     if failures:
         raise JobError(summary, failures)
     return [task.result() for task in tasks]
-
-
-class _Progress:
-    def __init__(self, total: int, hosts: int, report: Callable[[SyncProgress], None] | None) -> None:
-        self.done, self.total, self.hosts, self.hosts_done = 0, total, hosts, 0
-        self.report = report
-
-    def add(self, size: int) -> None:
-        self.done += size
-        self._tell()
-
-    def host_done(self) -> None:
-        self.hosts_done += 1
-        self._tell()
-
-    def _tell(self) -> None:
-        if self.report:
-            self.report(SyncProgress(min(self.done, self.total), self.total, self.hosts_done, self.hosts))
 
 
 def human_bytes(size: float) -> str:

@@ -17,11 +17,9 @@ which files a deletion may remove (never a file no sync put there, say a checkpo
 
 from __future__ import annotations
 
-import base64
 import binascii
 import contextlib
 import dataclasses
-import json
 import os
 import shutil
 import socket
@@ -30,7 +28,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from launcher.node.errors import NodeError
-from launcher.node.rundir import state_dir
+from launcher.node.sync_disk import hash_file, load_manifest, remove_empty_parents, remove_stale_staging, save_manifest
 from launcher.protocol_sync import (
     STAGING_PREFIX,
     SyncAbort,
@@ -77,8 +75,8 @@ def plan(request: SyncPlan) -> SyncNeeds:
     root = _check_root(request.root)
     if request.marker and os.path.exists(os.path.join(root, request.marker)):
         return SyncNeeds(needed=[], deleted=[], source=True)  # deleting here would delete the source
-    previous = _load_manifest(root)
-    _remove_stale_staging(root)
+    previous = load_manifest(root)
+    remove_stale_staging(root)
     if request.entries is None:
         entries = list(previous.values())
         intact = manifest_digest(entries) == request.digest and all(_present(root, e, e) for e in entries)
@@ -110,7 +108,7 @@ def put(request: SyncPut) -> SyncStaged:
                 "bad_request", f"{display_path(entry.path)}: chunk at {chunk.offset}, expected {staged.written}"
             )
         try:
-            data = base64.b64decode(chunk.data, validate=True)
+            data = binascii.a2b_base64(chunk.data, strict_mode=True)  # b64decode(validate=True): 2.5x slower
         except binascii.Error:
             raise NodeError("bad_request", f"{display_path(entry.path)}: a chunk is no base64") from None
         try:
@@ -143,7 +141,7 @@ def commit(request: SyncCommit) -> SyncCommitted:
             elif entry.kind == "f":
                 _touch(session, entry)
         current = ""
-        _save_manifest(session)
+        save_manifest(session.root, session.entries, session.undo)
     except OSError as exc:
         _undo(session)
         raise _failed(session, current, exc) from None
@@ -159,7 +157,7 @@ def finish(request: SyncFinish) -> SyncClosed:
         raise NodeError("bad_request", "finish before commit")
     _drop(_SESSIONS.pop(request.token))
     for path in session.deleted:
-        _remove_empty_parents(session.root, path)
+        remove_empty_parents(session.root, path)
     return SyncClosed(restored=False)
 
 
@@ -203,43 +201,9 @@ def _present(root: str, entry: SyncEntry, previous: SyncEntry | None) -> bool:
                 previous.size,
                 previous.mtime_ns,
             )
-        return _hash_file(target) == entry.digest
+        return hash_file(target) == entry.digest
     except OSError:
         return False
-
-
-def _hash_file(path: str) -> str:
-    import hashlib
-
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as file:
-        while block := file.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _remove_stale_staging(root: str) -> None:
-    """Staging directories this host left behind (a connection lost mid-sync) whose agent is gone.
-    Another host's, on a shared disk, are not this host's to judge."""
-    mine = f"{STAGING_PREFIX}{socket.gethostname()}-"
-    try:
-        names = [n for n in os.listdir(root) if n.startswith(mine)]
-    except OSError:
-        return
-    for name in names:
-        pid = name[len(mine) :].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ---------------------------------------------------------------------------- put
@@ -334,57 +298,11 @@ def _undo(session: _Session) -> None:
     session.committed = False
 
 
-def _remove_empty_parents(root: str, path: str) -> None:
-    parts = path.split("/")[:-1]
-    while parts:
-        try:
-            os.rmdir(os.path.join(root, *parts))
-        except OSError:
-            return
-        parts.pop()
-
-
 def _drop(session: _Session) -> None:
     for staged in session.staged.values():
         if staged.file is not None:
             staged.file.close()
     shutil.rmtree(session.staging, ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------- manifests
-
-
-def _manifest_path(root: str) -> str:
-    import hashlib
-
-    name = hashlib.blake2b(root.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
-    return os.path.join(state_dir(), "launcher", "sync", socket.gethostname(), f"{name}.json")
-
-
-def _load_manifest(root: str) -> dict[str, SyncEntry]:
-    try:
-        with open(_manifest_path(root), encoding="utf-8") as file:
-            data = json.load(file)
-        if data.get("root") != root:
-            return {}
-        return {e[0]: SyncEntry(*e) for e in data["entries"]}
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        return {}  # none, or damaged: the plan then checks every file by its content
-
-
-def _save_manifest(session: _Session) -> None:
-    path = _manifest_path(session.root)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    old = path + ".previous"
-    if os.path.exists(path):
-        os.replace(path, old)
-        session.undo.append(lambda: os.replace(old, path))
-    else:
-        session.undo.append(lambda: os.unlink(path))
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as file:
-        json.dump({"root": session.root, "entries": [list(e) for e in session.entries]}, file)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------- errors
