@@ -122,24 +122,27 @@ def sftp_upload(cluster: Cluster, src: Path, dest: Path, hosts: list[str]) -> fl
 
 
 def measure(cluster: Cluster, src: Path, count: int, repeat: int) -> dict[str, dict[str, float]]:
+    """Median wall seconds per contender and case; the contenders take turns in each
+    repetition, so that a busy moment of the machine falls on all of them alike."""
     dest = cluster.project_dir / "dest"
     hosts = [h.name for h in cluster.hosts[:count]]
-    table: dict[str, dict[str, float]] = {}
     changed = next((src / "pkg3").rglob("*.py"))
-    for name, sync in contenders(cluster, src, dest, hosts).items():
-        samples: dict[str, list[float]] = {case: [] for case in CASES}
-        for _ in range(repeat):
+    syncs = contenders(cluster, src, dest, hosts)
+    samples: dict[str, dict[str, list[float]]] = {name: {case: [] for case in CASES} for name in syncs}
+    sftp: list[float] = []
+    for _ in range(repeat):
+        for name, sync in syncs.items():
             clear_hosts(cluster, count, dest)
             shutil.rmtree(cluster.launcher_state_dir / "launcher" / "sync-cache", ignore_errors=True)
-            samples["first"].append(sync())
-            samples["no change"].append(sync())
+            samples[name]["first"].append(sync())
+            samples[name]["no change"].append(sync())
             changed.write_bytes(os.urandom(4096))
-            samples["one file"].append(sync())
-        table[name] = {case: statistics.median(values) for case, values in samples.items()}
+            samples[name]["one file"].append(sync())
+        clear_hosts(cluster, count, dest)
+        sftp.append(sftp_upload(cluster, src, dest, hosts))
+    table = {name: {case: statistics.median(v) for case, v in cases.items()} for name, cases in samples.items()}
+    table["asyncssh sftp put (transport only)"] = {"first": statistics.median(sftp)}
     clear_hosts(cluster, count, dest)
-    table["asyncssh sftp put (transport only)"] = {
-        "first": statistics.median(sftp_upload(cluster, src, dest, hosts) for _ in range(repeat))
-    }
     return table
 
 
