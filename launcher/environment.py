@@ -14,7 +14,7 @@ from pathlib import Path
 
 from launcher.errors import UsageError
 
-FORWARDED_PREFIXES = ("NCCL_", "PYTHON", "CUDA_", "TORCH", "PYTORCH_", "HF_")
+FORWARDED_PREFIXES = ("NCCL_", "PYTHON", "CUDA_", "TORCH", "PYTORCH_", "HF_", "ACCELERATE_")
 FORWARDED_NAMES = ("OMP_NUM_THREADS", "LD_LIBRARY_PATH", "PATH", "VIRTUAL_ENV")
 ENV_FILE_NAME = ".launcher_env"
 """Read from the working directory, else the home directory (as DeepSpeed's .deepspeed_env)."""

@@ -27,6 +27,7 @@ from launcher.errors import UsageError
         "PYTORCH_CUDA_ALLOC_CONF",
         "HF_HOME",
         "HF_TOKEN",
+        "ACCELERATE_MIXED_PRECISION",
         "OMP_NUM_THREADS",
         "LD_LIBRARY_PATH",
         "PATH",

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 @click.option("--exclude", metavar="H1@H2", help="All hosts but these (host:0,1 drops GPUs).")
 @click.option("--name", help="Job name.  [default: SCRIPT stem + time]")
 @click.option(
-    "--nproc-per-node", metavar="N", help="Processes per host (or gpu/auto).  [default: the host's slots, else one per GPU, else 1]"
+    "--nproc-per-node",
+    metavar="N",
+    help="Processes per host (or gpu/auto).  [default: the host's slots, else one per GPU, else 1]",
 )
 @click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE", help="Set a variable for the job (repeatable).")
 @click.option("--env-file", multiple=True, metavar="FILE", help="KEY=VALUE lines for the job (repeatable).")
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
     "--forward-env/--no-forward-env",
     default=True,
     show_default=True,
-    help="Forward NCCL_*, CUDA_*, PYTHON*, TORCH*, HF_*, PATH, LD_LIBRARY_PATH, VIRTUAL_ENV, OMP_NUM_THREADS.",
+    help="Forward NCCL_*, CUDA_*, PYTHON*, TORCH*, HF_*, ACCELERATE_*, PATH, LD_LIBRARY_PATH, VIRTUAL_ENV, OMP_NUM_THREADS.",
 )
 @click.option("--python", metavar="PATH", help="Python on the hosts.  [default: this one]")
 @click.option("--cwd", metavar="DIR", help="Working directory on the hosts.  [default: this one]")
