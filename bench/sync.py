@@ -153,9 +153,13 @@ def launch_overhead(cluster: Cluster, src: Path, count: int, repeat: int) -> dic
     for host in cluster.hosts[:count]:  # the plain launch needs the directory there
         host.run(["mkdir", "-p", str(src)])
     run([*base, "--sync", "true"], cluster, cwd=src)  # the tree is there from now on
-    plain = statistics.median(run([*base, "true"], cluster, cwd=src) for _ in range(repeat))
-    synced = statistics.median(run([*base, "--sync", "true"], cluster, cwd=src) for _ in range(repeat))
-    return {"launch": plain, "launch --sync (no change)": synced, "added": synced / plain - 1}
+    plain: list[float] = []
+    synced: list[float] = []
+    for _ in range(repeat):  # in turns, as the syncs
+        plain.append(run([*base, "true"], cluster, cwd=src))
+        synced.append(run([*base, "--sync", "true"], cluster, cwd=src))
+    with_sync, without = statistics.median(synced), statistics.median(plain)
+    return {"launch": without, "launch --sync (no change)": with_sync, "added": with_sync / without - 1}
 
 
 def main(argv: list[str]) -> int:

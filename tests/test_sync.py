@@ -274,3 +274,33 @@ def test_a_host_whose_directory_is_the_source_itself_is_left_alone(tmp_path: Pat
     assert (source / "data" / "rows.csv").read_text() == "2"
     assert not (other / "data").exists()
     assert [n for n in os.listdir(source) if n.startswith(".launcher-sync-")] == []
+
+
+@pytest.mark.parametrize(("change", "says"), [("edit", "changed while syncing"), ("remove", "vanished while syncing")])
+def test_a_file_that_changes_or_vanishes_while_syncing_fails_it_everywhere(
+    tmp_path: Path, nodes: list[LocalNode], change: str, says: str
+) -> None:
+    source = write(tmp_path / "src", {"a.py": "old", "b.py": "old"})
+    dests = [tmp_path / "host0", tmp_path / "host1"]
+    sync(source, nodes[:2], dests)
+    write(source, {"a.py": "new", "b.py": "new"})
+    tree = scan_tree(str(source))  # what the sync will send...
+    if change == "edit":  # ...and then the file changes under it (same size)
+        write(source, {"b.py": "NEW"})
+    else:
+        (source / "b.py").unlink()
+
+    async def go() -> None:
+        agents = []
+        try:
+            for node in nodes[:2]:
+                with node.environment():
+                    agents.append(await node.open())
+            await sync_agents(tree, [(a, str(d)) for a, d in zip(agents, dests, strict=True)])
+        finally:
+            await asyncio.gather(*(a.close() for a in agents))
+
+    with pytest.raises(SyncSourceError, match=f"b.py: {says}; every host keeps its previous copy"):
+        asyncio.run(go())
+    for dest in dests:
+        assert listing(dest) == {"a.py": b"old".hex(), "b.py": b"old".hex()}
