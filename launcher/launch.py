@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from launcher import commands, rendezvous
-from launcher.errors import HostError, JobError, LauncherError
+from launcher.errors import HostError, JobError, JobRunningError, LauncherError
 from launcher.hosts import Host
 from launcher.launch_sync import connect_check_and_sync
 from launcher.plan import NodePlan, dry_plan, plan_nodes
@@ -67,7 +67,13 @@ async def launch_job(
         async def start(index: int, agent: NodeAgent, plan: NodePlan) -> None:
             starting.append(agent)
             teardown = (
-                Teardown(node=index, address=endpoint[0], port=watch_port, timeout=spec.heartbeat_timeout)
+                Teardown(
+                    node=index,
+                    address=endpoint[0],
+                    port=watch_port,
+                    timeout=spec.heartbeat_timeout,
+                    nodes=len(spec.hosts),
+                )
                 if watch
                 else None
             )
@@ -76,14 +82,23 @@ async def launch_job(
             )
             if spec.files:  # launcher.run's pickled call, for each node's run directory
                 request = replace(request, files=dict(spec.files))
-            await agent.call(request, timeout=90)  # a remote agent: at least SshOptions.patience
+            try:
+                await agent.call(request, timeout=90)  # a remote agent: at least SshOptions.patience
+            except JobRunningError:
+                starting.remove(agent)  # another launch of this name owns it there: not ours to remove
+                raise
             progress(agent.host.label, "started")
 
         async def commit(agent: NodeAgent) -> None:
             await agent.call(Commit(job=name), timeout=90)
 
-        steps = [start(i, a, p) for i, (a, p) in enumerate(zip(agents, plans, strict=True)) if a is not None]
-        await _all_or_nothing(steps, spec.hosts, "launch failed, nothing left running")
+        started = [(i, a, p) for i, (a, p) in enumerate(zip(agents, plans, strict=True)) if a is not None]
+        # The first host first: of two launches of one name, the one that starts there wins,
+        # and the other stops before it touches any other host (no split with no winner).
+        await _all_or_nothing([start(*started[0])], spec.hosts[:1], "launch failed, nothing left running")
+        if len(started) > 1:
+            rest = [start(*step) for step in started[1:]]
+            await _all_or_nothing(rest, spec.hosts[1:], "launch failed, nothing left running")
         # Only now does any command run: a launcher that dies before this line leaves held
         # supervisors, which end when their agent does (or after COMMIT_WITHIN_S).
         await _all_or_nothing(

@@ -324,6 +324,8 @@ class Teardown:
     port: int
     timeout: float = 15.0
     """Seconds of silence after which a node is lost (``launch --heartbeat-timeout``)."""
+    nodes: int = 0
+    """How many nodes the job has: node 0 expects each to connect (0: it expects none)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -49,6 +49,24 @@ def nothing_left(host: TestHost, name: str, seconds: int) -> bool:
     return not leftovers(host, (f"/{name}/", f"sleep {seconds}"))
 
 
+def wait_until_stopped(cluster: Cluster, hosts: list[TestHost], name: str, seconds: int) -> None:
+    """Every one of ``hosts`` ends the job within the limit and its slack; else say what each
+    node's supervisor wrote (its notes in output.log) and what still runs."""
+    try:
+        wait_for(
+            f"the job to stop on {[h.name for h in hosts]}",
+            lambda: all(nothing_left(h, name, seconds) for h in hosts),
+            timeout=LIMIT_S + SLACK_S,
+            every=0.2,
+        )
+    except AssertionError as exc:
+        runs = Path(cluster.node_state_dir) / "launcher" / "runs" / name
+        notes = {p.parent.name: p.read_text()[-2000:] for p in runs.glob("*/output.log")}
+        left = {h.name: leftovers(h, (f"/{name}/", f"sleep {seconds}")) for h in hosts}
+        sockets = {h.name: h.run(["ss", "-Htnp"]).stdout for h in hosts if h.is_up()}
+        raise AssertionError(f"{exc}; still running: {left}; notes: {notes}; sockets: {sockets}") from None
+
+
 @pytest.fixture
 def revive(cluster: Cluster) -> Iterator[list[str]]:
     """Hosts a test crashed or cut off come back afterwards, for the tests that follow."""
@@ -71,12 +89,7 @@ def test_a_crashed_host_is_lost_the_others_stop_and_a_reboot_still_reads_lost(
 
     crashed_at = time.time()
     h2.crash()
-    wait_for(
-        "h0 and h1 to stop",
-        lambda: all(nothing_left(h, name, 601) for h in cluster.hosts[:2]),
-        timeout=LIMIT_S + SLACK_S,
-        every=0.2,
-    )
+    wait_until_stopped(cluster, cluster.hosts[:2], name, 601)
     assert time.time() - crashed_at >= LIMIT_S * 0.8  # by the heartbeat limit, not sooner
 
     text = run_cli(cluster, "status", "--connect-timeout", "2", name)
@@ -127,12 +140,7 @@ def test_node_0_cut_off_is_lost_and_every_host_stops(cluster: Cluster, revive: l
     h0.set_link(False)
     try:
         # h1 and h2 stop for node 0's silence; h0 for theirs: nothing runs anywhere.
-        wait_for(
-            "every host to stop",
-            lambda: all(nothing_left(h, name, 603) for h in cluster.hosts),
-            timeout=LIMIT_S + SLACK_S,
-            every=0.2,
-        )
+        wait_until_stopped(cluster, cluster.hosts, name, 603)
         cut = run_cli(cluster, "status", "--connect-timeout", "2", name)
         assert cut.returncode == 1
         assert "unreachable" in cut.stdout or "lost" in cut.stdout

@@ -113,8 +113,10 @@ def watch(port: int, started: list[_OwnedThread]) -> Iterator[SimpleNamespace]:
     servers: list[WatchServer] = []
     nodes: list[Node] = []
 
-    def server(on_stop: Callable[[int], None], lost: Lost | None = None, timeout: float = 15.0) -> WatchServer:
-        servers.append(WatchServer(port, on_stop, lost, timeout))
+    def server(
+        on_stop: Callable[[int], None], lost: Lost | None = None, timeout: float = 15.0, nodes: int = 0
+    ) -> WatchServer:
+        servers.append(WatchServer(port, on_stop, lost, timeout, nodes))
         return servers[-1]
 
     def client(node: int, timeout: float = 15.0) -> Node:
@@ -319,18 +321,21 @@ def test_a_late_client_is_told_to_stop_at_once(watch: SimpleNamespace, failed_no
     assert late.ended()
 
 
-def test_an_unreachable_server_is_a_problem_not_a_stop(
+def test_an_unreachable_node_0_is_a_problem_and_lost(
     watch: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, port: int
 ) -> None:
+    """Nothing listens for node 0: after the connect limit, node 0 is lost (its host died
+    before its watcher started, or this node is cut off from it)."""
     monkeypatch.setattr(teardown, "_CONNECT_FOR_S", 0.4)
 
     node = watch.client(1)
 
-    assert node.problems.wait(WAIT_S + 1)
+    assert node.lost.wait(WAIT_S + 1)
     assert node.ended()
     assert len(node.problems.values) == 1
     assert "cannot reach node 0" in node.problems.values[0]
     assert str(port) in node.problems.values[0]
+    assert [lost for lost, _ in node.lost.values] == [0]
     assert node.stops.values == []
 
 
@@ -429,3 +434,28 @@ def test_a_silent_node_0_is_lost_to_every_client(port: int, watch: SimpleNamespa
             assert lost == 0 and heard <= began + 0.1
             assert time.time() - began >= LIMIT_S * 0.9
             assert node.ended()
+
+
+def test_a_node_that_never_connects_is_lost(watch: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three nodes, node 2 never connects (its host died before its watcher started)."""
+    monkeypatch.setattr(teardown, "_CONNECT_FOR_S", LIMIT_S)
+    server_lost = Lost()
+    began = time.time()
+    server = watch.server(Calls(), server_lost, LIMIT_S, nodes=3)
+    present = watch.client(1, LIMIT_S)
+    accepted(server, 1)
+
+    assert server_lost.wait(LIMIT_S * 5)
+    assert time.time() - began >= LIMIT_S
+    assert [node for node, _ in server_lost.values] == [2]
+    assert present.lost.wait() and [node for node, _ in present.lost.values] == [2]
+
+
+def test_every_node_connecting_loses_nothing(watch: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(teardown, "_CONNECT_FOR_S", LIMIT_S)
+    server_lost = Lost()
+    server = watch.server(Calls(), server_lost, LIMIT_S, nodes=3)
+    watch.client(1, LIMIT_S), watch.client(2, LIMIT_S)
+    accepted(server, 2)
+
+    assert not server_lost.wait(LIMIT_S * 3)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import os
 import signal
 import socket
 import sys
 import time
+from collections.abc import Iterator
 
 from launcher.node import network, preflight, processes, status, tmux
 from launcher.node.errors import NodeError
@@ -59,12 +61,31 @@ def start(request: Start) -> Started:
     """Start the job's tmux session running the supervisor, and wait until it runs."""
     job = request.job
     network.release(job)  # the rendezvous port, held since the prepare: the job listens there now
+    run = RunDir.of(job)
+    with _claim(run):  # two launches of one name: the second finds the first's session
+        _create_session(request, run)
+    _wait_for_supervisor(job, run, held=request.hold is not None)
+    return Started(session=session_name(job), run_dir=str(run.path))
+
+
+@contextlib.contextmanager
+def _claim(run: RunDir) -> Iterator[None]:
+    """This node's start of the job, one at a time (a lock file beside the run directory)."""
+    import fcntl
+
+    run.path.parent.mkdir(parents=True, exist_ok=True)
+    with open(run.path.parent / f".{run.path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _create_session(request: Start, run: RunDir) -> None:
+    job = request.job
     try:
         if tmux.has_session(job):
             raise NodeError("job_running", f"job {job} is already running here")
     except tmux.TmuxMissing:
         raise NodeError("tmux_missing", "tmux is not installed") from None
-    run = RunDir.of(job)
     run.reset()
     env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE")}
     env.update(request.env)
@@ -85,10 +106,8 @@ def start(request: Start) -> Started:
     run.write_spec(spec)
     supervisor = [sys.executable, "-P", "-m", "launcher.node.supervisor", str(run.path)]
     complaint = tmux.new_session(job, request.cwd, supervisor)
-    if complaint is not None:  # "duplicate session: ..." when the job started here meanwhile
+    if complaint is not None:
         raise NodeError("start_failed", f"tmux new-session failed: {complaint}")
-    _wait_for_supervisor(job, run, held=request.hold is not None)
-    return Started(session=session_name(job), run_dir=str(run.path))
 
 
 def commit(request: Commit) -> Started:

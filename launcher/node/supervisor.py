@@ -216,7 +216,7 @@ def _start_watch(config: Teardown | None, stopper: _Stopper, log: OutputLog) -> 
         return None
     if config.node == 0:
         try:
-            return teardown.WatchServer(config.port, stopper.stop, stopper.lost, config.timeout)
+            return teardown.WatchServer(config.port, stopper.stop, stopper.lost, config.timeout, config.nodes)
         except OSError as exc:
             log.note(f"teardown watcher cannot listen on port {config.port}: {exc}")
             return None

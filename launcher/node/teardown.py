@@ -34,9 +34,16 @@ OnStop = Callable[[int], None]
 OnLost = Callable[[int, float], None]
 """Called once, with the index of the node lost and when it was last heard (epoch seconds)."""
 
-_CONNECT_FOR_S = 300.0
-"""Node 0's supervisor may start after ours; the job may still be queueing for the rendezvous."""
+_CONNECT_FOR_S: float | None = None
+"""How long a node may take to connect to node 0; None: twice the heartbeat limit. The
+launch commits every node's start at once, so the watchers start within moments of each
+other; a node that has not connected by then (its host died, or it is cut off) is lost,
+not left unwatched."""
 DEFAULT_TIMEOUT_S = 15.0
+
+
+def connect_within(timeout: float) -> float:
+    return _CONNECT_FOR_S if _CONNECT_FOR_S is not None else 2 * timeout
 
 
 def beat_interval(timeout: float) -> float:
@@ -56,9 +63,17 @@ class WatchServer:
     """Node 0's side: tells every node to stop when any node fails or goes silent."""
 
     def __init__(
-        self, port: int, on_stop: OnStop, on_lost: OnLost | None = None, timeout: float = DEFAULT_TIMEOUT_S
+        self,
+        port: int,
+        on_stop: OnStop,
+        on_lost: OnLost | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        nodes: int = 0,
     ) -> None:
         self._on_stop = on_stop
+        self._expected = set(range(1, nodes))
+        """Nodes that have yet to say hello (0 nodes: none expected, e.g. a test's server)."""
+        self._started = time.time()
         self._on_lost = on_lost or (lambda node, heard: on_stop(node))
         self._timeout = timeout
         self._lock = threading.Lock()
@@ -111,6 +126,7 @@ class WatchServer:
             kind, _, node = line.partition(" ")
             if kind == "hello" and node.isdigit():
                 peer.node = int(node)
+                self._expected.discard(peer.node)
             elif kind == "failed" and node.isdigit():
                 self._stop(int(node), f"stop {node}\n")
             elif kind == "bye":
@@ -128,6 +144,8 @@ class WatchServer:
             with self._lock:
                 peers = list(self._peers)
             now = time.time()
+            if self._expected and now - self._started > connect_within(self._timeout):
+                self._lose(min(self._expected), self._started)  # it never connected: dead or cut off
             for peer in peers:
                 _send(peer.sock, "beat\n")
                 if peer.node is not None and now - peer.heard > self._timeout:
@@ -205,10 +223,11 @@ class WatchClient:
                 _send(self._sock, line)
 
     def _run(self) -> None:
-        deadline = time.monotonic() + _CONNECT_FOR_S
+        began = time.time()
+        deadline = time.monotonic() + connect_within(self._timeout)
         while not self._closing:
             try:
-                sock = socket.create_connection(self._address, timeout=5)
+                sock = socket.create_connection(self._address, timeout=min(5.0, connect_within(self._timeout) / 2))
                 sock.settimeout(None)
                 _keep_alive(sock)
                 self._sock = sock
@@ -216,6 +235,7 @@ class WatchClient:
             except OSError as exc:
                 if time.monotonic() > deadline:
                     self._on_problem(f"teardown watcher cannot reach node 0 at {self._address}: {exc}")
+                    self._stop(0, began)
                     return
                 time.sleep(0.5)
         else:
