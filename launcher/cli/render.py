@@ -163,7 +163,7 @@ def print_status(result: JobStatus) -> None:
     notes = []
     for h in result.hosts:
         started = time.strftime("%H:%M:%S", time.localtime(h.started_at)) if h.started_at else ""
-        duration = _duration((h.ended_at or time.time()) - h.started_at) if h.started_at else ""
+        duration = _duration((h.ended_at or h.last_heard or time.time()) - h.started_at) if h.started_at else ""
         ranks = rank_cells(h.ranks)
         exit_code = "" if h.exit_code is None else str(h.exit_code)
         row = [h.host, h.state, exit_code, ranks, *([str(h.restarts)] if restarts else []), started, duration]
