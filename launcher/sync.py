@@ -284,6 +284,8 @@ async def _abort(agents: Sequence[NodeAgent], token: str) -> None:
 
 async def on_every_host(steps: Sequence[Awaitable[T]], hosts: Sequence[Host], summary: str) -> list[T]:
     """One step per host at once; the first failure cancels the rest and raises JobError."""
+    if not steps:
+        return []  # asyncio.wait refuses an empty set
     tasks = [asyncio.ensure_future(step) for step in steps]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)

@@ -274,6 +274,8 @@ def test_a_host_whose_directory_is_the_source_itself_is_left_alone(tmp_path: Pat
     assert (source / "data" / "rows.csv").read_text() == "2"
     assert not (other / "data").exists()
     assert [n for n in os.listdir(source) if n.startswith(".launcher-sync-")] == []
+    alone = sync(source, nodes[:1], [source])  # only the source: nothing to do at all
+    assert [h.source for h in alone.hosts] == [True] and alone.same_everywhere
 
 
 @pytest.mark.parametrize(("change", "says"), [("edit", "changed while syncing"), ("remove", "vanished while syncing")])

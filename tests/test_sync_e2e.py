@@ -225,3 +225,14 @@ def test_logs_status_and_kill_on_hosts_that_share_nothing(fleet: Cluster, kill_a
     killed = cli(fleet, root, "kill", "--grace", "2", running)
     assert killed.returncode == 0, killed.stderr + killed.stdout
     assert killed.stdout.count("none left") == 3, killed.stdout
+
+
+def test_on_a_shared_disk_every_host_sees_the_source_and_is_left_alone(cluster: Cluster) -> None:
+    root = project(
+        cluster, f"shared-{job_name('s')}", {"a.py": "1\n", "data/rows.csv": "2\n", ".launcherignore": "data/\n"}
+    )
+    hosts = str(cluster.write_hosts_file([h.name for h in cluster.hosts], name="shared-hosts"))
+    result = cli(cluster, root, "sync", "--hosts", hosts)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("the source itself") == len(cluster.hosts)
+    assert sorted(p.name for p in root.iterdir()) == [".launcherignore", "a.py", "data"]
