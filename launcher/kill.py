@@ -94,4 +94,3 @@ def _host_kill(label: str, answer: KillReport) -> HostKill:
         return HostKill(label, True, f"already gone (the job had {answer.state_before})")
     forced = f", {answer.forced} needed SIGKILL" if answer.forced else ""
     return HostKill(label, True, f"killed {answer.found} process(es){forced}; none left")
-

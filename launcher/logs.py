@@ -136,7 +136,5 @@ async def _tail(agent: NodeAgent, job: str, count: int, filters: dict[str, Any])
     return lines, end
 
 
-
 def _log_lines(host: str, records: list[LogRecord]) -> list[LogLine]:
     return [LogLine(host, r.rank, r.stream, r.text, r.time) for r in records]
-

@@ -76,6 +76,7 @@ def _read_results(request: ReadResults) -> Results:
 Handler = Callable[[Any, Callable[[LogBatch], None], Idle], Any]
 """``(request, emit, idle) -> answer``: ``emit`` sends a streamed batch, ``idle`` waits."""
 
+
 def _doctor() -> Any:
     """``node/doctor.py``, imported by ``launcher doctor`` only."""
     from launcher.node import doctor
