@@ -47,11 +47,25 @@ def run_here(fn: object, *args: object, **options: object) -> dict[int, object]:
 
 def assert_nothing_left_behind(threads_before: set[threading.Thread]) -> None:
     """No thread and no child process of ours outlives a call (asyncio's waitpid helper
-    thread ends a moment after the agent it waited for)."""
+    thread ends a moment after the agent it waited for). Children that were there before
+    the test (a test cluster's hosts, started by an earlier test of the session) don't count."""
     deadline = time.monotonic() + 5
-    while set(threading.enumerate()) - threads_before or psutil.Process().children():
-        assert time.monotonic() < deadline, (set(threading.enumerate()) - threads_before, psutil.Process().children())
+    while (threads := set(threading.enumerate()) - threads_before) or _new_children():
+        assert time.monotonic() < deadline, (threads, _new_children())
         time.sleep(0.05)
+
+
+_CHILDREN_AT_START: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _note_children() -> None:
+    _CHILDREN_AT_START.clear()
+    _CHILDREN_AT_START.update(child.pid for child in psutil.Process().children())
+
+
+def _new_children() -> list[psutil.Process]:
+    return [child for child in psutil.Process().children() if child.pid not in _CHILDREN_AT_START]
 
 
 # --- launch(), Job -------------------------------------------------------------------------------
