@@ -241,6 +241,8 @@ class LogEnd:
 @dataclasses.dataclass(frozen=True)
 class Ended:
     state: NodeState
+    lost_node: int | None = None
+    """The node whose silence stopped the job here (``launch --wait`` stops waiting for it)."""
 
 
 @dataclasses.dataclass(frozen=True)

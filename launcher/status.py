@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -210,12 +211,32 @@ async def wait_for_end(
     runs on that connection once the job ended there (``Job.result`` reads the ranks'
     return values on it, without a second login)."""
 
-    async def one(host: Host) -> None:
+    lost = [asyncio.Event() for _ in record.hosts]
+    """Set for a host the others stopped hearing from: nobody waits out reconnect_for for it."""
+
+    async def one(indexed: tuple[int, Host]) -> None:
+        index, host = indexed
+
         async def session(agent: NodeAgent) -> None:
-            await agent.call(Wait(job=record.name), timeout=None)
+            ended = await agent.call(Wait(job=record.name), timeout=None)
+            if ended.lost_node is not None and 0 <= ended.lost_node < len(lost):
+                lost[ended.lost_node].set()
             if then is not None:
                 await then(agent)
 
-        await reconnecting(host, ssh, session, on_problem, reconnect_for)
+        waiting = asyncio.ensure_future(reconnecting(host, ssh, session, on_problem, reconnect_for))
+        given_up = asyncio.ensure_future(lost[index].wait())
+        try:
+            await asyncio.wait({waiting, given_up}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiting, given_up):
+                task.cancel()
+            await asyncio.gather(waiting, given_up, return_exceptions=True)
+        failure = None if waiting.cancelled() else waiting.exception()
+        if failure is not None:
+            raise failure
+        if waiting.cancelled() and on_problem:
+            on_problem(host.label, "lost: the other hosts stopped hearing from it")
 
-    report_given_up(record.hosts, await for_each_host(record.hosts, one), on_problem)
+    indexed = list(enumerate(record.hosts))
+    report_given_up(record.hosts, await for_each_host(indexed, one), on_problem)

@@ -83,14 +83,28 @@ def test_a_crashed_host_is_lost_the_others_stop_and_a_reboot_still_reads_lost(
     cluster: Cluster, revive: list[str]
 ) -> None:
     name = job_name("crash")
-    launch_sleep(cluster, name, 601)
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "launcher", "launch", "--hosts", "h0,h1,h2", "--name", name, "--runner", "exec",
+         "--heartbeat-timeout", str(LIMIT_S), "--wait", "sleep", "601"],
+        cwd=REPO, env=cluster.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     h2 = cluster.hosts[2]
     revive.append(h2.name)
+    try:
+        for host in cluster.hosts:
+            wait_for(f"sleep on {host.name}", lambda h=host: leftovers(h, ("sleep 601",)), timeout=30, every=0.1)
 
-    crashed_at = time.time()
-    h2.crash()
-    wait_until_stopped(cluster, cluster.hosts[:2], name, 601)
-    assert time.time() - crashed_at >= LIMIT_S * 0.8  # by the heartbeat limit, not sooner
+        crashed_at = time.time()
+        h2.crash()
+        wait_until_stopped(cluster, cluster.hosts[:2], name, 601)
+        assert time.time() - crashed_at >= LIMIT_S * 0.8  # by the heartbeat limit, not sooner
+        # launch --wait does not wait out its reconnect window for the lost host.
+        out, err = waiting.communicate(timeout=SLACK_S + 20)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 1, out + err
+    assert "h2: lost: the other hosts stopped hearing from it" in err, err
+    assert re.search(r"First failure: h2 lost: no heartbeat since", " ".join(out.split())), out
 
     text = run_cli(cluster, "status", "--connect-timeout", "2", name)
     assert text.returncode == 1, text.stdout

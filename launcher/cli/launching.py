@@ -145,7 +145,7 @@ async def wait_until_ended(record: JobRecord) -> JobStatus:
 
     # Every host, not the first failure: a failed job may still be stopping elsewhere.
     await wait_for_end(record, replace(ssh_for(record), keepalive=5.0), on_problem=warn)
-    return await job_status(record, ssh_for(record))
+    return await job_status(record, replace(ssh_for(record), connect_timeout=5.0, retries=0))
 
 
 def follow(record: JobRecord, show: Any, keepalive: float = 5.0, **filters: Any) -> JobStatus | None:
@@ -162,7 +162,7 @@ def follow(record: JobRecord, show: Any, keepalive: float = 5.0, **filters: Any)
         async for line in follow_logs(record, ssh, on_problem=warn, **filters):
             show(line)
             sys.stdout.flush()
-        return await job_status(record, ssh_for(record))
+        return await job_status(record, replace(ssh_for(record), connect_timeout=5.0, retries=0))
 
     try:
         return run(stream())

@@ -87,4 +87,5 @@ def wait_ended(request: Wait, idle: Idle = time.sleep) -> Ended:
     run = RunDir.of(request.job)
     while (state := status.node_state(run)) == "running":
         idle(WAIT_POLL_S)
-    return Ended(state=state)
+    ended = run.read_exit()
+    return Ended(state=state, lost_node=ended.lost_node if ended else None)
