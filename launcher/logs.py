@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from launcher.errors import LauncherError, message_of
 from launcher.hosts import Host
+from launcher.lost import LostHosts
 from launcher.protocol import Follow, LogBatch, LogRecord, ReadLogs, Tail
 from launcher.records import JobRecord
 from launcher.transport import NodeAgent, SshOptions, for_each_host, open_agent, reconnecting, report_given_up
@@ -89,7 +90,10 @@ async def follow_logs(
     queue: asyncio.Queue[LogLine | None] = asyncio.Queue(maxsize=10_000)
     filters: dict[str, Any] = {"ranks": list(ranks) or None, "stderr_only": stderr_only}
 
-    async def one(host: Host) -> None:
+    lost = LostHosts(len(record.hosts))
+
+    async def one(indexed: tuple[int, Host]) -> None:
+        index, host = indexed
         offset: int | None = None if tail is not None else 0
 
         async def session(agent: NodeAgent) -> None:
@@ -103,14 +107,18 @@ async def follow_logs(
                 if isinstance(message, LogBatch):
                     for line in _log_lines(host.label, message.records):
                         await queue.put(line)
+                else:
+                    lost.named(message.lost_node)
                 if message.offset is not None:
                     offset = message.offset
 
-        await reconnecting(host, ssh, session, on_problem, reconnect_for)
+        waiting = reconnecting(host, ssh, session, on_problem, reconnect_for)
+        await lost.unless_lost(index, host.label, waiting, on_problem)
 
     async def run_all() -> None:
         try:
-            report_given_up(record.hosts, await for_each_host(record.hosts, one), on_problem)
+            results = await for_each_host(list(enumerate(record.hosts)), one)
+            report_given_up(record.hosts, results, on_problem)
         finally:
             await queue.put(None)
 

@@ -236,6 +236,8 @@ class LogEnd:
     offset: int
     ended: bool = False
     """Follow: the job has ended here and every record has been sent."""
+    lost_node: int | None = None
+    """Follow, once ended: the node whose silence stopped the job here."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -11,6 +10,7 @@ from typing import Literal
 
 from launcher.errors import message_of
 from launcher.hosts import Host
+from launcher.lost import LostHosts
 from launcher.protocol import NodeStatus, RankFailure, Status, Wait
 from launcher.records import JobRecord, remember_state
 from launcher.transport import NodeAgent, SshOptions, ask, for_each_host, reconnecting, report_given_up
@@ -211,32 +211,19 @@ async def wait_for_end(
     runs on that connection once the job ended there (``Job.result`` reads the ranks'
     return values on it, without a second login)."""
 
-    lost = [asyncio.Event() for _ in record.hosts]
-    """Set for a host the others stopped hearing from: nobody waits out reconnect_for for it."""
+    lost = LostHosts(len(record.hosts))
 
     async def one(indexed: tuple[int, Host]) -> None:
         index, host = indexed
 
         async def session(agent: NodeAgent) -> None:
             ended = await agent.call(Wait(job=record.name), timeout=None)
-            if ended.lost_node is not None and 0 <= ended.lost_node < len(lost):
-                lost[ended.lost_node].set()
+            lost.named(ended.lost_node)
             if then is not None:
                 await then(agent)
 
-        waiting = asyncio.ensure_future(reconnecting(host, ssh, session, on_problem, reconnect_for))
-        given_up = asyncio.ensure_future(lost[index].wait())
-        try:
-            await asyncio.wait({waiting, given_up}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (waiting, given_up):
-                task.cancel()
-            await asyncio.gather(waiting, given_up, return_exceptions=True)
-        failure = None if waiting.cancelled() else waiting.exception()
-        if failure is not None:
-            raise failure
-        if waiting.cancelled() and on_problem:
-            on_problem(host.label, "lost: the other hosts stopped hearing from it")
+        waiting = reconnecting(host, ssh, session, on_problem, reconnect_for)
+        await lost.unless_lost(index, host.label, waiting, on_problem)
 
     indexed = list(enumerate(record.hosts))
     report_given_up(record.hosts, await for_each_host(indexed, one), on_problem)

@@ -90,20 +90,29 @@ def test_a_crashed_host_is_lost_the_others_stop_and_a_reboot_still_reads_lost(
     )  # fmt: skip
     h2 = cluster.hosts[2]
     revive.append(h2.name)
+    following: subprocess.Popen[str] | None = None
     try:
         for host in cluster.hosts:
             wait_for(f"sleep on {host.name}", lambda h=host: leftovers(h, ("sleep 601",)), timeout=30, every=0.1)
 
+        following = subprocess.Popen(
+            [sys.executable, "-m", "launcher", "logs", "--follow", "--keepalive", "1", name],
+            cwd=REPO, env=cluster.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
         crashed_at = time.time()
         h2.crash()
         wait_until_stopped(cluster, cluster.hosts[:2], name, 601)
         assert time.time() - crashed_at >= LIMIT_S * 0.8  # by the heartbeat limit, not sooner
-        # launch --wait does not wait out its reconnect window for the lost host.
+        # launch --wait and logs --follow do not wait out their reconnect window for the lost host.
         out, err = waiting.communicate(timeout=SLACK_S + 20)
+        _, followed = following.communicate(timeout=SLACK_S)
     finally:
         waiting.kill()
+        if following is not None:
+            following.kill()
     assert waiting.returncode == 1, out + err
     assert "h2: lost: the other hosts stopped hearing from it" in err, err
+    assert "h2: lost: the other hosts stopped hearing from it" in followed, followed
     assert re.search(r"First failure: h2 lost: no heartbeat since", " ".join(out.split())), out
 
     text = run_cli(cluster, "status", "--connect-timeout", "2", name)

@@ -77,7 +77,8 @@ def follow_logs(request: Follow, emit: Emit, idle: Idle = time.sleep) -> LogEnd:
                 emit(LogBatch(records=kept, offset=offset))
             continue
         if ended:
-            return LogEnd(offset=offset, ended=True)
+            record = run.read_exit()
+            return LogEnd(offset=offset, ended=True, lost_node=record.lost_node if record else None)
         idle(FOLLOW_POLL_S)
 
 
