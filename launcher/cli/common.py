@@ -26,7 +26,7 @@ connect_timeout = click.option(
     type=click.FloatRange(min=0.1),
     default=10.0,
     show_default=True,
-    help="Seconds to reach a host (tried twice).",
+    help="Seconds for the TCP connection to a host (tried twice); a live host is waited for.",
 )
 as_json = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 
