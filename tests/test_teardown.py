@@ -459,3 +459,45 @@ def test_every_node_connecting_loses_nothing(watch: SimpleNamespace, monkeypatch
     accepted(server, 2)
 
     assert not server_lost.wait(LIMIT_S * 3)
+
+
+def test_a_node_whose_connection_stalls_is_kept_alive_by_probes(watch: SimpleNamespace, port: int) -> None:
+    """After a cut, TCP retransmits what waited with backoff, long after the link is back:
+    the node's probes on new connections (``alive``) count as heard."""
+    server_lost = Lost()
+    server = watch.server(Calls(), server_lost, LIMIT_S)
+    stalled = raw_client(port, 2)  # says hello, then nothing on this connection
+    accepted(server, 1)
+    try:
+        for _ in range(int(LIMIT_S * 3 / (LIMIT_S / 5))):
+            with socket.create_connection(("127.0.0.1", port), timeout=WAIT_S) as probe:
+                probe.sendall(b"alive 2\n")
+                assert probe.recv(64).startswith(b"beat")
+            time.sleep(LIMIT_S / 5)
+        assert server_lost.values == []
+    finally:
+        stalled.sendall(b"bye\n")
+        stalled.close()
+
+
+def test_a_client_whose_connection_stalls_probes_node_0(port: int, watch: SimpleNamespace) -> None:
+    """Node 0's beats stall on the old connection, but it answers probes: not lost."""
+    with socket.create_server(("127.0.0.1", port)) as fake:
+        node = watch.client(1, LIMIT_S)
+        main, _ = fake.accept()  # never written to: node 0's beats are stuck in TCP
+        probes = 0
+        fake.settimeout(LIMIT_S)
+        deadline = time.monotonic() + LIMIT_S * 3
+        with main:
+            while time.monotonic() < deadline:
+                try:
+                    probe, _ = fake.accept()
+                except TimeoutError:
+                    break
+                with probe:
+                    if probe.recv(64).startswith(b"alive 1"):
+                        probe.sendall(b"beat\n")
+                        probes += 1
+            assert probes >= 2
+            assert node.lost.values == [] and node.stops.values == []
+            node.client.finish()

@@ -12,10 +12,15 @@ line protocol on a free port picked at launch; the others connect to it:
     node 0 -> all      ``stop <i>``     node i failed: stop your torchrun
     node 0 -> all      ``lost <i> <t>`` node i was last heard at epoch t: stop
     node 0 -> all      ``done``         node 0 ended well: a closed connection is no alarm
+    node i -> node 0   ``alive <i>``    on a new, short connection: node 0 answers ``beat``
 
 A node that says nothing for ``timeout`` seconds is lost, and so is one whose connection
 closes without ``bye``/``done`` (its supervisor died). A cut that heals sooner loses
-nothing: TCP keeps the connection and delivers the beats that waited. Node 0 tells the
+nothing: TCP keeps the connection and delivers the beats that waited. TCP's retransmission
+backs off (0.2, 0.6, 1.4, 3, 6, 12 s...), so after a cut the queued beats may arrive long
+after the link is back: a node that has not heard from node 0 for two beats probes it on
+a new connection every beat (a fresh SYN each time), and either side counts the probe's
+``alive``/``beat`` as heard. Node 0 tells the
 others when a node is lost; every node watches node 0's beats, so node 0 lost stops them
 too. It needs nothing from the launching machine, which may be off by then. Runs on the
 nodes: standard library only.
@@ -131,12 +136,22 @@ class WatchServer:
                 self._stop(int(node), f"stop {node}\n")
             elif kind == "bye":
                 peer.said_bye = True
+            elif kind == "alive" and node.isdigit():  # a probe: the node's own connection is stalled
+                peer.said_bye = True  # this connection's end is no alarm
+                self._heard_from(int(node))
+                _send(peer.sock, "beat\n")
         with self._lock:
             if peer not in self._peers:
                 return  # finish() or a loss took it
             self._peers.remove(peer)
         if not peer.said_bye and peer.node is not None:  # its supervisor died without a word
             self._lose(peer.node, peer.heard)
+
+    def _heard_from(self, node: int) -> None:
+        with self._lock:
+            peers = [p for p in self._peers if p.node == node]
+        for peer in peers:
+            peer.heard = time.time()
 
     def _beat(self) -> None:
         interval = beat_interval(self._timeout)
@@ -197,6 +212,7 @@ class WatchClient:
         self._stopped = False
         self._server_done = False
         self._ended = threading.Event()
+        self._probing = threading.Event()
         self._heard = time.time()
         self._connected = threading.Event()
         self._send_lock = threading.Lock()
@@ -265,11 +281,28 @@ class WatchClient:
             if self._closing or self._stopped or self._server_done:
                 return
             self._say("beat\n")
-            if time.time() - self._heard > self._timeout:
+            silent = time.time() - self._heard
+            if silent > 2 * interval and not self._probing.is_set():
+                self._probing.set()
+                threading.Thread(target=self._probe, args=(interval,), daemon=True).start()
+            if silent > self._timeout:
                 self._stop(0, self._heard)
                 if self._sock is not None:
                     _close(self._sock)
                 return
+
+    def _probe(self, interval: float) -> None:
+        """One new connection to node 0: ``alive`` out, ``beat`` back (each side's proof of life)."""
+        try:
+            with socket.create_connection(self._address, timeout=interval) as sock:
+                sock.settimeout(interval)
+                sock.sendall(f"alive {self._node}\n".encode())
+                if sock.recv(64).startswith(b"beat"):
+                    self._heard = time.time()
+        except OSError:
+            pass  # still cut off: the next beat probes again
+        finally:
+            self._probing.clear()
 
     def _stop(self, node: int, lost_since: float | None) -> None:
         with self._send_lock:
