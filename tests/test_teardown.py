@@ -342,7 +342,7 @@ def test_an_unreachable_node_0_is_a_problem_and_lost(
 # --- heartbeats: a silent node is lost, a short silence is not ---------------------------------
 
 LIMIT_S = 0.4
-"""A heartbeat limit short enough for a test; beats go every LIMIT_S / 5."""
+"""A heartbeat limit short enough for a test; beats go every LIMIT_S / 10."""
 
 
 def raw_client(port: int, node: int) -> socket.socket:

@@ -18,7 +18,7 @@ A node that says nothing for ``timeout`` seconds is lost, and so is one whose co
 closes without ``bye``/``done`` (its supervisor died). A cut that heals sooner loses
 nothing: TCP keeps the connection and delivers the beats that waited. TCP's retransmission
 backs off (0.2, 0.6, 1.4, 3, 6, 12 s...), so after a cut the queued beats may arrive long
-after the link is back: a node that has not heard from node 0 for two beats probes it on
+after the link is back: a node that has not heard from node 0 for a beat and a half probes it on
 a new connection every beat (a fresh SYN each time), and either side counts the probe's
 ``alive``/``beat`` as heard. Node 0 tells the
 others when a node is lost; every node watches node 0's beats, so node 0 lost stops them
@@ -52,8 +52,9 @@ def connect_within(timeout: float) -> float:
 
 
 def beat_interval(timeout: float) -> float:
-    """Five beats per limit: one late beat (a busy node) is no loss."""
-    return max(min(timeout / 5, 3.0), 0.05)
+    """Ten beats per limit: a few late beats (a busy node) are no loss, and a cut that heals
+    is noticed within a beat or two (1.5 s at the default 15 s limit)."""
+    return max(min(timeout / 10, 3.0), 0.05)
 
 
 class _Peer:
@@ -282,7 +283,7 @@ class WatchClient:
                 return
             self._say("beat\n")
             silent = time.time() - self._heard
-            if silent > 2 * interval and not self._probing.is_set():
+            if silent > 1.5 * interval and not self._probing.is_set():
                 self._probing.set()
                 threading.Thread(target=self._probe, args=(interval,), daemon=True).start()
             if silent > self._timeout:
