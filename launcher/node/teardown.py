@@ -89,7 +89,10 @@ class WatchServer:
         self._finished = False
         self._ended = threading.Event()
         family = socket.AF_INET6 if socket.has_dualstack_ipv6() else socket.AF_INET
-        self._server = socket.create_server(("", port), family=family, dualstack_ipv6=family == socket.AF_INET6)
+        # Every node connects at once when the launch commits: a backlog for all of them.
+        self._server = socket.create_server(
+            ("", port), family=family, backlog=max(nodes, 128), dualstack_ipv6=family == socket.AF_INET6
+        )
         threading.Thread(target=self._accept, daemon=True).start()
         threading.Thread(target=self._beat, daemon=True).start()
 
