@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import shlex
 import shutil
 import sys
@@ -32,6 +31,8 @@ as_json = click.option("--json", "as_json", is_flag=True, help="Print one JSON o
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
+    import asyncio  # here: importing it costs ``launcher --help`` ~25 ms
+
     return asyncio.run(coro)
 
 
