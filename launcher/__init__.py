@@ -18,10 +18,7 @@ the launching side. Type checkers see the explicit imports below.
 
 from __future__ import annotations
 
-import copyreg
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0"
@@ -55,7 +52,7 @@ if TYPE_CHECKING:
     from launcher.job import Job, jobs
     from launcher.job_result import JobResult
     from launcher.kill import HostKill, kill_all_jobs, kill_job
-    from launcher.launch import dry_run, launch_job
+    from launcher.launching import dry_run, launch_job
     from launcher.logs import LogLine, follow_logs, read_logs
     from launcher.plan import NodePlan
     from launcher.records import JobRecord, all_records, latest_record, load_record
@@ -69,8 +66,8 @@ _EXPORTS = {
     "LaunchSpec": "launcher.spec",
     "make_spec": "launcher.spec",
     "NodePlan": "launcher.plan",
-    "launch_job": "launcher.launch",
-    "dry_run": "launcher.launch",
+    "launch_job": "launcher.launching",
+    "dry_run": "launcher.launching",
     "JobStatus": "launcher.status",
     "HostStatus": "launcher.status",
     "RankStatus": "launcher.status",
@@ -181,31 +178,6 @@ __all__ = [
     "submit",
     "wait_for_end",
 ]
-
-
-class _Package(types.ModuleType):
-    """``launcher.launch`` is the function, also once the submodule of that name (the
-    async launch, ``launcher/launch.py``) is imported: the import system sets a package's
-    attribute for each submodule it loads, and would replace the function by it.
-    ``from launcher.launch import launch_job`` still finds the submodule."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "launch" and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-
-def _import_package(name: str) -> _Package:
-    package: _Package = importlib.import_module(name)  # type: ignore[assignment]  # it is one
-    return package
-
-
-# Pickled by name, as a plain module is (cloudpickle dispatches modules on the exact type):
-# a function that run() ships may name ``launcher`` among its globals.
-copyreg.pickle(_Package, lambda module: (_import_package, (module.__name__,)))
 
 
 def __getattr__(name: str) -> Any:

@@ -37,7 +37,7 @@ from launcher.errors import JobFailed, LauncherError, UsageError
 from launcher.job import Job
 from launcher.job_call import CALL_FILE, CALL_MODULE, pickle_call
 from launcher.job_loop import run_sync
-from launcher.launch import launch_job
+from launcher.launching import launch_job
 from launcher.records import all_records
 from launcher.sources import HostsArg
 from launcher.spec import LaunchSpec, make_spec

@@ -27,7 +27,7 @@ from launcher.errors import (
 )
 from launcher.hosts import LOCALHOST
 from launcher.kill import kill_job
-from launcher.launch import launch_job
+from launcher.launching import launch_job
 from launcher.logs import follow_logs, read_logs
 from launcher.protocol import (
     Ended,
@@ -281,7 +281,7 @@ def test_the_agent_runs_without_the_launching_side(node: LocalNode) -> None:
         import io, sys
         from launcher.node.agent import serve
         serve(io.StringIO('{"op": "status", "job": "x"}\\n'), io.StringIO())
-        launching = {"launcher.transport", "launcher.launch", "launcher.spec", "launcher.cli", "launcher.status"}
+        launching = {"launcher.transport", "launcher.launching", "launcher.spec", "launcher.cli", "launcher.status"}
         heavy = {"torch", "asyncssh", "click", "rich"}
         print(sorted((launching | heavy) & set(sys.modules)))
         """

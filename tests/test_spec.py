@@ -17,7 +17,7 @@ import pytest
 
 from launcher.cli import render
 from launcher.errors import HostsFileError, UsageError
-from launcher.launch import dry_run
+from launcher.launching import dry_run
 from launcher.plan import dry_run_dir
 from launcher.spec import check_nnodes, check_nproc, make_spec
 

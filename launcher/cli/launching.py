@@ -79,7 +79,7 @@ def launch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **o
 
     Everything after SCRIPT goes to the script unchanged.
     """
-    from launcher.launch import dry_run, launch_job
+    from launcher.launching import dry_run, launch_job
     from launcher.spec import make_spec
 
     spec = make_spec(
