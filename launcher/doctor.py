@@ -21,7 +21,7 @@ from launcher import rendezvous
 from launcher.commands import rdzv_endpoint
 from launcher.errors import AgentError, HostError, LauncherError, VersionMismatchError
 from launcher.hosts import Host
-from launcher.protocol import Checkup, NodeReport
+from launcher.protocol_doctor import Checkup, NodeReport
 from launcher.transport import NodeAgent, SshOptions, open_agent, raise_open_files_limit
 
 Level = Literal["ok", "warning", "error"]

@@ -264,51 +264,6 @@ class Refusal:
     error: str
 
 
-@dataclasses.dataclass(frozen=True)
-class GpuReport:
-    count: int
-    """Processes a launch would run here by default (GPUs, or MIG devices); 0: no GPU."""
-    models: list[str] = dataclasses.field(default_factory=list)
-    free_mib: list[int] = dataclasses.field(default_factory=list)
-    """Free memory of each GPU."""
-    busy: list[str] = dataclasses.field(default_factory=list)
-    """GPUs held by processes of no launcher job: ``GPU 0: pid 123 (python)``."""
-    note: str = ""
-    """Where the GPUs were read from, or why none were found."""
-
-
-@dataclasses.dataclass(frozen=True)
-class DiskSpace:
-    what: str
-    path: str
-    free: int | None
-    """Bytes free there (or under its nearest existing parent); None: unreadable."""
-    exists: bool = True
-    error: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class NodeReport:
-    """``launcher doctor`` on one node (``node/doctor.py``)."""
-
-    received: float
-    """The node's clock when the request came (with ``time``: the clock offset, NTP's way)."""
-    time: float
-    """The node's clock when it answered."""
-    python_version: str
-    tmux: str | None
-    torch: str | None
-    cuda: str | None
-    nccl: str | None
-    gpus: GpuReport
-    disks: list[DiskSpace]
-    port: int | None = None
-    """The first node: the port it listens on until its agent ends."""
-    candidates: list[str] = dataclasses.field(default_factory=list)
-    probes: list[Probe] = dataclasses.field(default_factory=list)
-    preset_env: list[str] = dataclasses.field(default_factory=list)
-
-
 # ---------------------------------------------------------------------------- requests
 
 
@@ -447,20 +402,6 @@ class Wait(Request[Ended]):
 
 
 @dataclasses.dataclass(frozen=True)
-class Checkup(Request[NodeReport]):
-    """``launcher doctor``: what a launch needs here; starts nothing. The first node
-    (``listen``) holds a rendezvous port until its agent ends; the others probe it."""
-
-    op: ClassVar[str] = "checkup"
-    cwd: str
-    listen: bool = False
-    port: int | None = None
-    probe: list[str] = dataclasses.field(default_factory=list)
-    probe_port: int | None = None
-    probe_timeout: float = 3.0
-
-
-@dataclasses.dataclass(frozen=True)
 class ReadResults(Request[Results]):
     """The ranks' return values (``launcher.run``), but for the ranks in ``skip``."""
 
@@ -470,8 +411,7 @@ class ReadResults(Request[Results]):
 
 
 REQUESTS: dict[str, type[Request[Any]]] = {
-    cls.op: cls
-    for cls in (Prepare, Start, Commit, Status, Kill, KillAll, ReadLogs, Tail, Follow, Wait, ReadResults, Checkup)
+    cls.op: cls for cls in (Prepare, Start, Commit, Status, Kill, KillAll, ReadLogs, Tail, Follow, Wait, ReadResults)
 }
 
 
@@ -487,38 +427,7 @@ ANSWERS: dict[type[Request[Any]], type[Any]] = {
     Follow: LogEnd,
     Wait: Ended,
     ReadResults: Results,
-    Checkup: NodeReport,
 }
-
-
-# ---------------------------------------------------------------------------- SLURM tasks
-
-
-def slurm_field(name: Literal["rdzv_host", "rdzv_port", "run_dir", "node_rank"]) -> str:
-    """A value only the SLURM task knows, as a placeholder in its command (``launcher sbatch``).
-
-    NUL cannot occur in an argument or a variable, so filling it in never touches user text.
-    """
-    return f"\0{name}\0"
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskCommand:
-    argv: list[str]
-    env: dict[str, str]
-    """On top of the task's environment (srun passes on the batch script's exports)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class SlurmTask:
-    """What ``python -m launcher.node.slurm_task RDZV_HOST RDZV_PORT TASK`` runs on one node."""
-
-    job: str
-    cwd: str
-    first: TaskCommand
-    """Node 0's command: it serves the rendezvous."""
-    rest: TaskCommand
-    """Every other node's command."""
 
 
 # ---------------------------------------------------------------------------- lines
@@ -556,6 +465,7 @@ def decode_request(line: str) -> Any:
     return decode(cls, data)
 
 
-# The sync messages live in their own module (a manifest, chunks, a two-phase commit),
-# which adds them to REQUESTS and ANSWERS. Imported last: it imports from this module.
+# The doctor's and the sync's messages live in modules of their own, which add them to
+# REQUESTS and ANSWERS. Imported last: they import from this module.
+import launcher.protocol_doctor  # noqa: E402
 import launcher.protocol_sync  # noqa: E402, F401

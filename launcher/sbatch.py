@@ -23,7 +23,7 @@ from launcher.codec import to_wire
 from launcher.errors import UsageError
 from launcher.hosts import Host
 from launcher.plan import NodePlan, plan_nodes
-from launcher.protocol import SlurmTask, TaskCommand, slurm_field
+from launcher.protocol_slurm import SlurmTask, TaskCommand, slurm_field
 from launcher.spec import LaunchSpec
 
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

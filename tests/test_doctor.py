@@ -17,7 +17,8 @@ from launcher.cli.doctor import doctor_json, gpu_cell, print_doctor
 from launcher.doctor import DoctorReport, _Answer, evaluate, human_bytes
 from launcher.hosts import Host
 from launcher.node import doctor as node_doctor
-from launcher.protocol import Checkup, DiskSpace, GpuReport, NodeReport, Probe
+from launcher.protocol import Probe
+from launcher.protocol_doctor import Checkup, DiskSpace, GpuReport, NodeReport
 
 GIB = 1 << 30
 

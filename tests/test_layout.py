@@ -56,7 +56,7 @@ def test_the_agent_imports_nothing_heavy(path: Path) -> None:
     assert heavy == set()
 
 
-@pytest.mark.parametrize("path", [PACKAGE / "protocol.py", PACKAGE / "codec.py"], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [*PACKAGE.glob("protocol*.py"), PACKAGE / "codec.py"], ids=lambda p: p.name)
 def test_the_wire_is_standard_library_only(path: Path) -> None:
     import sys
 

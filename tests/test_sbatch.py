@@ -16,7 +16,7 @@ from launcher.codec import decode, to_wire
 from launcher.errors import HostsFileError, SlurmError, UsageError
 from launcher.node import slurm_task as node_task
 from launcher.node.rundir import RunDir
-from launcher.protocol import SlurmTask, TaskCommand, slurm_field
+from launcher.protocol_slurm import SlurmTask, TaskCommand, slurm_field
 from launcher.sbatch import SbatchOptions, batch_script, placeholder_hosts
 from launcher.sources import resolve_hosts
 from launcher.spec import make_spec

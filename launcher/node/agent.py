@@ -22,7 +22,6 @@ from launcher.node import logs, processes, python_env, start, status
 from launcher.node.errors import HungUp, NodeError
 from launcher.protocol import (
     PROTOCOL_VERSION,
-    Checkup,
     Commit,
     Follow,
     Hello,
@@ -42,6 +41,7 @@ from launcher.protocol import (
     encode_answer,
     encode_batch,
 )
+from launcher.protocol_doctor import Checkup
 from launcher.protocol_sync import SyncAbort, SyncCommit, SyncFinish, SyncPlan, SyncPut
 
 Idle = logs.Idle

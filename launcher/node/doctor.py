@@ -21,7 +21,8 @@ from launcher.node import gpus, network, python_env
 from launcher.node.errors import NodeError
 from launcher.node.preflight import IFNAME_VARIABLES, is_launcher_job, process_name, ssh_address
 from launcher.node.rundir import runs_dir
-from launcher.protocol import Checkup, DiskSpace, GpuReport, NodeReport, Probe
+from launcher.protocol import Probe
+from launcher.protocol_doctor import Checkup, DiskSpace, GpuReport, NodeReport
 
 _CUDA = re.compile(r"""^cuda\s*(?::[^=]*)?=\s*['"]([^'"]+)['"]""", re.M)
 _NCCL_WHEELS = ("nvidia-nccl-cu13", "nvidia-nccl-cu12", "nvidia-nccl-cu11")

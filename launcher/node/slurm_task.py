@@ -17,7 +17,8 @@ import sys
 
 from launcher.codec import ProtocolError, decode
 from launcher.node.rundir import JobSpec, RunDir
-from launcher.protocol import JOB_MARKER, RUN_DIR_VARIABLE, SlurmTask, slurm_field
+from launcher.protocol import JOB_MARKER, RUN_DIR_VARIABLE
+from launcher.protocol_slurm import SlurmTask, slurm_field
 
 USAGE = "usage: python -m launcher.node.slurm_task RDZV_HOST RDZV_PORT TASK_JSON"
 
