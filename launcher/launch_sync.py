@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from launcher.same_env import check_environment
 from launcher.spec import LaunchSpec
-from launcher.sync import SyncProgress, SyncReport, on_every_host, prepare_tree, sync_agents
-from launcher.transport import NodeAgent, SshOptions, open_agent
+from launcher.sync import SyncProgress, SyncReport, prepare_tree, sync_agents
+from launcher.transport import NodeAgent, SshOptions, all_or_nothing, open_agent
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ async def connect_check_and_sync(
     async def connect(index: int) -> None:
         agents[index] = await open_agent(spec.hosts[index], ssh, gate)
 
-    await on_every_host([connect(i) for i in range(len(spec.hosts))], spec.hosts, "launch failed, nothing was started")
+    await all_or_nothing([connect(i) for i in range(len(spec.hosts))], spec.hosts, "launch failed, nothing was started")
     opened = [a for a in agents if a is not None]
     if not spec.allow_mismatch:
         check_environment(opened)

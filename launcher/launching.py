@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from launcher import commands, rendezvous
-from launcher.errors import HostError, JobError, JobRunningError, LauncherError
+from launcher.errors import HostError, JobRunningError, LauncherError
 from launcher.hosts import Host
 from launcher.launch_sync import connect_check_and_sync
 from launcher.plan import NodePlan, dry_plan, plan_nodes
@@ -22,7 +22,7 @@ from launcher.protocol import Commit, Kill, Prepare, Prepared, Start, Teardown
 from launcher.records import JobRecord, all_records, save_record
 from launcher.spec import LaunchSpec
 from launcher.sync import SyncProgress
-from launcher.transport import NodeAgent, SshOptions, open_agent
+from launcher.transport import NodeAgent, SshOptions, all_or_nothing, open_agent
 
 COMMIT_WITHIN_S = 180.0
 """A started node runs nothing until the launcher commits (every host started). If the
@@ -95,13 +95,13 @@ async def launch_job(
         started = [(i, a, p) for i, (a, p) in enumerate(zip(agents, plans, strict=True)) if a is not None]
         # The first host first: of two launches of one name, the one that starts there wins,
         # and the other stops before it touches any other host (no split with no winner).
-        await _all_or_nothing([start(*started[0])], spec.hosts[:1], "launch failed, nothing left running")
+        await all_or_nothing([start(*started[0])], spec.hosts[:1], "launch failed, nothing left running")
         if len(started) > 1:
             rest = [start(*step) for step in started[1:]]
-            await _all_or_nothing(rest, spec.hosts[1:], "launch failed, nothing left running")
+            await all_or_nothing(rest, spec.hosts[1:], "launch failed, nothing left running")
         # Only now does any command run: a launcher that dies before this line leaves held
         # supervisors, which end when their agent does (or after COMMIT_WITHIN_S).
-        await _all_or_nothing(
+        await all_or_nothing(
             [commit(a) for a in agents if a is not None], spec.hosts, "launch failed, nothing left running"
         )
     except BaseException:
@@ -165,30 +165,7 @@ async def _connect_and_prepare(
         return answer
 
     steps = [prepare(i) for i in range(len(spec.hosts))]
-    return await _all_or_nothing(steps, spec.hosts, "launch failed, nothing was started")
-
-
-async def _all_or_nothing(steps: Sequence[Any], hosts: Sequence[Host], summary: str) -> list[Any]:
-    """Run one step per host at once; the first failure cancels the rest and raises JobError."""
-    tasks = [asyncio.ensure_future(step) for step in steps]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    failures: dict[str, HostError] = {}
-    for host, task in zip(hosts, tasks, strict=True):
-        if task.cancelled():
-            continue
-        exc = task.exception()
-        if isinstance(exc, HostError):
-            failures[host.label] = exc
-        elif exc is not None:
-            raise exc
-    if failures:
-        raise JobError(summary, failures)
-    return [task.result() for task in tasks]
+    return await all_or_nothing(steps, spec.hosts, "launch failed, nothing was started")
 
 
 async def _roll_back(name: str, agents: Sequence[NodeAgent]) -> None:

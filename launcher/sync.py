@@ -24,7 +24,7 @@ import contextlib
 import os
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -44,7 +44,7 @@ from launcher.protocol_sync import (
 from launcher.records import records_dir
 from launcher.sync_send import Progress, stage_content
 from launcher.sync_send import SyncProgress as SyncProgress  # re-exported: launch and the CLI take it from here
-from launcher.transport import NodeAgent, SshOptions, open_agent
+from launcher.transport import NodeAgent, SshOptions, all_or_nothing, open_agent
 from launcher.tree import Tree, scan_tree
 
 DEFAULT_SYNC_MAX = 1 << 30
@@ -146,7 +146,7 @@ async def sync_tree(
         agents.append(await open_agent(host, ssh, gate))
 
     try:
-        await on_every_host([connect(h) for h in hosts], hosts, "sync failed, nothing changed")
+        await all_or_nothing([connect(h) for h in hosts], hosts, "sync failed, nothing changed")
         ordered = sorted(agents, key=lambda a: list(hosts).index(a.host))
         return await sync_agents(tree, [(a, remote) for a in ordered], dry_run=dry_run, on_progress=on_progress)
     finally:
@@ -174,7 +174,7 @@ async def sync_agents(
     agents = every  # those to abort if anything fails
     try:
         with _source_marker(tree, token) as marker:
-            plans: list[SyncNeeds] = await on_every_host(
+            plans: list[SyncNeeds] = await all_or_nothing(
                 [_plan(a, root, token, tree, marker) for a, root in targets],
                 [a.host for a in every],
                 "sync failed, nothing changed",
@@ -193,7 +193,7 @@ async def sync_agents(
                     await stage_content(every[index], token, tree, plans[index].needed, progress)
                     progress.host_done()
 
-            await on_every_host(
+            await all_or_nothing(
                 [stage(i) for i in syncing],
                 [a.host for a in agents],
                 "sync failed, every host keeps its previous copy",
@@ -280,29 +280,6 @@ async def _abort(agents: Sequence[NodeAgent], token: str) -> None:
             await agent.call(SyncAbort(token=token), timeout=60)
 
     await asyncio.gather(*(abort(a) for a in agents))
-
-
-async def on_every_host(steps: Sequence[Awaitable[T]], hosts: Sequence[Host], summary: str) -> list[T]:
-    """One step per host at once; the first failure cancels the rest and raises JobError."""
-    if not steps:
-        return []  # asyncio.wait refuses an empty set
-    tasks = [asyncio.ensure_future(step) for step in steps]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    failures: dict[str, HostError] = {}
-    for host, task in zip(hosts, tasks, strict=True):
-        exc = None if task.cancelled() else task.exception()
-        if isinstance(exc, HostError):
-            failures[host.label] = exc
-        elif exc is not None:
-            raise exc
-    if failures:
-        raise JobError(summary, failures)
-    return [task.result() for task in tasks]
 
 
 def human_bytes(size: float) -> str:

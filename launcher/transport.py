@@ -32,6 +32,7 @@ from launcher.errors import (
     ConnectionLostError,
     HostError,
     HostKeyError,
+    JobError,
     LauncherError,
     NodeRefusedError,
     UnreachableError,
@@ -337,6 +338,30 @@ async def for_each_host(hosts: Sequence[T], action: Callable[[T], Awaitable[Any]
             return exc
 
     return list(await asyncio.gather(*(guarded(item) for item in hosts)))
+
+
+async def all_or_nothing(steps: Sequence[Awaitable[T]], hosts: Sequence[Host], summary: str) -> list[T]:
+    """One step per host at once; the first failure cancels the rest and raises JobError
+    naming every host that failed (launch and sync: on every host or on none)."""
+    if not steps:
+        return []  # asyncio.wait refuses an empty set
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    failures: dict[str, HostError] = {}
+    for host, task in zip(hosts, tasks, strict=True):
+        exc = None if task.cancelled() else task.exception()
+        if isinstance(exc, HostError):
+            failures[host.label] = exc
+        elif exc is not None:
+            raise exc
+    if failures:
+        raise JobError(summary, failures)
+    return [task.result() for task in tasks]
 
 
 def raise_open_files_limit(hosts: int) -> None:
