@@ -172,7 +172,9 @@ def _unseen_hosts(record: JobRecord, timeout: float) -> list[str]:
     deadline = time.monotonic() + timeout
     while True:
         status = run(job_status(record, ssh_for(record)))
-        unseen = [host.host for host in status.hosts if host.state == "unknown"]
+        # Not yet there (unknown), or not to be asked yet (unreachable: its --python may not
+        # even exist, so the task will not start either): only SLURM's state says which.
+        unseen = [host.host for host in status.hosts if host.state in ("unknown", "unreachable")]
         if not unseen or time.monotonic() > deadline:
             return unseen
         job = slurm_jobs.job(record.slurm_job_id)
