@@ -417,3 +417,24 @@ def test_print_root_cause_of_an_unnamed_signal() -> None:
 )
 def test_rank_cells_group_consecutive_ranks_that_ended_alike(ranks: tuple[RankStatus, ...], shown: str) -> None:
     assert render.rank_cells(ranks) == shown
+
+
+def test_status_at_80_columns_breaks_no_word(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    ended = (*(RankStatus(i, "ended") for i in range(8)), RankStatus(8, "failed", -9, "SIGKILL"))
+    hosts = (
+        HostStatus(
+            "node-with-long-name-01", "failed", 1, "stopped: node-with-long-name-02 failed", 1.0, 101.0, 0, ended
+        ),
+        HostStatus("node-with-long-name-02", "unreachable", None, "cannot connect: timed out after 10 s"),
+        HostStatus("node3", "lost", None, None, 1.0, 51.0, 2, tuple(RankStatus(i, "running") for i in range(16, 24))),
+    )
+    render.print_status(JobStatus("train_llm-261121-101500-long", "failed", hosts))
+
+    out = capsys.readouterr().out
+    assert max(len(line.rstrip()) for line in out.splitlines()) <= 80
+    words = set(out.split())
+    for whole in ("0-7:ended", "8:SIGKILL", "16-23", "unreachable", "node-with-long-name-01", "lost"):
+        assert whole in words, out

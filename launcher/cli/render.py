@@ -155,7 +155,9 @@ def print_status(result: JobStatus) -> None:
     table.add_column("host", no_wrap=True)
     table.add_column("state", no_wrap=True)
     table.add_column("exit", no_wrap=True)
-    table.add_column("ranks", overflow="fold", ratio=1)
+    # Wrapped at spaces, never inside a cell such as "0-7:ended": as wide as the widest cell.
+    widest = max((len(cell) for h in result.hosts for cell in rank_cells(h.ranks).split()), default=5)
+    table.add_column("ranks", overflow="fold", ratio=1, min_width=max(widest, 5))
     if restarts:
         table.add_column("restarts", no_wrap=True)
     table.add_column("started", no_wrap=True)
