@@ -163,6 +163,38 @@ def test_tail_and_follow_through_the_agent(node: LocalNode, workdir: Path) -> No
     assert sorted(followed) == ["hello from tails", "to stderr"]  # the job has ended: follow ends by itself
 
 
+QUICK_RANKS = """\
+print("\\x1e3\\x1fwarming up", flush=True)
+print("\\x1e3\\x1fdone", flush=True)
+print("the node's own last word", flush=True)
+"""
+
+
+def test_tail_finds_ranks_that_ended_before_their_environment_was_read(node: LocalNode, workdir: Path) -> None:
+    # No worker process carries RANK here (the lines come prefixed, as torchrun's do, from a
+    # command that ends at once): the rank is known by its output alone, and --tail must
+    # still give its last line, not stop at the node's own.
+    (workdir / "quick_ranks.py").write_text(QUICK_RANKS)
+    launch(node, workdir, "quick_ranks.py", "quick")
+    assert node.call(Wait(job="quick"), timeout=30) == Ended(state="succeeded")
+
+    async def tail() -> list[tuple[int | None, str]]:
+        agent = await node.open()
+        try:
+            return [
+                (r.rank, r.text)
+                async for m in agent.stream(Tail(job="quick", count=1))
+                if isinstance(m, LogBatch)
+                for r in m.records
+            ]
+        finally:
+            await agent.close()
+
+    with node.environment():
+        tailed = asyncio.run(tail())
+    assert sorted(tailed, key=str) == [(3, "done"), (None, "the node's own last word")]
+
+
 def test_a_second_launch_of_a_running_job_is_refused_by_type(node: LocalNode, workdir: Path) -> None:
     launch(node, workdir, "chatty.py", "twice", SLEEP="30")
 

@@ -36,6 +36,9 @@ class OutputLog:
     def __init__(self, file: IO[bytes]) -> None:
         self._file = file
         self._lock = threading.Lock()
+        self.ranks_written: set[int] = set()
+        """The ranks of the lines written so far (a rank that ends before anyone polls its
+        environment is still known by its output)."""
 
     @classmethod
     def open(cls, path: Path) -> OutputLog:
@@ -51,6 +54,8 @@ class OutputLog:
         label = b"" if rank is None else b"[rank %d] " % rank
         with self._lock:
             self._file.write(records)
+            if rank is not None:
+                self.ranks_written.add(rank)
             try:
                 sys.stdout.buffer.write(label + text)
                 sys.stdout.buffer.flush()

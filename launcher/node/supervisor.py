@@ -81,13 +81,15 @@ def supervise(run: RunDir) -> int:
     for thread in pumps:
         thread.start()
 
-    threading.Thread(target=_record_ranks, args=(proc, run), daemon=True).start()
+    ranks = _RankBook(run)
+    threading.Thread(target=_record_ranks, args=(proc, ranks), daemon=True).start()
     stopper = _Stopper(proc, spec.job, log)
     watch = _start_watch(spec.teardown, stopper, log)
     returncode = proc.wait()
     for thread in pumps:
         # A daemonised grandchild may hold the pipes open forever: do not wait for it.
         thread.join(timeout=2)
+    ranks.add(log.ranks_written)  # workers too quick for the poll, known by their output
     exit_code, signum = (128 - returncode, -returncode) if returncode < 0 else (returncode, None)
     # Recorded before the others hear of it: whoever asks then finds the cause here.
     ended = ExitRecord(
@@ -135,22 +137,36 @@ def _agent_gone(spec: JobSpec) -> bool:
     return not process_alive(spec.agent_pid, spec.agent_create_time)
 
 
-def _record_ranks(proc: subprocess.Popen[bytes], run: RunDir) -> None:
-    """Keep ``ranks.json`` = the global ranks of the workers seen on this node.
+class _RankBook:
+    """``ranks.json``: the global ranks seen on this node, only ever growing."""
+
+    def __init__(self, run: RunDir) -> None:
+        self._run = run
+        self._lock = threading.Lock()
+        self._seen: set[int] = set()
+
+    def add(self, ranks: set[int]) -> None:
+        with self._lock:
+            if not ranks <= self._seen:
+                self._seen |= ranks
+                self._run.write_ranks(sorted(self._seen))
+
+
+def _record_ranks(proc: subprocess.Popen[bytes], ranks: _RankBook) -> None:
+    """Add the global ranks of the workers running on this node to ``ranks``.
 
     Read from the workers' environment (torchrun sets RANK), so ranks that never print
-    are known too. A worker that ends within one poll may be missed; its output or
-    torchrun's failure summary still names it.
+    are known too. A worker that ends within one poll is missed here; the supervisor adds
+    the ranks of the lines written once the command has ended.
     """
     import psutil
 
-    seen: set[int] = set()
     try:
         parent = psutil.Process(proc.pid)
     except psutil.NoSuchProcess:
         return
     while proc.poll() is None:
-        found = set(seen)
+        found = set()
         for child in _children(parent):
             try:
                 rank = child.environ().get("RANK")
@@ -158,9 +174,7 @@ def _record_ranks(proc: subprocess.Popen[bytes], run: RunDir) -> None:
                 continue
             if rank is not None and rank.isdigit():
                 found.add(int(rank))
-        if found != seen:
-            seen = found
-            run.write_ranks(sorted(seen))
+        ranks.add(found)
         time.sleep(0.5)
 
 
