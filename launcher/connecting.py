@@ -48,13 +48,16 @@ async def open_connection(dial: Dial) -> Any:
     """
     import asyncssh
 
-    # As asyncssh.connect builds them (``()``: "not given", so ~/.ssh/config applies).
+    # As asyncssh.connect builds them (``()``: "not given", so ~/.ssh/config applies). They
+    # are passed on: asyncssh then reuses the parsed config instead of reading it again
+    # (with one Host block per host, parsing it is most of the launching side's CPU per host).
     options = await asyncssh.SSHClientConnectionOptions.construct(
         None, config=(), host=dial.name, port=dial.port if dial.port is not None else (), tunnel=(), **_user(dial)
     )
     keepalive = dial.keepalive if dial.keepalive is not None else options.keepalive_interval or DEFAULT_KEEPALIVE_S
     settings: dict[str, Any] = {
         **_login(dial),
+        "options": options,
         "connect_timeout": dial.patience,
         "keepalive_interval": keepalive,
         "keepalive_count_max": 3,
