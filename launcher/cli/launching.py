@@ -9,6 +9,7 @@ import click
 
 from launcher.cli import render
 from launcher.cli.common import HOSTS_HELP, command_name, connect_timeout, run, ssh_for, warn
+from launcher.cli.job_options import job_options, spec_keywords
 from launcher.cli.syncing import SYNC_MAX_HELP
 
 if TYPE_CHECKING:
@@ -20,35 +21,8 @@ if TYPE_CHECKING:
 @click.option("--hosts", "hosts_arg", metavar="FILE", help=HOSTS_HELP + "  [default: localhost]")
 @click.option("--include", metavar="H1@H2", help="Only these hosts (DeepSpeed syntax; host:0,1 picks GPUs).")
 @click.option("--exclude", metavar="H1@H2", help="All hosts but these (host:0,1 drops GPUs).")
-@click.option("--name", help="Job name.  [default: SCRIPT stem + time]")
-@click.option(
-    "--nproc-per-node",
-    metavar="N",
-    help="Processes per host (or gpu/auto).  [default: the host's slots, else one per GPU, else 1]",
-)
-@click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE", help="Set a variable for the job (repeatable).")
-@click.option("--env-file", multiple=True, metavar="FILE", help="KEY=VALUE lines for the job (repeatable).")
-@click.option(
-    "--forward-env/--no-forward-env",
-    default=True,
-    show_default=True,
-    help="Forward NCCL_*, CUDA_*, PYTHON*, TORCH*, HF_*, ACCELERATE_*, PATH, LD_LIBRARY_PATH, VIRTUAL_ENV, OMP_NUM_THREADS.",
-)
-@click.option("--python", metavar="PATH", help="Python on the hosts.  [default: this one]")
-@click.option("--cwd", metavar="DIR", help="Working directory on the hosts.  [default: this one]")
-@click.option(
-    "--runner",
-    type=click.Choice(["torchrun", "python", "exec"]),
-    default="torchrun",
-    show_default=True,
-    help="python: SCRIPT once per host with MASTER_ADDR/MASTER_PORT/NODE_RANK/NNODES; exec: SCRIPT is a command.",
-)
-@click.option(
-    "--rdzv-port", type=click.IntRange(1, 65535), help="Rendezvous port on the first host.  [default: a free one]"
-)
+@job_options(nproc_default="the host's slots, else one per GPU, else 1")
 @click.option("--nnodes", metavar="MIN:MAX", help="Elastic node range for torchrun.  [default: the number of hosts]")
-@click.option("--max-restarts", type=click.IntRange(min=0), default=0, show_default=True, help="torchrun restarts.")
-@click.option("--torchrun-args", metavar="ARGS", help="More torchrun options in one string: '--monitor-interval 1'.")
 @connect_timeout
 @click.option(
     "--max-parallel", type=click.IntRange(min=1), default=128, show_default=True, help="SSH handshakes at once."
@@ -88,18 +62,8 @@ def launch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **o
         hosts=options["hosts_arg"],
         include=options["include"],
         exclude=options["exclude"],
-        name=options["name"],
-        nproc_per_node=options["nproc_per_node"],
-        assignments=options["env"],
-        env_files=options["env_file"],
-        forward_env=options["forward_env"],
-        python=options["python"],
-        cwd=options["cwd"],
-        runner=options["runner"],
-        rdzv_port=options["rdzv_port"],
+        **spec_keywords(options),
         nnodes=options["nnodes"],
-        max_restarts=options["max_restarts"],
-        torchrun_args=options["torchrun_args"] or (),
         force=options["force"],
         teardown=not options["no_teardown"],
         allow_busy_gpus=options["allow_busy_gpus"],

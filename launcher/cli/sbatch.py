@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from launcher.cli.common import command_name, run, ssh_for, warn
+from launcher.cli.job_options import job_options, spec_keywords
 
 if TYPE_CHECKING:
     from launcher.records import JobRecord
@@ -25,17 +26,7 @@ TASK_START_S = 60.0
 @click.option("--partition", "-p", help="SLURM partition.")
 @click.option("--account", "-A", help="SLURM account.")
 @click.option("--sbatch-arg", multiple=True, metavar="OPTION", help="Another #SBATCH line: '--output=run-%j.out'.")
-@click.option("--name", help="Job name (SLURM's and launcher's).  [default: SCRIPT stem + time]")
-@click.option("--nproc-per-node", metavar="N", help="Processes per node.  [default: --gpus-per-node, else 1]")
-@click.option("-e", "--env", "env", multiple=True, metavar="KEY=VALUE", help="Set a variable for the job (repeatable).")
-@click.option("--env-file", multiple=True, metavar="FILE", help="KEY=VALUE lines for the job (repeatable).")
-@click.option("--forward-env/--no-forward-env", default=True, show_default=True, help="As for launch.")
-@click.option("--python", metavar="PATH", help="Python on the nodes.  [default: this one]")
-@click.option("--cwd", metavar="DIR", help="Working directory on the nodes.  [default: this one]")
-@click.option("--runner", type=click.Choice(["torchrun", "python", "exec"]), default="torchrun", show_default=True)
-@click.option("--rdzv-port", type=click.IntRange(1, 65535), help="Rendezvous port.  [default: a free one]")
-@click.option("--max-restarts", type=click.IntRange(min=0), default=0, show_default=True, help="torchrun restarts.")
-@click.option("--torchrun-args", metavar="ARGS", help="More torchrun options in one string.")
+@job_options(nproc_default="--gpus-per-node, else 1")
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False), help="Write the script here, not stdout.")
 @click.option("--submit", is_flag=True, help="Submit it with sbatch and record the job for status/logs/kill.")
 @click.option(
@@ -75,17 +66,7 @@ def sbatch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **o
         script,
         script_args,
         hosts=batch.placeholder_hosts(settings),
-        name=options["name"],
-        nproc_per_node=options["nproc_per_node"],
-        assignments=options["env"],
-        env_files=options["env_file"],
-        forward_env=options["forward_env"],
-        python=options["python"],
-        cwd=options["cwd"],
-        runner=options["runner"],
-        rdzv_port=options["rdzv_port"],
-        max_restarts=options["max_restarts"],
-        torchrun_args=options["torchrun_args"] or (),
+        **spec_keywords(options),
     )
     name = spec.name or default_job_name(spec.script)
     text = batch.batch_script(spec, name, settings)
