@@ -70,7 +70,6 @@ Needs root. Everything a cluster creates is named ``lnch-<token>...`` and record
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
 import json
 import os
@@ -80,7 +79,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -88,6 +87,7 @@ from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+from registry import Registry
 
 __all__ = [
     "Cluster",
@@ -99,6 +99,7 @@ __all__ = [
 
 NAME_PREFIX = "lnch"
 REGISTRY_DIR = Path("/run/lnch-clusters")
+_REGISTRY = Registry(REGISTRY_DIR)
 SSH_PORT = 22
 ALT_SSH_PORT = 2222
 GUEST_GRACE_S = 2.0
@@ -582,7 +583,7 @@ class Cluster:
             )
             for path in self._created:
                 _remove_path(path)
-            _record_path(layout.token).unlink(missing_ok=True)
+            _REGISTRY.remove(layout.token)
 
     def reboot(self, host: TestHost | str) -> TestHost:
         """Bring ``host`` (crashed, or running: then it is crashed first) back up.
@@ -855,7 +856,7 @@ def start_cluster(
     if Path("/tmp").is_relative_to(workdir):
         raise ValueError(f"workdir {workdir} would make every host's /tmp shared")
     workdir.mkdir(parents=True, exist_ok=True)
-    with _registry_lock():
+    with _REGISTRY.lock():
         _remove_stale_locked()  # first: it may clear this very workdir of a crashed run
         for name in WORKDIR_ENTRIES:
             if (workdir / name).exists() or (workdir / name).is_symlink():
@@ -877,23 +878,11 @@ def start_cluster(
 
 def remove_stale_clusters() -> list[str]:
     """Delete what clusters whose creating process has exited left behind; their tokens."""
-    with _registry_lock():
+    with _REGISTRY.lock():
         return _remove_stale_locked()
 
 
 # --- registry of live clusters ---------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _registry_lock() -> Iterator[None]:
-    REGISTRY_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with (REGISTRY_DIR / ".lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-def _record_path(token: str) -> Path:
-    return REGISTRY_DIR / f"{token}.json"
 
 
 def _write_record(token: str, subnets: list[ipaddress.IPv4Network], workdir: Path) -> None:
@@ -905,17 +894,7 @@ def _write_record(token: str, subnets: list[ipaddress.IPv4Network], workdir: Pat
         "subnets": [str(subnet) for subnet in subnets],
         "workdir": str(workdir),
     }
-    _record_path(token).write_text(json.dumps(record))
-
-
-def _read_records() -> dict[str, dict[str, object]]:
-    records: dict[str, dict[str, object]] = {}
-    for path in REGISTRY_DIR.glob("*.json"):
-        try:
-            records[path.stem] = json.loads(path.read_text())
-        except (OSError, ValueError):
-            records[path.stem] = {}  # torn or unreadable: treat its cluster as stale
-    return records
+    _REGISTRY.write(token, record)
 
 
 def _creator_alive(record: dict[str, object]) -> bool:
@@ -929,7 +908,7 @@ def _remove_stale_locked() -> list[str]:
     # its record before creating anything, so nothing listed here can lack a live record.
     namespaces = _our_names(_list_netns())
     links = _our_names(_list_links())
-    records = _read_records()
+    records = _REGISTRY.read_all()
     live = {token for token, record in records.items() if _creator_alive(record)}
     stale = {_token_of(name) for name in namespaces + links} | set(records)
     stale -= live
@@ -946,14 +925,14 @@ def _remove_stale_locked() -> list[str]:
         if isinstance(workdir, str):
             for name in WORKDIR_ENTRIES:
                 _remove_path(Path(workdir) / name)
-        _record_path(token).unlink(missing_ok=True)
+        _REGISTRY.remove(token)
     return sorted(stale)
 
 
 def _free_subnet(also_taken: Sequence[ipaddress.IPv4Network] = ()) -> ipaddress.IPv4Network:
     """A random 10.x.y.0/24 clashing with no address, route, live cluster or ``also_taken``."""
     taken = _local_networks() + list(also_taken)
-    for record in _read_records().values():
+    for record in _REGISTRY.read_all().values():
         if not _creator_alive(record):
             continue
         subnets = record.get("subnets", [record.get("subnet")])

@@ -24,8 +24,6 @@ stale cleanup takes them too.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
 import re
 import secrets
@@ -34,13 +32,14 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import psutil
 from cluster import Cluster, TestHost
+from registry import Registry
 
 __all__ = [
     "SLURM_PROGRAMS",
@@ -54,6 +53,7 @@ __all__ = [
 SLURM_PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "salloc", "squeue", "scancel", "scontrol", "sinfo")
 """What the Debian packages ``munge``, ``slurmctld``, ``slurmd`` and ``slurm-client`` install."""
 REGISTRY_DIR = Path("/run/lnch-slurm")
+_REGISTRY = Registry(REGISTRY_DIR)
 SLURM_DIR_NAME = "slurm"
 """The directory in the cluster's workdir that holds all a SLURM makes."""
 PARTITION = "debug"
@@ -222,8 +222,8 @@ class SlurmCluster:
                     _reap(process)
             finally:
                 shutil.rmtree(self.dir, ignore_errors=True)
-                with _registry_lock():
-                    _record_path(self.cluster.token).unlink(missing_ok=True)
+                with _REGISTRY.lock():
+                    _REGISTRY.remove(self.cluster.token)
 
     def _controller_running(self) -> bool:
         daemon = next((d for d in self._daemons if d.name == "slurmctld"), None)
@@ -390,7 +390,7 @@ class SlurmCluster:
 
     def _record(self, daemon: _Daemon) -> None:
         self._daemons.append(daemon)
-        with _registry_lock():
+        with _REGISTRY.lock():
             _write_record(self.cluster.token, self.dir, self._daemons)
 
     def _check_alive(self, process: subprocess.Popen[bytes], name: str) -> None:
@@ -443,7 +443,7 @@ def start_slurm(cluster: Cluster, cpus_per_node: int | None = None) -> SlurmClus
     if missing:
         raise SlurmError(f"not installed: {', '.join(missing)} (Debian: munge slurmctld slurmd slurm-client)")
     slurm_dir = cluster.workdir / SLURM_DIR_NAME
-    with _registry_lock():
+    with _REGISTRY.lock():
         _remove_stale_locked()  # first: it may clear this very directory of a crashed run
         if slurm_dir.exists() or slurm_dir.is_symlink():
             raise SlurmError(f"{slurm_dir} already exists: SLURM is running on this cluster, or was")
@@ -459,23 +459,11 @@ def start_slurm(cluster: Cluster, cpus_per_node: int | None = None) -> SlurmClus
 
 def remove_stale_slurms() -> list[str]:
     """Stop the daemons of SLURMs whose creating process has exited; the cluster tokens."""
-    with _registry_lock():
+    with _REGISTRY.lock():
         return _remove_stale_locked()
 
 
 # --- registry of live SLURMs -----------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _registry_lock() -> Iterator[None]:
-    REGISTRY_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with (REGISTRY_DIR / ".lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-def _record_path(token: str) -> Path:
-    return REGISTRY_DIR / f"{token}.json"
 
 
 def _write_record(token: str, slurm_dir: Path, daemons: list[_Daemon]) -> None:
@@ -486,19 +474,12 @@ def _write_record(token: str, slurm_dir: Path, daemons: list[_Daemon]) -> None:
         "dir": str(slurm_dir),
         "daemons": [{"name": d.name, "pid": d.pid, "create_time": d.create_time} for d in daemons],
     }
-    path = _record_path(token)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(record))
-    temporary.replace(path)  # never a torn record
+    _REGISTRY.write(token, record)
 
 
 def _remove_stale_locked() -> list[str]:
     stale = []
-    for path in REGISTRY_DIR.glob("*.json"):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            record = {}
+    for token, record in _REGISTRY.read_all().items():
         if _alive(record.get("pid"), record.get("create_time")):
             continue
         daemons = []
@@ -509,8 +490,8 @@ def _remove_stale_locked() -> list[str]:
         _terminate(daemons)
         if isinstance(record.get("dir"), str) and Path(record["dir"]).name == SLURM_DIR_NAME:
             shutil.rmtree(record["dir"], ignore_errors=True)
-        path.unlink(missing_ok=True)
-        stale.append(path.stem)
+        _REGISTRY.remove(token)
+        stale.append(token)
     return sorted(stale)
 
 
