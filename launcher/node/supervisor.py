@@ -24,6 +24,11 @@ from launcher.protocol import Teardown
 
 _COMMIT_POLL_S = 0.5
 """How often a held supervisor looks at its agent and the deadline (a commit wakes it at once)."""
+_RANKS_POLL_S = 0.5
+_RANKS_STEADY_S = 30.0
+_RANKS_STEADY_POLL_S = 5.0
+"""The workers' ranks: polled every 0.5 s, then every 5 s once none was new for 30 s
+(an elastic restart's new workers are still found, a few seconds later)."""
 _STOP_GRACE_S = 15.0
 """After a teardown SIGTERM, how long torchrun gets to stop its workers before SIGKILL."""
 
@@ -145,11 +150,14 @@ class _RankBook:
         self._lock = threading.Lock()
         self._seen: set[int] = set()
 
-    def add(self, ranks: set[int]) -> None:
+    def add(self, ranks: set[int]) -> bool:
+        """Whether any of ``ranks`` is new."""
         with self._lock:
-            if not ranks <= self._seen:
-                self._seen |= ranks
-                self._run.write_ranks(sorted(self._seen))
+            if ranks <= self._seen:
+                return False
+            self._seen |= ranks
+            self._run.write_ranks(sorted(self._seen))
+            return True
 
 
 def _record_ranks(proc: subprocess.Popen[bytes], ranks: _RankBook) -> None:
@@ -157,7 +165,9 @@ def _record_ranks(proc: subprocess.Popen[bytes], ranks: _RankBook) -> None:
 
     Read from the workers' environment (torchrun sets RANK), so ranks that never print
     are known too. A worker that ends within one poll is missed here; the supervisor adds
-    the ranks of the lines written once the command has ended.
+    the ranks of the lines written once the command has ended. Polled often while the
+    workers start, then seldom: listing a process's children reads all of ``/proc``, and a
+    GPU node runs thousands of processes for days.
     """
     import psutil
 
@@ -165,6 +175,7 @@ def _record_ranks(proc: subprocess.Popen[bytes], ranks: _RankBook) -> None:
         parent = psutil.Process(proc.pid)
     except psutil.NoSuchProcess:
         return
+    changed_at = time.monotonic()
     while proc.poll() is None:
         found = set()
         for child in _children(parent):
@@ -174,8 +185,10 @@ def _record_ranks(proc: subprocess.Popen[bytes], ranks: _RankBook) -> None:
                 continue
             if rank is not None and rank.isdigit():
                 found.add(int(rank))
-        ranks.add(found)
-        time.sleep(0.5)
+        now = time.monotonic()
+        if ranks.add(found):
+            changed_at = now
+        time.sleep(_RANKS_POLL_S if now - changed_at < _RANKS_STEADY_S else _RANKS_STEADY_POLL_S)
 
 
 def _children(parent: Any) -> list[Any]:
