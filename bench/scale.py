@@ -68,7 +68,7 @@ def _row(size: int, run: int, op: str, result: Run, floor: Run) -> dict[str, obj
         "cpu_ms_per_host": round(1000 * result.cpu_s / size, 1),
         "wall_vs_floor": round(result.wall_s / floor.wall_s, 2),
         "cpu_vs_floor": round(result.cpu_s / floor.cpu_s, 2) if floor.cpu_s else None,
-        "problem": None if result.ok else result.problem,
+        "problem": None if result.ok else result.problem(),
     }
 
 
