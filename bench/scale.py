@@ -69,11 +69,19 @@ def _row(size: int, run: int, op: str, result: Run, floor: Run) -> dict[str, obj
         "wall_vs_floor": round(result.wall_s / floor.wall_s, 2),
         "cpu_vs_floor": round(result.cpu_s / floor.cpu_s, 2) if floor.cpu_s else None,
         "problem": None if result.ok else result.problem(),
+        # What the command printed: status says there, not on stderr, which hosts did what.
+        "output": None if result.ok else _not_running(result.stdout),
     }
 
 
+def _not_running(stdout: str) -> str:
+    """The lines of a status table or a message that are not a host still running."""
+    lines = [line for line in stdout.splitlines() if line.strip() and " running " not in f" {line} "]
+    return "\n".join(lines[-40:])
+
+
 def _line(row: dict[str, object]) -> str:
-    problem = f"  {row['problem']}" if row["problem"] else ""
+    problem = f"  {row['problem']}\n{row['output']}" if row["problem"] else ""
     return (
         f"{row['hosts']:>4} run {row['run']} {row['op']:<7} {'ok' if row['ok'] else 'FAIL':<4} "
         f"wall {row['wall_s']:>6}s ({row['wall_vs_floor']}x floor)  "
