@@ -327,6 +327,7 @@ def test_an_unreachable_node_0_is_a_problem_and_lost(
     """Nothing listens for node 0: after the connect limit, node 0 is lost (its host died
     before its watcher started, or this node is cut off from it)."""
     monkeypatch.setattr(teardown, "_CONNECT_FOR_S", 0.4)
+    monkeypatch.setattr(teardown, "_REFUSED_FOR_S", 0.4)
 
     node = watch.client(1)
 
@@ -337,6 +338,24 @@ def test_an_unreachable_node_0_is_a_problem_and_lost(
     assert str(port) in node.problems.values[0]
     assert [lost for lost, _ in node.lost.values] == [0]
     assert node.stops.values == []
+
+
+def test_a_node_0_that_listens_late_is_waited_for_while_it_refuses(
+    watch: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Node 0's host is up but its commit came later than this node's (253 hosts on 2
+    cores): a refused connection is retried past the connect limit, up to the held start's."""
+    monkeypatch.setattr(teardown, "_CONNECT_FOR_S", 0.2)
+    monkeypatch.setattr(teardown, "_REFUSED_FOR_S", 5.0)
+    node = watch.client(1)
+    time.sleep(0.2 * 3)  # three connect limits of refusals
+    server_lost = Lost()
+    server = watch.server(Calls(), server_lost, nodes=2)
+
+    accepted(server, 1)
+    assert node.connected()
+    assert not node.lost.wait(QUIET_S) and node.problems.values == []
+    assert server_lost.values == []
 
 
 # --- heartbeats: a silent node is lost, a short silence is not ---------------------------------
@@ -449,6 +468,22 @@ def test_a_node_that_never_connects_is_lost(watch: SimpleNamespace, monkeypatch:
     assert time.time() - began >= LIMIT_S
     assert [node for node, _ in server_lost.values] == [2]
     assert present.lost.wait() and [node for node, _ in present.lost.values] == [2]
+
+
+def test_nodes_arriving_one_by_one_over_more_than_the_limit_lose_nothing(
+    watch: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A launch of 253 hosts on 2 cores commits over more than a minute: while nodes keep
+    saying hello, the last one is late, not dead."""
+    monkeypatch.setattr(teardown, "_CONNECT_FOR_S", LIMIT_S)
+    server_lost = Lost()
+    server = watch.server(Calls(), server_lost, LIMIT_S, nodes=4)
+    for node in (1, 2, 3):  # the last hello comes 1.8 x the limit after the server started
+        time.sleep(LIMIT_S * 0.6)
+        watch.client(node, LIMIT_S)
+    accepted(server, 3)
+
+    assert not server_lost.wait(LIMIT_S * 2)
 
 
 def test_every_node_connecting_loses_nothing(watch: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:

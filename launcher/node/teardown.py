@@ -45,6 +45,9 @@ launch commits every node's start at once, so the watchers start within moments 
 other; a node that has not connected by then (its host died, or it is cut off) is lost,
 not left unwatched."""
 DEFAULT_TIMEOUT_S = 15.0
+_REFUSED_FOR_S = 180.0
+"""How long a node retries a node 0 that refuses (up, not yet listening): as long as a held
+start waits for its commit (the launcher's ``COMMIT_WITHIN_S``)."""
 
 
 def connect_within(timeout: float) -> float:
@@ -80,6 +83,9 @@ class WatchServer:
         self._expected = set(range(1, nodes))
         """Nodes that have yet to say hello (0 nodes: none expected, e.g. a test's server)."""
         self._started = time.time()
+        self._last_hello = self._started
+        """When the latest node said hello: while nodes keep arriving, the launch is slow
+        (253 hosts sharing 2 cores commit over more than a minute), not a node dead."""
         self._on_lost = on_lost or (lambda node, heard: on_stop(node))
         self._timeout = timeout
         self._lock = threading.Lock()
@@ -135,7 +141,9 @@ class WatchServer:
             kind, _, node = line.partition(" ")
             if kind == "hello" and node.isdigit():
                 peer.node = int(node)
-                self._expected.discard(peer.node)
+                with self._lock:
+                    self._expected.discard(peer.node)
+                    self._last_hello = peer.heard
             elif kind == "failed" and node.isdigit():
                 self._stop(int(node), f"stop {node}\n")
             elif kind == "bye":
@@ -163,8 +171,11 @@ class WatchServer:
             with self._lock:
                 peers = list(self._peers)
             now = time.time()
-            if self._expected and now - self._started > connect_within(self._timeout):
-                self._lose(min(self._expected), self._started)  # it never connected: dead or cut off
+            with self._lock:
+                missing = min(self._expected) if self._expected else None
+                quiet = now - self._last_hello
+            if missing is not None and quiet > connect_within(self._timeout):
+                self._lose(missing, self._started)  # it never connected: dead or cut off
             for peer in peers:
                 _send(peer.sock, "beat\n")
                 if peer.node is not None and now - peer.heard > self._timeout:
@@ -243,8 +254,8 @@ class WatchClient:
                 _send(self._sock, line)
 
     def _run(self) -> None:
-        began = time.time()
-        deadline = time.monotonic() + connect_within(self._timeout)
+        began, began_monotonic = time.time(), time.monotonic()
+        deadline = began_monotonic + connect_within(self._timeout)
         while not self._closing:
             try:
                 sock = socket.create_connection(self._address, timeout=min(5.0, connect_within(self._timeout) / 2))
@@ -252,6 +263,15 @@ class WatchClient:
                 _keep_alive(sock)
                 self._sock = sock
                 break
+            except ConnectionRefusedError as exc:
+                # Node 0's host is up and its watcher not yet listening: its commit is late
+                # (hundreds of hosts on busy cores), not its host dead. A held start ends by
+                # itself within _REFUSED_FOR_S, so by then node 0 listens or never will.
+                if time.monotonic() > began_monotonic + max(_REFUSED_FOR_S, connect_within(self._timeout)):
+                    self._on_problem(f"teardown watcher cannot reach node 0 at {self._address}: {exc}")
+                    self._stop(0, began)
+                    return
+                time.sleep(0.5)
             except OSError as exc:
                 if time.monotonic() > deadline:
                     self._on_problem(f"teardown watcher cannot reach node 0 at {self._address}: {exc}")
