@@ -41,9 +41,10 @@ OnLost = Callable[[int, float], None]
 
 _CONNECT_FOR_S: float | None = None
 """How long a node may take to connect to node 0; None: twice the heartbeat limit. The
-launch commits every node's start at once, so the watchers start within moments of each
-other; a node that has not connected by then (its host died, or it is cut off) is lost,
-not left unwatched."""
+launch commits every node's start at once, but on hundreds of busy hosts the commits
+spread: node 0 counts this from the latest node's hello, and a node whose node 0 refuses
+(up, its watcher not yet listening) retries for ``_REFUSED_FOR_S``. A node that has not
+connected by then (its host died, or it is cut off) is lost, not left unwatched."""
 DEFAULT_TIMEOUT_S = 15.0
 _REFUSED_FOR_S = 180.0
 """How long a node retries a node 0 that refuses (up, not yet listening): as long as a held
