@@ -327,7 +327,6 @@ def test_an_unreachable_node_0_is_a_problem_and_lost(
     """Nothing listens for node 0: after the connect limit, node 0 is lost (its host died
     before its watcher started, or this node is cut off from it)."""
     monkeypatch.setattr(teardown, "_CONNECT_FOR_S", 0.4)
-    monkeypatch.setattr(teardown, "_REFUSED_FOR_S", 0.4)
 
     node = watch.client(1)
 
@@ -338,24 +337,6 @@ def test_an_unreachable_node_0_is_a_problem_and_lost(
     assert str(port) in node.problems.values[0]
     assert [lost for lost, _ in node.lost.values] == [0]
     assert node.stops.values == []
-
-
-def test_a_node_0_that_listens_late_is_waited_for_while_it_refuses(
-    watch: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Node 0's host is up but its commit came later than this node's (253 hosts on 2
-    cores): a refused connection is retried past the connect limit, up to the held start's."""
-    monkeypatch.setattr(teardown, "_CONNECT_FOR_S", 0.2)
-    monkeypatch.setattr(teardown, "_REFUSED_FOR_S", 5.0)
-    node = watch.client(1)
-    time.sleep(0.2 * 3)  # three connect limits of refusals
-    server_lost = Lost()
-    server = watch.server(Calls(), server_lost, nodes=2)
-
-    accepted(server, 1)
-    assert node.connected()
-    assert not node.lost.wait(QUIET_S) and node.problems.values == []
-    assert server_lost.values == []
 
 
 # --- heartbeats: a silent node is lost, a short silence is not ---------------------------------

@@ -42,13 +42,10 @@ OnLost = Callable[[int, float], None]
 _CONNECT_FOR_S: float | None = None
 """How long a node may take to connect to node 0; None: twice the heartbeat limit. The
 launch commits every node's start at once, but on hundreds of busy hosts the commits
-spread: node 0 counts this from the latest node's hello, and a node whose node 0 refuses
-(up, its watcher not yet listening) retries for ``_REFUSED_FOR_S``. A node that has not
-connected by then (its host died, or it is cut off) is lost, not left unwatched."""
+spread: node 0 counts this from the latest node's hello, not from its own start. A node
+that has not connected by then (its host died, or it is cut off) is lost, not left
+unwatched."""
 DEFAULT_TIMEOUT_S = 15.0
-_REFUSED_FOR_S = 180.0
-"""How long a node retries a node 0 that refuses (up, not yet listening): as long as a held
-start waits for its commit (the launcher's ``COMMIT_WITHIN_S``)."""
 
 
 def connect_within(timeout: float) -> float:
@@ -255,8 +252,8 @@ class WatchClient:
                 _send(self._sock, line)
 
     def _run(self) -> None:
-        began, began_monotonic = time.time(), time.monotonic()
-        deadline = began_monotonic + connect_within(self._timeout)
+        began = time.time()
+        deadline = time.monotonic() + connect_within(self._timeout)
         while not self._closing:
             try:
                 sock = socket.create_connection(self._address, timeout=min(5.0, connect_within(self._timeout) / 2))
@@ -264,15 +261,6 @@ class WatchClient:
                 _keep_alive(sock)
                 self._sock = sock
                 break
-            except ConnectionRefusedError as exc:
-                # Node 0's host is up and its watcher not yet listening: its commit is late
-                # (hundreds of hosts on busy cores), not its host dead. A held start ends by
-                # itself within _REFUSED_FOR_S, so by then node 0 listens or never will.
-                if time.monotonic() > began_monotonic + max(_REFUSED_FOR_S, connect_within(self._timeout)):
-                    self._on_problem(f"teardown watcher cannot reach node 0 at {self._address}: {exc}")
-                    self._stop(0, began)
-                    return
-                time.sleep(0.5)
             except OSError as exc:
                 if time.monotonic() > deadline:
                     self._on_problem(f"teardown watcher cannot reach node 0 at {self._address}: {exc}")
