@@ -20,6 +20,8 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from launcher.ssh_library import asyncssh_module
+
 DEFAULT_KEEPALIVE_S = 10.0
 """Between SSH keepalives when ~/.ssh/config sets none: three unanswered (30 s) drop a
 connection whose host died after it connected."""
@@ -46,7 +48,7 @@ async def open_connection(dial: Dial) -> Any:
     Raises asyncssh's errors, ``OSError`` and ``TimeoutError`` (the TCP connection, or
     the handshake after ``patience``); the caller turns them into one-line errors.
     """
-    import asyncssh
+    asyncssh = asyncssh_module()
 
     # As asyncssh.connect builds them (``()``: "not given", so ~/.ssh/config applies). They
     # are passed on: asyncssh then reuses the parsed config instead of reading it again
@@ -143,7 +145,7 @@ class _Once:
 
 def _releasing(release: _Once) -> Any:
     """An asyncssh client factory whose connection gives its bastion back when it ends."""
-    import asyncssh
+    asyncssh = asyncssh_module()
 
     class Client(asyncssh.SSHClient):
         def connection_lost(self, exc: Exception | None) -> None:
@@ -192,7 +194,7 @@ async def _open_bastion(jump: str, dial: Dial) -> Any:
         name, port = rest.rsplit(":", 1)[0], int(rest.rsplit(":", 1)[1])
     hop = Dial(name, port, user or None, dial.connect_timeout, dial.patience, dial.keepalive)
     if before:
-        import asyncssh
+        asyncssh = asyncssh_module()
 
         return await asyncssh.connect(name, tunnel=",".join(before), connect_timeout=dial.patience, **_login(hop))
     return await open_connection(hop)

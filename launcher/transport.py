@@ -50,11 +50,14 @@ from launcher.protocol import (
     Request,
     encode_request,
 )
+from launcher.ssh_library import asyncssh_module
 
 T = TypeVar("T")
 A = TypeVar("A")
 
-_AGENT_ARGS = ["-P", "-m", AGENT_MODULE, "serve"]  # -P: a "launcher" dir in $HOME must not shadow the package
+# -P: a "launcher" dir in $HOME must not shadow the package. -W ignore: a third-party
+# library's warnings (say, a deprecation at import) must not reach the user's terminal.
+_AGENT_ARGS = ["-P", "-W", "ignore", "-m", AGENT_MODULE, "serve"]
 _STREAM_LIMIT = 1 << 24
 
 
@@ -193,7 +196,7 @@ class NodeAgent:
 def _connection_errors() -> tuple[type[BaseException], ...]:
     """What a dropped connection raises (asyncssh's ConnectionLost is no OSError; writing
     to a closed transport is a RuntimeError)."""
-    import asyncssh
+    asyncssh = asyncssh_module()
 
     return (OSError, RuntimeError, asyncio.IncompleteReadError, asyncssh.Error)
 
@@ -243,7 +246,7 @@ async def _open_local_agent(host: Host, options: SshOptions) -> NodeAgent:
 
 
 async def _open_remote_agent(host: Host, options: SshOptions) -> NodeAgent:
-    import asyncssh
+    asyncssh = asyncssh_module()
 
     conn = await connect(host, options)
     # Quoting point: the remote login shell parses this line.
@@ -284,7 +287,7 @@ def _agent_failure(python: str, exit_status: int | None, stderr: str) -> str:
 async def connect(host: Host, options: SshOptions) -> Any:
     """An asyncssh connection honouring ~/.ssh/config and known_hosts, with one retry
     (``connecting.py``: a dead host fails by ``connect_timeout``, a slow one is waited for)."""
-    import asyncssh
+    asyncssh = asyncssh_module()
 
     transient = (TimeoutError, ConnectionResetError, asyncssh.ConnectionLost)
     dial = Dial(host.name, host.port, host.user, options.connect_timeout, options.patience, options.keepalive)
@@ -302,7 +305,7 @@ async def connect(host: Host, options: SshOptions) -> Any:
 
 def connect_error(host: str, exc: BaseException, options: SshOptions) -> HostError:
     """The typed error, in one line, for a connection that could not be made."""
-    import asyncssh
+    asyncssh = asyncssh_module()
 
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
         return HostKeyError(

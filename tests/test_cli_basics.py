@@ -231,6 +231,23 @@ def test_launch_with_a_bad_env_assignment(home: Path) -> None:
     assert "NOEQUALS" in line
 
 
+def test_an_unreachable_host_is_one_line_whatever_asyncssh_warns(home: Path) -> None:
+    # The launch imports asyncssh, whose dependencies warn at import with today's versions
+    # (cryptography 51: DSA deprecated, five warnings of two lines each).
+    line = assert_one_error_line(run_launcher(home, "launch", "--hosts", "[127.0.0.1]:1,", "x.py"), 1)
+
+    assert "127.0.0.1" in line
+
+
+def test_asyncssh_is_imported_without_warnings() -> None:
+    # -W error: a warning at import would be an exception here.
+    code = "from launcher.ssh_library import asyncssh_module; asyncssh_module().connect"
+    result = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, check=False)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
 def test_status_of_an_unknown_job(home: Path) -> None:
     line = assert_one_error_line(run_launcher(home, "status", "nosuchjob"), 1)
 

@@ -12,7 +12,9 @@ during a launch (which is rolled back). Expected errors print one line, no trace
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import warnings
 
 import click
 
@@ -45,6 +47,14 @@ cli.add_command(doctor)
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: one place turns errors into messages and exit codes."""
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    if debug:
+        # Every warning shown, the import-time ones of asyncssh's dependencies included.
+        warnings.simplefilter("default")
+        with contextlib.suppress(ImportError):
+            import asyncssh  # noqa: F401
+    else:
+        # A third-party library's warning is nothing a user of the CLI can act on.
+        warnings.simplefilter("ignore")
     try:
         result = cli.main(args=argv, prog_name="launcher", standalone_mode=False)
     except click.exceptions.Abort:  # click's name for Ctrl-C; a launch is rolled back by then

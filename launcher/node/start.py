@@ -104,7 +104,8 @@ def _create_session(request: Start, run: RunDir) -> None:
         agent_create_time=agent_create_time,
     )
     run.write_spec(spec)
-    supervisor = [sys.executable, "-P", "-m", "launcher.node.supervisor", str(run.path)]
+    # -W ignore: no third-party warning in the job's log (the job's own Python is not affected).
+    supervisor = [sys.executable, "-P", "-W", "ignore", "-m", "launcher.node.supervisor", str(run.path)]
     complaint = tmux.new_session(job, request.cwd, supervisor)
     if complaint is not None:
         raise NodeError("start_failed", f"tmux new-session failed: {complaint}")
