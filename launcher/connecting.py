@@ -145,9 +145,9 @@ class _Once:
 
 def _releasing(release: _Once) -> Any:
     """An asyncssh client factory whose connection gives its bastion back when it ends."""
-    asyncssh = asyncssh_module()
+    base: Any = asyncssh_module().SSHClient
 
-    class Client(asyncssh.SSHClient):
+    class Client(base):  # type: ignore[misc]
         def connection_lost(self, exc: Exception | None) -> None:
             release()
 
