@@ -16,6 +16,7 @@ it (the ``direct-tcpip`` channel), again not the handshake.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +47,8 @@ async def open_connection(dial: Dial) -> Any:
     """An asyncssh connection to ``dial.name``, honouring ~/.ssh/config and known_hosts.
 
     Raises asyncssh's errors, ``OSError`` and ``TimeoutError`` (the TCP connection, or
-    the handshake after ``patience``); the caller turns them into one-line errors.
+    the handshake after ``patience``), and ``HostKeyChangedError``; the caller turns them
+    into one-line errors.
     """
     asyncssh = asyncssh_module()
 
@@ -56,6 +58,63 @@ async def open_connection(dial: Dial) -> Any:
     options = await asyncssh.SSHClientConnectionOptions.construct(
         None, config=(), host=dial.name, port=dial.port if dial.port is not None else (), tunnel=(), **_user(dial)
     )
+    try:
+        return await _connect(dial, options)
+    except asyncssh.HostKeyNotVerifiable:
+        # asyncssh raises the same error for an unknown host and for a key that changed;
+        # the two call for opposite advice, so known_hosts is read again to tell them apart.
+        known_as = await _known_hosts_name(options, dial.name)
+        if known_as is None:
+            raise
+        raise HostKeyChangedError(known_as) from None
+
+
+class HostKeyChangedError(Exception):
+    """The host offered another key than the one known_hosts holds for it: possibly spoofed."""
+
+    def __init__(self, known_as: str) -> None:
+        self.known_as = known_as
+        """The host as known_hosts names it (``ssh-keygen -R`` takes it): ``h1``, ``[h1]:2222``."""
+        super().__init__(f"the host key of {known_as} changed")
+
+
+async def _known_hosts_name(options: Any, written: str) -> str | None:
+    """The host's name in known_hosts when known_hosts holds a key for it (by name or
+    address, as asyncssh matches), else None: the host is not known at all. The name is
+    the one the user wrote when known_hosts has it, so the advice reads as they know it."""
+    asyncssh = asyncssh_module()
+
+    files = options.known_hosts
+    if files is None:
+        return None
+    paths = [os.path.expanduser(f) for f in (files or ["~/.ssh/known_hosts"])]
+    readable = [path for path in paths if os.path.isfile(path) and os.access(path, os.R_OK)]
+    if not readable:
+        return None
+    host = options.host_key_alias or options.host
+    port = options.port if options.port != 22 else None
+    known = asyncssh.read_known_hosts(readable)
+
+    def holds(name: str, address: str = "") -> bool:
+        keys, ca_keys, *_ = asyncssh.match_known_hosts(known, name, address, port)
+        return bool(keys or ca_keys)
+
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(options.host, options.port, type=socket.SOCK_STREAM)
+    except OSError:
+        infos = []
+    addresses = sorted({str(info[4][0]) for info in infos})
+    if not any(holds(host, address) for address in ["", *addresses]):
+        return None
+    for name in (written, host, *addresses):
+        if holds(name):
+            return name if port is None else f"[{name}]:{port}"
+    return host if port is None else f"[{host}]:{port}"
+
+
+async def _connect(dial: Dial, options: Any) -> Any:
+    asyncssh = asyncssh_module()
+
     keepalive = dial.keepalive if dial.keepalive is not None else options.keepalive_interval or DEFAULT_KEEPALIVE_S
     settings: dict[str, Any] = {
         **_login(dial),

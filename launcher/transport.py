@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from launcher import __version__
 from launcher.codec import ProtocolError, decode
-from launcher.connecting import Dial, open_connection
+from launcher.connecting import Dial, HostKeyChangedError, open_connection
 from launcher.errors import (
     REFUSALS,
     AgentError,
@@ -298,7 +298,7 @@ async def connect(host: Host, options: SshOptions) -> Any:
             if attempt == options.retries:
                 raise connect_error(host.label, exc, options) from None
             await asyncio.sleep(0.5 * 2**attempt)
-        except (OSError, asyncssh.Error, ValueError) as exc:
+        except (OSError, asyncssh.Error, ValueError, HostKeyChangedError) as exc:
             raise connect_error(host.label, exc, options) from None
     raise AssertionError("unreachable")
 
@@ -307,6 +307,12 @@ def connect_error(host: str, exc: BaseException, options: SshOptions) -> HostErr
     """The typed error, in one line, for a connection that could not be made."""
     asyncssh = asyncssh_module()
 
+    if isinstance(exc, HostKeyChangedError):
+        return HostKeyError(
+            host,
+            "the host key changed (it is not the one in known_hosts): possible spoofing;"
+            f" if the host was reinstalled, remove its old key with `ssh-keygen -R {shlex.quote(exc.known_as)}`",
+        )
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
         return HostKeyError(
             host, "host key not trusted: it is not in known_hosts (ssh to it once, or add it with ssh-keyscan)"
