@@ -139,7 +139,9 @@ def attach_argv(
     host_name: str, user: str | None, port: int | None, local: bool, job: str, read_only: bool
 ) -> list[str]:
     """The command that opens a job's tmux session on a host, interactively."""
-    tmux = ["tmux", "attach-session", *(["-r"] if read_only else []), "-t", session_name(job)]
+    # ``=``: that exact session; a bare name also matches by prefix, so ``launcher-train``
+    # would open ``launcher-train-2`` once it has ended (and ``--rw`` type into that job).
+    tmux = ["tmux", "attach-session", *(["-r"] if read_only else []), "-t", f"={session_name(job)}"]
     if local:
         return tmux
     options = [*(["-p", str(port)] if port else []), *(["-l", user] if user else [])]

@@ -27,17 +27,17 @@ from launcher.status import HostStatus, JobStatus, RankStatus, RootCause, _rank_
 @pytest.mark.parametrize(
     ("remote", "read_only", "expected"),
     [
-        (False, False, ["tmux", "attach-session", "-t", "launcher-train-1"]),
-        (False, True, ["tmux", "attach-session", "-r", "-t", "launcher-train-1"]),
+        (False, False, ["tmux", "attach-session", "-t", "=launcher-train-1"]),
+        (False, True, ["tmux", "attach-session", "-r", "-t", "=launcher-train-1"]),
         (
             True,
             False,
-            ["ssh", "-t", "-p", "2222", "-l", "alice", "h1.example", "tmux attach-session -t launcher-train-1"],
+            ["ssh", "-t", "-p", "2222", "-l", "alice", "h1.example", "tmux attach-session -t =launcher-train-1"],
         ),
         (
             True,
             True,
-            ["ssh", "-t", "-p", "2222", "-l", "alice", "h1.example", "tmux attach-session -r -t launcher-train-1"],
+            ["ssh", "-t", "-p", "2222", "-l", "alice", "h1.example", "tmux attach-session -r -t =launcher-train-1"],
         ),
     ],
 )
@@ -58,15 +58,38 @@ def test_attach_argv(remote: bool, read_only: bool, expected: list[str]) -> None
 def test_attach_argv_lets_ssh_decide_what_is_not_given(user: str | None, port: int | None, options: list[str]) -> None:
     argv = attach_argv("10.0.0.2", user, port, False, "j", read_only=False)
 
-    assert argv == ["ssh", "-t", *options, "10.0.0.2", "tmux attach-session -t launcher-j"]
+    assert argv == ["ssh", "-t", *options, "10.0.0.2", "tmux attach-session -t =launcher-j"]
 
 
 def test_attach_remote_command_is_one_quoted_word() -> None:
     """The login shell on the host splits the last word back into tmux's argv."""
     argv = attach_argv("::1", None, None, False, "a_b-9", read_only=True)
 
-    assert shlex.split(argv[-1]) == ["tmux", "attach-session", "-r", "-t", "launcher-a_b-9"]
+    assert shlex.split(argv[-1]) == ["tmux", "attach-session", "-r", "-t", "=launcher-a_b-9"]
     assert argv[-2] == "::1"
+
+
+def test_attach_targets_exactly_its_session_on_a_real_tmux(tmp_path: Any) -> None:
+    """``launcher-train`` has ended and ``launcher-train-2`` runs: attach must not open the latter."""
+    server = ["tmux", "-S", str(tmp_path / "tmux.sock")]
+    attach = attach_argv("h1", None, None, True, "train", read_only=False)
+    assert attach[0] == "tmux"
+
+    def attached_to_a_session(argv: list[str]) -> bool:
+        # Without a terminal, tmux stops right after finding the session, or says it found none.
+        tried = subprocess.run([*server, *argv[1:]], stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        assert tried.returncode != 0
+        assert "not a terminal" in tried.stderr or "can't find session" in tried.stderr, tried.stderr
+        return "not a terminal" in tried.stderr
+
+    try:
+        subprocess.run([*server, "new-session", "-d", "-s", "launcher-train-2", "sleep", "60"], check=True)
+        assert not attached_to_a_session(attach)
+        assert attached_to_a_session([a.lstrip("=") for a in attach])  # what a bare name did: by prefix
+        subprocess.run([*server, "new-session", "-d", "-s", "launcher-train", "sleep", "60"], check=True)
+        assert attached_to_a_session(attach)
+    finally:
+        subprocess.run([*server, "kill-server"], capture_output=True, check=False)
 
 
 # --- render.LinePrinter --------------------------------------------------------------------------
