@@ -16,6 +16,10 @@ from launcher.errors import UsageError
 
 FORWARDED_PREFIXES = ("NCCL_", "PYTHON", "CUDA_", "TORCH", "PYTORCH_", "HF_", "ACCELERATE_")
 FORWARDED_NAMES = ("OMP_NUM_THREADS", "LD_LIBRARY_PATH", "PATH", "VIRTUAL_ENV")
+NOT_FORWARDED = ("CUDA_VISIBLE_DEVICES",)
+"""Matching a prefix, but about this machine: its GPU choice would pin every host's ranks to
+the same indices (``-e`` or ``--include host:0,1`` still set it). ``CUDA_DEVICE_ORDER`` is
+forwarded: it picks a numbering, the same on every host, not devices."""
 ENV_FILE_NAME = ".launcher_env"
 """Read from the working directory, else the home directory (as DeepSpeed's .deepspeed_env)."""
 
@@ -25,7 +29,11 @@ _SECRET = re.compile(r"TOKEN|KEY|PASSWORD|SECRET|CREDENTIAL", re.IGNORECASE)
 
 def forwarded_env(environ: Mapping[str, str]) -> dict[str, str]:
     """The launching shell's variables that users expect on every rank."""
-    return {k: v for k, v in environ.items() if k.startswith(FORWARDED_PREFIXES) or k in FORWARDED_NAMES}
+    return {
+        k: v
+        for k, v in environ.items()
+        if (k.startswith(FORWARDED_PREFIXES) or k in FORWARDED_NAMES) and k not in NOT_FORWARDED
+    }
 
 
 def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -82,6 +90,12 @@ def user_env(
     return env
 
 
+def is_secret(name: str) -> bool:
+    """Whether a variable's name says it holds a secret: *TOKEN*, *KEY*, *PASSWORD*, *SECRET*,
+    *CREDENTIAL* (the one definition: ``masked`` and ``launcher sbatch -o`` use it)."""
+    return _SECRET.search(name) is not None
+
+
 def masked(env: Mapping[str, str]) -> dict[str, str]:
     """For showing a command: values of *TOKEN*, *KEY*, *PASSWORD*, *SECRET* hidden."""
-    return {k: "****" if _SECRET.search(k) and v else v for k, v in env.items()}
+    return {k: "****" if is_secret(k) and v else v for k, v in env.items()}

@@ -20,8 +20,8 @@ from launcher.errors import UsageError
         "NCCL_SOCKET_IFNAME",
         "PYTHONPATH",
         "PYTHONFAULTHANDLER",
-        "CUDA_VISIBLE_DEVICES",
         "CUDA_LAUNCH_BLOCKING",
+        "CUDA_DEVICE_ORDER",
         "TORCH_DISTRIBUTED_DEBUG",
         "TORCHINDUCTOR_CACHE_DIR",
         "PYTORCH_CUDA_ALLOC_CONF",
@@ -53,6 +53,7 @@ def test_forwarded(name: str) -> None:
         "XNCCL_DEBUG",
         "HFHOME",
         "CUDA",
+        "CUDA_VISIBLE_DEVICES",  # the launching machine's GPU choice, not every host's
         "VIRTUAL_ENV_PROMPT",
         "",
     ],
@@ -196,6 +197,17 @@ def test_later_assignments_win(dirs: tuple[Path, Path]) -> None:
     env = user_env(environ=ENVIRON, cwd=str(cwd), assignments=["NCCL_DEBUG=TRACE", "E=1", "E=2"], forward=True)
 
     assert env == {"NCCL_DEBUG": "TRACE", "PATH": "/usr/bin", "E": "2"}
+
+
+def test_the_launching_shells_gpu_choice_stays_here_but_e_sets_it(dirs: tuple[Path, Path]) -> None:
+    cwd, _ = dirs
+    environ = {"CUDA_VISIBLE_DEVICES": "3", "CUDA_LAUNCH_BLOCKING": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+
+    assert user_env(environ=environ, cwd=str(cwd)) == {"CUDA_LAUNCH_BLOCKING": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    assert (
+        user_env(environ=environ, cwd=str(cwd), assignments=["CUDA_VISIBLE_DEVICES=0,1"])["CUDA_VISIBLE_DEVICES"]
+        == "0,1"
+    )
 
 
 def test_home_env_file_when_cwd_has_none(dirs: tuple[Path, Path]) -> None:
