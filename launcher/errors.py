@@ -23,7 +23,7 @@ and exits non-zero without a traceback. Each one carries the facts it is about::
     │       ├── ScriptMissingError      the script is not in the working directory there
     │       ├── TmuxMissingError        tmux is not installed there
     │       ├── StartFailedError        the job's command or session could not start
-    │       ├── GpusBusyError           a GPU it would use is held by a process of no job
+    │       ├── GpusBusyError           a GPU it would use is held by another program or job
     │       ├── NoGpusError             --nproc-per-node gpu on a host without GPUs
     │       ├── PortBusyError           the rendezvous port is taken on the first host
     │       └── SyncFailedError         a sync could not stage or commit there (disk full, in the way)
@@ -188,7 +188,7 @@ class StartFailedError(NodeRefusedError):
 
 
 class GpusBusyError(NodeRefusedError):
-    """A GPU the job would use is held by a process of no launcher job (``--allow-busy-gpus``)."""
+    """A GPU the job would use is held by another program or another launcher job (``--allow-busy-gpus``)."""
 
     kind = "gpus_busy"
 

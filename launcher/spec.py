@@ -57,7 +57,7 @@ class LaunchSpec:
     teardown: bool = True
     """When the job fails on one node, stop it on all (else the others hang at a collective)."""
     allow_busy_gpus: bool = False
-    """Launch even where a process of no launcher job holds a GPU the job would use."""
+    """Launch even where another program, or another launcher job, holds a GPU the job would use."""
     heartbeat_timeout: float = 15.0
     """Seconds a node may be silent to the others before it counts as lost and the job stops."""
     ssh: SshOptions = field(default_factory=SshOptions)

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -542,3 +543,42 @@ def test_this_machine_has_no_gpu() -> None:
     assert inventory == GpuInventory((), "no nvidia-smi and no /proc/driver/nvidia")
     assert gpus.default_nproc(inventory) == 1
     assert gpus.gpu_processes() == gpus.GpuProcesses((), "no nvidia-smi")
+
+
+# --- the launch's busy-GPU check (node/preflight.py) with a fake nvidia-smi ---------------------
+
+
+def test_a_gpu_held_by_another_launcher_job_is_busy_unless_that_job_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An orphan of a lost job (its marker, another name) keeps GPU 0: a launch is refused
+    naming that job; only a --force launch of that same name may take the GPU."""
+    from launcher.node.errors import NodeError
+    from launcher.node.preflight import gpu_checks
+    from launcher.protocol import JOB_MARKER, Prepare
+
+    orphan = subprocess.Popen(["sleep", "60"], env={**os.environ, JOB_MARKER: "lost-job"})
+    stranger = subprocess.Popen(["sleep", "60"], env={k: v for k, v in os.environ.items() if k != JOB_MARKER})
+    try:
+        apps = f"{orphan.pid}, {A100_UUIDS[0]}, 1000\n{stranger.pid}, {A100_UUIDS[3]}, 500\n"
+        fake_smi(tmp_path, monkeypatch, {"--query-gpu=*": (EIGHT_A100, 0), "--query-compute-apps=*": (apps, 0)})
+
+        with pytest.raises(NodeError) as refused:
+            gpu_checks(Prepare(job="new-job", cwd="/", check_gpus=[0, 1]))
+        assert refused.value.kind == "gpus_busy"
+        assert str(refused.value).startswith(f"GPU 0 is held by launcher job lost-job (pid {orphan.pid})")
+
+        with pytest.raises(
+            NodeError, match=f"GPU 0 is held by launcher job lost-job .*; GPU 3 is held by pid {stranger.pid}"
+        ):
+            gpu_checks(Prepare(job="new-job", cwd="/", check_gpus=[]))
+        with pytest.raises(NodeError, match="launcher job lost-job"):  # the same name, not replacing it
+            gpu_checks(Prepare(job="lost-job", cwd="/", check_gpus=[0]))
+
+        assert gpu_checks(Prepare(job="lost-job", cwd="/", replace=True, check_gpus=[0])) is None
+        with pytest.raises(NodeError, match=f"GPU 3 is held by pid {stranger.pid} \\(sleep\\), of no launcher job"):
+            gpu_checks(Prepare(job="lost-job", cwd="/", replace=True, check_gpus=[]))
+    finally:
+        for process in (orphan, stranger):
+            process.kill()
+            process.wait()

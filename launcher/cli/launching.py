@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 @click.option("--allow-mismatch", is_flag=True, help="Launch though Python or torch differ from here.")
 @click.option("--force", is_flag=True, help="Replace a running job of the same name.")
 @click.option("--no-teardown", is_flag=True, help="Keep the other hosts running when one fails.")
-@click.option("--allow-busy-gpus", is_flag=True, help="Launch even on GPUs held by a process of no launcher job.")
+@click.option("--allow-busy-gpus", is_flag=True, help="Launch even on GPUs another program or launcher job holds.")
 @click.option(
     "--heartbeat-timeout",
     type=float,

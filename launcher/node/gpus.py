@@ -110,7 +110,7 @@ class GpuProcesses:
 
 @dataclass(frozen=True)
 class BusyGpu:
-    """A GPU that processes of no launcher job hold memory on."""
+    """A GPU that processes hold memory on, other than those ``busy_gpus`` was told to ignore."""
 
     uuid: str
     index: int | None
@@ -175,12 +175,13 @@ def gpu_processes(inventory: GpuInventory | None = None, timeout: float = DEFAUL
 
 
 def busy_gpus(processes: Iterable[GpuProcess], is_launcher_job: Callable[[int], bool]) -> tuple[BusyGpu, ...]:
-    """The GPUs held by processes that are not of a launcher job, by index.
+    """The GPUs held by processes for which ``is_launcher_job(pid)`` is false, by index.
 
     ``is_launcher_job(pid)`` is asked once per pid; the caller answers it (from the
-    ``LAUNCHER_JOB`` environment variable, with psutil) and must not raise. A pid it
-    cannot see (gone since, or of another pid namespace) should count as not a job's:
-    a GPU is then reported busy rather than taken.
+    ``LAUNCHER_JOB`` environment variable, with psutil: any job's for the doctor, only
+    the job being replaced for a launch) and must not raise. A pid it cannot see (gone
+    since, or of another pid namespace) should count as not a job's: a GPU is then
+    reported busy rather than taken.
     """
     verdicts: dict[int, bool] = {}
     held: dict[str, list[GpuProcess]] = {}

@@ -69,7 +69,12 @@ def gpu_checks(request: Prepare) -> int | None:
         raise NodeError("no_gpus", f"--nproc-per-node gpu, but this host has no GPU ({inventory.source})")
     if request.check_gpus is not None and inventory.gpus:
         wanted = set(request.check_gpus)
-        held = gpus.busy_gpus(gpus.gpu_processes(inventory).processes, is_launcher_job)
+        # Only the job this launch replaces (--force, same name) may keep a GPU: it is being
+        # killed. Any other launcher job's process holds it, an orphan of a lost job included.
+        replaced = request.job if request.replace else None
+        held = gpus.busy_gpus(
+            gpus.gpu_processes(inventory).processes, lambda pid: replaced is not None and job_of(pid) == replaced
+        )
         busy = [gpu for gpu in held if not wanted or gpu.index is None or gpu.index in wanted]
         if busy:
             raise NodeError("gpus_busy", busy_message(busy))
@@ -79,19 +84,32 @@ def gpu_checks(request: Prepare) -> int | None:
 def busy_message(busy: list[gpus.BusyGpu]) -> str:
     parts = []
     for gpu in busy:
-        holders = ", ".join(f"pid {pid} ({process_name(pid)})" for pid in gpu.pids)
+        holders = ", ".join(_holder(pid) for pid in gpu.pids)
         parts.append(f"GPU {gpu.uuid if gpu.index is None else gpu.index} is held by {holders}")
-    return "; ".join(parts) + ", of no launcher job (stop it, or pass --allow-busy-gpus)"
+    return "; ".join(parts) + " (stop it, or pass --allow-busy-gpus)"
+
+
+def _holder(pid: int) -> str:
+    job = job_of(pid)
+    if job is not None:
+        return f"launcher job {job} (pid {pid})"
+    return f"pid {pid} ({process_name(pid)}), of no launcher job"
 
 
 def is_launcher_job(pid: int) -> bool:
     """Whether ``pid`` belongs to a launcher job (its environment has the job marker)."""
+    return job_of(pid) is not None
+
+
+def job_of(pid: int) -> str | None:
+    """The launcher job ``pid`` belongs to (its environment's job marker), or None."""
     import psutil
 
     try:
-        return JOB_MARKER in psutil.Process(pid).environ()
+        job = psutil.Process(pid).environ().get(JOB_MARKER)
     except (psutil.Error, OSError):
-        return False
+        return None
+    return None if job is None else str(job)
 
 
 def process_name(pid: int) -> str:
