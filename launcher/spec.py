@@ -117,8 +117,10 @@ def make_spec(
     resolved = resolve_hosts(hosts, environ)
     if include is not None or exclude is not None:
         resolved = select_hosts(resolved, include, exclude)
+    # With --sync, the project is the directory being copied: its .launcher_env is read
+    # there, not in --remote-dir (a path on the hosts, which this machine may not have).
     job_env = environment.user_env(
-        environ=environ, cwd=cwd, env_files=env_files, assignments=assignments, forward=forward_env
+        environ=environ, cwd=sync_dir or cwd, env_files=env_files, assignments=assignments, forward=forward_env
     )
     job_env.update(env or {})
     if name is not None:

@@ -70,6 +70,22 @@ def test_the_cli_and_python_give_the_same_plan(tmp_path: Path) -> None:
     assert "NCCL_DEBUG=INFO" in cli.stdout and "--monitor-interval 1" in cli.stdout
 
 
+def test_sync_to_a_remote_dir_reads_the_projects_launcher_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The env file of the directory being synced, not one this machine has at --remote-dir."""
+    project, remote = tmp_path / "project", tmp_path / "remote"
+    project.mkdir()
+    remote.mkdir()
+    (project / ".launcher_env").write_text("FROM=project\n")
+    (remote / ".launcher_env").write_text("FROM=remote-dir\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(project)
+
+    spec = make_spec("train.py", hosts="a,b", sync=True, remote_dir=str(remote), environ={})
+
+    assert spec.cwd == str(remote)
+    assert spec.env["FROM"] == "project"
+
+
 def test_the_dry_run_names_each_nodes_own_state_directory() -> None:
     _, plans = dry_run(make_spec("t.py", hosts="a,b", name="j", environ={}))
 
