@@ -19,7 +19,7 @@ from launcher.hosts import Host
 from launcher.launch_sync import connect_check_and_sync
 from launcher.plan import NodePlan, dry_plan, plan_nodes
 from launcher.protocol import Commit, Kill, Prepare, Prepared, Start, Teardown
-from launcher.records import JobRecord, all_records, save_record
+from launcher.records import JobRecord, all_records, make_records_dir, save_record
 from launcher.spec import LaunchSpec
 from launcher.sync import SyncProgress
 from launcher.transport import NodeAgent, SshOptions, all_or_nothing, open_agent
@@ -47,6 +47,7 @@ async def launch_job(
     ``on_progress(host, event)`` hears ``connected`` and ``started`` for each host.
     """
     name = _job_name(spec)
+    make_records_dir()  # a state directory open to others, and not ours: refused before any host is asked
     ssh = replace(spec.ssh, python=spec.python)
     progress = on_progress or (lambda host, event: None)
     agents: list[NodeAgent | None] = [None] * len(spec.hosts)

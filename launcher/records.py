@@ -1,4 +1,8 @@
-"""The local record of launched jobs, so ``logs``, ``status`` and ``kill`` find them by name."""
+"""The local record of launched jobs, so ``logs``, ``status`` and ``kill`` find them by name.
+
+Only this user's: ``<state>/launcher`` and ``jobs/`` are 0700, each record 0600, whatever the
+umask (``launcher.node.private``, which the nodes' run directories use too).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from launcher.errors import JobNotFoundError
+from launcher.errors import JobNotFoundError, LauncherError
 from launcher.hosts import Host
+from launcher.node import private
 
 
 def records_dir() -> Path:
@@ -42,14 +47,21 @@ class JobRecord:
     """The SLURM job that runs it (``launcher sbatch --submit``): ``kill`` goes through scancel."""
 
 
-def save_record(record: JobRecord) -> Path:
+def make_records_dir() -> Path:
+    """``records_dir()``, made or tightened to 0700 from ``<state>/launcher`` down: before a
+    launch, so that a state directory open to others and not ours stops it before anything runs.
+
+    LauncherError names that directory."""
     directory = records_dir()
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{record.name}.json"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    data = asdict(record)
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        return private.make_dirs(directory.parent, directory.name)
+    except private.NotPrivateError as exc:
+        raise LauncherError(str(exc)) from None
+
+
+def save_record(record: JobRecord) -> Path:
+    path = make_records_dir() / f"{record.name}.json"
+    private.write_file(path, json.dumps(asdict(record), indent=1).encode("utf-8"))
     return path
 
 

@@ -2,9 +2,10 @@
 
 In a git work tree: the tracked files and the untracked ones that are not ignored
 (``git ls-files --cached --others --exclude-standard``, so ``.gitignore`` is honoured and
-``.git`` is never listed). Elsewhere: every file, but ``.git`` and what ``.launcherignore``
-(gitignore syntax, read by pathspec) ignores. A ``.launcherignore`` in a git tree ignores
-more on top of ``.gitignore``.
+``.git`` is never listed), and those of its checked-out submodules (and of other git
+repositories inside it) by the same rule. Elsewhere: every file, but ``.git`` and what
+``.launcherignore`` (gitignore syntax, read by pathspec) ignores. A ``.launcherignore`` in
+a git tree ignores more on top of ``.gitignore``.
 
 Hashing is what a sync pays for on this machine, so hashes are kept between syncs in
 ``<state>/launcher/sync-cache/``, by path, size, mtime and inode: a re-sync of an
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from launcher.errors import LauncherError
+from launcher.node import private
 from launcher.protocol_sync import STAGING_PREFIX, SyncEntry, display_path, manifest_digest
 
 if TYPE_CHECKING:
@@ -101,7 +103,21 @@ def _git_files(root: str) -> list[str] | None:
         return None
     if result.returncode != 0:
         return None
-    return [os.fsdecode(name) for name in result.stdout.split(b"\0") if name]
+    names = [os.fsdecode(name) for name in result.stdout.split(b"\0") if name]
+    # A submodule is listed as one name, its directory (git cannot list the untracked files
+    # of submodules with --recurse-submodules): its files are listed by its own git, by the
+    # same rule. One not checked out (no .git in it) has nothing to copy.
+    return [inner for name in names for inner in _submodule_files(root, name)]
+
+
+def _submodule_files(root: str, name: str) -> list[str]:
+    """``[name]``, or the files of the repository at ``name``, prefixed with it."""
+    path = os.path.join(root, name)
+    if os.path.islink(path) or not os.path.isdir(path):
+        return [name]
+    if not os.path.exists(os.path.join(path, ".git")):
+        return []
+    return [f"{name.rstrip('/')}/{inner}" for inner in _git_files(path) or []]
 
 
 def _walk(root: str) -> list[str]:
@@ -235,9 +251,8 @@ class _HashCache:
         if self.path is None or self.fresh == self.known:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self.fresh), encoding="utf-8")
-            os.replace(tmp, self.path)
+            # The cache and the state directory above it (<state>/launcher) are this user's only.
+            private.make_dirs(self.path.parent.parent, self.path.parent.name)
+            private.write_file(self.path, json.dumps(self.fresh).encode("utf-8"))
         except OSError:
             pass  # a cache that cannot be written only costs the next sync its hashing

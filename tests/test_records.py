@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -162,3 +165,63 @@ def test_files_that_are_not_records_are_ignored(jobs_dir: Path) -> None:
     (jobs_dir / "adir.json").mkdir()
 
     assert [r.name for r in all_records()] == ["real"]
+
+
+# --- only this user can read them -------------------------------------------------------------
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The usual umask: whatever is created without an explicit mode is readable by all."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_records_are_this_users_only_whatever_the_umask(jobs_dir: Path) -> None:
+    path = save_record(job("private", 1.0))
+    save_record(job("private", 2.0))  # rewritten: still 0600
+
+    assert [mode(p) for p in (jobs_dir.parent, jobs_dir)] == [0o700, 0o700]
+    assert mode(path) == 0o600
+    assert [p.name for p in jobs_dir.iterdir()] == ["private.json"]
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_a_state_directory_left_open_by_an_older_version_is_tightened(jobs_dir: Path) -> None:
+    jobs_dir.mkdir(parents=True)
+    for directory in (jobs_dir.parent, jobs_dir):
+        directory.chmod(0o755)
+    old = jobs_dir / "old.json"
+    old.write_text(json.dumps({"name": "old", "hosts": []}), encoding="utf-8")
+
+    save_record(job("new", 1.0))
+
+    assert [mode(p) for p in (jobs_dir.parent, jobs_dir)] == [0o700, 0o700]
+    assert mode(jobs_dir / "new.json") == 0o600
+    assert [r.name for r in all_records()] == ["old", "new"]  # unreachable by others now, and kept
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_a_state_directory_of_another_user_is_refused_naming_it(
+    jobs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    top = jobs_dir.parent
+    top.mkdir(parents=True, mode=0o755)
+    top.chmod(0o755)
+    monkeypatch.setattr(os, "geteuid", lambda: os.getuid() + 4242)  # as seen by another user
+
+    with pytest.raises(LauncherError) as caught:
+        save_record(job("refused", 1.0))
+
+    message = str(caught.value)
+    assert message.startswith(f"{top} is readable by other users and cannot be made private (mode 0755, owned by uid")
+    assert "\n" not in message
+    assert mode(top) == 0o755 and not jobs_dir.exists()  # nothing changed, nothing written

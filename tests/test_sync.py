@@ -138,6 +138,35 @@ def test_an_unchanged_tree_is_not_hashed_again(tmp_path: Path, monkeypatch: pyte
 # ---------------------------------------------------------------------------- syncing to nodes
 
 
+def test_a_git_trees_submodules_are_synced_by_the_same_rule(tmp_path: Path) -> None:
+    def git(where: Path, *args: str) -> None:
+        identity = ["-c", "user.name=t", "-c", "user.email=t@t", "-c", "protocol.file.allow=always"]
+        subprocess.run(["git", "-C", str(where), *identity, *args], check=True, capture_output=True)
+
+    library = write(tmp_path / "library", {"lib.py": "1", ".gitignore": "*.tmp\n"})
+    git(library, "init", "-q")
+    git(library, "add", ".")
+    git(library, "commit", "-q", "-m", "lib")
+    source = write(tmp_path / "src", {"train.py": "2"})
+    git(source, "init", "-q")
+    git(source, "add", "train.py")
+    git(source, "submodule", "add", "-q", str(library), "vendor/library")
+    write(source / "vendor" / "library", {"patched.py": "3", "scratch.tmp": "4"})  # untracked; ignored there
+    (source / "to_library").symlink_to("vendor/library")  # a link to a directory stays a link
+
+    found = scan_tree(str(source))
+
+    assert [e.path for e in found.entries] == [
+        ".gitmodules",
+        "to_library",
+        "train.py",
+        "vendor/library/.gitignore",
+        "vendor/library/lib.py",
+        "vendor/library/patched.py",
+    ]
+    assert found.fingerprint.startswith("git ")
+
+
 def test_sync_copies_modes_symlinks_and_names_that_are_hard_to_spell(tmp_path: Path, nodes: list[LocalNode]) -> None:
     odd = {"with space.py": "1", 'quote\'s "x".py': "2", "new\nline.py": "3", os.fsdecode(b"\xff\xfe.py"): "4"}
     source = write(tmp_path / "src", {**odd, "bin/run": "#!/bin/sh\n", "empty": "", "big.bin": os.urandom(3 << 20)})

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
+from launcher.node import private
 from launcher.protocol import LogRecord
 
 RANK_PREFIX = re.compile(rb"\x1e(\d+)\x1f")
@@ -42,7 +43,8 @@ class OutputLog:
 
     @classmethod
     def open(cls, path: Path) -> OutputLog:
-        return cls(open(path, "ab", buffering=0))
+        """Appending to ``path``, 0600: a job's output may print its secrets."""
+        return cls(open(private.open_append(path), "ab", buffering=0))
 
     def write(self, rank: int | None, stream: str, text: bytes) -> None:
         if not text.endswith(b"\n"):

@@ -15,6 +15,11 @@ NFS: two nodes of a job never write the same file. The supervisor writes; the ag
     torchrun/      torchrun's ``--log-dir``
     inputs/        files the launch sent with the job (``Start.files``): ``call.pkl`` of ``run``
     results/       ``<rank>.pkl``: what each rank of ``launcher.run`` returned or raised
+
+Only its user can read any of it (``private.py``): the directories are 0700 and the files
+0600, as is ``<state>/launcher`` above them. ``spec.json`` holds the job's environment (its
+tokens and keys), ``inputs/`` the arguments of ``launcher.run``, ``output.log`` whatever the
+job printed.
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ import shutil
 import socket
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from launcher.codec import ProtocolError, decode, to_wire
+from launcher.node import private
+from launcher.node.errors import NodeError
 from launcher.protocol import RUNS_PATH, Teardown
 
 T = TypeVar("T")
@@ -110,10 +117,30 @@ class RunDir:
         return self.path.is_dir()
 
     def reset(self) -> None:
-        """Empty, for a new run of the job under the same name."""
+        """Empty, for a new run of the job under the same name; only this user's (0700).
+
+        A ``NodeError`` (``start_failed``) names a directory above it that other users can
+        read and that is not this user's to tighten: nothing is written then."""
+        self._make_parent()
         if self.path.exists():
             shutil.rmtree(self.path)
-        self.path.mkdir(parents=True)
+        private.make_dir(self.path)
+
+    def open_lock(self) -> IO[bytes]:
+        """The lock file beside the run directory (``.<hostname>.lock``), 0600, for ``flock``."""
+        self._make_parent()
+        return open(private.open_append(self.path.parent / f".{self.path.name}.lock"), "ab")
+
+    def _make_parent(self) -> None:
+        """``<state>/launcher/runs/<job>`` made or tightened to 0700, from ``<state>/launcher`` down."""
+        top = runs_dir().parent
+        try:
+            if self.path.parent.is_relative_to(top):
+                private.make_dirs(top, *self.path.parent.relative_to(top).parts)
+            else:  # a run directory elsewhere (tests): what is above it is not ours
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+        except private.NotPrivateError as exc:
+            raise NodeError("start_failed", str(exc)) from None
 
     def write_spec(self, spec: JobSpec) -> None:
         self._write("spec.json", spec)
@@ -132,7 +159,7 @@ class RunDir:
         return (self.path / "held").exists()
 
     def mark_committed(self) -> None:
-        (self.path / "committed").touch()
+        private.touch(self.path / "committed")
 
     def is_committed(self) -> bool:
         return (self.path / "committed").exists()
@@ -162,7 +189,7 @@ class RunDir:
         return self._read("ranks.json", list[int]) or []
 
     def mark_killed(self) -> None:
-        (self.path / "killed").touch()
+        private.touch(self.path / "killed")
 
     def was_killed(self) -> bool:
         return (self.path / "killed").exists()
@@ -172,9 +199,9 @@ class RunDir:
         for name in files:
             if not _PLAIN_NAME.fullmatch(name):
                 raise ValueError(f"bad input file name {name!r}")
-        (self.path / "inputs").mkdir(exist_ok=True)
+        private.make_dir(self.path / "inputs")
         for name, data in files.items():
-            (self.path / "inputs" / name).write_bytes(data)
+            private.write_file(self.path / "inputs" / name, data)
 
     def input_path(self, name: str) -> Path:
         return self.path / "inputs" / name
@@ -182,10 +209,8 @@ class RunDir:
     def write_result(self, rank: int, data: bytes) -> None:
         """Rank ``rank``'s outcome (a pickle), atomically: a reader never sees half of it."""
         directory = self.path / "results"
-        directory.mkdir(exist_ok=True)
-        tmp = directory / f".{rank}.{os.getpid()}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, directory / f"{rank}.pkl")
+        private.make_dir(directory)
+        private.write_file(directory / f"{rank}.pkl", data)
 
     def read_results(self, skip: Collection[int] = (), budget: int = 1 << 20) -> tuple[dict[int, bytes], bool]:
         """The ranks' outcomes, in rank order, but for ``skip``; at least one, then only while
@@ -207,12 +232,8 @@ class RunDir:
         return max(len(list(self.torchrun_dir.glob("*/attempt_*"))) - 1, 0)
 
     def _write(self, name: str, value: Any) -> None:
-        """Atomically: a reader sees the old file or the whole new one."""
-        path = self.path / name
-        tmp = path.with_name(f"{name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(to_wire(value), fh)
-        os.replace(tmp, path)
+        """Atomically (a reader sees the old file or the whole new one), 0600."""
+        private.write_file(self.path / name, json.dumps(to_wire(value)).encode("utf-8"))
 
     def _read(self, name: str, cls: type[T]) -> T | None:
         """The file's record; None when it is missing or damaged (a reboot mid-write)."""

@@ -73,8 +73,7 @@ def _claim(run: RunDir) -> Iterator[None]:
     """This node's start of the job, one at a time (a lock file beside the run directory)."""
     import fcntl
 
-    run.path.parent.mkdir(parents=True, exist_ok=True)
-    with open(run.path.parent / f".{run.path.name}.lock", "w") as lock:
+    with run.open_lock() as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
