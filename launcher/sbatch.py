@@ -10,6 +10,9 @@ directory, so the logs are where ``launcher logs`` reads them.
 Quoting: the script is a shell script, so every value in it is quoted with ``shlex.quote``
 here, in ``batch_script``, and nowhere else. ``#SBATCH`` lines are read by sbatch, not by
 the shell: their values may hold no whitespace or newline (a newline would end the comment).
+
+The script holds the job's variables, tokens and keys included (``secret_names``): the CLI
+writes it readable by its user only.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import shlex
 from dataclasses import dataclass, replace
 
 from launcher.codec import to_wire
+from launcher.environment import is_secret
 from launcher.errors import UsageError
 from launcher.hosts import Host
 from launcher.plan import NodePlan, plan_nodes
@@ -146,6 +150,13 @@ def batch_script(spec: LaunchSpec, name: str, options: SbatchOptions) -> str:
         f"  {shlex.quote(json.dumps(to_wire(task)))}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def secret_names(spec: LaunchSpec, name: str) -> list[str]:
+    """The variables with a value that the script of ``batch_script`` holds and whose names
+    say they are secrets (``environment.is_secret``, as the dry run masks them), sorted."""
+    first, rest = node_plans(spec, name)
+    return sorted({key for plan in (first, rest) for key, value in plan.env.items() if value and is_secret(key)})
 
 
 def _count(value: int, option: str) -> int:

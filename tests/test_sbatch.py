@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -250,6 +251,32 @@ def test_sbatch_prints_the_script_or_writes_it(tmp_path: Path) -> None:
     script = tmp_path / "job.sh"
     assert script.read_text() == printed.stdout and os.access(script, os.X_OK)
     assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0  # it parses
+
+
+def test_sbatch_o_writes_a_script_only_its_user_reads_and_names_its_secrets(tmp_path: Path) -> None:
+    old = tmp_path / "job.sh"
+    old.write_text("#!/bin/bash\n")
+    old.chmod(0o755)  # as an older version wrote it: rewritten, it is 0700 too
+    previous = os.umask(0o022)
+    try:
+        secret = launcher_cli(
+            "sbatch", "--name", "j", "-e", "WANDB_API_KEY=s3cret", "-e", "EMPTY_TOKEN=", "-o", "job.sh", "train.py",
+            cwd=tmp_path, HF_TOKEN="hf_abc",
+        )  # fmt: skip
+        plain = launcher_cli("sbatch", "--name", "j", "-o", "plain.sh", "train.py", cwd=tmp_path)
+    finally:
+        os.umask(previous)
+
+    assert secret.returncode == 0 and secret.stdout == "", secret.stderr
+    assert secret.stderr.splitlines() == [
+        "launcher: job.sh holds secret-named variables HF_TOKEN, WANDB_API_KEY"
+        " (mode 0700: readable by you only; keep it so)"
+    ]  # named, never shown; an empty one holds nothing
+    assert "export HF_TOKEN=hf_abc" in old.read_text() and "WANDB_API_KEY=s3cret" in old.read_text()
+    assert plain.returncode == 0 and plain.stderr == "", plain.stderr
+    for script in (old, tmp_path / "plain.sh"):
+        assert stat.S_IMODE(script.stat().st_mode) == 0o700 and os.access(script, os.X_OK)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.sh", "plain.sh"]  # no temporary file left
 
 
 @pytest.mark.parametrize(
