@@ -359,3 +359,21 @@ def test_a_job_slurm_forgot_is_not_cancelled(tmp_path: Path, monkeypatch: pytest
 
     assert slurm_jobs.cancel("7") is None  # ended over MinJobAge ago: nothing to scancel
     assert not (tmp_path / "called").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--hosts", "h1,h2"), "sbatch takes no --hosts: SLURM chooses the nodes (use #SBATCH --nodelist or --nodes)"),
+        (("--hosts=h1,h2",), "sbatch takes no --hosts: SLURM chooses the nodes (use #SBATCH --nodelist or --nodes)"),
+        (("--exclude", "h1"), "sbatch takes no --exclude: SLURM chooses the nodes (use #SBATCH --nodelist or --nodes)"),
+        (("--sync",), "sbatch takes no --sync (see launcher sbatch --help)"),
+    ],
+)
+def test_sbatch_refuses_a_launch_option_instead_of_running_it_as_the_script(
+    tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    result = launcher_cli("sbatch", *args, "-o", "job.sh", "train.py", cwd=tmp_path)
+
+    assert (result.returncode, result.stderr) == (2, f"Error: {message}\n")
+    assert not (tmp_path / "job.sh").exists()

@@ -56,6 +56,7 @@ def sbatch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **o
     from launcher.records import make_records_dir
     from launcher.spec import make_spec
 
+    _refuse_an_option_as_script(script)
     settings = batch.SbatchOptions(
         nodes=options["nodes"],
         gpus_per_node=options["gpus_per_node"],
@@ -184,3 +185,20 @@ def _unseen_hosts(record: JobRecord, timeout: float) -> list[str]:
                 record.slurm_job_id,
             )
         time.sleep(0.5)
+
+
+_NODE_CHOICES = ("--hosts", "--include", "--exclude")
+
+
+def _refuse_an_option_as_script(script: str) -> None:
+    """An option sbatch does not take, given before SCRIPT, arrives as SCRIPT (unknown options
+    are kept as arguments): refused, or the batch script would run ``--hosts`` as the
+    training script."""
+    from launcher.errors import UsageError
+
+    if not script.startswith("-"):
+        return
+    option = script.partition("=")[0]
+    if option in _NODE_CHOICES:
+        raise UsageError(f"sbatch takes no {option}: SLURM chooses the nodes (use #SBATCH --nodelist or --nodes)")
+    raise UsageError(f"sbatch takes no {option} (see launcher sbatch --help)")
