@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import socket
+import stat
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -17,6 +21,8 @@ from typing import Any
 import pytest
 
 from launcher.node import logfile, supervisor
+from launcher.node.errors import NodeError
+from launcher.node.rundir import ExitRecord, JobSpec, RunDir, SupervisorStarted
 from launcher.status import overall_state
 
 STAMP = 1_700_000_000.25
@@ -296,3 +302,109 @@ def test_parse_record(line: bytes, expected: list[Any]) -> None:
 )
 def test_overall_state(states: list[str], expected: str) -> None:
     assert overall_state(states) == expected
+
+
+# --- the run directory: only its user can read it ----------------------------------------------
+
+
+@pytest.fixture
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """``<state>`` of this node, made the usual way (0755), under the usual umask (022)."""
+    home = tmp_path / "state"
+    home.mkdir(mode=0o755)
+    monkeypatch.setenv("XDG_STATE_HOME", str(home))
+    old = os.umask(0o022)
+    try:
+        yield home
+    finally:
+        os.umask(old)
+
+
+def modes(top: Path) -> dict[str, int]:
+    """Every path under ``top`` (itself included, as ``.``) and its permission bits."""
+    found = {".": stat.S_IMODE(top.stat().st_mode)}
+    for path in top.rglob("*"):
+        found[str(path.relative_to(top))] = stat.S_IMODE(path.lstat().st_mode)
+    return found
+
+
+def fill(run: RunDir) -> None:
+    """Every file a run directory gets, written as the agent, supervisor and ranks write them."""
+    with run.open_lock():
+        run.reset()
+    run.write_spec(JobSpec(job="j", argv=["python", "train.py"], env={"HF_TOKEN": "hf_secret"}, cwd="/"))
+    run.write_inputs({"call.pkl": b"pickled arguments"})
+    run.mark_held(42)
+    run.mark_committed()
+    run.write_started(SupervisorStarted(pid=42, create_time=1.0, child=43, time=2.0))
+    logfile.OutputLog.open(run.log_path).note("the job printed its token: hf_secret")
+    run.write_ranks([0, 1])
+    run.write_result(0, b"pickled result")
+    run.mark_killed()
+    run.write_exit(ExitRecord(exit_code=0, time=3.0))
+
+
+def test_every_file_of_a_run_directory_is_its_users_only_whatever_the_umask(state: Path) -> None:
+    fill(RunDir.of("j"))
+
+    host = socket.gethostname()
+    found = modes(state / "launcher")
+    assert {
+        path for path, mode in found.items() if mode != (0o700 if (state / "launcher" / path).is_dir() else 0o600)
+    } == set()
+    assert sorted(found) == sorted(
+        [".", "runs", "runs/j", f"runs/j/.{host}.lock", f"runs/j/{host}"]
+        + [f"runs/j/{host}/{name}" for name in ("spec.json", "inputs", "inputs/call.pkl", "held", "committed")]
+        + [f"runs/j/{host}/{name}" for name in ("started.json", "output.log", "ranks.json", "results")]
+        + [f"runs/j/{host}/{name}" for name in ("results/0.pkl", "killed", "exit.json")]
+    )  # and no temporary file left
+
+
+def test_a_file_is_its_users_only_before_its_first_byte(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from launcher.node import private
+
+    seen: list[int] = []
+    write = os.write
+
+    def spy(fd: int, data: Any) -> int:
+        seen.append(stat.S_IMODE(os.fstat(fd).st_mode))
+        return write(fd, data)
+
+    monkeypatch.setattr(private.os, "write", spy)
+    old = os.umask(0)  # the worst: whatever is created without a mode is writable by all
+    try:
+        private.write_file(tmp_path / "spec.json", b'{"HF_TOKEN": "hf_secret"}')
+        private.write_file(tmp_path / "job.sh", b"#!/bin/bash\n", mode=0o700)
+    finally:
+        os.umask(old)
+
+    assert seen == [0o600, 0o700]
+    assert stat.S_IMODE((tmp_path / "spec.json").stat().st_mode) == 0o600
+
+
+def test_a_state_directory_left_open_by_an_older_version_is_tightened(state: Path) -> None:
+    old = state / "launcher" / "runs" / "old" / socket.gethostname()
+    old.mkdir(parents=True)
+    for directory in (state / "launcher", state / "launcher" / "runs", old.parent):
+        directory.chmod(0o755)
+    (old / "spec.json").write_text('{"env": {"HF_TOKEN": "hf_secret"}}')
+
+    RunDir.of("old").reset()  # the same job again
+    RunDir.of("new").reset()
+
+    found = modes(state / "launcher")
+    assert [found[p] for p in (".", "runs", "runs/old", "runs/new")] == [0o700] * 4
+    assert found[f"runs/old/{socket.gethostname()}"] == 0o700 and not (old / "spec.json").exists()
+
+
+def test_a_state_directory_of_another_user_is_refused_naming_it(state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    top = state / "launcher"
+    top.mkdir(mode=0o755)
+    monkeypatch.setattr(os, "geteuid", lambda: os.getuid() + 4242)  # as seen by another user
+
+    with pytest.raises(NodeError) as caught:
+        RunDir.of("j").reset()
+
+    assert caught.value.kind == "start_failed"
+    assert str(caught.value).startswith(f"{top} is readable by other users and cannot be made private (mode 0755")
+    assert modes(top) == {".": 0o755}  # nothing changed, nothing written
