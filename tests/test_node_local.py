@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import stat
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -325,3 +326,71 @@ def test_the_agent_runs_without_the_launching_side(node: LocalNode) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+# --- secrets: only the job's user can read its files --------------------------------------------
+
+
+def modes(top: Path) -> dict[str, int]:
+    """Every path under ``top`` (itself included, as ``.``) and its permission bits."""
+    found = {".": stat.S_IMODE(top.stat().st_mode)}
+    for path in top.rglob("*"):
+        found[str(path.relative_to(top))] = stat.S_IMODE(path.lstat().st_mode)
+    return found
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The usual umask, for the agents, tmux and supervisors this test starts."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_a_jobs_files_and_records_are_its_users_only(node: LocalNode, workdir: Path) -> None:
+    # An older version's state directory, open to all: tightened by the launch.
+    (node.state_dir / "launcher" / "runs").mkdir(parents=True, mode=0o755)
+    (node.state_dir / "launcher").chmod(0o755)
+    node.jobs.add("secret")
+    spec = make_spec(
+        "chatty.py",
+        hosts="localhost",
+        name="secret",
+        runner="python",
+        cwd=str(workdir),
+        env={"WANDB_API_KEY": "s3cret"},
+        environ={"HF_TOKEN": "hf_abc", "PATH": os.environ["PATH"]},
+    )
+    with node.environment():
+        asyncio.run(launch_job(spec))
+    assert node.call(Wait(job="secret"), timeout=30) == Ended(state="succeeded")
+
+    top = node.state_dir / "launcher"
+    run = top / "runs" / "secret" / os.uname().nodename
+    spec_json = (run / "spec.json").read_text()
+    assert '"s3cret"' in spec_json and '"hf_abc"' in spec_json  # what these modes protect
+    found = modes(top)
+    assert {"jobs/secret.json", f"runs/secret/{os.uname().nodename}/output.log"} <= set(found)
+    open_to_others = {path: f"{mode:04o}" for path, mode in found.items() if mode & 0o077}
+    assert open_to_others == {}
+    assert {path for path, mode in found.items() if (top / path).is_dir() and mode != 0o700} == set()
+    assert {path for path, mode in found.items() if (top / path).is_file() and mode != 0o600} == set()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a state directory of another user")
+@pytest.mark.usefixtures("umask_022")
+def test_a_nodes_state_directory_of_another_user_is_refused_naming_it(node: LocalNode, workdir: Path) -> None:
+    top = node.state_dir / "launcher"
+    top.mkdir(mode=0o755)
+    os.chown(top, 65534, 65534)  # nobody's
+
+    with pytest.raises(StartFailedError) as caught:
+        node.call(Start(job="theirs", argv=[sys.executable, "-c", "pass"], env={"HF_TOKEN": "x"}, cwd=str(workdir)))
+
+    assert str(caught.value).startswith(
+        f"localhost: {top} is readable by other users and cannot be made private (mode 0755, owned by uid 65534"
+    )
+    assert modes(top) == {".": 0o755} and node.sessions() == []  # nothing written, nothing started
