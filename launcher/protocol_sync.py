@@ -2,10 +2,16 @@
 
 A sync is one session per host, named by a token, over the agent's connection:
 
-    SyncPlan    the tree's manifest -> SyncNeeds: what the node lacks, what it would delete
+    SyncPlan    the tree's manifest -> SyncNeeds: what the node lacks, what it would delete;
+                first with a probe (a file in the destination's state), to find the hosts
+                that share a destination, then, on the one host of each that writes it,
+                with the destination's lock
+    SyncLook    which of the other hosts' probes this node sees -> SyncSeen
     SyncPut     new content in chunks, staged under temporary names      (as many as needed)
-    SyncCommit  every staged entry renamed into place, removed files set aside
-    SyncFinish  every host committed: what was set aside is dropped
+    SyncCommit  every staged entry renamed into place, removed files set aside, each step
+                in a journal on disk first
+    SyncVerify  on a host that shares the destination: it holds what the writer committed
+    SyncFinish  every host committed: what was set aside is dropped, the lock released
     SyncAbort   another host failed: what was staged is dropped, a commit undone
 
 So every host ends with the new tree, or every host keeps its previous one.
@@ -55,6 +61,14 @@ class SyncNeeds:
     source: bool = False
     """``root`` there is the very directory being synced (a shared disk, or this machine):
     the node leaves it alone."""
+    probe: str = ""
+    """The name of the probe it wrote (asked with ``probe``): for ``SyncLook``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SyncSeen:
+    seen: list[int]
+    """Indexes of the probes asked about that the node sees: those hosts share its ``root``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +108,20 @@ class SyncPlan(Request[SyncNeeds]):
     marker: str = ""
     """A file the launching side put at the top of the tree for the plan: seen under
     ``root``, the node is looking at the source itself."""
+    probe: bool = False
+    """Write a probe into ``root``'s state, which the hosts that share ``root`` will see."""
+    lock: bool = False
+    """This host writes ``root``: take its lock (held until finish or abort), roll back a
+    commit left unfinished, then plan."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SyncLook(Request[SyncSeen]):
+    """Which of ``probes`` (every host's, from their plans) are in this host's ``root``."""
+
+    op: ClassVar[str] = "sync_look"
+    token: str
+    probes: list[str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +137,16 @@ class SyncCommit(Request[SyncCommitted]):
 
     op: ClassVar[str] = "sync_commit"
     token: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SyncVerify(Request[SyncCommitted]):
+    """Another host that shares ``root`` committed the tree ``digest``: check that this
+    host sees it whole (the commit of a host that writes nothing)."""
+
+    op: ClassVar[str] = "sync_verify"
+    token: str
+    digest: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +167,9 @@ class SyncAbort(Request[SyncClosed]):
 
 SYNC_ANSWERS: dict[type[Request[Any]], type[Any]] = {
     SyncPlan: SyncNeeds,
+    SyncLook: SyncSeen,
     SyncPut: SyncStaged,
+    SyncVerify: SyncCommitted,
     SyncCommit: SyncCommitted,
     SyncFinish: SyncClosed,
     SyncAbort: SyncClosed,

@@ -1,14 +1,21 @@
 """Sync: copy a directory to every host, only what changed, on every host or on none.
 
-    plan     every host gets the tree's manifest and answers what it lacks (a re-sync with
-             nothing changed ends here: one round trip per host, nothing hashed on either
-             side, see ``tree.py`` and ``node/sync.py``)
-    stage    the missing content, in chunks over the agent's connection, all hosts at once
-             (at most ``parallel`` sending); each host writes it under temporary names
-    commit   only once every host staged everything: each renames it into place and sets
-             aside what it replaces; a host that fails puts its previous copy back, and the
-             others are told to put theirs back too
-    finish   every host committed: what was set aside is dropped
+    plan     every host gets the tree's digest and answers whether it holds that tree
+             intact (a re-sync with nothing changed ends here: one round trip per host,
+             nothing hashed on either side, see ``tree.py`` and ``node/sync.py``); each also
+             leaves a probe in its directory's hidden state
+    look     every host says whose probes it sees: hosts that see each other's share their
+             directory (a scratch or home on a shared disk), and only the first of them,
+             in hosts order, writes it (``sync_commit.py``)
+    lock     each writer takes its directory's lock (a second sync into it is refused),
+             rolls back a commit left unfinished there, and answers what it lacks
+    stage    the missing content, in chunks over the agent's connection, all writers at
+             once (at most ``parallel`` sending), under temporary names
+    commit   only once every writer staged everything: each renames it into place and sets
+             aside what it replaces, every step in a journal on its disk first; a writer
+             that fails puts its previous copy back, and the others are told to put theirs
+             back too. Then the other hosts of each shared directory check that they see it
+    finish   every host committed: the journal and what was set aside are dropped
 
 A failure anywhere (a host's full disk, a lost connection, a file that changed here while
 it was read) leaves every host with its previous good copy, and names the host and file.
@@ -21,26 +28,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import re
 import secrets
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from launcher.errors import HostError, JobError, LauncherError, UsageError
+from launcher import sync_commit as steps
+from launcher.errors import UsageError
 from launcher.hosts import Host
-from launcher.protocol_sync import (
-    STAGING_PREFIX,
-    SyncAbort,
-    SyncCommit,
-    SyncCommitted,
-    SyncFinish,
-    SyncNeeds,
-    SyncPlan,
-    display_path,
-)
+from launcher.protocol_sync import STAGING_PREFIX, SyncCommitted, SyncNeeds, SyncPlan, display_path
 from launcher.records import records_dir
 from launcher.sync_send import Progress, stage_content
 from launcher.sync_send import SyncProgress as SyncProgress  # re-exported: launch and the CLI take it from here
@@ -66,7 +65,7 @@ class SyncTooLargeError(UsageError):
         )
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class HostSync:
     """What the sync did (or, in a dry run, would do) on one host."""
 
@@ -78,9 +77,12 @@ class HostSync:
     """The tree's digest as the node computed it after the commit (None: dry run)."""
     source: bool = False
     """Its directory is the source itself (a shared disk, or this machine): left alone."""
+    writer: str | None = None
+    """Its directory is the one this other host wrote (a disk they share): it only checked
+    the result. ``copied`` and ``deleted`` are what that host did there."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class SyncReport:
     source: str
     remote_dir: str
@@ -140,17 +142,17 @@ async def sync_tree(
     remote = check_remote_dir(remote_dir or tree.root)
     ssh = ssh or SshOptions()
     gate = asyncio.Semaphore(ssh.max_parallel)
-    agents: list[NodeAgent] = []
+    slots: list[NodeAgent | None] = [None] * len(hosts)  # in hosts order, as they connect
 
-    async def connect(host: Host) -> None:
-        agents.append(await open_agent(host, ssh, gate))
+    async def connect(index: int) -> None:
+        slots[index] = await open_agent(hosts[index], ssh, gate)
 
     try:
-        await all_or_nothing([connect(h) for h in hosts], hosts, "sync failed, nothing changed")
-        ordered = sorted(agents, key=lambda a: list(hosts).index(a.host))
-        return await sync_agents(tree, [(a, remote) for a in ordered], dry_run=dry_run, on_progress=on_progress)
+        await all_or_nothing([connect(i) for i in range(len(hosts))], hosts, steps.NOTHING_CHANGED)
+        agents = [a for a in slots if a is not None]
+        return await sync_agents(tree, [(a, remote) for a in agents], dry_run=dry_run, on_progress=on_progress)
     finally:
-        await asyncio.gather(*(a.close() for a in agents), return_exceptions=True)
+        await asyncio.gather(*(a.close() for a in slots if a is not None), return_exceptions=True)
 
 
 def check_remote_dir(path: str) -> str:
@@ -169,47 +171,97 @@ async def sync_agents(
 ) -> SyncReport:
     """Sync ``tree`` over open agents, each to its directory; every host commits, or none."""
     token = secrets.token_hex(6)
-    entries = list(tree.entries)
     every = [agent for agent, _ in targets]
-    agents = every  # those to abort if anything fails
+    live = every  # those with a session to close if anything fails
     try:
         with _source_marker(tree, token) as marker:
             plans: list[SyncNeeds] = await all_or_nothing(
-                [_plan(a, root, token, tree, marker) for a, root in targets],
-                [a.host for a in every],
-                "sync failed, nothing changed",
+                [_plan(a, r, token, tree, marker=marker, probe=not dry_run) for a, r in targets],
+                _hosts(every),
+                steps.NOTHING_CHANGED,
             )
         # A host whose directory is the source itself has nothing to stage, commit or finish.
         syncing = [i for i, plan in enumerate(plans) if not plan.source]
-        agents = [every[i] for i in syncing]
-        sizes = [sum(entries[i].size for i in plan.needed) for plan in plans]
-        committed: dict[int, SyncCommitted | None] = {}
-        if not dry_run:
-            progress = Progress(sum(sizes[i] for i in syncing), len(syncing), on_progress)
-            semaphore = asyncio.Semaphore(parallel)
-
-            async def stage(index: int) -> None:
-                async with semaphore:
-                    await stage_content(every[index], token, tree, plans[index].needed, progress)
-                    progress.host_done()
-
-            await all_or_nothing(
-                [stage(i) for i in syncing],
-                [a.host for a in agents],
-                "sync failed, every host keeps its previous copy",
-            )
-            committed = dict(zip(syncing, await _commit(agents, token), strict=True))
+        live = [every[i] for i in syncing]
+        writer = {i: i for i in syncing}
+        if dry_run or all(_intact(plans[i]) for i in syncing):
+            await steps.abort(live, token)  # nothing to write anywhere: close the plans
+            return _report(tree, targets, plans, writer, {}, dry_run)
+        if len(syncing) > 1:
+            groups = await steps.writers_of(live, [plans[i].probe for i in syncing], token)
+            writer = {i: syncing[g] for i, g in zip(syncing, groups, strict=True)}
+        busy = sorted({writer[i] for i in syncing if not _intact(plans[i])})
+        checkers = [i for i in syncing if writer[i] in busy and writer[i] != i]
+        writers = [every[w] for w in busy]
+        locked = [_plan(every[w], targets[w][1], token, tree, lock=True) for w in busy]
+        for index, plan in zip(busy, await all_or_nothing(locked, _hosts(writers), steps.NOTHING_CHANGED), strict=True):
+            plans[index] = plan
+        await _stage(tree, writers, [plans[w] for w in busy], token, on_progress, parallel)
+        committed = dict(zip(busy, await steps.commit(writers, token), strict=True))
+        checked = await steps.verify([every[i] for i in checkers], token, tree.digest)
+        committed.update(zip(checkers, checked, strict=True))
     except BaseException:
-        await asyncio.shield(_abort(agents, token))
+        await asyncio.shield(steps.abort(live, token))
         raise
-    if dry_run:
-        await _abort(agents, token)
-    else:
-        await asyncio.gather(*(a.call(SyncFinish(token=token), timeout=120) for a in agents), return_exceptions=True)
+    idle = [every[i] for i in syncing if i not in committed]
+    await asyncio.gather(steps.abort(idle, token), steps.finish([every[i] for i in committed], token))
+    return _report(tree, targets, plans, writer, committed, dry_run)
 
-    def digest(index: int) -> str | None:
-        done = committed.get(index)
-        return tree.digest if plans[index].source else done.digest if done else None
+
+def _hosts(agents: Sequence[NodeAgent]) -> list[Host]:
+    return [a.host for a in agents]
+
+
+def _intact(plan: SyncNeeds) -> bool:
+    """Nothing to do on that host: it holds the tree (by its digest)."""
+    return not (plan.unknown or plan.needed or plan.deleted)
+
+
+async def _stage(
+    tree: Tree,
+    agents: Sequence[NodeAgent],
+    plans: Sequence[SyncNeeds],
+    token: str,
+    on_progress: Callable[[SyncProgress], None] | None,
+    parallel: int,
+) -> None:
+    """The content each host lacks, at most ``parallel`` hosts at once."""
+    sizes = [sum(tree.entries[i].size for i in plan.needed) for plan in plans]
+    progress = Progress(sum(sizes), len(agents), on_progress)
+    semaphore = asyncio.Semaphore(parallel)
+
+    async def stage(agent: NodeAgent, plan: SyncNeeds) -> None:
+        async with semaphore:
+            await stage_content(agent, token, tree, plan.needed, progress)
+            progress.host_done()
+
+    await all_or_nothing([stage(a, p) for a, p in zip(agents, plans, strict=True)], _hosts(agents), steps.KEPT)
+
+
+def _report(
+    tree: Tree,
+    targets: Sequence[tuple[NodeAgent, str]],
+    plans: Sequence[SyncNeeds],
+    writer: dict[int, int],
+    committed: dict[int, SyncCommitted],
+    dry_run: bool,
+) -> SyncReport:
+    entries = tree.entries
+
+    def host(index: int) -> HostSync:
+        shares = writer.get(index, index)
+        plan, done = plans[shares], committed.get(index)
+        # After a real sync: the source, a host that held the tree already, or one that committed it.
+        digest = done.digest if done else tree.digest if plan.source or not dry_run else None
+        return HostSync(
+            host=targets[index][0].host.label,
+            copied=tuple(entries[i].path for i in plan.needed),
+            bytes=sum(entries[i].size for i in plan.needed),
+            deleted=tuple(plan.deleted),
+            digest=digest,
+            source=plans[index].source,
+            writer=targets[shares][0].host.label if shares != index else None,
+        )
 
     return SyncReport(
         source=tree.root,
@@ -218,26 +270,20 @@ async def sync_agents(
         digest=tree.digest,
         files=len(entries),
         size=tree.size,
-        hosts=tuple(
-            HostSync(
-                host=agent.host.label,
-                copied=tuple(entries[i].path for i in plan.needed),
-                bytes=sizes[index],
-                deleted=tuple(plan.deleted),
-                digest=digest(index),
-                source=plan.source,
-            )
-            for index, (agent, plan) in enumerate(zip(every, plans, strict=True))
-        ),
+        hosts=tuple(host(i) for i in range(len(targets))),
         dry_run=dry_run,
     )
 
 
-async def _plan(agent: NodeAgent, root: str, token: str, tree: Tree, marker: str) -> SyncNeeds:
-    """By the tree's digest first: a host that has it intact needs nothing more."""
-    needs = await agent.call(SyncPlan(root=root, token=token, digest=tree.digest, marker=marker), timeout=120)
-    if needs.unknown:
-        needs = await agent.call(SyncPlan(root=root, token=token, entries=list(tree.entries)), timeout=120)
+async def _plan(
+    agent: NodeAgent, root: str, token: str, tree: Tree, *, marker: str = "", probe: bool = False, lock: bool = False
+) -> SyncNeeds:
+    """By the tree's digest first: a host that has it intact needs nothing more. The first
+    plan of a real sync stops there (``probe``); the writers' send the manifest next."""
+    ask = SyncPlan(root=root, token=token, digest=tree.digest, marker=marker, probe=probe, lock=lock)
+    needs = await agent.call(ask, timeout=120)
+    if needs.unknown and not probe:
+        needs = await agent.call(dataclasses.replace(ask, entries=list(tree.entries), digest=""), timeout=120)
     return needs
 
 
@@ -258,28 +304,6 @@ def _source_marker(tree: Tree, token: str) -> Iterator[str]:
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)
-
-
-async def _commit(agents: Sequence[NodeAgent], token: str) -> list[SyncCommitted | None]:
-    """Commit everywhere; if one host fails, the others put their previous copy back."""
-    results = await asyncio.gather(
-        *(a.call(SyncCommit(token=token), timeout=300) for a in agents), return_exceptions=True
-    )
-    failures = {a.host.label: r for a, r in zip(agents, results, strict=True) if isinstance(r, HostError)}
-    for result in results:
-        if isinstance(result, BaseException) and not isinstance(result, HostError):
-            raise result
-    if failures:
-        raise JobError("sync failed, every host keeps its previous copy", failures)
-    return [r if isinstance(r, SyncCommitted) else None for r in results]
-
-
-async def _abort(agents: Sequence[NodeAgent], token: str) -> None:
-    async def abort(agent: NodeAgent) -> None:
-        with contextlib.suppress(LauncherError):  # a lost host has nothing committed to undo
-            await agent.call(SyncAbort(token=token), timeout=60)
-
-    await asyncio.gather(*(abort(a) for a in agents))
 
 
 def human_bytes(size: float) -> str:

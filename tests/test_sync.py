@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from local_node import LocalNode
@@ -57,9 +59,15 @@ def sync(source: Path, nodes: list[LocalNode], dests: list[Path], cache: Path | 
     return asyncio.run(go())
 
 
+STATE = ".launcher-sync-state"
+"""The destination's hidden state (its record, lock and journal): not part of the tree."""
+
+
 def listing(root: Path) -> dict[str, str]:
     found = {}
     for directory, dirs, files in os.walk(root):
+        if directory == str(root) and STATE in dirs:
+            dirs.remove(STATE)
         for name in files + [d for d in dirs if os.path.islink(os.path.join(directory, d))]:
             path = os.path.join(directory, name)
             rel = os.path.relpath(path, root)
@@ -237,7 +245,7 @@ def test_a_commit_that_fails_on_one_host_leaves_every_host_its_previous_copy(
     for dest, was in zip(dests, before, strict=True):
         assert listing(dest) == was
         assert stat.S_IMODE((dest / "run.sh").stat().st_mode) == 0o644
-        assert [n for n in os.listdir(dest) if n.startswith(".launcher-sync-")] == []
+        assert [n for n in os.listdir(dest) if n.startswith(".launcher-sync-")] == [STATE]
     # and the next sync, the obstacle gone, is complete
     (dests[1] / "m").unlink()
     assert sync(source, nodes, dests).same_everywhere
@@ -335,3 +343,181 @@ def test_a_file_that_changes_or_vanishes_while_syncing_fails_it_everywhere(
         asyncio.run(go())
     for dest in dests:
         assert listing(dest) == {"a.py": b"old".hex(), "b.py": b"old".hex()}
+
+
+# ---------------------------------------------------------------------------- directories hosts share
+
+
+@pytest.fixture
+def four() -> Iterator[list[LocalNode]]:
+    made = [LocalNode.create() for _ in range(4)]
+    yield made
+    for node in made:
+        node.close()
+
+
+def count_requests(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Every request any agent is sent from now on, by its op."""
+    counts: dict[str, int] = {}
+    call = NodeAgent.call
+
+    async def counted(self: NodeAgent, request: Any, timeout: float | None = 60.0) -> Any:
+        counts[request.op] = counts.get(request.op, 0) + 1
+        return await call(self, request, timeout)
+
+    monkeypatch.setattr(NodeAgent, "call", counted)
+    return counts
+
+
+def test_hosts_that_share_a_directory_write_it_through_the_first_of_them(tmp_path: Path, four: list[LocalNode]) -> None:
+    # Before: every host committed into the same tree at once ("a/b/f0.py: No such file or directory").
+    source = write(tmp_path / "src", {f"a/b/f{i}.py": str(i) for i in range(1500)})
+    for attempt in range(3):
+        shared = tmp_path / f"scratch{attempt}" / "proj"
+        report = sync(source, four, [shared] * 4)
+        assert report.same_everywhere
+        assert [h.writer for h in report.hosts] == [None, "localhost", "localhost", "localhost"]
+        assert listing(shared) == listing(source)
+    own = tmp_path / "own"
+    mixed = sync(source, four[:3], [own, tmp_path / "scratch0" / "proj", own])
+    assert [h.writer for h in mixed.hosts] == [None, None, "localhost"] and mixed.same_everywhere
+    assert listing(own) == listing(source)
+
+
+def test_a_resync_into_a_shared_directory_carries_a_change_and_a_deletion_and_then_nothing(
+    tmp_path: Path, four: list[LocalNode], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = write(tmp_path / "src", {"a.py": "1", "gone.py": "2", "pkg/c.py": "3"})
+    shared = tmp_path / "scratch"
+    sync(source, four[:3], [shared] * 3)
+    write(shared, {"out.txt": "the job's own"})
+    write(source, {"a.py": "changed"})
+    (source / "gone.py").unlink()
+
+    report = sync(source, four[:3], [shared] * 3)
+
+    assert [(h.copied, h.deleted) for h in report.hosts] == [(("a.py",), ("gone.py",))] * 3
+    assert [h.writer for h in report.hosts] == [None, "localhost", "localhost"] and report.same_everywhere
+    assert listing(shared) == {**listing(source), "out.txt": b"the job's own".hex()}
+    requests = count_requests(monkeypatch)
+    again = sync(source, four[:3], [shared] * 3)
+    assert again.same_everywhere and [h.copied for h in again.hosts] == [()] * 3
+    assert requests == {"sync_plan": 3, "sync_abort": 3}  # one round trip to plan, one to close
+
+
+def test_a_second_sync_into_a_directory_being_synced_is_refused_in_one_line(
+    tmp_path: Path, four: list[LocalNode]
+) -> None:
+    from launcher.protocol_sync import SyncAbort, SyncPlan
+
+    source = write(tmp_path / "src", {"a.py": "1"})
+    shared = tmp_path / "scratch"
+    tree = scan_tree(str(source))
+
+    async def go() -> None:
+        agents: list[NodeAgent] = []
+        try:
+            for node in four[:3]:
+                with node.environment():
+                    agents.append(await node.open())
+            holder = SyncPlan(root=str(shared), token="other", digest=tree.digest, lock=True)
+            await agents[0].call(holder)  # another sync holds the directory
+            with pytest.raises(JobError) as caught:
+                await sync_agents(tree, [(a, str(shared)) for a in agents[1:]])
+            assert str(caught.value) == (
+                f"sync failed, nothing changed (localhost: another sync into {shared} is under way (lock held);"
+                " try again later)"
+            )
+            assert not (shared / "a.py").exists()
+            await agents[0].call(SyncAbort(token="other"))
+            assert (await sync_agents(tree, [(a, str(shared)) for a in agents[1:]])).same_everywhere
+        finally:
+            await asyncio.gather(*(a.close() for a in agents))
+
+    asyncio.run(go())
+    assert listing(shared) == listing(source)
+
+
+def test_two_syncs_at_once_into_one_directory_never_mix_their_trees(tmp_path: Path, four: list[LocalNode]) -> None:
+    one = write(tmp_path / "one", {f"m{i}.py": "one" for i in range(300)})
+    two = write(tmp_path / "two", {**{f"m{i}.py": "two" for i in range(300)}, "only/two.py": "2"})
+    trees = [scan_tree(str(one)), scan_tree(str(two))]
+    shared = tmp_path / "scratch"
+
+    async def go() -> list[object]:
+        agents: list[NodeAgent] = []
+        try:
+            for node in four:
+                with node.environment():
+                    agents.append(await node.open())
+            syncs = [sync_agents(t, [(a, str(shared)) for a in agents[2 * i : 2 * i + 2]]) for i, t in enumerate(trees)]
+            return await asyncio.gather(*syncs, return_exceptions=True)
+        finally:
+            await asyncio.gather(*(a.close() for a in agents))
+
+    for _ in range(3):
+        results = asyncio.run(go())
+        for result in results:
+            assert isinstance(result, SyncReport) or "(lock held)" in str(result), result
+        assert listing(shared) in (listing(one), listing(two))
+
+
+def test_a_commit_whose_finish_never_came_is_rolled_back_at_the_next_contact(
+    tmp_path: Path, four: list[LocalNode], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from launcher import sync_commit
+    from launcher.protocol_sync import SyncPlan
+
+    source = write(tmp_path / "src", {"a.py": "old", "gone.py": "old", "pkg/b.py": "old"})
+    shared = tmp_path / "scratch"
+    sync(source, four[:2], [shared] * 2)
+    before, old = listing(shared), scan_tree(str(source)).digest
+    write(source, {"a.py": "new", "new/c.py": "new"})
+    (source / "gone.py").unlink()
+    finish = sync_commit.finish
+
+    async def writer_lost_before_finish(agents: list[NodeAgent], token: str) -> None:
+        assert agents[0].hello is not None
+        os.kill(agents[0].hello.pid, signal.SIGKILL)  # no chance to undo anything itself
+        await finish(agents, token)
+
+    monkeypatch.setattr(sync_commit, "finish", writer_lost_before_finish)
+    with pytest.raises(JobError, match="sync not finished on every host"):
+        sync(source, four[:2], [shared] * 2)
+    monkeypatch.undo()
+    assert (shared / STATE / "journal").exists() and (shared / "new" / "c.py").exists()
+
+    # The next contact, by either host: its plan rolls the commit back before anything else.
+    needs = four[1].call(SyncPlan(root=str(shared), token="next", digest=old, probe=True))
+    assert (needs.unknown, needs.needed) == (False, [])
+    assert listing(shared) == before and not (shared / STATE / "journal").exists()
+    assert [n for n in os.listdir(shared) if n.startswith(".launcher-sync-")] == [STATE]
+    assert sync(source, four[:2], [shared] * 2).same_everywhere and listing(shared) == listing(source)
+
+
+def test_an_agent_whose_connection_ends_after_its_commit_puts_the_previous_copy_back(
+    tmp_path: Path, nodes: list[LocalNode], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from launcher import sync_commit
+
+    source = write(tmp_path / "src", {"a.py": "old", "gone.py": "old"})
+    dests = [tmp_path / "host0", tmp_path / "host1"]
+    sync(source, nodes[:2], dests)
+    before = listing(dests[0])
+    write(source, {"a.py": "new", "m/c.py": "new"})
+    (source / "gone.py").unlink()
+    finish = sync_commit.finish
+
+    async def hang_up_on_host0(agents: list[NodeAgent], token: str) -> None:
+        await agents[0].close()  # EOF on the agent's stdin: the connection is gone
+        await finish(agents, token)
+
+    monkeypatch.setattr(sync_commit, "finish", hang_up_on_host0)
+    with pytest.raises(JobError, match="sync not finished on every host") as caught:
+        sync(source, nodes[:2], dests)
+    assert list(caught.value.errors) == ["localhost"]
+    assert listing(dests[0]) == before and not (dests[0] / STATE / "journal").exists()  # undone by itself
+    assert listing(dests[1]) == listing(source)
+    monkeypatch.undo()
+    assert sync(source, nodes[:2], dests).same_everywhere
+    assert listing(dests[0]) == listing(dests[1]) == listing(source)

@@ -42,7 +42,7 @@ from launcher.protocol import (
     encode_batch,
 )
 from launcher.protocol_doctor import Checkup
-from launcher.protocol_sync import SyncAbort, SyncCommit, SyncFinish, SyncPlan, SyncPut
+from launcher.protocol_sync import SyncAbort, SyncCommit, SyncFinish, SyncLook, SyncPlan, SyncPut, SyncVerify
 
 Idle = logs.Idle
 
@@ -104,8 +104,10 @@ HANDLERS: dict[type[Any], Handler] = {
     Wait: lambda r, emit, idle: logs.wait_ended(r, idle),
     ReadResults: lambda r, emit, idle: _read_results(r),
     SyncPlan: lambda r, emit, idle: _sync().plan(r),
+    SyncLook: lambda r, emit, idle: _sync().look(r),
     SyncPut: lambda r, emit, idle: _sync().put(r),
     SyncCommit: lambda r, emit, idle: _sync().commit(r),
+    SyncVerify: lambda r, emit, idle: _sync().verify(r),
     SyncFinish: lambda r, emit, idle: _sync().finish(r),
     SyncAbort: lambda r, emit, idle: _sync().abort(r),
     Checkup: lambda r, emit, idle: _doctor().checkup(r),

@@ -2,21 +2,27 @@
 
     plan     compare the manifest with what is here: a file the last sync put here, whose
              size and mtime are still what it recorded, is not read again (one ``lstat``);
-             a file no sync recorded is hashed once when its size matches
+             a file no sync recorded is hashed once when its size matches. First with a
+             probe, so that the hosts sharing this directory find each other (``look``);
+             then, on the one host that writes it, under the directory's lock, after
+             rolling back a commit left unfinished (``sync_journal.py``)
     put      content arrives in chunks into ``<root>/.launcher-sync-<host>-<pid>-<token>/``
              (the same filesystem, so the rename into place is atomic), hashed as it comes
     commit   removed files, then every staged entry, renamed into place; what they replace
-             is set aside in the staging directory, and every step is noted so that a
-             failure, here or (by ``abort``) on another host, puts the previous copy back
-    finish   drops what was set aside, and records the manifest of this good sync
+             is set aside in the staging directory, and every step is noted in the journal
+             on disk first, so that a failure, here or (by ``abort``) on another host, or the
+             end of this agent before ``finish``, puts the previous copy back
+    verify   on a host that shares the directory with the writer: it sees the tree whole
+    finish   drops the journal and what was set aside, and releases the lock
 
-The manifest of the last good sync is ``<state>/launcher/sync/<hostname>/<hash of root>.json``
-(the hostname because a home may be shared): what the next plan trusts, and what tells
-which files a deletion may remove (never a file no sync put there, say a checkpoint).
+The record of the last good sync is in the directory itself (``sync_disk.py``), written
+by the commit: what the next plan trusts, and what tells which files a deletion may
+remove (never a file no sync put there, say a checkpoint).
 """
 
 from __future__ import annotations
 
+import atexit
 import binascii
 import contextlib
 import dataclasses
@@ -24,11 +30,21 @@ import os
 import shutil
 import socket
 import stat
-from collections.abc import Callable
-from typing import Any, BinaryIO
 
 from launcher.node.errors import NodeError
-from launcher.node.sync_disk import hash_file, load_manifest, remove_empty_parents, remove_stale_staging, save_manifest
+from launcher.node.sync_commit import Session, Staged, apply, check_tree
+from launcher.node.sync_disk import (
+    hash_file,
+    load_record,
+    make_state_dir,
+    remove_empty_parents,
+    remove_probe,
+    remove_stale,
+    seen_probes,
+    state_path,
+    write_probe,
+)
+from launcher.node.sync_journal import DestinationLock, remove_journal, roll_back, undo
 from launcher.protocol_sync import (
     STAGING_PREFIX,
     SyncAbort,
@@ -37,63 +53,42 @@ from launcher.protocol_sync import (
     SyncCommitted,
     SyncEntry,
     SyncFinish,
+    SyncLook,
     SyncNeeds,
     SyncPlan,
     SyncPut,
+    SyncSeen,
     SyncStaged,
+    SyncVerify,
     display_path,
     manifest_digest,
 )
 
-
-@dataclasses.dataclass
-class _Staged:
-    path: str
-    file: BinaryIO | None
-    hasher: Any
-    written: int = 0
-
-
-@dataclasses.dataclass
-class _Session:
-    root: str
-    entries: list[SyncEntry]
-    previous: dict[str, SyncEntry]
-    needed: set[int]
-    deleted: list[str]
-    staging: str
-    staged: dict[int, _Staged] = dataclasses.field(default_factory=dict)
-    undo: list[Callable[[], None]] = dataclasses.field(default_factory=list)
-    committed: bool = False
-    aside: int = 0
-
-
-_SESSIONS: dict[str, _Session] = {}
+_SESSIONS: dict[str, Session] = {}
 
 
 def plan(request: SyncPlan) -> SyncNeeds:
     root = _check_root(request.root)
     if request.marker and os.path.exists(os.path.join(root, request.marker)):
         return SyncNeeds(needed=[], deleted=[], source=True)  # deleting here would delete the source
-    previous = load_manifest(root)
-    remove_stale_staging(root)
-    if request.entries is None:
-        entries = list(previous.values())
-        intact = manifest_digest(entries) == request.digest and all(_present(root, e, e) for e in entries)
-        if not intact:
-            return SyncNeeds(needed=[], deleted=[], unknown=True)
-    else:
-        entries = request.entries
-        for entry in entries:
-            _check_path(entry.path)
-    needed = [i for i, e in enumerate(entries) if not _present(root, e, previous.get(e.path))]
-    names = {e.path for e in entries}
-    deleted = sorted(p for p in previous if p not in names and os.path.lexists(os.path.join(root, p)))
-    staging = os.path.join(root, f"{STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-{request.token}")
     for old in list(_SESSIONS):
-        _drop(_SESSIONS.pop(old))
-    _SESSIONS[request.token] = _Session(root, entries, previous, set(needed), deleted, staging)
-    return SyncNeeds(needed=needed, deleted=deleted)
+        _close(_SESSIONS.pop(old))
+    lock, probe = _prepare(root, request)
+    try:
+        needs, session = _compare(root, request)
+    except BaseException:
+        remove_probe(root, probe)
+        if lock is not None:
+            lock.release()
+        raise
+    session.lock, session.probe = lock, probe
+    _SESSIONS[request.token] = session
+    return dataclasses.replace(needs, probe=probe)
+
+
+def look(request: SyncLook) -> SyncSeen:
+    session = _session(request.token)
+    return SyncSeen(seen=seen_probes(session.root, request.probes))
 
 
 def put(request: SyncPut) -> SyncStaged:
@@ -129,35 +124,38 @@ def commit(request: SyncCommit) -> SyncCommitted:
     session = _session(request.token)
     if session.committed:
         raise NodeError("bad_request", "this sync is committed already")
-    current = ""
+    if session.lock is None:
+        raise NodeError("bad_request", "a commit needs the directory's lock (plan with lock)")
     try:
-        for path in session.deleted:
-            current = path
-            _set_aside(session, path)
-        for index, entry in enumerate(session.entries):
-            current = entry.path
-            if index in session.needed:
-                _place(session, index, entry)
-            elif entry.kind == "f":
-                _touch(session, entry)
-        current = ""
-        save_manifest(session.root, session.entries, session.undo)
-    except OSError as exc:
+        apply(session)
+    except (OSError, NodeError) as exc:
         _undo(session)
-        raise _failed(session, current, exc) from None
+        raise exc if isinstance(exc, NodeError) else _failed(session, session.current, exc) from None
     session.committed = True
     return SyncCommitted(
         digest=manifest_digest(session.entries), changed=len(session.needed), deleted=len(session.deleted)
     )
 
 
+def verify(request: SyncVerify) -> SyncCommitted:
+    """On a host that shares its directory with the host that wrote it."""
+    session = _session(request.token)
+    check_tree(session.root, request.digest)
+    session.committed = True
+    return SyncCommitted(digest=request.digest, changed=0, deleted=0)
+
+
 def finish(request: SyncFinish) -> SyncClosed:
     session = _session(request.token)
     if not session.committed:
         raise NodeError("bad_request", "finish before commit")
-    _drop(_SESSIONS.pop(request.token))
-    for path in session.deleted:
-        remove_empty_parents(session.root, path)
+    del _SESSIONS[request.token]
+    if session.journal is not None:
+        session.journal.close()
+        remove_journal(session.journal.path)  # from here on, the new tree stays
+        for path in session.deleted:
+            remove_empty_parents(session.root, path)
+    _close(session)
     return SyncClosed(restored=False)
 
 
@@ -165,14 +163,73 @@ def abort(request: SyncAbort) -> SyncClosed:
     session = _SESSIONS.pop(request.token, None)
     if session is None:
         return SyncClosed(restored=False)
-    restored = session.committed
-    if restored:
-        _undo(session)
-    _drop(session)
+    restored = session.committed and session.journal is not None
+    _undo(session)
+    _close(session)
     return SyncClosed(restored=restored)
 
 
+@atexit.register
+def _at_exit() -> None:
+    """The connection ended (EOF on stdin) before finish: put the previous copy back."""
+    for token in list(_SESSIONS):
+        abort(SyncAbort(token=token))
+
+
 # ---------------------------------------------------------------------------- plan
+
+
+def _prepare(root: str, request: SyncPlan) -> tuple[DestinationLock | None, str]:
+    """The lock (a host that writes ``root``) or a probe (the first plan), and no commit
+    left unfinished in ``root``."""
+    if not (request.lock or request.probe):
+        return None, ""
+    try:
+        make_state_dir(root)
+    except OSError as exc:
+        raise NodeError("sync_failed", f"{display_path(root)}: cannot write there: {exc.strerror}") from None
+    journal = state_path(root, "journal")
+    lock = DestinationLock(state_path(root, "lock"), root)
+    if request.lock:
+        lock.acquire()
+        try:
+            roll_back(journal, root)
+            remove_stale(root)
+        except BaseException:
+            lock.release()
+            raise
+        return lock, ""
+    if os.path.lexists(journal):
+        with contextlib.suppress(OSError):
+            if lock.try_acquire():  # else its agent still runs, or another host resolves it
+                roll_back(journal, root)
+        lock.release()
+    try:
+        return None, write_probe(root, request.token)
+    except OSError as exc:
+        raise NodeError("sync_failed", f"{display_path(root)}: cannot write there: {exc.strerror}") from None
+
+
+def _compare(root: str, request: SyncPlan) -> tuple[SyncNeeds, Session]:
+    previous = load_record(root)
+    staging = os.path.join(root, f"{STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-{request.token}")
+    if request.entries is None:
+        entries = list(previous.values())
+        intact = (
+            not os.path.lexists(state_path(root, "journal"))  # a commit left unfinished: not to trust
+            and manifest_digest(entries) == request.digest
+            and all(_present(root, e, e) for e in entries)
+        )
+        if not intact:
+            return SyncNeeds(needed=[], deleted=[], unknown=True), Session(root, [], previous, set(), [], staging)
+    else:
+        entries = request.entries
+        for entry in entries:
+            _check_path(entry.path)
+    needed = [i for i, e in enumerate(entries) if not _present(root, e, previous.get(e.path))]
+    names = {e.path for e in entries}
+    deleted = sorted(p for p in previous if p not in names and os.path.lexists(os.path.join(root, p)))
+    return SyncNeeds(needed=needed, deleted=deleted), Session(root, entries, previous, set(needed), deleted, staging)
 
 
 def _check_root(root: str) -> str:
@@ -209,7 +266,7 @@ def _present(root: str, entry: SyncEntry, previous: SyncEntry | None) -> bool:
 # ---------------------------------------------------------------------------- put
 
 
-def _open_staged(session: _Session, index: int) -> _Staged:
+def _open_staged(session: Session, index: int) -> Staged:
     import hashlib
 
     entry = session.entries[index]
@@ -224,7 +281,7 @@ def _open_staged(session: _Session, index: int) -> _Staged:
         file = open(path, "wb")  # noqa: SIM115 - kept open across requests, closed when complete
     except OSError as exc:
         raise _failed(session, entry.path, exc) from None
-    staged = _Staged(path=path, file=file, hasher=hashlib.blake2b(digest_size=16))
+    staged = Staged(path=path, file=file, hasher=hashlib.blake2b(digest_size=16))
     session.staged[index] = staged
     return staged
 
@@ -232,94 +289,41 @@ def _open_staged(session: _Session, index: int) -> _Staged:
 # ---------------------------------------------------------------------------- commit
 
 
-def _place(session: _Session, index: int, entry: SyncEntry) -> None:
-    target = os.path.join(session.root, entry.path)
-    if entry.kind == "l":
-        os.makedirs(session.staging, exist_ok=True)
-        source = os.path.join(session.staging, str(index))
-        os.symlink(entry.digest, source)
-    else:
-        staged = session.staged.get(index)
-        if staged is None or staged.file is not None:
-            raise NodeError("sync_failed", f"{_where(session, entry.path)}: did not arrive whole")
-        source = staged.path
-        os.chmod(source, entry.mode)
-        os.utime(source, ns=(entry.mtime_ns, entry.mtime_ns))
-    _make_parents(session, entry.path)
-    _set_aside(session, entry.path)
-    os.replace(source, target)
-    session.undo.append(lambda: os.unlink(target))
-
-
-def _touch(session: _Session, entry: SyncEntry) -> None:
-    """Content already here: set the mode and mtime the tree has, noting the old ones."""
-    target = os.path.join(session.root, entry.path)
-    st = os.lstat(target)
-    mode, times = stat.S_IMODE(st.st_mode), (st.st_atime_ns, st.st_mtime_ns)
-    if mode != entry.mode:
-        os.chmod(target, entry.mode)
-        session.undo.append(lambda: os.chmod(target, mode))
-    if st.st_mtime_ns != entry.mtime_ns:
-        os.utime(target, ns=(st.st_atime_ns, entry.mtime_ns))
-        session.undo.append(lambda: os.utime(target, ns=times))
-
-
-def _set_aside(session: _Session, path: str) -> None:
-    """Move what is at ``path`` into the staging directory, to be put back by ``_undo``."""
-    target = os.path.join(session.root, path)
-    if not os.path.lexists(target):
-        return
-    if os.path.isdir(target) and not os.path.islink(target):
-        os.rmdir(target)  # a directory only gives way when empty: OSError ENOTEMPTY names it
-        session.undo.append(lambda: os.mkdir(target))
-        return
-    os.makedirs(os.path.join(session.staging, "old"), exist_ok=True)
-    session.aside += 1
-    aside = os.path.join(session.staging, "old", str(session.aside))
-    os.replace(target, aside)
-    session.undo.append(lambda: os.replace(aside, target))
-
-
-def _make_parents(session: _Session, path: str) -> None:
-    parts = path.split("/")[:-1]
-    for depth in range(1, len(parts) + 1):
-        directory = os.path.join(session.root, *parts[:depth])
-        if os.path.isdir(directory):
-            continue
-        os.mkdir(directory)  # a file in the way: FileExistsError names it
-        session.undo.append(lambda d=directory: os.rmdir(d))  # type: ignore[misc]
-
-
-def _undo(session: _Session) -> None:
-    while session.undo:
-        step = session.undo.pop()
-        with contextlib.suppress(OSError):  # best effort: each step on its own
-            step()
+def _undo(session: Session) -> None:
+    """Put the previous copy back (a commit that failed, or was not finished)."""
+    if session.journal is not None:
+        undo(session.journal.steps)
+        session.journal.close()
+        remove_journal(session.journal.path)
+        session.journal = None
     session.committed = False
 
 
-def _drop(session: _Session) -> None:
+def _close(session: Session) -> None:
     for staged in session.staged.values():
         if staged.file is not None:
             staged.file.close()
     shutil.rmtree(session.staging, ignore_errors=True)
+    remove_probe(session.root, session.probe)
+    if session.lock is not None:
+        session.lock.release()
 
 
 # ---------------------------------------------------------------------------- errors
 
 
-def _session(token: str) -> _Session:
+def _session(token: str) -> Session:
     session = _SESSIONS.get(token)
     if session is None:
         raise NodeError("bad_request", f"no sync {token!r} under way here")
     return session
 
 
-def _where(session: _Session, path: str) -> str:
+def _where(session: Session, path: str) -> str:
     return display_path(os.path.join(session.root, path) if path else session.root)
 
 
-def _failed(session: _Session, path: str, exc: OSError) -> NodeError:
+def _failed(session: Session, path: str, exc: OSError) -> NodeError:
     why = exc.strerror or str(exc)
     if isinstance(exc, FileExistsError | NotADirectoryError) and exc.filename:
         why = f"{display_path(os.fsdecode(exc.filename))} is in the way (not a directory)"
