@@ -70,6 +70,7 @@ Needs root. Everything a cluster creates is named ``lnch-<token>...`` and record
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import ipaddress
 import json
 import os
@@ -78,6 +79,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -85,6 +87,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
+from cluster_user import (
+    TestUser,
+    add_user,
+    close_for_search,
+    directories_to_open,
+    hand_over_home,
+    open_for_search,
+    paths_to_search,
+    remove_user,
+)
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 from registry import Registry
@@ -93,6 +105,7 @@ __all__ = [
     "Cluster",
     "ClusterError",
     "TestHost",
+    "TestUser",
     "remove_stale_clusters",
     "start_cluster",
 ]
@@ -116,6 +129,12 @@ INTERFACE_NAMES = (("eth0", "eth1"), ("ens3", "ens4"), ("enp1s0", "enp2s0"))
 """Interface names of hosts h0, h1, h2, h3... on two networks: they differ between hosts."""
 LINK_GROUP_BASE = 0x6C000000
 """Plus the token (24 bits): the link group of a cluster, unique as its token is."""
+REPO = Path(__file__).resolve().parent.parent
+"""The checkout these tests belong to: the hosts must see it (and the interpreter), at its path."""
+TMP = Path("/tmp")
+USER_HOMES = Path("/home")
+"""Where the second user's home is (not in the workdir: pytest takes "others" off the
+modes of its /tmp/pytest-of-<user> at each start, so another session would lock it out)."""
 
 # Runs inside the host's fresh namespaces, as its init: $1 hostname, $2 hosts file,
 # $3 sshd config, $4 workdir. The private tmpfs would hide a workdir under /tmp, so the
@@ -124,11 +143,23 @@ LINK_GROUP_BASE = 0x6C000000
 # Without a shared disk, $5 is the host's own disk (a directory of the workdir), whose
 # project/ and node-state/ are bound over $6 (project dir) and $7 (node state dir); a
 # tmpfs over $8 (the folder of every host's disk) then hides the other hosts' disks.
+# $9 and on: more paths under /tmp that the hosts must see (the checkout, the Python
+# environment), bound back from the real /tmp, reached through the shell's fd 3 on it.
 # unshare makes the new mount namespace private, so none of this reaches the root side.
 HOST_INIT_SCRIPT = """\
 set -e
+keep_visible() {
+  shift 8
+  for dir in "$@"; do
+    mkdir -p "$dir"
+    mount -c --bind "/proc/self/fd/3/${dir#/tmp/}" "$dir"
+  done
+}
 cd "$4"
+exec 3</tmp
 mount -t tmpfs -o mode=1777 tmpfs /tmp
+keep_visible "$@"
+exec 3<&-
 mkdir -p "$4"
 mount -c --bind . "$4"
 if [ -n "$5" ]; then
@@ -510,7 +541,14 @@ class _Layout:
 class Cluster:
     """A running test cluster. Use as a context manager, or call ``close()``."""
 
-    def __init__(self, workdir: Path, layout: _Layout, shared_disk: bool = True) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        layout: _Layout,
+        shared_disk: bool = True,
+        visible: Sequence[Path] = (),
+        user: str | None = None,
+    ) -> None:
         self.workdir = workdir
         """Shared by the launching side and every host, at the same path."""
         self.home = workdir / "home"
@@ -540,6 +578,11 @@ class Cluster:
         """``h0``..``h<n-1>``, in order; a reboot replaces its host here."""
         self.bastion: TestHost | None = None
         """The bastion, with ``bastion=True``: the one host the launching side reaches."""
+        self.user: TestUser | None = None
+        """The second login user, with ``second_user=True`` (see ``cluster_user.py``)."""
+        self._user_name = user
+        self._visible = visible
+        """Paths under /tmp bound into every host besides the workdir: the checkout..."""
         self._layout = layout
         self._sshd_dir = workdir / "sshd"
         self._etc_hosts = workdir / "etc-hosts"
@@ -583,6 +626,9 @@ class Cluster:
             )
             for path in self._created:
                 _remove_path(path)
+            if self._user_name is not None:
+                with _REGISTRY.lock():
+                    _remove_user_locked(layout.token)
             _REGISTRY.remove(layout.token)
 
     def reboot(self, host: TestHost | str) -> TestHost:
@@ -649,6 +695,8 @@ class Cluster:
         self.node_state_dir.mkdir()
         self.launcher_state_dir.mkdir()
         self.project_dir.mkdir()
+        if self._user_name is not None:
+            self.user = add_user(self._user_name, USER_HOMES / self._user_name)
         if not self.shared_disk:
             for host in self._layout.hosts:
                 (self._disk(host) / "project").mkdir(parents=True)
@@ -659,6 +707,7 @@ class Cluster:
         # process start each, which is most of the start-up of a 253-host cluster.
         keys = [self.home / ".ssh" / "id_ed25519"]
         keys += [self._host_key(h) for h in self._layout.hosts]
+        keys += [self.user.ssh_dir / "id_ed25519"] if self.user is not None else []
         for key in keys:
             private = Ed25519PrivateKey.generate()
             pem = private.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption())
@@ -686,34 +735,44 @@ class Cluster:
         self._authorized_keys.write_text(client_key.with_suffix(".pub").read_text())
         self._etc_hosts.write_text(self._layout.etc_hosts())
         known_hosts: list[str] = []
-        client_config: list[str] = []
         for host in self._layout.hosts:
             key_type, key_data = self._host_key(host).with_suffix(".pub").read_text().split()[:2]
             names = [host.name] + [i.address for i in host.interfaces]
             known_hosts.append(f"{','.join(names)} {key_type} {key_data}\n")
             alt_names = [f"[{name}]:{ALT_SSH_PORT}" for name in names]
             known_hosts.append(f"{','.join(alt_names)} {key_type} {key_data}\n")
-            client_config.append(
-                f"Host {host.name}\n"
-                f"    HostName {host.ssh_address}\n"
-                + (f"    ProxyJump {host.proxy_jump}\n" if host.proxy_jump else "")
-                + "    User root\n"
-                f"    IdentityFile {client_key}\n"
-                f"    UserKnownHostsFile {ssh_dir / 'known_hosts'}\n"
-                "    StrictHostKeyChecking yes\n"
-            )
             self._sshd_config_path(host).write_text(self._sshd_config(host))
         (ssh_dir / "known_hosts").write_text("".join(known_hosts))
         # ssh refuses a config file that others can write.
         self.ssh_config.touch(mode=0o600)
-        self.ssh_config.write_text("\n".join(client_config))
+        self.ssh_config.write_text(self._client_config("root", ssh_dir))
+        if self.user is not None:
+            user_dir = self.user.ssh_dir
+            (user_dir / "authorized_keys").write_text((user_dir / "id_ed25519.pub").read_text())
+            (user_dir / "known_hosts").write_text("".join(known_hosts))
+            (user_dir / "config").write_text(self._client_config(self.user.name, user_dir))
+            for name in ("authorized_keys", "config"):
+                (user_dir / name).chmod(0o600)
+            hand_over_home(self.user)
+
+    def _client_config(self, user: str, ssh_dir: Path) -> str:
+        """An ssh config naming every host by its alias, for ``user`` with its key in ``ssh_dir``."""
+        return "\n".join(
+            f"Host {host.name}\n"
+            f"    HostName {host.ssh_address}\n"
+            + (f"    ProxyJump {host.proxy_jump}\n" if host.proxy_jump else "")
+            + f"    User {user}\n"
+            f"    IdentityFile {ssh_dir / 'id_ed25519'}\n"
+            f"    UserKnownHostsFile {ssh_dir / 'known_hosts'}\n"
+            "    StrictHostKeyChecking yes\n"
+            for host in self._layout.hosts
+        )
 
     def _sshd_config(self, host: _HostPlan) -> str:
         # No AcceptEnv: like a careful real server, sshd drops what the client sends.
         listen = [f"ListenAddress {i.address}:{port}\n" for i in host.interfaces for port in (SSH_PORT, ALT_SSH_PORT)]
         return (
             "".join(listen) + f"HostKey {self._host_key(host)}\n"
-            f"AuthorizedKeysFile {self._authorized_keys}\n"
             f"PidFile {self._pid_file(host)}\n"
             "PermitRootLogin prohibit-password\n"
             "PubkeyAuthentication yes\n"
@@ -727,8 +786,13 @@ class Cluster:
              + ("MaxStartups 200\n" if host.max_startups else "") + "MaxSessions 100\n"
             "PrintMotd no\n"
             "LogLevel ERROR\n"
-            f"SetEnv XDG_STATE_HOME={self.node_state_dir}\n"
             "Subsystem sftp internal-sftp\n"
+            # Root's key file and state directory; another user (the second user) gets sshd's
+            # defaults: ~/.ssh/authorized_keys, and no XDG_STATE_HOME. A Match block runs
+            # to the end of the file, so it comes last.
+            "Match User root\n"
+            f"    AuthorizedKeysFile {self._authorized_keys}\n"
+            f"    SetEnv XDG_STATE_HOME={self.node_state_dir}\n"
         )
 
     def _start_host(self, host: _HostPlan) -> subprocess.Popen[bytes]:
@@ -740,6 +804,7 @@ class Cluster:
         init += [str(self._sshd_config_path(host)), str(self.workdir)]
         disk = "" if self.shared_disk else str(self._disk(host))
         init += [disk, str(self.project_dir), str(self.node_state_dir), str(self._disks)]
+        init += [str(path) for path in self._visible]
         self._pid_file(host).unlink(missing_ok=True)  # a rebooted host's sshd writes it anew
         with (self._sshd_dir / f"{host.name}.log").open("ab") as log:
             return subprocess.Popen(
@@ -833,13 +898,16 @@ def start_cluster(
     networks: Literal[1, 2] = 1,
     isolate_first_network: bool = False,
     bastion: bool = False,
+    second_user: bool = False,
+    repo: Path = REPO,
 ) -> Cluster:
     """Start ``n`` hosts ``h0``..``h<n-1>`` whose sshd accept connections on return.
 
     The options are described in the module's docstring: ``shared_disk=False`` (each host
     has its own ``project_dir`` and ``node_state_dir``), ``networks=2`` (a second network;
-    ``isolate_first_network`` leaves it the only way between hosts) and ``bastion`` (the
-    hosts are reached only through a host ``bastion``).
+    ``isolate_first_network`` leaves it the only way between hosts), ``bastion`` (the
+    hosts are reached only through a host ``bastion``) and ``second_user`` (a login user
+    without root). ``repo``: the checkout the hosts must see, by default this one.
     """
     most = MAX_HOSTS - 1 if bastion else MAX_HOSTS
     if not 1 <= n <= most:
@@ -855,6 +923,8 @@ def start_cluster(
         raise ValueError(f"workdir {workdir} must match {SAFE_PATH.pattern} (it goes into ssh configs)")
     if Path("/tmp").is_relative_to(workdir):
         raise ValueError(f"workdir {workdir} would make every host's /tmp shared")
+    repo = repo.resolve()
+    visible = _paths_under_tmp(repo, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     with _REGISTRY.lock():
         _remove_stale_locked()  # first: it may clear this very workdir of a crashed run
@@ -865,9 +935,14 @@ def start_cluster(
         subnets = [_free_subnet()]
         if networks == 2 or bastion:
             subnets.append(_free_subnet(also_taken=subnets))
-        _write_record(token, subnets, workdir)
+        user = f"{NAME_PREFIX}-{token}-u" if second_user else None
+        opened: list[Path] = []
+        if second_user:
+            opened = directories_to_open(paths_to_search(repo, USER_HOMES / user), _opened_by_live_clusters())
+        _write_record(token, subnets, workdir, user=user, opened=opened)  # first: a crash then undoes it
+        open_for_search(opened)
     layout = _Layout.plan(n, token, *subnets, isolate_first_network=isolate_first_network, bastion=bastion)
-    cluster = Cluster(workdir, layout, shared_disk=shared_disk)
+    cluster = Cluster(workdir, layout, shared_disk=shared_disk, visible=visible, user=user)
     try:
         cluster._start()
     except BaseException:
@@ -882,10 +957,36 @@ def remove_stale_clusters() -> list[str]:
         return _remove_stale_locked()
 
 
+def _paths_under_tmp(repo: Path, workdir: Path) -> list[Path]:
+    """What the hosts must see under /tmp besides the workdir, which each host's private
+    /tmp would hide: the checkout, the Python environment, the launcher it imports.
+
+    A path that is /tmp itself cannot be: each host needs a /tmp of its own.
+    """
+    launcher = importlib.util.find_spec("launcher")
+    candidates = [("the checkout", repo), ("the Python environment", Path(sys.prefix).resolve())]
+    candidates += [("the Python installation", Path(sys.base_prefix).resolve())]
+    candidates += [("the interpreter's directory", Path(sys.executable).resolve().parent)]
+    if launcher is not None and launcher.origin is not None:
+        candidates.append(("the launcher package's checkout", Path(launcher.origin).resolve().parent.parent))
+    found: list[Path] = []
+    for what, path in sorted(candidates, key=lambda candidate: candidate[1]):
+        if path == TMP:
+            raise ClusterError(
+                f"{what} is /tmp itself, which each host of the test cluster replaces with a private one:"
+                " move it into a directory of its own (say /tmp/launcher), or out of /tmp"
+            )
+        if path.is_relative_to(TMP) and not any(path.is_relative_to(kept) for kept in [workdir, *found]):
+            found.append(path)
+    return found
+
+
 # --- registry of live clusters ---------------------------------------------------------
 
 
-def _write_record(token: str, subnets: list[ipaddress.IPv4Network], workdir: Path) -> None:
+def _write_record(
+    token: str, subnets: list[ipaddress.IPv4Network], workdir: Path, user: str | None, opened: list[Path]
+) -> None:
     pid = os.getpid()
     record = {
         "pid": pid,
@@ -893,8 +994,31 @@ def _write_record(token: str, subnets: list[ipaddress.IPv4Network], workdir: Pat
         "subnet": str(subnets[0]),
         "subnets": [str(subnet) for subnet in subnets],
         "workdir": str(workdir),
+        "user": user,
+        "opened": [str(directory) for directory in opened],
     }
     _REGISTRY.write(token, record)
+
+
+def _opened_by_live_clusters(but: str | None = None) -> set[str]:
+    """Directories that live clusters (but the one of token ``but``) opened for their user."""
+    opened: set[str] = set()
+    for token, record in _REGISTRY.read_all().items():
+        if token != but and _creator_alive(record):
+            opened.update(name for name in record.get("opened", []) if isinstance(name, str))
+    return opened
+
+
+def _remove_user_locked(token: str) -> None:
+    """Delete the second user of the cluster ``token`` and take back the search permission
+    it was given (where no other live cluster still needs it)."""
+    record = _REGISTRY.read_all().get(token, {})
+    user = record.get("user")
+    if isinstance(user, str):
+        remove_user(user)
+        _remove_path(USER_HOMES / user)
+    opened = [name for name in record.get("opened", []) if isinstance(name, str)]
+    close_for_search(opened, _opened_by_live_clusters(but=token))
 
 
 def _creator_alive(record: dict[str, object]) -> bool:
@@ -925,6 +1049,7 @@ def _remove_stale_locked() -> list[str]:
         if isinstance(workdir, str):
             for name in WORKDIR_ENTRIES:
                 _remove_path(Path(workdir) / name)
+        _remove_user_locked(token)
         _REGISTRY.remove(token)
     return sorted(stale)
 

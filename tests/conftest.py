@@ -47,3 +47,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield running
     finally:
         running.close()
+
+
+@pytest.fixture(scope="module")
+def user_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Hosts h0, h1, h2 and a second login user without root (``cluster.user``), per module."""
+    require_root()
+    running = start_cluster(CLUSTER_HOSTS, tmp_path_factory.mktemp("user-cluster"), second_user=True)
+    try:
+        yield running
+    finally:
+        running.close()
