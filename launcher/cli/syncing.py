@@ -66,6 +66,11 @@ def print_report(report: SyncReport) -> None:
         if host.source:
             click.echo(f"{host.host}  its directory is the source itself (a shared disk, or this machine): left alone")
             continue
+        if host.writer is not None:
+            click.echo(
+                f"{host.host}  shares {host.writer}'s directory (a shared disk): checked what {host.writer} wrote"
+            )
+            continue
         click.echo(
             f"{host.host}  {verb} {len(host.copied)} file(s) ({human_bytes(host.bytes)}), "
             f"{'would delete' if report.dry_run else 'deleted'} {len(host.deleted)}"
