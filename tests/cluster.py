@@ -5,7 +5,11 @@ launching machine's side), with its own UTS, PID and mount namespaces: its own h
 its own process tree (so "nothing of the job remains on the host" can be checked) and a
 private ``/tmp`` (so each host gets its own tmux server). The rest of the filesystem is
 shared, like an NFS home; in particular the cluster's ``workdir`` is visible on every host
-at the same path, even when it lives under ``/tmp``.
+at the same path, even when it lives under ``/tmp``, and so are the checkout (``repo``,
+by default the one this file is in), the Python environment and the checkout that
+``launcher`` is imported from: the suite runs from a clone or a venv in /tmp too. Only a
+checkout (or environment) that is /tmp itself cannot be, as each host needs a /tmp of its
+own: ``start_cluster`` then fails with a ``ClusterError`` that says to move it.
 
     with start_cluster(3, workdir) as cluster:
         env = cluster.env()              # HOME=<fake home>: asyncssh finds ~/.ssh/config
@@ -24,13 +28,6 @@ Options (keywords of ``start_cluster``; the defaults give the cluster above):
     interpreter, write a wrapper at the same path on each host, say
     ``host.write_file(cluster.project_dir / "python", "#!/bin/sh\\nexec python3 \\"$@\\"\\n", 0o755)``,
     a different one (or none) on that host, and launch with ``--python`` naming that path.
-
-``shared_scratch=True`` (or the indexes of some hosts, ``shared_scratch=[0, 1]``)
-    A disk those hosts share and the launching side does not, as a cluster's scratch or
-    home is: ``cluster.scratch_dir`` is one directory on those hosts, bound over that path
-    in their mount namespaces after they start (and again after a reboot), while the
-    launching side (and any other host) sees an empty directory there. The disk itself is
-    ``cluster.scratch_disk`` on the launching side, for a test to look at.
 
 ``networks=2``
     Every host gets a second interface, on a second bridge and /24 subnet, and interface
@@ -55,6 +52,17 @@ Options (keywords of ``start_cluster``; the defaults give the cluster above):
     of network 2, so nothing leaves this machine, and the hosts have no route back).
     ``TestHost.address`` of a host is its network-2 address. At most ``MAX_HOSTS - 1`` hosts.
 
+``second_user=True``
+    A login user without root beside root, ``cluster.user`` (a ``TestUser``, see
+    ``cluster_user.py``): ``lnch-<token>-u``, with a home of its own in /home (0700; its
+    ``.ssh`` holds its key, ``known_hosts``, an ssh config with the same host aliases, and
+    the ``authorized_keys`` every host's sshd reads for it). ``user.run(argv)`` runs a
+    command as that user with ``user.env()``: HOME its home, no XDG_STATE_HOME, so its
+    launcher state is ``~/.local/state`` here and on the hosts (root's keys and
+    ``node_state_dir`` are root's only). It may search (x) every directory above the
+    interpreter and the checkout: where others lacked that, the cluster gives ``o+x``
+    until it closes. ``close()`` deletes the user and its home and takes those bits back.
+
 Size: 1 to ``MAX_HOSTS`` (253, a /24) hosts. Start-up costs a few process starts per host
 (host keys are made in-process) and stop one ``ip link del group``: here, on 2 busy cores,
 64 hosts start in about 1.5 s, 128 in 3.5 s and 253 in 8 s; each stops in under a second.
@@ -70,8 +78,9 @@ namespace) that silently drops TCP to the host's ``port`` (``"out"``: to ``port`
 no port: all TCP), say a rendezvous port; ``host.unblock_all()`` lifts it. Needs ``nft``.
 
 Needs root. Everything a cluster creates is named ``lnch-<token>...`` and recorded in
-``/run/lnch-clusters/<token>.json`` with the creating process, so that
-``remove_stale_clusters`` (run at every start) can delete what a crashed run left behind.
+``/run/lnch-clusters/<token>.json`` with the creating process (and its second user, and
+the directories it opened for it), so that ``remove_stale_clusters`` (run at every start)
+can delete what a crashed run left behind.
 """
 
 from __future__ import annotations
@@ -181,7 +190,6 @@ exec /usr/sbin/sshd -D -e -f "$3"
 
 # What a cluster creates in its workdir (besides the hosts files it is asked to write).
 WORKDIR_ENTRIES = ("home", "node-state", "launcher-state", "sshd", "etc-hosts", "authorized_keys", "project", "disks")
-WORKDIR_ENTRIES += ("scratch", "scratch-disk")  # the shared scratch (``shared_scratch``)
 
 # Paths are written unquoted into ssh_config and sshd_config, where whitespace, quotes
 # and "%" (a token in AuthorizedKeysFile) would change their meaning.
@@ -570,12 +578,6 @@ class Cluster:
         the hosts, unless ``shared_disk`` is false: then each host has its own, empty at start."""
         self.shared_disk = shared_disk
         """Whether the hosts share ``project_dir`` and ``node_state_dir`` with everyone."""
-        self.scratch_dir = workdir / "scratch"
-        """With ``shared_scratch``: the directory those hosts share, and no one else."""
-        self.scratch_disk = workdir / "scratch-disk"
-        """What ``scratch_dir`` is on those hosts, seen from the launching side."""
-        self.scratch_hosts: tuple[int, ...] = ()
-        """The indexes of the hosts that share ``scratch_dir`` (``start_cluster`` sets them)."""
         self.launcher_state_dir = workdir / "launcher-state"
         """XDG_STATE_HOME of the launching side (see ``env()``)."""
         self.gateway = layout.bridge_address
@@ -666,17 +668,7 @@ class Cluster:
             self.bastion = new
         else:
             self.hosts[index] = new
-            self._share_scratch([new])
         return new
-
-    def _share_scratch(self, hosts: Sequence[TestHost]) -> None:
-        """Bind the shared scratch disk over ``scratch_dir`` on those of ``hosts`` that share it."""
-        sharing = {f"h{i}" for i in self.scratch_hosts}
-        for host in hosts:
-            if host.name in sharing:
-                mounted = host.run(["mount", "--bind", str(self.scratch_disk), str(self.scratch_dir)])
-                if mounted.returncode != 0:
-                    raise ClusterError(f"{host.name}: cannot mount the shared scratch: {mounted.stderr.strip()}")
 
     def _machines(self) -> list[TestHost]:
         """Every host, the bastion too, in the order of ``_layout.hosts``."""
@@ -712,7 +704,6 @@ class Cluster:
         ]
         self.hosts = [host for host in machines if host.name != BASTION]
         self.bastion = next((host for host in machines if host.name == BASTION), None)
-        self._share_scratch(self.hosts)
 
     def _make_dirs(self) -> None:
         (self.home / ".ssh").mkdir(parents=True, mode=0o700)
@@ -720,9 +711,6 @@ class Cluster:
         self.node_state_dir.mkdir()
         self.launcher_state_dir.mkdir()
         self.project_dir.mkdir()
-        if self.scratch_hosts:
-            self.scratch_dir.mkdir()
-            self.scratch_disk.mkdir()
         if self._user_name is not None:
             self.user = add_user(self._user_name, USER_HOMES / self._user_name)
         if not self.shared_disk:
@@ -923,7 +911,6 @@ def start_cluster(
     workdir: Path,
     *,
     shared_disk: bool = True,
-    shared_scratch: Sequence[int] | bool = False,
     networks: Literal[1, 2] = 1,
     isolate_first_network: bool = False,
     bastion: bool = False,
@@ -947,11 +934,6 @@ def start_cluster(
         raise ValueError("isolate_first_network needs networks=2")
     if bastion and networks != 1:
         raise ValueError("a cluster with a bastion has its own two networks; leave networks=1")
-    scratch_hosts = (
-        tuple(range(n)) if shared_scratch is True else () if shared_scratch is False else tuple(shared_scratch)
-    )
-    if not all(0 <= i < n for i in scratch_hosts):
-        raise ValueError(f"shared_scratch names hosts 0 to {n - 1}, not {list(scratch_hosts)}")
     workdir = workdir.resolve()
     if not SAFE_PATH.fullmatch(str(workdir)):
         raise ValueError(f"workdir {workdir} must match {SAFE_PATH.pattern} (it goes into ssh configs)")
@@ -977,7 +959,6 @@ def start_cluster(
         open_for_search(opened)
     layout = _Layout.plan(n, token, *subnets, isolate_first_network=isolate_first_network, bastion=bastion)
     cluster = Cluster(workdir, layout, shared_disk=shared_disk, visible=visible, user=user)
-    cluster.scratch_hosts = scratch_hosts
     try:
         cluster._start()
     except BaseException:
