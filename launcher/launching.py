@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -64,6 +65,8 @@ async def launch_job(
         plans = plan_nodes(spec, name, endpoint, [p.run_dir for p in prepared], prepared, meeting.interfaces)
         watch_port = first.watch_port
         watch = spec.teardown and len(spec.hosts) > 1
+        # One per launch, the same on every node; it travels only inside the Start requests.
+        secret = secrets.token_hex(32)
 
         async def start(index: int, agent: NodeAgent, plan: NodePlan) -> None:
             starting.append(agent)
@@ -72,6 +75,7 @@ async def launch_job(
                     node=index,
                     address=endpoint[0],
                     port=watch_port,
+                    secret=secret,
                     timeout=spec.heartbeat_timeout,
                     nodes=len(spec.hosts),
                 )

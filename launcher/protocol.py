@@ -22,8 +22,9 @@ from typing import Any, ClassVar, Generic, Literal, NamedTuple, TypeVar
 
 from launcher.codec import ProtocolError, decode, to_wire
 
-PROTOCOL_VERSION = 2
-"""Bumped whenever a message changes; both sides must also run the same launcher version."""
+PROTOCOL_VERSION = 3
+"""Bumped whenever a message changes; both sides must also run the same launcher version.
+3: ``Teardown.secret`` (required: teardown connections authenticate)."""
 
 JOB_MARKER = "LAUNCHER_JOB"
 """Environment variable set to the job name in every process of a job.
@@ -281,6 +282,13 @@ class Teardown:
     address: str
     """Node 0's address, where its watcher listens."""
     port: int
+    secret: str
+    """The job's teardown secret (hex, the same on every node, drawn anew for each launch):
+    every teardown connection proves it holds it before any line counts. Required, not
+    defaulted: a Start without one fails to decode, so no supervisor ever watches
+    unauthenticated (an empty one turns the watch off, noted in the job's log). It travels
+    only inside the Start request and the run directory's ``spec.json``, never on a command
+    line."""
     timeout: float = 15.0
     """Seconds of silence after which a node is lost (``launch --heartbeat-timeout``)."""
     nodes: int = 0

@@ -261,7 +261,7 @@ def test_one_nodes_failure_stops_the_other(workdir: Path) -> None:
                 strict=True,
             )
         ):
-            teardown = Teardown(node=index, address="127.0.0.1", port=prepared.watch_port)
+            teardown = Teardown(node=index, address="127.0.0.1", port=prepared.watch_port, secret="5e" * 32)
             local.call(Start(job="pair", argv=argv, env={}, cwd=str(workdir), teardown=teardown))
 
         assert nodes[1].call(Wait(job="pair"), timeout=30) == Ended(state="failed")

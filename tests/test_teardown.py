@@ -7,7 +7,11 @@ tests wait on events, not on fixed sleeps, except to show that something does NO
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
+import secrets
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +23,8 @@ import pytest
 from launcher.node import teardown
 from launcher.node.teardown import WatchClient, WatchServer
 
+SECRET = "5e" * 32
+"""The job's teardown secret in these tests (a launch draws ``secrets.token_hex(32)``)."""
 WAIT_S = 2.0
 QUIET_S = 0.2
 """How long to watch for a call that must not come (everything is local: it would be prompt)."""
@@ -62,11 +68,14 @@ class Node:
         return self.client._connected.wait(WAIT_S)
 
     def reading(self) -> None:
-        """Wait until the watcher reads from node 0 (its socket then has a file object open)."""
+        """Wait until the watcher reads node 0's lines (past the handshake): its thread is in
+        the reader's ``rest``."""
 
         def reading() -> bool:
-            sock = self.client._sock
-            return sock is not None and sock._io_refs > 0  # type: ignore[attr-defined]
+            frame = sys._current_frames().get(self.thread.ident or 0)
+            while frame is not None and frame.f_code.co_name != "rest":
+                frame = frame.f_back
+            return frame is not None
 
         assert eventually(reading), "the watcher never started reading"
 
@@ -114,14 +123,18 @@ def watch(port: int, started: list[_OwnedThread]) -> Iterator[SimpleNamespace]:
     nodes: list[Node] = []
 
     def server(
-        on_stop: Callable[[int], None], lost: Lost | None = None, timeout: float = 15.0, nodes: int = 0
+        on_stop: Callable[[int], None],
+        lost: Lost | None = None,
+        timeout: float = 15.0,
+        nodes: int = 0,
+        notes: Calls | None = None,
     ) -> WatchServer:
-        servers.append(WatchServer(port, on_stop, lost, timeout, nodes))
+        servers.append(WatchServer("127.0.0.1", port, SECRET, on_stop, notes or Calls(), lost, timeout, nodes))
         return servers[-1]
 
-    def client(node: int, timeout: float = 15.0) -> Node:
+    def client(node: int, timeout: float = 15.0, secret: str = SECRET) -> Node:
         stops, problems, lost = Calls(), Calls(), Lost()
-        made = WatchClient("127.0.0.1", port, node, stops, problems, lost, timeout)
+        made = WatchClient("127.0.0.1", port, node, secret, stops, problems, lost, timeout)
         (thread,) = [t for t in started if t.owner is made and t.method == "_run"]
         nodes.append(Node(made, thread, stops, problems, lost))
         return nodes[-1]
@@ -181,6 +194,47 @@ def vanish(server: WatchServer) -> None:
     for peer in list(server._peers):  # a closed peer leaves the list
         peer.sock.shutdown(socket.SHUT_RDWR)
         peer.sock.close()
+
+
+# --- the handshake, written out from the module docstring (an independent second reading) -------
+
+
+def mac(role: str, node: int, node0_nonce: str, node_nonce: str, secret: str = SECRET) -> str:
+    message = f"{role}|{node}|{node0_nonce}|{node_nonce}".encode()
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def read_line(sock: socket.socket) -> str:
+    """One line, read a byte at a time (nothing of the next line is taken)."""
+    data = b""
+    while not data.endswith(b"\n"):
+        byte = sock.recv(1)
+        if not byte:
+            break
+        data += byte
+    return data.decode()
+
+
+def prove(sock: socket.socket, node: int, kind: str = "hello", secret: str = SECRET) -> list[str]:
+    """Node ``node``'s half of the handshake; the lines it sent (checks node 0's proof)."""
+    word, node0_nonce = read_line(sock).split()
+    assert word == "challenge"
+    nonce = secrets.token_hex(16)
+    said = f"{kind} {node} {nonce} {mac(kind, node, node0_nonce, nonce, secret)}\n"
+    sock.sendall(said.encode())
+    assert read_line(sock) == f"proof {mac(f'node0 {kind}', node, node0_nonce, nonce, secret)}\n"
+    return [said]
+
+
+def answer(sock: socket.socket, secret: str = SECRET, check: bool = True) -> tuple[str, int]:
+    """Node 0's half of the handshake (``check=False``: prove without checking the node's mac)."""
+    nonce = secrets.token_hex(16)
+    sock.sendall(f"challenge {nonce}\n".encode())
+    kind, node, node_nonce, given = read_line(sock).split()
+    if check:
+        assert given == mac(kind, int(node), nonce, node_nonce, secret)
+    sock.sendall(f"proof {mac(f'node0 {kind}', int(node), nonce, node_nonce, secret)}\n".encode())
+    return kind, int(node)
 
 
 def test_a_client_failure_stops_the_server_and_the_other_clients(watch: SimpleNamespace) -> None:
@@ -348,7 +402,7 @@ LIMIT_S = 0.4
 def raw_client(port: int, node: int) -> socket.socket:
     """A node that says who it is and then nothing: its host froze, or its link is cut."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
-    sock.sendall(f"hello {node}\n".encode())
+    prove(sock, node)
     return sock
 
 
@@ -487,8 +541,7 @@ def test_a_node_whose_connection_stalls_is_kept_alive_by_probes(watch: SimpleNam
     try:
         for _ in range(int(LIMIT_S * 3 / (LIMIT_S / 5))):
             with socket.create_connection(("127.0.0.1", port), timeout=WAIT_S) as probe:
-                probe.sendall(b"alive 2\n")
-                assert probe.recv(64).startswith(b"beat")
+                prove(probe, 2, "alive")  # node 0's proof is its answer
             time.sleep(LIMIT_S / 5)
         assert server_lost.values == []
     finally:
@@ -500,7 +553,8 @@ def test_a_client_whose_connection_stalls_probes_node_0(port: int, watch: Simple
     """Node 0's beats stall on the old connection, but it answers probes: not lost."""
     with socket.create_server(("127.0.0.1", port)) as fake:
         node = watch.client(1, LIMIT_S)
-        main, _ = fake.accept()  # never written to: node 0's beats are stuck in TCP
+        main, _ = fake.accept()
+        assert answer(main) == ("hello", 1)  # then never written to: node 0's beats are stuck in TCP
         probes = 0
         fake.settimeout(LIMIT_S)
         deadline = time.monotonic() + LIMIT_S * 3
@@ -511,9 +565,205 @@ def test_a_client_whose_connection_stalls_probes_node_0(port: int, watch: Simple
                 except TimeoutError:
                     break
                 with probe:
-                    if probe.recv(64).startswith(b"alive 1"):
-                        probe.sendall(b"beat\n")
+                    if answer(probe) == ("alive", 1):
                         probes += 1
             assert probes >= 2
             assert node.lost.values == [] and node.stops.values == []
             node.client.finish()
+
+
+# --- strangers: only peers that prove the job's secret count --------------------------------------
+
+
+def stranger(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        b"hello 2\nfailed 2\n",
+        b"failed 2\n",
+        b"hello 2 " + b"0" * 32 + b" " + b"0" * 64 + b"\nfailed 2\n",  # the handshake's shape, a made-up mac
+        b"\x00\xff\xfe garbage \x1b[2J\n",
+        b"x" * 5000,  # no end of line
+    ],
+    ids=["hello-failed", "failed", "made-up-mac", "garbage", "too-long"],
+)
+def test_a_stranger_stops_nothing_and_is_noted_once(watch: SimpleNamespace, port: int, said: bytes) -> None:
+    """Anyone who can reach node 0's port: refused before any line counts."""
+    server_stops, server_lost, notes = Calls(), Lost(), Calls()
+    server = watch.server(server_stops, server_lost, notes=notes)
+    node = watch.client(1)
+    assert node.connected()
+    with stranger(port) as sock:
+        sock.sendall(said)
+        assert not server_stops.wait(QUIET_S)
+    assert not server_lost.wait(QUIET_S)
+    assert notes.wait()
+    assert node.stops.values == node.lost.values == []
+    assert [peer.node for peer in server._peers] == [1]
+    (note,) = notes.values
+    assert "refused a connection from 127.0.0.1:" in note
+
+
+def test_a_strangers_hello_and_close_loses_nothing(watch: SimpleNamespace, port: int) -> None:
+    """``hello 1`` then a closed connection: a node whose supervisor died, if it counted."""
+    server_stops, server_lost, notes = Calls(), Lost(), Calls()
+    watch.server(server_stops, server_lost, timeout=60.0, notes=notes)
+    node = watch.client(1, timeout=60.0)
+    assert node.connected()
+    with stranger(port) as sock:
+        sock.sendall(b"hello 1\n")
+    assert not server_lost.wait(QUIET_S)
+    assert server_stops.values == [] and node.lost.values == node.stops.values == []
+    assert notes.wait()
+
+
+def test_a_strangers_hello_is_not_a_node(watch: SimpleNamespace, port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stranger saying ``hello 1`` and beating does not stand in for node 1, which never
+    connects: node 1 is lost when the connect limit passes."""
+    monkeypatch.setattr(teardown, "_CONNECT_FOR_S", LIMIT_S)
+    server_lost = Lost()
+    watch.server(Calls(), server_lost, LIMIT_S, nodes=2)
+    with stranger(port) as sock:
+        sock.sendall(b"hello 1\n")
+        for _ in range(15):
+            if server_lost.wait(LIMIT_S / 5):
+                break
+            with contextlib.suppress(OSError):  # refused: node 0 closed it
+                sock.sendall(b"beat\n")
+    assert [node for node, _ in server_lost.values] == [1]
+
+
+def test_a_truncated_handshake_is_refused(watch: SimpleNamespace, port: int) -> None:
+    server_stops, notes = Calls(), Calls()
+    server = watch.server(server_stops, notes=notes)
+    with stranger(port) as sock:
+        word, node0_nonce = read_line(sock).split()
+        assert word == "challenge"
+        nonce = secrets.token_hex(16)
+        line = f"hello 2 {nonce} {mac('hello', 2, node0_nonce, nonce)}\n"
+        sock.sendall(line[:40].encode())  # the right line, cut short: then the connection ends
+        sock.shutdown(socket.SHUT_WR)
+        assert notes.wait()
+        assert read_line(sock) == ""  # no proof: closed
+    assert "closed mid-line" in notes.values[0]
+    assert server._peers == [] and server_stops.values == []
+
+
+def test_a_silent_stranger_is_refused_in_time(
+    watch: SimpleNamespace, port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(teardown, "AUTH_WITHIN_S", 0.2)
+    notes = Calls()
+    server = watch.server(Calls(), notes=notes)
+    with stranger(port) as sock:
+        assert read_line(sock).startswith("challenge ")
+        assert notes.wait()
+        assert read_line(sock) == ""  # node 0 closed it
+    assert "silent too long" in notes.values[0]
+    assert server._peers == []
+
+
+def test_a_replayed_handshake_is_refused(watch: SimpleNamespace, port: int) -> None:
+    """Lines recorded from a node's connection, sent again on a new one: node 0's nonce
+    differs, so the recorded mac proves nothing."""
+    server_stops, notes = Calls(), Calls()
+    server = watch.server(server_stops, notes=notes)
+    with stranger(port) as first:  # a real node 2's connection, recorded
+        transcript = [*prove(first, 2), "failed 2\n"]
+        accepted(server, 1)
+        first.sendall(b"bye\n")
+    assert eventually(lambda: server._peers == [])
+    with stranger(port) as replay:
+        assert read_line(replay).startswith("challenge ")
+        replay.sendall("".join(transcript).encode())
+        assert notes.wait()
+        assert read_line(replay) == ""  # no proof: closed
+    assert "wrong proof" in notes.values[0]
+    assert not server_stops.wait(QUIET_S)
+
+
+@pytest.mark.parametrize("forgery", ["no-handshake", "wrong-secret", "replayed-proof"])
+def test_a_forged_node_0_cannot_stop_a_node(port: int, watch: SimpleNamespace, forgery: str) -> None:
+    """Someone listening at node 0's address without the secret says ``stop 1``: node 2
+    refuses the connection and stops for nothing."""
+    # A real node 0's proof for node 2, to a challenge the forger can repeat (its own nonce).
+    node0_nonce, recorded_nonce = secrets.token_hex(16), secrets.token_hex(16)
+    recorded_proof = mac("node0 hello", 2, node0_nonce, recorded_nonce)
+    with socket.create_server(("127.0.0.1", port)) as forger:
+        node = watch.client(2)
+        sock, _ = forger.accept()
+        with sock:
+            if forgery == "wrong-secret":
+                assert answer(sock, secret="6f" * 32, check=False) == ("hello", 2)
+            elif forgery == "replayed-proof":
+                sock.sendall(f"challenge {node0_nonce}\n".encode())
+                read_line(sock)
+                sock.sendall(f"proof {recorded_proof}\n".encode())
+            sock.sendall(b"stop 1\nlost 1 1.0\n")
+            assert not node.stops.wait(QUIET_S)
+            assert node.problems.wait()
+    assert node.stops.values == node.lost.values == []
+    assert "handshake with node 0" in node.problems.values[0]
+    assert not node.client._connected.is_set()
+
+
+def test_a_forged_node_0_answering_a_probe_is_not_heard(port: int, watch: SimpleNamespace) -> None:
+    """Node 0's beats stall, and a forger answers the probes: node 0 is lost all the same."""
+    with socket.create_server(("127.0.0.1", port)) as fake:
+        node = watch.client(1, LIMIT_S)
+        main, _ = fake.accept()
+        with main:
+            assert answer(main) == ("hello", 1)  # the real node 0, then stalled
+            fake.settimeout(LIMIT_S)
+            with contextlib.suppress(TimeoutError):
+                while not node.lost.wait(0):
+                    probe, _ = fake.accept()
+                    with probe:
+                        answer(probe, secret="6f" * 32, check=False)
+                        probe.sendall(b"beat\n")
+            assert node.lost.wait()
+    assert [lost for lost, _ in node.lost.values] == [0]
+    assert any("handshake with node 0" in problem for problem in node.problems.values)
+
+
+def test_refusals_are_noted_up_to_a_limit(watch: SimpleNamespace, port: int) -> None:
+    notes = Calls()
+    watch.server(Calls(), notes=notes)
+    for _ in range(teardown._NOTED_REFUSALS + 5):
+        with stranger(port) as sock:
+            sock.sendall(b"failed 2\n")
+            assert read_line(sock).startswith("challenge ")
+            assert read_line(sock) == ""
+    assert eventually(lambda: len(notes.values) == teardown._NOTED_REFUSALS + 1)
+    assert not eventually(lambda: len(notes.values) > teardown._NOTED_REFUSALS + 1, timeout=QUIET_S)
+    assert "not noted" in notes.values[-1]
+
+
+# --- where node 0 listens ------------------------------------------------------------------------
+
+
+def test_node_0_listens_on_its_address_only(watch: SimpleNamespace, port: int) -> None:
+    notes = Calls()
+    watch.server(Calls(), notes=notes)  # at 127.0.0.1
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.2", port), timeout=WAIT_S).close()
+    node = watch.client(1)
+    assert node.connected()
+    assert notes.values == []
+
+
+def test_node_0_behind_a_nat_listens_everywhere_and_says_so(port: int) -> None:
+    """The address the others reach is not this host's (a NAT's, 192.0.2.1 here): every
+    interface, noted."""
+    notes = Calls()
+    server = WatchServer("192.0.2.1", port, SECRET, Calls(), notes)
+    try:
+        with socket.create_connection(("127.0.0.2", port), timeout=WAIT_S) as sock:
+            assert read_line(sock).startswith("challenge ")
+        note = notes.values[0]  # then this test's connection, refused
+        assert "192.0.2.1 is none of this host's: listening on every interface" in note
+    finally:
+        server.finish()

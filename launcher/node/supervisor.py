@@ -239,16 +239,33 @@ class _Stopper:
 
 
 def _start_watch(config: Teardown | None, stopper: _Stopper, log: OutputLog) -> Any:
+    """This node's teardown watcher, or None (noted) when it cannot run.
+
+    A job without a secret runs unwatched rather than watched by an unauthenticated
+    channel that anyone could stop it through; the launch always sends one.
+    """
     if config is None:
+        return None
+    if not config.secret:
+        log.note("teardown watcher off: the start named no secret to authenticate the other nodes with")
         return None
     if config.node == 0:
         try:
-            return teardown.WatchServer(config.port, stopper.stop, stopper.lost, config.timeout, config.nodes)
+            return teardown.WatchServer(
+                config.address,
+                config.port,
+                config.secret,
+                stopper.stop,
+                log.note,
+                stopper.lost,
+                config.timeout,
+                config.nodes,
+            )
         except OSError as exc:
             log.note(f"teardown watcher cannot listen on port {config.port}: {exc}")
             return None
     return teardown.WatchClient(
-        config.address, config.port, config.node, stopper.stop, log.note, stopper.lost, config.timeout
+        config.address, config.port, config.node, config.secret, stopper.stop, log.note, stopper.lost, config.timeout
     )
 
 
