@@ -29,6 +29,13 @@ Options (keywords of ``start_cluster``; the defaults give the cluster above):
     ``host.write_file(cluster.project_dir / "python", "#!/bin/sh\\nexec python3 \\"$@\\"\\n", 0o755)``,
     a different one (or none) on that host, and launch with ``--python`` naming that path.
 
+``shared_scratch=True`` (or the indexes of some hosts, ``shared_scratch=[0, 1]``)
+    A disk those hosts share and the launching side does not, as a cluster's scratch or
+    home is: ``cluster.scratch_dir`` is one directory on those hosts, bound over that path
+    in their mount namespaces after they start (and again after a reboot), while the
+    launching side (and any other host) sees an empty directory there. The disk itself is
+    ``cluster.scratch_disk`` on the launching side, for a test to look at.
+
 ``networks=2``
     Every host gets a second interface, on a second bridge and /24 subnet, and interface
     names differ between hosts: h0 ``eth0``/``eth1``, h1 ``ens3``/``ens4``, h2
@@ -190,6 +197,7 @@ exec /usr/sbin/sshd -D -e -f "$3"
 
 # What a cluster creates in its workdir (besides the hosts files it is asked to write).
 WORKDIR_ENTRIES = ("home", "node-state", "launcher-state", "sshd", "etc-hosts", "authorized_keys", "project", "disks")
+WORKDIR_ENTRIES += ("scratch", "scratch-disk")  # the shared scratch (``shared_scratch``)
 
 # Paths are written unquoted into ssh_config and sshd_config, where whitespace, quotes
 # and "%" (a token in AuthorizedKeysFile) would change their meaning.
@@ -578,6 +586,12 @@ class Cluster:
         the hosts, unless ``shared_disk`` is false: then each host has its own, empty at start."""
         self.shared_disk = shared_disk
         """Whether the hosts share ``project_dir`` and ``node_state_dir`` with everyone."""
+        self.scratch_dir = workdir / "scratch"
+        """With ``shared_scratch``: the directory those hosts share, and no one else."""
+        self.scratch_disk = workdir / "scratch-disk"
+        """What ``scratch_dir`` is on those hosts, seen from the launching side."""
+        self.scratch_hosts: tuple[int, ...] = ()
+        """The indexes of the hosts that share ``scratch_dir`` (``start_cluster`` sets them)."""
         self.launcher_state_dir = workdir / "launcher-state"
         """XDG_STATE_HOME of the launching side (see ``env()``)."""
         self.gateway = layout.bridge_address
@@ -668,7 +682,17 @@ class Cluster:
             self.bastion = new
         else:
             self.hosts[index] = new
+            self._share_scratch([new])
         return new
+
+    def _share_scratch(self, hosts: Sequence[TestHost]) -> None:
+        """Bind the shared scratch disk over ``scratch_dir`` on those of ``hosts`` that share it."""
+        sharing = {f"h{i}" for i in self.scratch_hosts}
+        for host in hosts:
+            if host.name in sharing:
+                mounted = host.run(["mount", "--bind", str(self.scratch_disk), str(self.scratch_dir)])
+                if mounted.returncode != 0:
+                    raise ClusterError(f"{host.name}: cannot mount the shared scratch: {mounted.stderr.strip()}")
 
     def _machines(self) -> list[TestHost]:
         """Every host, the bastion too, in the order of ``_layout.hosts``."""
@@ -704,6 +728,7 @@ class Cluster:
         ]
         self.hosts = [host for host in machines if host.name != BASTION]
         self.bastion = next((host for host in machines if host.name == BASTION), None)
+        self._share_scratch(self.hosts)
 
     def _make_dirs(self) -> None:
         (self.home / ".ssh").mkdir(parents=True, mode=0o700)
@@ -711,6 +736,9 @@ class Cluster:
         self.node_state_dir.mkdir()
         self.launcher_state_dir.mkdir()
         self.project_dir.mkdir()
+        if self.scratch_hosts:
+            self.scratch_dir.mkdir()
+            self.scratch_disk.mkdir()
         if self._user_name is not None:
             self.user = add_user(self._user_name, USER_HOMES / self._user_name)
         if not self.shared_disk:
@@ -911,6 +939,7 @@ def start_cluster(
     workdir: Path,
     *,
     shared_disk: bool = True,
+    shared_scratch: Sequence[int] | bool = False,
     networks: Literal[1, 2] = 1,
     isolate_first_network: bool = False,
     bastion: bool = False,
@@ -934,6 +963,11 @@ def start_cluster(
         raise ValueError("isolate_first_network needs networks=2")
     if bastion and networks != 1:
         raise ValueError("a cluster with a bastion has its own two networks; leave networks=1")
+    scratch_hosts = (
+        tuple(range(n)) if shared_scratch is True else () if shared_scratch is False else tuple(shared_scratch)
+    )
+    if not all(0 <= i < n for i in scratch_hosts):
+        raise ValueError(f"shared_scratch names hosts 0 to {n - 1}, not {list(scratch_hosts)}")
     workdir = workdir.resolve()
     if not SAFE_PATH.fullmatch(str(workdir)):
         raise ValueError(f"workdir {workdir} must match {SAFE_PATH.pattern} (it goes into ssh configs)")
@@ -959,6 +993,7 @@ def start_cluster(
         open_for_search(opened)
     layout = _Layout.plan(n, token, *subnets, isolate_first_network=isolate_first_network, bastion=bastion)
     cluster = Cluster(workdir, layout, shared_disk=shared_disk, visible=visible, user=user)
+    cluster.scratch_hosts = scratch_hosts
     try:
         cluster._start()
     except BaseException:
