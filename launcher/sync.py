@@ -204,7 +204,10 @@ async def sync_agents(
         await asyncio.shield(steps.abort(live, token))
         raise
     idle = [every[i] for i in syncing if i not in committed]
-    await asyncio.gather(steps.abort(idle, token), steps.finish([every[i] for i in committed], token))
+    ends = [steps.abort(idle, token), steps.finish([every[i] for i in committed], token)]
+    for end in await asyncio.gather(*ends, return_exceptions=True):
+        if isinstance(end, BaseException):
+            raise end
     return _report(tree, targets, plans, writer, committed, dry_run)
 
 

@@ -71,8 +71,8 @@ def plan(request: SyncPlan) -> SyncNeeds:
     root = _check_root(request.root)
     if request.marker and os.path.exists(os.path.join(root, request.marker)):
         return SyncNeeds(needed=[], deleted=[], source=True)  # deleting here would delete the source
-    for old in list(_SESSIONS):
-        _close(_SESSIONS.pop(old))
+    for old in list(_SESSIONS):  # one sync at a time per agent: an earlier one is over
+        abort(SyncAbort(token=old))
     lock, probe = _prepare(root, request)
     try:
         needs, session = _compare(root, request)
@@ -187,7 +187,9 @@ def _prepare(root: str, request: SyncPlan) -> tuple[DestinationLock | None, str]
     try:
         make_state_dir(root)
     except OSError as exc:
-        raise NodeError("sync_failed", f"{display_path(root)}: cannot write there: {exc.strerror}") from None
+        if request.lock:
+            raise NodeError("sync_failed", f"{display_path(root)}: cannot write there: {exc.strerror}") from None
+        return None, ""  # a directory this host may not write: fine as long as it needs nothing
     journal = state_path(root, "journal")
     lock = DestinationLock(state_path(root, "lock"), root)
     if request.lock:
@@ -206,8 +208,8 @@ def _prepare(root: str, request: SyncPlan) -> tuple[DestinationLock | None, str]
         lock.release()
     try:
         return None, write_probe(root, request.token)
-    except OSError as exc:
-        raise NodeError("sync_failed", f"{display_path(root)}: cannot write there: {exc.strerror}") from None
+    except OSError:
+        return None, ""  # no host can find it sharing the directory; if it must write, its lock says why not
 
 
 def _compare(root: str, request: SyncPlan) -> tuple[SyncNeeds, Session]:

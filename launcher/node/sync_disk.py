@@ -70,7 +70,11 @@ def remove_probe(root: str, name: str) -> None:
 def seen_probes(root: str, names: list[str]) -> list[int]:
     """Which of ``names`` are here. Each one is looked up by name (not listed): on NFS a
     lookup is checked with the server, a cached directory listing may not be."""
-    return [i for i, name in enumerate(names) if name.startswith("probe-") and os.path.exists(state_path(root, name))]
+    return [
+        i
+        for i, name in enumerate(names)
+        if name.startswith("probe-") and "/" not in name and os.path.exists(state_path(root, name))
+    ]
 
 
 def remove_stale(root: str, keep: str = "") -> None:
