@@ -5,8 +5,8 @@ batch script found, its run directory, its node rank ``SLURM_NODEID``), writes t
 spec into the same ``RunDir`` a launch uses, so that ``launcher status``, ``logs`` and
 ``kill`` find it, and runs the node supervisor in the foreground: inside the SLURM step,
 where SLURM tracks and signals it, and srun's ``--kill-on-bad-exit`` stops the other
-nodes when one fails (in place of the supervisors' teardown). It exits with the command's
-exit status.
+nodes when one fails (in place of the supervisors' teardown: no teardown port is opened, so
+no teardown secret is needed). It exits with the command's exit status.
 """
 
 from __future__ import annotations
