@@ -163,3 +163,48 @@ def test_a_writer_lost_during_its_commit_is_rolled_back_and_the_next_sync_evens_
     assert not journal.exists()
     leftovers = fleet.hosts[1].run(["ls", "-A", str(remote)]).stdout.split()
     assert [n for n in leftovers if n.startswith(".launcher-sync-")] == [STATE]
+
+
+def test_a_writer_cut_off_between_commit_and_finish_leaves_every_host_the_same_tree(
+    fleet: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, remote = project(fleet, {"a.py": "old\n", "gone.py": "old\n"})
+    assert sync(fleet, root, remote).returncode == 0
+    (root / "a.py").write_text("new\n")
+    (root / "gone.py").unlink()
+    for key, value in fleet.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    commit, writer = sync_commit.commit, fleet.hosts[0]
+    pids: list[int] = []
+
+    async def cable_pulled_after_commit(agents: list[NodeAgent], token: str) -> list[object]:
+        done: list[object] = await commit(agents, token)  # type: ignore[arg-type]
+        assert agents[0].hello is not None and agents[0].host.name == writer.name
+        pids.append(agents[0].hello.pid)
+        writer.set_link(False)  # the finish cannot reach h0; keepalives give up on it
+        return done
+
+    monkeypatch.setattr(sync_commit, "commit", cable_pulled_after_commit)
+    hosts = resolve_hosts(str(fleet.write_hosts_file([h.name for h in fleet.hosts], name="scratch-hosts")))
+    try:
+        with pytest.raises(JobError) as caught:
+            asyncio.run(sync_tree(str(root), hosts, remote_dir=str(remote), ssh=SshOptions(keepalive=1.0)))
+    finally:
+        writer.set_link(True)
+    assert list(caught.value.errors) == ["h0"] and "sync not finished on every host" in str(caught.value)
+    monkeypatch.undo()
+    # Healed, h0's old agent learns that its connection is gone (or gets the late finish)
+    # and ends; until then it holds the lock, and a sync is refused, never mixed.
+    deadline = time.monotonic() + 60
+    while writer.run(["kill", "-0", str(pids[0])]).returncode == 0:
+        assert time.monotonic() < deadline, "h0's agent outlived its connection"
+        time.sleep(0.2)
+
+    again = sync(fleet, root, remote)
+
+    assert again.returncode == 0, again.stderr
+    assert "the same on every host" in again.stdout, again.stdout
+    assert tree_on(fleet, remote) == ["./a.py"]
+    assert {h.read_file(remote / "a.py") for h in fleet.hosts} == {"new\n"}
+    assert not (fleet.scratch_disk / remote.name / STATE / "journal").exists()
