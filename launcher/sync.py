@@ -173,10 +173,11 @@ async def sync_agents(
     token = secrets.token_hex(6)
     every = [agent for agent, _ in targets]
     live = every  # those with a session to close if anything fails
+    probe = not dry_run and len(targets) > 1  # one host shares its directory with no other
     try:
         with _source_marker(tree, token) as marker:
             plans: list[SyncNeeds] = await all_or_nothing(
-                [_plan(a, r, token, tree, marker=marker, probe=not dry_run) for a, r in targets],
+                [_plan(a, r, token, tree, marker=marker, probe=probe, manifest=dry_run) for a, r in targets],
                 _hosts(every),
                 steps.NOTHING_CHANGED,
             )
@@ -193,7 +194,7 @@ async def sync_agents(
         busy = sorted({writer[i] for i in syncing if not _intact(plans[i])})
         checkers = [i for i in syncing if writer[i] in busy and writer[i] != i]
         writers = [every[w] for w in busy]
-        locked = [_plan(every[w], targets[w][1], token, tree, lock=True) for w in busy]
+        locked = [_plan(every[w], targets[w][1], token, tree, lock=True, known=plans[w]) for w in busy]
         for index, plan in zip(busy, await all_or_nothing(locked, _hosts(writers), steps.NOTHING_CHANGED), strict=True):
             plans[index] = plan
         await _stage(tree, writers, [plans[w] for w in busy], token, on_progress, parallel)
@@ -279,13 +280,23 @@ def _report(
 
 
 async def _plan(
-    agent: NodeAgent, root: str, token: str, tree: Tree, *, marker: str = "", probe: bool = False, lock: bool = False
+    agent: NodeAgent,
+    root: str,
+    token: str,
+    tree: Tree,
+    *,
+    marker: str = "",
+    probe: bool = False,
+    lock: bool = False,
+    manifest: bool = True,
+    known: SyncNeeds | None = None,
 ) -> SyncNeeds:
-    """By the tree's digest first: a host that has it intact needs nothing more. The first
-    plan of a real sync stops there (``probe``); the writers' send the manifest next."""
+    """By the tree's digest first: a host that has it intact needs nothing more. Then, if
+    ``manifest``, the manifest (a real sync's first plan stops at the digest: only the
+    writers' plans need the manifest). ``known``: what the host said to the digest already."""
     ask = SyncPlan(root=root, token=token, digest=tree.digest, marker=marker, probe=probe, lock=lock)
-    needs = await agent.call(ask, timeout=120)
-    if needs.unknown and not probe:
+    needs = known if known is not None and known.unknown else await agent.call(ask, timeout=120)
+    if needs.unknown and manifest:
         needs = await agent.call(dataclasses.replace(ask, entries=list(tree.entries), digest=""), timeout=120)
     return needs
 
