@@ -29,10 +29,12 @@ Node 0 counts a connection only once its ``hello`` or ``alive`` carries the righ
 without the secret (a stranger on the network writing ``hello 2``, ``failed 2``), a line
 recorded on another connection (the nonces differ), garbage or silence is noted in the job's
 log and closed; it is not a node, neither heard nor lost. Likewise a node counts nothing
-from a "node 0" that cannot prove the secret: a forged node 0 cannot make it stop. The
-node index is inside the mac, so a node cannot speak as another. What this does not guard
-against: someone on the path between two nodes who cuts a connection (a loss, as any cut)
-or injects into an authenticated TCP stream (the lines after the handshake carry no mac).
+from a "node 0" that cannot prove the secret: a forged node 0 cannot make it stop. Every
+node of the job holds the same secret: the nodes trust each other, and keep out whoever does
+not hold it (node 0 reads ``failed`` as the failure of the node the connection proved to
+be). What this does not guard against: someone on the path between two nodes who cuts a
+connection (a loss, as any cut) or injects into an authenticated TCP stream (the lines
+after the handshake carry no mac).
 
 A node that says nothing for ``timeout`` seconds is lost, and so is one whose connection
 closes without ``bye``/``done`` (its supervisor died). A cut that heals sooner loses
@@ -79,7 +81,7 @@ AUTH_WITHIN_S = 10.0
 for a node busy with a launch of hundreds); then node 0 refuses it. A node whose handshake
 was refused this way connects again."""
 PROBE_WITHIN_S = 1.0
-"""A probe's handshake gets at least this long (more when a beat is longer)."""
+"""A probe's handshake, once connected, gets at least this long (more when a beat is longer)."""
 _NOTED_REFUSALS = 20
 """Refused connections noted one by one in the job's log; then one line says the rest are not."""
 _MAX_LINE = 256
@@ -118,7 +120,8 @@ class _Reader:
         self._buffer = b""
 
     def line(self, deadline: float) -> str:
-        """The next line, whole by ``deadline`` (``time.monotonic()``), else Refused."""
+        """The next line, whole by ``deadline`` (``time.monotonic()``); else _Silent (nothing
+        came), or _Refused (a line cut short, too long, or the connection closed)."""
         while b"\n" not in self._buffer:
             if len(self._buffer) > _MAX_LINE:
                 raise _Refused("a line too long")
@@ -545,10 +548,12 @@ class WatchClient:
                 return
 
     def _probe(self, interval: float) -> None:
-        """One new connection to node 0: its handshake, with ``alive``, is each side's proof of life."""
-        within = max(interval, PROBE_WITHIN_S)
+        """One new connection to node 0: its handshake, with ``alive``, is each side's proof of
+        life. The connect gets one beat (the next probe's SYN is the fresh one that a healed
+        link lets through at once); a connection made may take longer to authenticate."""
         try:
-            with socket.create_connection(self._address, timeout=within) as sock:
+            with socket.create_connection(self._address, timeout=interval) as sock:
+                within = max(interval, PROBE_WITHIN_S)
                 _prove_to_node_0(sock, _Reader(sock), self._secret, "alive", self._node, within)
                 self._heard = time.time()
         except _Silent:
