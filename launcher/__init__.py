@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.2.0"
 
 if TYPE_CHECKING:
-    from launcher.api import launch, run, submit
+    from launcher.api.blocking import launch, run, submit
+    from launcher.api.job import Job, jobs
     from launcher.errors import (
         AgentError,
         AuthenticationError,
@@ -48,46 +49,45 @@ if TYPE_CHECKING:
         VersionMismatchError,
         WorkdirMissingError,
     )
-    from launcher.hosts import Host, parse_hosts_file
-    from launcher.job import Job, jobs
-    from launcher.job_result import JobResult
-    from launcher.kill import HostKill, kill_all_jobs, kill_job
-    from launcher.launching import dry_run, launch_job
-    from launcher.logs import LogLine, follow_logs, read_logs
-    from launcher.plan import NodePlan
-    from launcher.records import JobRecord, all_records, latest_record, load_record
+    from launcher.hosts.files import Host, parse_hosts_file
+    from launcher.hosts.sources import resolve_hosts
+    from launcher.job.kill import HostKill, kill_all_jobs, kill_job
+    from launcher.job.logs import LogLine, follow_logs, read_logs
+    from launcher.job.records import JobRecord, all_records, latest_record, load_record
+    from launcher.job.result import JobResult
+    from launcher.job.status import HostStatus, JobStatus, RankStatus, RootCause, job_status, wait_for_end
+    from launcher.launching.plan import NodePlan
+    from launcher.launching.spec import LaunchSpec, make_spec
+    from launcher.launching.start import dry_run, launch_job
     from launcher.run_context import ContextError, RunContext, context
-    from launcher.sources import resolve_hosts
-    from launcher.spec import LaunchSpec, make_spec
-    from launcher.status import HostStatus, JobStatus, RankStatus, RootCause, job_status, wait_for_end
-    from launcher.transport import SshOptions
+    from launcher.transport.agent import SshOptions
 
 _EXPORTS = {
-    "LaunchSpec": "launcher.spec",
-    "make_spec": "launcher.spec",
-    "NodePlan": "launcher.plan",
-    "launch_job": "launcher.launching",
-    "dry_run": "launcher.launching",
-    "JobStatus": "launcher.status",
-    "HostStatus": "launcher.status",
-    "RankStatus": "launcher.status",
-    "RootCause": "launcher.status",
-    "job_status": "launcher.status",
-    "wait_for_end": "launcher.status",
-    "HostKill": "launcher.kill",
-    "kill_job": "launcher.kill",
-    "kill_all_jobs": "launcher.kill",
-    "LogLine": "launcher.logs",
-    "read_logs": "launcher.logs",
-    "follow_logs": "launcher.logs",
-    "JobRecord": "launcher.records",
-    "load_record": "launcher.records",
-    "latest_record": "launcher.records",
-    "all_records": "launcher.records",
-    "Host": "launcher.hosts",
-    "parse_hosts_file": "launcher.hosts",
-    "resolve_hosts": "launcher.sources",
-    "SshOptions": "launcher.transport",
+    "LaunchSpec": "launcher.launching.spec",
+    "make_spec": "launcher.launching.spec",
+    "NodePlan": "launcher.launching.plan",
+    "launch_job": "launcher.launching.start",
+    "dry_run": "launcher.launching.start",
+    "JobStatus": "launcher.job.status",
+    "HostStatus": "launcher.job.status",
+    "RankStatus": "launcher.job.status",
+    "RootCause": "launcher.job.status",
+    "job_status": "launcher.job.status",
+    "wait_for_end": "launcher.job.status",
+    "HostKill": "launcher.job.kill",
+    "kill_job": "launcher.job.kill",
+    "kill_all_jobs": "launcher.job.kill",
+    "LogLine": "launcher.job.logs",
+    "read_logs": "launcher.job.logs",
+    "follow_logs": "launcher.job.logs",
+    "JobRecord": "launcher.job.records",
+    "load_record": "launcher.job.records",
+    "latest_record": "launcher.job.records",
+    "all_records": "launcher.job.records",
+    "Host": "launcher.hosts.files",
+    "parse_hosts_file": "launcher.hosts.files",
+    "resolve_hosts": "launcher.hosts.sources",
+    "SshOptions": "launcher.transport.agent",
     "RunContext": "launcher.run_context",
     "ContextError": "launcher.run_context",
     "context": "launcher.run_context",
@@ -112,12 +112,12 @@ _EXPORTS = {
     "JobFailed": "launcher.errors",
     "JobTimeoutError": "launcher.errors",
     "NotPicklableError": "launcher.errors",
-    "launch": "launcher.api",
-    "run": "launcher.api",
-    "submit": "launcher.api",
-    "Job": "launcher.job",
-    "jobs": "launcher.job",
-    "JobResult": "launcher.job_result",
+    "launch": "launcher.api.blocking",
+    "run": "launcher.api.blocking",
+    "submit": "launcher.api.blocking",
+    "Job": "launcher.api.job",
+    "jobs": "launcher.api.job",
+    "JobResult": "launcher.job.result",
 }
 
 __all__ = [

@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from launcher import rendezvous
-from launcher.commands import rdzv_endpoint
 from launcher.errors import AgentError, HostError, LauncherError, VersionMismatchError
-from launcher.hosts import Host
-from launcher.protocol_doctor import Checkup, NodeReport
-from launcher.transport import NodeAgent, SshOptions, open_agent, raise_open_files_limit
+from launcher.hosts.files import Host
+from launcher.launching import rendezvous
+from launcher.launching.commands import rdzv_endpoint
+from launcher.protocol.doctor import Checkup, NodeReport
+from launcher.transport.agent import NodeAgent, SshOptions, open_agent, raise_open_files_limit
 
 Level = Literal["ok", "warning", "error"]
 SLOW_SSH_S = 3.0

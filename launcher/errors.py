@@ -38,7 +38,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from launcher.job_result import JobResult
+    from launcher.job.result import JobResult
 
 
 class LauncherError(Exception):

@@ -30,9 +30,9 @@ from typing import Any, TypeVar
 
 import psutil
 
-from launcher.hosts import LOCALHOST
-from launcher.protocol import JOB_MARKER, Request
-from launcher.transport import NodeAgent, SshOptions, open_agent
+from launcher.hosts.files import LOCALHOST
+from launcher.protocol.messages import JOB_MARKER, Request
+from launcher.transport.agent import NodeAgent, SshOptions, open_agent
 
 A = TypeVar("A")
 

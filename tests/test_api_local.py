@@ -152,9 +152,9 @@ def test_a_failing_rank_is_the_root_cause(node: LocalNode) -> None:
 
 
 def test_launch_is_the_function_even_after_the_async_launch_is_imported() -> None:
-    from launcher.launching import launch_job  # the async launch lives in its own module
+    from launcher.launching.start import launch_job  # the async launch lives in its own module
 
-    assert callable(launcher.launch) and launcher.launch.__module__ == "launcher.api"
+    assert callable(launcher.launch) and launcher.launch.__module__ == "launcher.api.blocking"
     assert launch_job is launcher.launch_job
 
 

@@ -241,7 +241,7 @@ def test_an_unreachable_host_is_one_line_whatever_asyncssh_warns(home: Path) -> 
 
 def test_asyncssh_is_imported_without_warnings() -> None:
     # -W error: a warning at import would be an exception here.
-    code = "from launcher.ssh_library import asyncssh_module; asyncssh_module().connect"
+    code = "from launcher.transport.ssh_library import asyncssh_module; asyncssh_module().connect"
     result = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, check=False)
 
     assert result.returncode == 0, result.stderr

@@ -15,11 +15,11 @@ from typing import Any, Literal
 import pytest
 
 from launcher.cli import render
-from launcher.codec import decode
-from launcher.commands import attach_argv
-from launcher.logs import LogLine
-from launcher.protocol import NodeStatus
-from launcher.status import HostStatus, JobStatus, RankStatus, RootCause, _rank_states
+from launcher.job.logs import LogLine
+from launcher.job.status import HostStatus, JobStatus, RankStatus, RootCause, _rank_states
+from launcher.launching.commands import attach_argv
+from launcher.protocol.codec import decode
+from launcher.protocol.messages import NodeStatus
 
 # --- attach_argv ---------------------------------------------------------------------------
 

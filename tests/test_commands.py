@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from launcher.commands import (
+from launcher.errors import LauncherError, UsageError
+from launcher.launching.commands import (
     Runner,
     check_job_name,
     default_job_name,
@@ -18,9 +19,8 @@ from launcher.commands import (
     rdzv_endpoint,
     script_file,
 )
-from launcher.environment import parse_assignment as parse_env_assignment
-from launcher.errors import LauncherError, UsageError
-from launcher.protocol import RANK_PREFIX_TEMPLATE
+from launcher.launching.environment import parse_assignment as parse_env_assignment
+from launcher.protocol.messages import RANK_PREFIX_TEMPLATE
 
 # --- torchrun_argv ------------------------------------------------------------------------
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import pytest
 
 from launcher.errors import HostsFileError, LauncherError, UsageError
-from launcher.hosts import Host, parse_hosts_text
-from launcher.selection import check_nproc_for_gpus, select_hosts
+from launcher.hosts.files import Host, parse_hosts_text
+from launcher.hosts.selection import check_nproc_for_gpus, select_hosts
 
 Resources = dict[str, list[int]]
 """DeepSpeed's form of a selection: host name -> the GPUs used on it, in hosts order."""

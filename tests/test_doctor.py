@@ -15,10 +15,10 @@ from local_node import LocalNode
 
 from launcher.cli.doctor import doctor_json, gpu_cell, print_doctor
 from launcher.doctor import DoctorReport, _Answer, evaluate, human_bytes
-from launcher.hosts import Host
+from launcher.hosts.files import Host
 from launcher.node import doctor as node_doctor
-from launcher.protocol import Probe
-from launcher.protocol_doctor import Checkup, DiskSpace, GpuReport, NodeReport
+from launcher.protocol.doctor import Checkup, DiskSpace, GpuReport, NodeReport
+from launcher.protocol.messages import Probe
 
 GIB = 1 << 30
 

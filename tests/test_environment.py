@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher.environment import ENV_FILE_NAME, forwarded_env, masked, read_env_file, user_env
 from launcher.errors import UsageError
+from launcher.launching.environment import ENV_FILE_NAME, forwarded_env, masked, read_env_file, user_env
 
 # --- forwarded_env -------------------------------------------------------------------------
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from launcher.codec import decode, to_wire
 from launcher.node.failures import rank_failures, root_cause
-from launcher.protocol import LogRecord, RankFailure
+from launcher.protocol.codec import decode, to_wire
+from launcher.protocol.messages import LogRecord, RankFailure
 
 Record = LogRecord
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from launcher.cli.render import waiting_note
+from launcher.job.status import HostStatus, _mark_lost, overall_state
+from launcher.launching.spec import make_spec
 from launcher.node.rundir import ExitRecord, JobSpec, RunDir, SupervisorStarted
 from launcher.node.status import node_state
-from launcher.spec import make_spec
-from launcher.status import HostStatus, _mark_lost, overall_state
 
 CUT_AT = 1_700_000_000.0
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from launcher.errors import HostKeyError
-from launcher.hosts import Host
-from launcher.ssh_library import asyncssh_module
-from launcher.transport import SshOptions, connect
+from launcher.hosts.files import Host
+from launcher.transport.agent import SshOptions, connect
+from launcher.transport.ssh_library import asyncssh_module
 
 asyncssh = asyncssh_module()
 

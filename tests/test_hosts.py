@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from launcher.errors import HostsFileError
-from launcher.hosts import (
+from launcher.hosts.files import (
     LOCALHOST,
     MAX_SLOTS,
     Host,
@@ -20,9 +20,9 @@ from launcher.hosts import (
     parse_hosts_file,
     parse_hosts_text,
 )
-from launcher.selection import select_hosts
-from launcher.slurm import expand_slurm_nodelist
-from launcher.sources import resolve_hosts
+from launcher.hosts.selection import select_hosts
+from launcher.hosts.slurm import expand_slurm_nodelist
+from launcher.hosts.sources import resolve_hosts
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

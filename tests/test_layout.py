@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "launcher"
-SHARED = {"launcher", "launcher.protocol", "launcher.codec"}
+SHARED = {"launcher", "launcher.protocol"}
 """What both sides may import: the package's ``__version__`` and the wire."""
 NEVER_ON_A_NODE = {"torch", "asyncssh", "click", "rich", "cloudpickle"}
 """Heavy or launching-side libraries; a worker the node starts may import them, the agent not."""
@@ -56,7 +56,7 @@ def test_the_agent_imports_nothing_heavy(path: Path) -> None:
     assert heavy == set()
 
 
-@pytest.mark.parametrize("path", [*PACKAGE.glob("protocol*.py"), PACKAGE / "codec.py"], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(PACKAGE.glob("protocol/*.py")), ids=lambda p: p.name)
 def test_the_wire_is_standard_library_only(path: Path) -> None:
     import sys
 

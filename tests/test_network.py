@@ -14,14 +14,14 @@ import pytest
 from local_node import LocalNode
 
 from launcher.errors import JobError, PortBusyError, RendezvousUnreachableError
-from launcher.hosts import Host
+from launcher.hosts.files import Host
+from launcher.launching.plan import GPUS, IFNAME, dry_plan, plan_nodes
+from launcher.launching.rendezvous import choose, interface_env, probe_addresses, unreachable_message
+from launcher.launching.spec import make_spec
 from launcher.node import network
 from launcher.node.errors import NodeError
 from launcher.node.preflight import hold_rendezvous
-from launcher.plan import GPUS, IFNAME, dry_plan, plan_nodes
-from launcher.protocol import Prepare, Prepared, Probe
-from launcher.rendezvous import choose, interface_env, probe_addresses, unreachable_message
-from launcher.spec import make_spec
+from launcher.protocol.messages import Prepare, Prepared, Probe
 
 
 @pytest.fixture

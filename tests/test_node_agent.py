@@ -17,13 +17,13 @@ import pytest
 
 from launcher import __version__
 from launcher.errors import AgentError, HostError, VersionMismatchError
-from launcher.hosts import Host
+from launcher.hosts.files import Host
 from launcher.node import agent as node_agent
 from launcher.node import logs as node_logs
 from launcher.node.errors import HungUp
 from launcher.node.rundir import ExitRecord, RunDir, SupervisorStarted
-from launcher.protocol import PROTOCOL_VERSION, Ended, Wait
-from launcher.transport import NodeAgent
+from launcher.protocol.messages import PROTOCOL_VERSION, Ended, Wait
+from launcher.transport.agent import NodeAgent
 
 HELLO = {"ok": True, "protocol": PROTOCOL_VERSION, "version": __version__, "hostname": "node7", "address": None}
 HELLO |= {"python": "/usr/bin/python3", "pid": 1}

@@ -26,11 +26,14 @@ from launcher.errors import (
     VersionMismatchError,
     WorkdirMissingError,
 )
-from launcher.hosts import LOCALHOST
-from launcher.kill import kill_job
-from launcher.launching import launch_job
-from launcher.logs import follow_logs, read_logs
-from launcher.protocol import (
+from launcher.hosts.files import LOCALHOST
+from launcher.job.kill import kill_job
+from launcher.job.logs import follow_logs, read_logs
+from launcher.job.records import JobRecord
+from launcher.job.status import job_status
+from launcher.launching.spec import make_spec
+from launcher.launching.start import launch_job
+from launcher.protocol.messages import (
     Ended,
     Kill,
     LogBatch,
@@ -44,9 +47,6 @@ from launcher.protocol import (
     Wait,
     session_name,
 )
-from launcher.records import JobRecord
-from launcher.spec import make_spec
-from launcher.status import job_status
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 
@@ -314,7 +314,7 @@ def test_the_agent_runs_without_the_launching_side(node: LocalNode) -> None:
         import io, sys
         from launcher.node.agent import serve
         serve(io.StringIO('{"op": "status", "job": "x"}\\n'), io.StringIO())
-        launching = {"launcher.transport", "launcher.launching", "launcher.spec", "launcher.cli", "launcher.status"}
+        launching = {"launcher.transport.agent", "launcher.launching.start", "launcher.launching.spec", "launcher.cli", "launcher.job.status"}
         heavy = {"torch", "asyncssh", "click", "rich"}
         print(sorted((launching | heavy) & set(sys.modules)))
         """

@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
+from launcher.job.status import overall_state
 from launcher.node import logfile, supervisor
 from launcher.node.errors import NodeError
 from launcher.node.rundir import ExitRecord, JobSpec, RunDir, SupervisorStarted
-from launcher.status import overall_state
 
 STAMP = 1_700_000_000.25
 
@@ -361,7 +361,7 @@ def test_every_file_of_a_run_directory_is_its_users_only_whatever_the_umask(stat
 
 
 def test_a_file_is_its_users_only_before_its_first_byte(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from launcher.node import private
+    from launcher.protocol import private
 
     seen: list[int] = []
     write = os.write

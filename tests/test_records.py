@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from launcher.errors import JobNotFoundError, LauncherError
-from launcher.hosts import Host
-from launcher.records import JobRecord, all_records, latest_record, load_record, save_record
+from launcher.hosts.files import Host
+from launcher.job.records import JobRecord, all_records, latest_record, load_record, save_record
 
 HOSTS = (
     Host("node1"),

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from launcher import slurm_jobs
-from launcher.codec import decode, to_wire
 from launcher.errors import HostsFileError, SlurmError, UsageError
+from launcher.hosts.sources import resolve_hosts
+from launcher.job import slurm as slurm_jobs
+from launcher.launching.sbatch import SbatchOptions, batch_script, placeholder_hosts
+from launcher.launching.spec import make_spec
 from launcher.node import slurm_task as node_task
 from launcher.node.rundir import RunDir
-from launcher.protocol_slurm import SlurmTask, TaskCommand, slurm_field
-from launcher.sbatch import SbatchOptions, batch_script, placeholder_hosts
-from launcher.sources import resolve_hosts
-from launcher.spec import make_spec
+from launcher.protocol.codec import decode, to_wire
+from launcher.protocol.slurm import SlurmTask, TaskCommand, slurm_field
 
 REPO = Path(__file__).resolve().parent.parent
 NASTY = ["it's", '"quoted"', "$(touch /tmp/pwned)", "`id`", "a b", "ünïcødé", "semi;colon", "--flag=x"]

@@ -15,8 +15,8 @@ import pytest
 from cluster import Cluster, start_cluster
 from launcher_cli import leftovers, run_cli, wait_for
 
-from launcher.sources import resolve_hosts
-from launcher.transport import NodeAgent, SshOptions, open_agent
+from launcher.hosts.sources import resolve_hosts
+from launcher.transport.agent import NodeAgent, SshOptions, open_agent
 
 pytestmark = pytest.mark.e2e
 

@@ -17,9 +17,9 @@ import pytest
 
 from launcher.cli import render
 from launcher.errors import HostsFileError, UsageError
-from launcher.launching import dry_run
-from launcher.plan import dry_run_dir
-from launcher.spec import check_nnodes, check_nproc, make_spec
+from launcher.launching.plan import dry_run_dir
+from launcher.launching.spec import check_nnodes, check_nproc, make_spec
+from launcher.launching.start import dry_run
 
 REPO = Path(__file__).resolve().parent.parent
 

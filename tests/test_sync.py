@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from local_node import LocalNode
 
-from launcher import tree as tree_module
 from launcher.errors import JobError
-from launcher.sync import SyncReport, SyncTooLargeError, parse_size, prepare_tree, sync_agents
-from launcher.transport import NodeAgent
-from launcher.tree import SyncSourceError, scan_tree
+from launcher.sync import tree as tree_module
+from launcher.sync.run import SyncReport, SyncTooLargeError, parse_size, prepare_tree, sync_agents
+from launcher.sync.tree import SyncSourceError, scan_tree
+from launcher.transport.agent import NodeAgent
 
 
 @pytest.fixture
@@ -282,7 +282,7 @@ def test_a_full_disk_while_staging_changes_nothing_anywhere(tmp_path: Path, node
 
 
 def test_a_node_with_the_tree_intact_answers_the_digest_alone(tmp_path: Path, nodes: list[LocalNode]) -> None:
-    from launcher.protocol_sync import SyncAbort, SyncPlan
+    from launcher.protocol.sync import SyncAbort, SyncPlan
 
     source = write(tmp_path / "src", {"a.py": "1", "pkg/b.py": "2"})
     dest = tmp_path / "host0"
@@ -408,7 +408,7 @@ def test_a_resync_into_a_shared_directory_carries_a_change_and_a_deletion_and_th
 def test_a_second_sync_into_a_directory_being_synced_is_refused_in_one_line(
     tmp_path: Path, four: list[LocalNode]
 ) -> None:
-    from launcher.protocol_sync import SyncAbort, SyncPlan
+    from launcher.protocol.sync import SyncAbort, SyncPlan
 
     source = write(tmp_path / "src", {"a.py": "1"})
     shared = tmp_path / "scratch"
@@ -465,8 +465,8 @@ def test_two_syncs_at_once_into_one_directory_never_mix_their_trees(tmp_path: Pa
 def test_a_commit_whose_finish_never_came_is_rolled_back_at_the_next_contact(
     tmp_path: Path, four: list[LocalNode], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from launcher import sync_commit
-    from launcher.protocol_sync import SyncPlan
+    from launcher.protocol.sync import SyncPlan
+    from launcher.sync import commit as sync_commit
 
     source = write(tmp_path / "src", {"a.py": "old", "gone.py": "old", "pkg/b.py": "old"})
     shared = tmp_path / "scratch"
@@ -498,7 +498,7 @@ def test_a_commit_whose_finish_never_came_is_rolled_back_at_the_next_contact(
 def test_an_agent_whose_connection_ends_after_its_commit_puts_the_previous_copy_back(
     tmp_path: Path, nodes: list[LocalNode], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from launcher import sync_commit
+    from launcher.sync import commit as sync_commit
 
     source = write(tmp_path / "src", {"a.py": "old", "gone.py": "old"})
     dests = [tmp_path / "host0", tmp_path / "host1"]

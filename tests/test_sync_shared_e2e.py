@@ -21,11 +21,11 @@ import pytest
 from cluster import Cluster, start_cluster
 from launcher_cli import job_name
 
-from launcher import sync_commit
 from launcher.errors import JobError
-from launcher.sources import resolve_hosts
-from launcher.sync import sync_tree
-from launcher.transport import NodeAgent, SshOptions
+from launcher.hosts.sources import resolve_hosts
+from launcher.sync import commit as sync_commit
+from launcher.sync.run import sync_tree
+from launcher.transport.agent import NodeAgent, SshOptions
 
 pytestmark = pytest.mark.e2e
 

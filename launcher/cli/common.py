@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 if TYPE_CHECKING:
-    from launcher.records import JobRecord
-    from launcher.transport import SshOptions
+    from launcher.job.records import JobRecord
+    from launcher.transport.agent import SshOptions
 
 T = TypeVar("T")
 
@@ -54,10 +54,10 @@ def command_name() -> str:
 
 def find_job(name: str | None, hosts_arg: str | None) -> JobRecord:
     """The job named, from ``--hosts`` or the local record; the last launched one by default."""
-    from launcher import commands
     from launcher.errors import UsageError
-    from launcher.records import JobRecord, latest_record, load_record
-    from launcher.sources import resolve_hosts
+    from launcher.hosts.sources import resolve_hosts
+    from launcher.job.records import JobRecord, latest_record, load_record
+    from launcher.launching import commands
 
     if hosts_arg is not None:
         if name is None:
@@ -69,6 +69,6 @@ def find_job(name: str | None, hosts_arg: str | None) -> JobRecord:
 
 
 def ssh_for(record: JobRecord | None) -> SshOptions:
-    from launcher.transport import SshOptions
+    from launcher.transport.agent import SshOptions
 
     return SshOptions(python=(record.python if record else None) or sys.executable)

@@ -32,8 +32,8 @@ def doctor(ctx: click.Context, /, **options: Any) -> None:
     import sys
 
     from launcher.doctor import run_doctor
-    from launcher.sources import resolve_hosts
-    from launcher.transport import SshOptions
+    from launcher.hosts.sources import resolve_hosts
+    from launcher.transport.agent import SshOptions
 
     hosts = resolve_hosts(options["hosts_arg"], os.environ)
     ssh = SshOptions(connect_timeout=options["connect_timeout"], python=options["python"] or sys.executable)

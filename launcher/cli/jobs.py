@@ -44,7 +44,7 @@ def logs(ctx: click.Context, /, name: str | None, hosts_arg: str | None, followi
     NAME defaults to the last job launched from here. With --follow it ends by itself
     when the job has ended on every host.
     """
-    from launcher.logs import read_logs
+    from launcher.job.logs import read_logs
 
     record = find_job(name, hosts_arg)
     if options["only_hosts"]:
@@ -86,7 +86,7 @@ def status(ctx: click.Context, name: str | None, hosts_arg: str | None, connect_
     Exit status 0 when the job is running or succeeded and every host answered, 1 otherwise
     (a host unreachable or lost too).
     """
-    from launcher.status import job_status
+    from launcher.job.status import job_status
 
     record = find_job(name, hosts_arg)
     ssh = replace(ssh_for(record), connect_timeout=connect_timeout, retries=0)
@@ -134,8 +134,8 @@ def kill(
     Exit status 0 only when every host is verified clean; an unreachable host is
     reported and the others are still cleaned.
     """
-    from launcher import kill as killing
     from launcher.errors import UsageError
+    from launcher.job import kill as killing
 
     if kill_all == (name is not None):
         raise UsageError("name one job, or pass --all")
@@ -158,8 +158,8 @@ def kill(
 
 def _all_known_hosts(hosts_arg: str | None) -> tuple[Any, ...]:
     from launcher.errors import UsageError
-    from launcher.records import all_records
-    from launcher.sources import resolve_hosts
+    from launcher.hosts.sources import resolve_hosts
+    from launcher.job.records import all_records
 
     if hosts_arg is not None:
         return resolve_hosts(hosts_arg)
@@ -178,7 +178,7 @@ def attach(name: str | None, host_label: str | None, hosts_arg: str | None, rw: 
     """Open the job's tmux session on a host (over ssh -t); detach with Ctrl-b d."""
     import os
 
-    from launcher import commands
+    from launcher.launching import commands
 
     record = find_job(name, hosts_arg)
     hosts = [h for h in record.hosts if host_label in (None, h.label)]
@@ -196,7 +196,7 @@ def attach(name: str | None, host_label: str | None, hosts_arg: str | None, rw: 
 @as_json
 def list_jobs(as_json: bool) -> None:
     """Jobs launched from this machine, newest last, with their last known state (no host is asked)."""
-    from launcher.records import all_records
+    from launcher.job.records import all_records
 
     records = all_records()
     if as_json:

@@ -13,8 +13,8 @@ from launcher.cli.job_options import job_options, spec_keywords
 from launcher.cli.syncing import SYNC_MAX_HELP
 
 if TYPE_CHECKING:
-    from launcher.records import JobRecord
-    from launcher.status import JobStatus
+    from launcher.job.records import JobRecord
+    from launcher.job.status import JobStatus
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -53,8 +53,8 @@ def launch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **o
 
     Everything after SCRIPT goes to the script unchanged.
     """
-    from launcher.launching import dry_run, launch_job
-    from launcher.spec import make_spec
+    from launcher.launching.spec import make_spec
+    from launcher.launching.start import dry_run, launch_job
 
     spec = make_spec(
         script,
@@ -105,7 +105,7 @@ def launch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **o
 
 async def wait_until_ended(record: JobRecord) -> JobStatus:
     """Once the job has ended on every host: its status (``launch --wait``, ``sbatch --wait``)."""
-    from launcher.status import job_status, wait_for_end
+    from launcher.job.status import job_status, wait_for_end
 
     # Every host, not the first failure: a failed job may still be stopping elsewhere.
     await wait_for_end(record, replace(ssh_for(record), keepalive=5.0), on_problem=warn)
@@ -117,8 +117,8 @@ def follow(record: JobRecord, show: Any, keepalive: float = 5.0, **filters: Any)
     when Ctrl-C detached. ``filters``: ``tail``, ``ranks``, ``stderr_only`` (see logs.follow_logs)."""
     import sys
 
-    from launcher.logs import follow_logs
-    from launcher.status import job_status
+    from launcher.job.logs import follow_logs
+    from launcher.job.status import job_status
 
     ssh = replace(ssh_for(record), keepalive=keepalive)
 

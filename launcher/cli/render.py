@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
-    from launcher.logs import LogLine
-    from launcher.records import JobRecord
-    from launcher.status import JobStatus
+    from launcher.job.logs import LogLine
+    from launcher.job.records import JobRecord
+    from launcher.job.status import JobStatus
 
 
 def print_dry_run(name: str, plans: list[Any], cwd: str) -> None:
-    from launcher.environment import masked
+    from launcher.launching.environment import masked
 
     click.echo(f"# dry run of {name}: nothing is started. PORT is picked free on the first host at launch;")
     click.echo("# HOSTNAME is each node's hostname; GPUS its number of GPUs (else 1) and IFNAME the interface")

@@ -12,7 +12,7 @@ from launcher.cli.common import command_name, run, ssh_for, warn
 from launcher.cli.job_options import job_options, spec_keywords
 
 if TYPE_CHECKING:
-    from launcher.records import JobRecord
+    from launcher.job.records import JobRecord
 
 SCRIPT_MODE = 0o700
 """``-o FILE``: only its user may read it (it may hold tokens), and run it."""
@@ -49,12 +49,12 @@ def sbatch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **o
     allocation, the same variables, and logs that `launcher logs` reads. With --submit,
     `launcher status`, `logs` and `kill` work for the job (kill through scancel).
     """
-    from launcher import sbatch as batch
-    from launcher import slurm_jobs
-    from launcher.commands import default_job_name
     from launcher.errors import UsageError
-    from launcher.records import make_records_dir
-    from launcher.spec import make_spec
+    from launcher.job import slurm as slurm_jobs
+    from launcher.job.records import make_records_dir
+    from launcher.launching import sbatch as batch
+    from launcher.launching.commands import default_job_name
+    from launcher.launching.spec import make_spec
 
     _refuse_an_option_as_script(script)
     settings = batch.SbatchOptions(
@@ -94,7 +94,7 @@ def _write_script(path: str, text: str, secrets: list[str]) -> None:
     """The script at ``path``, 0700 from its first byte: it holds the job's variables, and runs.
     The secret-named ones are said on stderr, so that the file is not shared unawares."""
     from launcher.errors import UsageError
-    from launcher.node import private
+    from launcher.protocol import private
 
     try:
         private.write_file(Path(path), text.encode("utf-8"), mode=SCRIPT_MODE)
@@ -109,9 +109,9 @@ def _write_script(path: str, text: str, secrets: list[str]) -> None:
 
 
 def _submit(spec: Any, name: str, text: str, path: str | None, start_timeout: float) -> JobRecord:
-    from launcher import slurm_jobs
-    from launcher.hosts import Host
-    from launcher.records import JobRecord, save_record
+    from launcher.hosts.files import Host
+    from launcher.job import slurm as slurm_jobs
+    from launcher.job.records import JobRecord, save_record
 
     job_id = slurm_jobs.submit(text, path)
     click.echo(f"Submitted {name} as SLURM job {job_id}; waiting for its nodes...")
@@ -163,9 +163,9 @@ def _unseen_hosts(record: JobRecord, timeout: float) -> list[str]:
 
     Until then ``status`` says ``unknown`` and ``logs --follow`` would end at once there.
     """
-    from launcher import slurm_jobs
     from launcher.errors import SlurmError
-    from launcher.status import job_status
+    from launcher.job import slurm as slurm_jobs
+    from launcher.job.status import job_status
 
     assert record.slurm_job_id is not None
     deadline = time.monotonic() + timeout

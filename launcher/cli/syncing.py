@@ -10,8 +10,8 @@ import click
 from launcher.cli.common import HOSTS_HELP, connect_timeout, run
 
 if TYPE_CHECKING:
-    from launcher.records import JobRecord
-    from launcher.sync import SyncProgress, SyncReport
+    from launcher.job.records import JobRecord
+    from launcher.sync.run import SyncProgress, SyncReport
 
 SYNC_MAX_HELP = "Refuse to sync more than this (500M, 2G).  [default: 1G]"
 
@@ -32,9 +32,9 @@ def sync(directory: str, hosts_arg: str, remote_dir: str | None, dry_run: bool, 
     In a git work tree: the tracked and untracked-but-not-ignored files (never .git).
     Elsewhere: every file but those .launcherignore ignores (gitignore syntax).
     """
-    from launcher.sources import resolve_hosts
-    from launcher.sync import parse_size, sync_tree
-    from launcher.transport import SshOptions
+    from launcher.hosts.sources import resolve_hosts
+    from launcher.sync.run import parse_size, sync_tree
+    from launcher.transport.agent import SshOptions
 
     hosts = resolve_hosts(hosts_arg)
     ssh = SshOptions(connect_timeout=options["connect_timeout"], max_parallel=options["max_parallel"])
@@ -54,8 +54,8 @@ def sync(directory: str, hosts_arg: str, remote_dir: str | None, dry_run: bool, 
 
 
 def print_report(report: SyncReport) -> None:
-    from launcher.protocol_sync import display_path
-    from launcher.sync import human_bytes
+    from launcher.protocol.sync import display_path
+    from launcher.sync.run import human_bytes
 
     verb = "would copy" if report.dry_run else "copied"
     click.echo(

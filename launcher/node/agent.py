@@ -17,10 +17,12 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from launcher import __version__
-from launcher.codec import ProtocolError
-from launcher.node import logs, processes, python_env, start, status
+from launcher.node import logs, processes, start, status
 from launcher.node.errors import HungUp, NodeError
-from launcher.protocol import (
+from launcher.protocol import python_env
+from launcher.protocol.codec import ProtocolError
+from launcher.protocol.doctor import Checkup
+from launcher.protocol.messages import (
     PROTOCOL_VERSION,
     Commit,
     Follow,
@@ -41,8 +43,7 @@ from launcher.protocol import (
     encode_answer,
     encode_batch,
 )
-from launcher.protocol_doctor import Checkup
-from launcher.protocol_sync import SyncAbort, SyncCommit, SyncFinish, SyncLook, SyncPlan, SyncPut, SyncVerify
+from launcher.protocol.sync import SyncAbort, SyncCommit, SyncFinish, SyncLook, SyncPlan, SyncPut, SyncVerify
 
 Idle = logs.Idle
 

@@ -17,12 +17,13 @@ import subprocess
 import time
 from pathlib import Path
 
-from launcher.node import gpus, network, python_env
+from launcher.node import gpus, network
 from launcher.node.errors import NodeError
 from launcher.node.preflight import IFNAME_VARIABLES, is_launcher_job, process_name, ssh_address
 from launcher.node.rundir import runs_dir
-from launcher.protocol import Probe
-from launcher.protocol_doctor import Checkup, DiskSpace, GpuReport, NodeReport
+from launcher.protocol import python_env
+from launcher.protocol.doctor import Checkup, DiskSpace, GpuReport, NodeReport
+from launcher.protocol.messages import Probe
 
 _CUDA = re.compile(r"""^cuda\s*(?::[^=]*)?=\s*['"]([^'"]+)['"]""", re.M)
 _NCCL_WHEELS = ("nvidia-nccl-cu13", "nvidia-nccl-cu12", "nvidia-nccl-cu11")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from launcher.protocol import RefusalKind
+from launcher.protocol.messages import RefusalKind
 
 
 class NodeError(Exception):

@@ -26,7 +26,7 @@ import json
 import re
 from collections.abc import Sequence
 
-from launcher.protocol import LogRecord, RankFailure
+from launcher.protocol.messages import LogRecord, RankFailure
 
 _ENTRY = re.compile(r"^\[\d+\]:$")
 _FIELD = re.compile(r"^\s+(\w+)\s*:\s?(.*)$")

@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-from launcher.node import private
-from launcher.protocol import LogRecord
+from launcher.protocol import private
+from launcher.protocol.messages import LogRecord
 
 RANK_PREFIX = re.compile(rb"\x1e(\d+)\x1f")
 """What torchrun puts before each worker line (``protocol.RANK_PREFIX_TEMPLATE``)."""

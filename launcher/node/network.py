@@ -24,7 +24,7 @@ import struct
 import time
 from collections.abc import Iterable, Sequence
 
-from launcher.protocol import Probe
+from launcher.protocol.messages import Probe
 
 PROBE_TIMEOUT_S = 3.0
 """Long enough for a TCP handshake across any real network, short enough to fail fast."""

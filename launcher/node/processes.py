@@ -18,7 +18,7 @@ from typing import Any
 
 from launcher.node import status, tmux
 from launcher.node.rundir import RunDir, runs_dir
-from launcher.protocol import JOB_MARKER, KillAllReport, KillReport, LeftProcess
+from launcher.protocol.messages import JOB_MARKER, KillAllReport, KillReport, LeftProcess
 
 _SWEEPS = 5
 """Processes may fork while we wait: SIGKILL rounds until one finds nothing new."""

@@ -34,10 +34,10 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from launcher.codec import ProtocolError, decode, to_wire
-from launcher.node import private
 from launcher.node.errors import NodeError
-from launcher.protocol import RUNS_PATH, Teardown
+from launcher.protocol import private
+from launcher.protocol.codec import ProtocolError, decode, to_wire
+from launcher.protocol.messages import RUNS_PATH, Teardown
 
 T = TypeVar("T")
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")

@@ -15,7 +15,16 @@ from collections.abc import Iterator
 from launcher.node import network, preflight, processes, status, tmux
 from launcher.node.errors import NodeError
 from launcher.node.rundir import JobSpec, RunDir
-from launcher.protocol import JOB_MARKER, RUN_DIR_VARIABLE, Commit, Prepare, Prepared, Start, Started, session_name
+from launcher.protocol.messages import (
+    JOB_MARKER,
+    RUN_DIR_VARIABLE,
+    Commit,
+    Prepare,
+    Prepared,
+    Start,
+    Started,
+    session_name,
+)
 
 SUPERVISOR_START_S = 600.0
 """Only a backstop: while its tmux session lives the supervisor is starting, however slowly

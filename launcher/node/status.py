@@ -6,7 +6,7 @@ import socket
 
 from launcher.node import failures, logfile
 from launcher.node.rundir import RunDir
-from launcher.protocol import NodeState, NodeStatus
+from launcher.protocol.messages import NodeState, NodeStatus
 
 
 def node_state(run: RunDir) -> NodeState:

@@ -20,7 +20,7 @@ from typing import IO, Any
 from launcher.node import processes, teardown
 from launcher.node.logfile import RANK_PREFIX, OutputLog
 from launcher.node.rundir import ExitRecord, JobSpec, RunDir, SupervisorStarted
-from launcher.protocol import Teardown
+from launcher.protocol.messages import Teardown
 
 _COMMIT_POLL_S = 0.5
 """How often a held supervisor looks at its agent and the deadline (a commit wakes it at once)."""

@@ -45,7 +45,7 @@ from launcher.node.sync_disk import (
     write_probe,
 )
 from launcher.node.sync_journal import DestinationLock, remove_journal, roll_back, undo
-from launcher.protocol_sync import (
+from launcher.protocol.sync import (
     STAGING_PREFIX,
     SyncAbort,
     SyncClosed,

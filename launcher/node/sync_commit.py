@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 from launcher.node.errors import NodeError
 from launcher.node.sync_disk import load_record, state_path, write_record
 from launcher.node.sync_journal import DestinationLock, Journal, Step
-from launcher.protocol_sync import SyncEntry, display_path, manifest_digest
+from launcher.protocol.sync import SyncEntry, display_path, manifest_digest
 
 
 @dataclasses.dataclass

@@ -24,7 +24,7 @@ import socket
 import time
 
 from launcher.node.rundir import state_dir
-from launcher.protocol_sync import STAGING_PREFIX, SyncEntry
+from launcher.protocol.sync import STAGING_PREFIX, SyncEntry
 
 STATE_NAME = f"{STAGING_PREFIX}state"
 _PROBE_STALE_S = 3600.0

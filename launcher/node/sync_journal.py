@@ -30,7 +30,7 @@ import shutil
 from typing import Any
 
 from launcher.node.errors import NodeError
-from launcher.protocol_sync import display_path
+from launcher.protocol.sync import display_path
 
 Step = list[Any]
 """``["aside", target, aside]``, ``["placed", target, inode]``, ``["mkdir", path]``,

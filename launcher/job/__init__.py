@@ -1,0 +1,9 @@
+"""A launched job: its record, how it stands, its logs, its end (best effort per host).
+
+records.py  the local record of launched jobs, found by name
+status.py   status and wait on every host (``node/status.py`` on a node)
+logs.py     what a job printed, read once or followed (``node/logs.py``)
+kill.py     end a job on every host and verify it there (``node/processes.py``)
+result.py   how a job ended (``JobResult``) and the ``JobFailed`` a failure raises
+slurm.py    talking to SLURM: sbatch, scontrol, scancel
+"""

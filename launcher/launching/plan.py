@@ -1,0 +1,95 @@
+"""What each host will run: its command and its variables, for a launch or a dry run (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from launcher.hosts.files import Host
+from launcher.launching import commands, rendezvous
+from launcher.launching.spec import LaunchSpec
+from launcher.protocol.messages import RUNS_PATH, Prepared
+
+
+def dry_run_dir(job: str) -> str:
+    """A node's run directory as the dry run shows it: only the node knows its state
+    directory and its hostname."""
+    return f"${{XDG_STATE_HOME:-~/.local/state}}/{RUNS_PATH}/{job}/HOSTNAME"
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """What one host will run: its command and the variables set on top of its login environment."""
+
+    host: Host
+    argv: list[str]
+    env: dict[str, str]
+
+
+GPUS = "GPUS"
+"""The dry run's ``--nproc-per-node`` where each host's GPUs decide it at launch."""
+IFNAME = "IFNAME"
+"""The dry run's interface variables: each host's is chosen at launch."""
+
+
+def plan_nodes(
+    spec: LaunchSpec,
+    name: str,
+    endpoint: tuple[str, int | str],
+    run_dirs: Sequence[str],
+    prepared: Sequence[Prepared] | None = None,
+    interfaces: Sequence[str | None] | None = None,
+) -> list[NodePlan]:
+    """Every host's plan; ``endpoint`` is the rendezvous, ``run_dirs`` each node's run
+    directory, ``prepared`` what each host's prepare found (its GPUs, its environment),
+    ``interfaces`` the one each host reaches the rendezvous over."""
+    plans = []
+    for index, host in enumerate(spec.hosts):
+        answer = prepared[index] if prepared is not None else None
+        log_dir = f"{run_dirs[index]}/torchrun"
+        command = commands.node_command(
+            runner=spec.runner,
+            python=spec.python,
+            nnodes=len(spec.hosts),
+            nnodes_spec=spec.nnodes,
+            node_rank=index,
+            nproc_per_node=nproc_for(spec, host, answer.gpus if answer else None, placeholder=prepared is None),
+            endpoint=endpoint,
+            job=name,
+            log_dir=log_dir,
+            script=spec.script,
+            script_args=spec.script_args,
+            max_restarts=spec.max_restarts,
+            torchrun_args=spec.torchrun_args,
+        )
+        env = {**commands.job_env(spec.env, log_dir), **command.env}
+        interface = interfaces[index] if interfaces is not None else None
+        env.update(rendezvous.interface_env(interface, spec.env, answer.preset_env if answer else ()))
+        if host.gpus is not None:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in host.gpus)
+        plans.append(NodePlan(host, command.argv, env))
+    return plans
+
+
+def dry_plan(spec: LaunchSpec, name: str) -> list[NodePlan]:
+    """What every host would run, without contacting any.
+
+    Two values are only known at launch and shown as placeholders: the free port picked
+    on the first host, and each node's run directory (under its own state directory,
+    named by its hostname).
+    """
+    endpoint = (spec.hosts[0].name, spec.rdzv_port or "PORT")
+    interfaces = [IFNAME if len(spec.hosts) > 1 else None] * len(spec.hosts)
+    return plan_nodes(spec, name, endpoint, [dry_run_dir(name)] * len(spec.hosts), interfaces=interfaces)
+
+
+def nproc_for(spec: LaunchSpec, host: Host, gpus: int | None = None, placeholder: bool = False) -> str:
+    """``--nproc-per-node`` wins over the host's slots; else one per GPU the host has
+    (``gpus``, from its prepare; ``GPUS`` in a dry run), else 1."""
+    if spec.nproc_per_node is not None:
+        return spec.nproc_per_node
+    if host.slots is not None:
+        return str(host.slots)
+    if placeholder:
+        return GPUS
+    return str(gpus or 1)

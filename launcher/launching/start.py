@@ -1,0 +1,222 @@
+"""Launch: start a job on every host, or on none.
+
+A failure on any host, or Ctrl-C, removes what was started on the others. A dry run
+shows what each host would run without contacting any.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from launcher.errors import HostError, JobRunningError, LauncherError
+from launcher.hosts.files import Host
+from launcher.job.records import JobRecord, all_records, make_records_dir, save_record
+from launcher.launching import commands, rendezvous
+from launcher.launching.connect import connect_check_and_sync
+from launcher.launching.plan import NodePlan, dry_plan, plan_nodes
+from launcher.launching.spec import LaunchSpec
+from launcher.protocol.messages import Commit, Kill, Prepare, Prepared, Start, Teardown
+from launcher.sync.run import SyncProgress
+from launcher.transport.agent import NodeAgent, SshOptions, all_or_nothing, open_agent
+
+COMMIT_WITHIN_S = 180.0
+"""A started node runs nothing until the launcher commits (every host started). If the
+launcher dies first, the node's supervisor ends as soon as the agent that started it does
+(the SSH session closed), or, if the launching machine vanished without closing it (a
+laptop lid), after this many seconds: not torch's 15-minute rendezvous timeout."""
+
+
+def dry_run(spec: LaunchSpec) -> tuple[str, list[NodePlan]]:
+    """The job name and what every host would run; contacts no host."""
+    name = _job_name(spec)
+    return name, dry_plan(spec, name)
+
+
+async def launch_job(
+    spec: LaunchSpec,
+    on_progress: Callable[[str, str], None] | None = None,
+    on_sync: Callable[[SyncProgress], None] | None = None,
+) -> JobRecord:
+    """Start the job on every host, or on none.
+
+    ``on_progress(host, event)`` hears ``connected`` and ``started`` for each host.
+    """
+    name = _job_name(spec)
+    make_records_dir()  # a state directory open to others, and not ours: refused before any host is asked
+    ssh = replace(spec.ssh, python=spec.python)
+    progress = on_progress or (lambda host, event: None)
+    agents: list[NodeAgent | None] = [None] * len(spec.hosts)
+    # Only these may be rolled back: elsewhere a job of the same name may be running already.
+    starting: list[NodeAgent] = []
+    try:
+        code = await connect_check_and_sync(spec, ssh, agents, on_sync)
+        prepared = await _connect_and_prepare(spec, name, ssh, agents, progress)
+        first = prepared[0]
+        if first.port is None or first.watch_port is None:
+            raise HostError(spec.hosts[0].label, "the first host picked no rendezvous port")
+        meeting = _meeting_point(spec.hosts, agents, prepared)
+        endpoint = (meeting.address, meeting.port)
+        plans = plan_nodes(spec, name, endpoint, [p.run_dir for p in prepared], prepared, meeting.interfaces)
+        watch_port = first.watch_port
+        watch = spec.teardown and len(spec.hosts) > 1
+        # One per launch, the same on every node; it travels only inside the Start requests.
+        secret = secrets.token_hex(32)
+
+        async def start(index: int, agent: NodeAgent, plan: NodePlan) -> None:
+            starting.append(agent)
+            teardown = (
+                Teardown(
+                    node=index,
+                    address=endpoint[0],
+                    port=watch_port,
+                    secret=secret,
+                    timeout=spec.heartbeat_timeout,
+                    nodes=len(spec.hosts),
+                )
+                if watch
+                else None
+            )
+            request = Start(
+                job=name, argv=plan.argv, env=plan.env, cwd=spec.cwd, teardown=teardown, hold=COMMIT_WITHIN_S
+            )
+            if spec.files:  # launcher.run's pickled call, for each node's run directory
+                request = replace(request, files=dict(spec.files))
+            try:
+                await agent.call(request, timeout=90)  # a remote agent: at least SshOptions.patience
+            except JobRunningError:
+                starting.remove(agent)  # another launch of this name owns it there: not ours to remove
+                raise
+            progress(agent.host.label, "started")
+
+        async def commit(agent: NodeAgent) -> None:
+            await agent.call(Commit(job=name), timeout=90)
+
+        started = [(i, a, p) for i, (a, p) in enumerate(zip(agents, plans, strict=True)) if a is not None]
+        # The first host first: of two launches of one name, the one that starts there wins,
+        # and the other stops before it touches any other host (no split with no winner).
+        await all_or_nothing([start(*started[0])], spec.hosts[:1], "launch failed, nothing left running")
+        if len(started) > 1:
+            rest = [start(*step) for step in started[1:]]
+            await all_or_nothing(rest, spec.hosts[1:], "launch failed, nothing left running")
+        # Only now does any command run: a launcher that dies before this line leaves held
+        # supervisors, which end when their agent does (or after COMMIT_WITHIN_S).
+        await all_or_nothing(
+            [commit(a) for a in agents if a is not None], spec.hosts, "launch failed, nothing left running"
+        )
+    except BaseException:
+        await asyncio.shield(_roll_back(name, starting))
+        raise
+    finally:
+        await asyncio.gather(*(a.close() for a in agents if a is not None), return_exceptions=True)
+    record = JobRecord(
+        name=name,
+        hosts=spec.hosts,
+        launched_at=time.time(),
+        script=spec.script,
+        python=spec.python,
+        cwd=spec.cwd,
+        rdzv_endpoint=commands.rdzv_endpoint(*endpoint),
+        code=code.fingerprint,
+        code_digest=code.digest,
+        code_hosts=code.hosts,
+    )
+    save_record(record)
+    return record
+
+
+def _job_name(spec: LaunchSpec) -> str:
+    if not spec.hosts:
+        raise LauncherError("no hosts to launch on")
+    if spec.name is not None:
+        return commands.check_job_name(spec.name)
+    # Unique among the jobs launched from here, even two in the same second.
+    base = commands.default_job_name(spec.script)
+    taken = {record.name for record in all_records()}
+    return next(name for name in (base, *(f"{base}-{n}" for n in range(2, 10_000))) if name not in taken)
+
+
+async def _connect_and_prepare(
+    spec: LaunchSpec,
+    name: str,
+    ssh: SshOptions,
+    agents: list[NodeAgent | None],
+    progress: Callable[[str, str], None],
+) -> list[Prepared]:
+    gate = asyncio.Semaphore(ssh.max_parallel)
+    script = commands.script_file(spec.runner, spec.script, spec.torchrun_args)
+
+    first_ready: asyncio.Future[Prepared] = asyncio.get_running_loop().create_future()
+
+    async def prepare(index: int) -> Prepared:
+        host = spec.hosts[index]
+        agent = agents[index] or await open_agent(host, ssh, gate)
+        agents[index] = agent
+        request = Prepare(job=name, cwd=spec.cwd, replace=spec.force, script=script, **gpu_checks(spec, host))
+        if index == 0:  # it listens on the rendezvous port from now until its start
+            answer = await agent.call(replace(request, want_port=True, port=spec.rdzv_port))
+            first_ready.set_result(answer)
+        else:  # the others connect to it before answering: no launch waits on a dropped port
+            first = await asyncio.shield(first_ready)
+            first_address = agents[0].hello.address if agents[0] and agents[0].hello else None
+            probe = rendezvous.probe_addresses(first, first_address, agent.local_address)
+            answer = await agent.call(replace(request, probe=probe, probe_port=first.port))
+        progress(agent.host.label, "connected")
+        return answer
+
+    steps = [prepare(i) for i in range(len(spec.hosts))]
+    return await all_or_nothing(steps, spec.hosts, "launch failed, nothing was started")
+
+
+async def _roll_back(name: str, agents: Sequence[NodeAgent]) -> None:
+    """Remove whatever the failed launch started on the hosts where it began to start."""
+
+    async def kill(agent: NodeAgent) -> None:
+        # If that host's agent is gone, its connection went with it, and so did the start.
+        with contextlib.suppress(LauncherError):
+            await agent.call(Kill(job=name, grace=3.0), timeout=30)
+
+    await asyncio.gather(*(kill(a) for a in agents))
+
+
+def _meeting_point(
+    hosts: Sequence[Host], agents: Sequence[NodeAgent | None], prepared: Sequence[Prepared]
+) -> rendezvous.Rendezvous:
+    """Where the hosts meet: the first address every other host reached at prepare."""
+    first = prepared[0]
+    if len(hosts) == 1 or first.port is None:
+        return rendezvous.Rendezvous(_rendezvous_address(hosts, agents), first.port or 0, (None,))
+    hello = agents[0].hello if agents[0] is not None else None
+    preferred = [hello.address if hello else None, *(a.local_address for a in agents[1:] if a is not None)]
+    order = [a for a in dict.fromkeys([*preferred, *first.candidates]) if a]
+    return rendezvous.choose(hosts, prepared, order)
+
+
+def gpu_checks(spec: LaunchSpec, host: Host) -> dict[str, Any]:
+    """What a host's prepare checks of its GPUs: their number when it sets the processes
+    (no ``--nproc-per-node``, no slots), that it has some for ``gpu``, and that no
+    program outside launcher holds those the job would use."""
+    return {
+        "count_gpus": spec.nproc_per_node is None and host.slots is None,
+        "need_gpus": spec.nproc_per_node == "gpu",
+        "check_gpus": None if spec.allow_busy_gpus else list(host.gpus or ()),
+    }
+
+
+def _rendezvous_address(hosts: Sequence[Host], agents: Sequence[NodeAgent | None]) -> str:
+    """The first host's address as the other nodes reach it."""
+    first = agents[0]
+    if first is not None and first.hello is not None and first.hello.address:
+        return first.hello.address
+    if len(hosts) == 1:
+        return "127.0.0.1"
+    # The first host is this machine: use the address our SSH connections leave from.
+    for agent in agents[1:]:
+        if agent is not None and agent.local_address:
+            return agent.local_address
+    raise LauncherError("cannot tell which address the other hosts reach this machine at")

@@ -1,0 +1,479 @@
+"""The wire between the launching machine and the node agent: every message, typed.
+
+Both sides import this module, and nothing else of each other's; it is standard library
+only, so the node pays almost nothing to import it. One JSON object per line:
+
+    node -> launcher   Hello                       first, unasked, when the agent starts
+    launcher -> node   {"op": "<op>", ...}         a request (one of the dataclasses below)
+    node -> launcher   {"ok": true, ...}           its answer (``ANSWERS[type(request)]``)
+                       {"ok": false, "kind", "error"}   a refusal (``Refusal``)
+                       {"records": [...], ...}     streaming ops (tail, follow) send
+                                                   ``LogBatch`` messages before the answer
+
+``encode_*`` turn a message into its line and ``codec.decode`` checks a decoded JSON value
+against a message type, so that neither side reads a field by a string key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, ClassVar, Generic, Literal, NamedTuple, TypeVar
+
+from launcher.protocol.codec import ProtocolError, decode, to_wire
+
+PROTOCOL_VERSION = 3
+"""Bumped whenever a message changes; both sides must also run the same launcher version.
+3: ``Teardown.secret`` (required: teardown connections authenticate)."""
+
+JOB_MARKER = "LAUNCHER_JOB"
+"""Environment variable set to the job name in every process of a job.
+
+Children inherit it across double forks and ``setsid``, so ``kill`` finds processes that
+left the tmux session's process tree; matching it exactly never touches another job.
+"""
+
+RANK_PREFIX_TEMPLATE = "\x1e${rank}\x1f"
+"""torchrun's ``TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE``: each worker line arrives as
+``RS <global rank> US <text>``. Control characters cannot be confused with output."""
+
+SESSION_PREFIX = "launcher-"
+"""Every job's tmux session is named ``launcher-<job>``."""
+
+RUNS_PATH = "launcher/runs"
+"""Under each node's ``$XDG_STATE_HOME`` (default ``~/.local/state``): ``<job>/<hostname>``."""
+
+AGENT_MODULE = "launcher.node"
+
+RUN_DIR_VARIABLE = "LAUNCHER_RUN_DIR"
+"""Set in every process of a job to the node's run directory (``launcher.run``'s workers
+read their function there and write their return values there)."""
+
+RESULT_LIMIT = 8 << 20
+"""Most bytes of one rank's pickled return value (``ReadResults`` sends it in one line)."""
+"""``python -P -m launcher.node serve`` starts the agent."""
+
+
+def session_name(job: str) -> str:
+    """The tmux session a job runs in, on every node."""
+    return SESSION_PREFIX + job
+
+
+A = TypeVar("A")
+Stream = Literal["o", "e"]
+NodeState = Literal["running", "succeeded", "failed", "killed", "lost", "unknown"]
+"""``lost``: the supervisor vanished without a word (its host rebooted, or it was SIGKILLed)."""
+RefusalKind = Literal[
+    "bad_request",
+    "workdir_missing",
+    "script_missing",
+    "tmux_missing",
+    "job_running",
+    "start_failed",
+    "gpus_busy",
+    "no_gpus",
+    "port_busy",
+    "sync_failed",
+    "internal",
+]
+"""Why a node refused a request; the launching side raises one error class per kind."""
+
+
+class LogRecord(NamedTuple):
+    """One line of a job's output on a node, as ``output.log`` stores it.
+
+    A tuple on purpose: it travels as ``[time, rank, stream, text]``, the most compact
+    JSON for the message sent most often.
+    """
+
+    time: float
+    rank: int | None
+    """Global rank, or None for the node's own lines (torchrun, the launcher)."""
+    stream: Stream
+    text: str
+
+
+# ---------------------------------------------------------------------------- greeting
+
+
+@dataclasses.dataclass(frozen=True)
+class Hello:
+    """Who and where the node is: the agent's first line."""
+
+    protocol: int
+    version: str
+    """The launcher package's version on the node."""
+    hostname: str
+    address: str | None
+    """The address the launching machine reached the node at (sshd's ``SSH_CONNECTION``):
+    the one the other nodes should use, even when the hosts file names an ssh alias."""
+    python: str
+    pid: int
+    python_version: str = ""
+    """``major.minor.micro`` of the agent's interpreter."""
+    torch: str | None = None
+    """The torch version installed for that interpreter (read from its ``dist-info``, not
+    imported); None: no torch there."""
+
+
+# ---------------------------------------------------------------------------- answers
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """One TCP connection a node tried to the rendezvous (``node/network.py``)."""
+
+    address: str
+    port: int
+    ok: bool | None
+    """None: not tried (an address before it answered)."""
+    error: str | None = None
+    interface: str | None = None
+    """The interface this node reaches ``address`` over."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    run_dir: str
+    port: int | None = None
+    """The rendezvous port (node 0 only), held open until the start."""
+    watch_port: int | None = None
+    """A free port for the teardown watcher (node 0 only)."""
+    candidates: list[str] = dataclasses.field(default_factory=list)
+    """Node 0: its addresses the others may reach it at, the likeliest first."""
+    probes: list[Probe] = dataclasses.field(default_factory=list)
+    """The connections this node tried to the rendezvous, one per candidate address."""
+    gpus: int | None = None
+    """Processes to run here by default: one per GPU (or MIG device); None when not asked."""
+    preset_env: list[str] = dataclasses.field(default_factory=list)
+    """Of NCCL_SOCKET_IFNAME and GLOO_SOCKET_IFNAME, those this node's environment sets."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Started:
+    session: str
+    run_dir: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RankFailure:
+    """How one rank failed, from torchrun's summary or the rank's own output."""
+
+    rank: int | None
+    local_rank: int | None
+    exit_code: int | None
+    signal: str | None
+    exception: str
+    traceback: list[str]
+    time: float | None
+    error_file: str | None = None
+    """Where torch elastic's ``@record`` wrote the rank's error, if it did."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeStatus:
+    """The job on one node."""
+
+    state: NodeState
+    hostname: str
+    exit_code: int | None = None
+    signal: int | None = None
+    stopped_by: int | None = None
+    """The node whose failure stopped this one (teardown)."""
+    lost_node: int | None = None
+    """The node that fell silent and stopped this one (teardown heartbeats)."""
+    last_heard: float | None = None
+    """When ``lost_node`` was last heard from (epoch seconds)."""
+    started_at: float | None = None
+    ended_at: float | None = None
+    ranks: list[int] = dataclasses.field(default_factory=list)
+    rank_failures: dict[str, RankFailure] = dataclasses.field(default_factory=dict)
+    """By global rank (JSON keys are strings)."""
+    restarts: int = 0
+    failure: RankFailure | None = None
+    """The first failure here, when the node failed."""
+    interface: str | None = None
+    """The job's NCCL_SOCKET_IFNAME here (else GLOO_SOCKET_IFNAME), if set."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LeftProcess:
+    pid: int
+    command: str
+
+
+@dataclasses.dataclass(frozen=True)
+class KillReport:
+    found: int
+    """Processes of the job found when the kill began."""
+    forced: int
+    """Of those and their late children, how many needed SIGKILL."""
+    left: list[LeftProcess]
+    """Still alive at the end: the kill failed."""
+    gpu_holders: list[int]
+    """Pids of the job that nvidia-smi still lists as holding GPU memory."""
+    state_before: NodeState
+    stuck: list[LeftProcess] = dataclasses.field(default_factory=list)
+    """Of ``left``, those in uninterruptible sleep (state D): SIGKILL waits on the kernel."""
+
+
+@dataclasses.dataclass(frozen=True)
+class KillAllReport:
+    jobs: dict[str, KillReport]
+
+
+@dataclasses.dataclass(frozen=True)
+class LogBatch:
+    """Records that passed the filters; ``offset``: where the next read goes on from."""
+
+    records: list[LogRecord]
+    offset: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LogEnd:
+    """The last message of ``tail`` and ``follow``."""
+
+    offset: int
+    ended: bool = False
+    """Follow: the job has ended here and every record has been sent."""
+    lost_node: int | None = None
+    """Follow, once ended: the node whose silence stopped the job here."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Ended:
+    state: NodeState
+    lost_node: int | None = None
+    """The node whose silence stopped the job here (``launch --wait`` stops waiting for it)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Results:
+    """Return values that ranks of ``launcher.run`` left on this node: rank -> base64 pickle."""
+
+    values: dict[str, str]
+    more: bool = False
+    """Some were left out to keep the line short: ask again, skipping those received."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """The node could not carry out a request."""
+
+    kind: RefusalKind
+    error: str
+
+
+# ---------------------------------------------------------------------------- requests
+
+
+class Request(Generic[A]):
+    """A request whose answer is an ``A``; ``op`` names it on the wire."""
+
+    op: ClassVar[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Teardown:
+    """How a job's supervisors watch each other (``node/teardown.py``)."""
+
+    node: int
+    address: str
+    """Node 0's address, where its watcher listens."""
+    port: int
+    secret: str
+    """The job's teardown secret (hex, the same on every node, drawn anew for each launch):
+    every teardown connection proves it holds it before any line counts. Required, not
+    defaulted: a Start without one fails to decode, so no supervisor ever watches
+    unauthenticated (an empty one turns the watch off, noted in the job's log). It travels
+    only inside the Start request and the run directory's ``spec.json``, never on a command
+    line."""
+    timeout: float = 15.0
+    """Seconds of silence after which a node is lost (``launch --heartbeat-timeout``)."""
+    nodes: int = 0
+    """How many nodes the job has: node 0 expects each to connect (0: it expects none)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepare(Request[Prepared]):
+    """Check that the job can start here; node 0 also picks free ports."""
+
+    op: ClassVar[str] = "prepare"
+    job: str
+    cwd: str
+    want_port: bool = False
+    replace: bool = False
+    """Kill a job of the same name that still runs, instead of refusing."""
+    script: str | None = None
+    """Relative to ``cwd``; must exist (None: SCRIPT is no file, e.g. ``--runner exec``)."""
+    port: int | None = None
+    """Node 0 with ``want_port``: listen on this port (None: a free one) until the start."""
+    probe: list[str] = dataclasses.field(default_factory=list)
+    """The other nodes: connect to these addresses of node 0 at ``probe_port``."""
+    probe_port: int | None = None
+    probe_timeout: float = 3.0
+    count_gpus: bool = False
+    """Say how many processes this node's GPUs make (no ``--nproc-per-node``, no slots)."""
+    need_gpus: bool = False
+    """Refuse a node without GPUs (``--nproc-per-node gpu``)."""
+    check_gpus: list[int] | None = None
+    """Refuse when one of these GPUs (all of them: an empty list) is held by a process
+    of no launcher job; None: do not check (``--allow-busy-gpus``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Start(Request[Started]):
+    """Start the job's tmux session and wait until its supervisor runs."""
+
+    op: ClassVar[str] = "start"
+    job: str
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    teardown: Teardown | None = None
+    files: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Files for the job, written into the run directory's ``inputs/`` before the command
+    starts: name -> content in base64 (``launcher.run`` sends the pickled function here)."""
+    hold: float | None = None
+    """Hold the command until ``Commit`` arrives, for at most this many seconds, and while
+    the agent that started it lives; then end, recording why. None: run it at once."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Commit(Request[Started]):
+    """Every host started: run the held command; answered once it runs."""
+
+    op: ClassVar[str] = "commit"
+    job: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Status(Request[NodeStatus]):
+    op: ClassVar[str] = "status"
+    job: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Kill(Request[KillReport]):
+    op: ClassVar[str] = "kill"
+    job: str
+    grace: float = 10.0
+    """Seconds between SIGTERM and SIGKILL."""
+
+
+@dataclasses.dataclass(frozen=True)
+class KillAll(Request[KillAllReport]):
+    op: ClassVar[str] = "kill_all"
+    grace: float = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadLogs(Request[LogBatch]):
+    """One batch of records from ``offset`` on (an answer whose offset has not moved: the end)."""
+
+    op: ClassVar[str] = "logs"
+    job: str
+    offset: int = 0
+    ranks: list[int] | None = None
+    stderr_only: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Tail(Request[LogEnd]):
+    """The last ``count`` records of each rank, streamed as ``LogBatch``es."""
+
+    op: ClassVar[str] = "tail"
+    job: str
+    count: int
+    ranks: list[int] | None = None
+    stderr_only: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Follow(Request[LogEnd]):
+    """New records from ``offset`` on, streamed as ``LogBatch``es until the job ends here."""
+
+    op: ClassVar[str] = "follow"
+    job: str
+    offset: int = 0
+    ranks: list[int] | None = None
+    stderr_only: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Wait(Request[Ended]):
+    """Answered once the job no longer runs here."""
+
+    op: ClassVar[str] = "wait"
+    job: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadResults(Request[Results]):
+    """The ranks' return values (``launcher.run``), but for the ranks in ``skip``."""
+
+    op: ClassVar[str] = "results"
+    job: str
+    skip: list[int] = dataclasses.field(default_factory=list)
+
+
+REQUESTS: dict[str, type[Request[Any]]] = {
+    cls.op: cls for cls in (Prepare, Start, Commit, Status, Kill, KillAll, ReadLogs, Tail, Follow, Wait, ReadResults)
+}
+
+
+ANSWERS: dict[type[Request[Any]], type[Any]] = {
+    Prepare: Prepared,
+    Start: Started,
+    Commit: Started,
+    Status: NodeStatus,
+    Kill: KillReport,
+    KillAll: KillAllReport,
+    ReadLogs: LogBatch,
+    Tail: LogEnd,
+    Follow: LogEnd,
+    Wait: Ended,
+    ReadResults: Results,
+}
+
+
+# ---------------------------------------------------------------------------- lines
+
+
+def encode_request(request: Any) -> str:
+    """``{"op": ..., fields...}`` and a newline."""
+    return json.dumps({"op": request.op, **to_wire(request)}) + "\n"
+
+
+def encode_answer(answer: Any) -> str:
+    """The answer that ends a request: ``{"ok": true, ...}``, or a refusal with ``"ok": false``."""
+    if isinstance(answer, Refusal):
+        return json.dumps({"ok": False, **to_wire(answer)}) + "\n"
+    return json.dumps({"ok": True, **to_wire(answer)}) + "\n"
+
+
+def encode_batch(batch: LogBatch) -> str:
+    """A message of a streamed answer: no ``"ok"``, so the launcher knows more is coming."""
+    return json.dumps(to_wire(batch)) + "\n"
+
+
+def decode_request(line: str) -> Any:
+    """A request line -> its dataclass; ProtocolError when it is no request we know."""
+    try:
+        data = json.loads(line)
+    except ValueError as exc:
+        raise ProtocolError(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("a request must be a JSON object")
+    op = data.pop("op", None)
+    cls = REQUESTS.get(op) if isinstance(op, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown request {op!r}")
+    return decode(cls, data)
+
+
+# The doctor's and the sync's messages live in modules of their own, which add them to
+# REQUESTS and ANSWERS. Imported last: they import from this module.
+import launcher.protocol.doctor  # noqa: E402
+import launcher.protocol.sync  # noqa: E402, F401

@@ -1,0 +1,438 @@
+"""Reaching the nodes: asyncssh connections and the node agent spoken to over them.
+
+One SSH connection per host carries one ``python -m launcher.node serve`` process for
+the whole operation; it speaks ``launcher.protocol``. ``localhost`` needs no SSH: its
+agent is a local subprocess speaking the same protocol.
+
+This module is the one place a remote command line is turned into a string.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import shlex
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from launcher import __version__
+from launcher.errors import (
+    REFUSALS,
+    AgentError,
+    AuthenticationError,
+    ConnectionLostError,
+    HostError,
+    HostKeyError,
+    JobError,
+    LauncherError,
+    NodeRefusedError,
+    UnreachableError,
+    VersionMismatchError,
+    message_of,
+)
+from launcher.hosts.files import Host
+from launcher.protocol.codec import ProtocolError, decode
+from launcher.protocol.messages import (
+    AGENT_MODULE,
+    ANSWERS,
+    JOB_MARKER,
+    PROTOCOL_VERSION,
+    Hello,
+    LogBatch,
+    Request,
+    encode_request,
+)
+from launcher.transport.connect import Dial, HostKeyChangedError, open_connection
+from launcher.transport.ssh_library import asyncssh_module
+
+T = TypeVar("T")
+A = TypeVar("A")
+
+# -P: a "launcher" dir in $HOME must not shadow the package. -W ignore: a third-party
+# library's warnings (say, a deprecation at import) must not reach the user's terminal.
+_AGENT_ARGS = ["-P", "-W", "ignore", "-m", AGENT_MODULE, "serve"]
+_STREAM_LIMIT = 1 << 24
+
+
+@dataclass(frozen=True)
+class SshOptions:
+    """How to reach the hosts."""
+
+    connect_timeout: float = 10.0
+    """Seconds for the TCP connection to a host: a host that does not answer is dead."""
+    patience: float = 600.0
+    """Seconds a live host (its connection up, its agent running) is waited for: the SSH
+    handshake, the agent's start, each answer. Keepalives notice a host that dies meanwhile."""
+    max_parallel: int = 128
+    """Handshakes in flight at once: bounds CPU, open files and sshd's MaxStartups."""
+    retries: int = 1
+    """Extra tries, with backoff, after a transient failure (timeout, connection reset)."""
+    python: str = sys.executable
+    """The interpreter that runs the node agent on every host."""
+    keepalive: float | None = None
+    """Seconds between SSH keepalives; three unanswered ones drop the connection. None:
+    as ~/.ssh/config says (ServerAliveInterval), else off. Followers set it, to notice a
+    host cut from the network and reconnect."""
+
+
+class NodeAgent:
+    """The agent on one host: ``await agent.call(Status(job))`` returns its ``NodeStatus``."""
+
+    def __init__(
+        self,
+        host: Host,
+        reader: Any,
+        writer: Any,
+        closer: Callable[[], Awaitable[None]],
+        explain: Callable[[], Awaitable[str]],
+    ) -> None:
+        self.host = host
+        self.hello: Hello | None = None
+        """The node's greeting, once ``greeting()`` read it."""
+        self.local_address: str | None = None
+        """This machine's address on the SSH connection (None for a local agent)."""
+        self._reader = reader
+        self._writer = writer
+        self._closer = closer
+        self._explain = explain
+        self._lock = asyncio.Lock()
+        self._unanswered = 0
+        self.patience = 0.0
+        """The least a call waits (``SshOptions.patience``): a remote node may be slow, not
+        dead; its connection's keepalives and the agent's end tell dead from slow."""
+
+    async def call(self, request: Request[A], timeout: float | None = 60.0) -> A:
+        """One request, one answer; a refusal or a lost agent raises a HostError.
+        ``timeout`` None: wait as long as the node takes (``Wait``)."""
+        timeout = None if timeout is None else max(timeout, self.patience)
+        async with self._lock:
+            try:
+                # A call cancelled (Ctrl-C) or timed out after its request went out leaves
+                # an answer on the way: it must not be taken for this request's.
+                while self._unanswered:
+                    await asyncio.wait_for(self._receive(), timeout)
+                    self._unanswered -= 1
+                await self._send(request)
+                self._unanswered += 1
+                answer = await asyncio.wait_for(self._receive(), timeout)
+                self._unanswered -= 1
+            except TimeoutError:
+                raise AgentError(self.host.label, f"no answer to {request.op} within {timeout:g} s") from None
+        answer_type: type[A] = ANSWERS[type(request)]
+        return self._checked(answer, answer_type, request.op)
+
+    async def greeting(self, timeout: float) -> Hello:
+        """The agent's first line, sent unasked; refuses a node with another launcher version."""
+        async with self._lock:
+            try:
+                raw = await asyncio.wait_for(self._receive(), timeout)
+            except TimeoutError:
+                raise AgentError(self.host.label, f"the node agent did not start within {timeout:g} s") from None
+        # Checked before the rest: an older node's greeting has another shape.
+        version, protocol = raw.get("version"), raw.get("protocol", 1)
+        if version != __version__ or protocol != PROTOCOL_VERSION:
+            raise VersionMismatchError(self.host.label, str(version), __version__, protocol, PROTOCOL_VERSION)
+        self.hello = self._checked(raw, Hello, "the greeting")
+        return self.hello
+
+    async def stream(self, request: Request[A]) -> AsyncIterator[LogBatch | A]:
+        """A request answered by many ``LogBatch`` messages, then its answer."""
+        async with self._lock:
+            await self._send(request)
+            while True:
+                message = await self._receive()
+                if "ok" in message:
+                    yield self._checked(message, ANSWERS[type(request)], request.op)
+                    return
+                yield self._checked({**message, "ok": True}, LogBatch, request.op)
+
+    async def close(self) -> None:
+        with contextlib.suppress(OSError, RuntimeError):
+            self._writer.close()
+        await self._closer()
+
+    async def _send(self, request: Request[Any]) -> None:
+        try:
+            self._writer.write(encode_request(request).encode())
+            await self._writer.drain()
+        except _connection_errors() as exc:
+            raise ConnectionLostError(self.host.label, f"connection lost: {exc}") from None
+
+    async def _receive(self) -> dict[str, Any]:
+        try:
+            line = await self._reader.readline()
+        except _connection_errors() as exc:
+            raise ConnectionLostError(self.host.label, f"connection lost: {exc}") from None
+        if not line:
+            raise AgentError(self.host.label, await self._explain())
+        try:
+            message = json.loads(line)
+        except ValueError:
+            raise AgentError(self.host.label, f"the node agent said something unexpected: {line[:200]!r}") from None
+        if not isinstance(message, dict):
+            raise AgentError(self.host.label, f"the node agent said something unexpected: {line[:200]!r}")
+        return message
+
+    def _checked(self, raw: dict[str, Any], cls: type[T], what: str) -> T:
+        if not raw.get("ok"):
+            # Read leniently: a newer node may name a kind this side does not know yet.
+            kind, error = raw.get("kind"), raw.get("error")
+            if not isinstance(error, str):
+                raise AgentError(self.host.label, f"the node agent refused {what} without saying why")
+            raise REFUSALS.get(str(kind), NodeRefusedError)(self.host.label, error)
+        try:
+            return decode(cls, raw)
+        except ProtocolError as exc:
+            raise AgentError(self.host.label, f"unexpected answer to {what}: {exc}") from None
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """What a dropped connection raises (asyncssh's ConnectionLost is no OSError; writing
+    to a closed transport is a RuntimeError)."""
+    asyncssh = asyncssh_module()
+
+    return (OSError, RuntimeError, asyncio.IncompleteReadError, asyncssh.Error)
+
+
+async def open_agent(host: Host, options: SshOptions, gate: asyncio.Semaphore | None = None) -> NodeAgent:
+    """Connect to ``host`` and start its agent; ``gate`` bounds concurrent handshakes."""
+    async with gate or asyncio.Semaphore(1):
+        agent = await (_open_local_agent(host, options) if host.is_local else _open_remote_agent(host, options))
+    try:
+        # Outside the gate: the agent's Python start is the node's work, not a handshake,
+        # and its wait counts from the SSH session's start, not from the queue.
+        await agent.greeting(timeout=options.patience)
+    except BaseException:
+        await agent.close()
+        raise
+    return agent
+
+
+async def _open_local_agent(host: Host, options: SshOptions) -> NodeAgent:
+    env = {k: v for k, v in os.environ.items() if k != JOB_MARKER}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            options.python,
+            *_AGENT_ARGS,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            limit=_STREAM_LIMIT,
+        )
+    except OSError as exc:
+        raise AgentError(host.label, f"cannot run {options.python}: {exc.strerror}") from None
+
+    async def closer() -> None:
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+    async def explain() -> str:
+        assert proc.stderr is not None
+        stderr = (await proc.stderr.read()).decode(errors="replace")
+        return _agent_failure(options.python, await proc.wait(), stderr)
+
+    return NodeAgent(host, proc.stdout, proc.stdin, closer, explain)
+
+
+async def _open_remote_agent(host: Host, options: SshOptions) -> NodeAgent:
+    asyncssh = asyncssh_module()
+
+    conn = await connect(host, options)
+    # Quoting point: the remote login shell parses this line.
+    command = "exec " + shlex.join([options.python, *_AGENT_ARGS])
+    try:
+        proc = await conn.create_process(command, encoding=None)
+    except (asyncssh.Error, OSError) as exc:
+        conn.close()
+        raise AgentError(host.label, f"cannot start a remote command: {exc}") from None
+
+    async def closer() -> None:
+        conn.close()
+        await conn.wait_closed()
+
+    async def explain() -> str:
+        stderr = (await proc.stderr.read()).decode(errors="replace")
+        completed = await proc.wait()
+        return _agent_failure(options.python, completed.exit_status, stderr)
+
+    agent = NodeAgent(host, proc.stdout, proc.stdin, closer, explain)
+    agent.patience = options.patience
+    sockname = conn.get_extra_info("sockname")
+    agent.local_address = str(sockname[0]) if sockname else None
+    return agent
+
+
+def _agent_failure(python: str, exit_status: int | None, stderr: str) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    if exit_status == 127:
+        return f"python not found there: {python} (pass --python PATH)"
+    if any("No module named launcher" in line for line in lines):
+        return f"launcher is not installed for {python} there (pip install it on every node)"
+    if lines:
+        return f"the node agent failed: {lines[-1]}"
+    return f"the node agent exited with status {exit_status}"
+
+
+async def connect(host: Host, options: SshOptions) -> Any:
+    """An asyncssh connection honouring ~/.ssh/config and known_hosts, with one retry
+    (``connecting.py``: a dead host fails by ``connect_timeout``, a slow one is waited for)."""
+    asyncssh = asyncssh_module()
+
+    transient = (TimeoutError, ConnectionResetError, asyncssh.ConnectionLost)
+    dial = Dial(host.name, host.port, host.user, options.connect_timeout, options.patience, options.keepalive)
+    for attempt in range(options.retries + 1):
+        try:
+            return await open_connection(dial)
+        except transient as exc:
+            if attempt == options.retries:
+                raise connect_error(host.label, exc, options) from None
+            await asyncio.sleep(0.5 * 2**attempt)
+        except (OSError, asyncssh.Error, ValueError, HostKeyChangedError) as exc:
+            raise connect_error(host.label, exc, options) from None
+    raise AssertionError("unreachable")
+
+
+def connect_error(host: str, exc: BaseException, options: SshOptions) -> HostError:
+    """The typed error, in one line, for a connection that could not be made."""
+    asyncssh = asyncssh_module()
+
+    if isinstance(exc, HostKeyChangedError):
+        return HostKeyError(
+            host,
+            "the host key changed (it is not the one in known_hosts): possible spoofing;"
+            f" if the host was reinstalled, remove its old key with `ssh-keygen -R {shlex.quote(exc.known_as)}`",
+        )
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+        return HostKeyError(
+            host, "host key not trusted: it is not in known_hosts (ssh to it once, or add it with ssh-keyscan)"
+        )
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return AuthenticationError(
+            host, "authentication failed: permission denied (check the user name and your SSH key or agent)"
+        )
+    if isinstance(exc, TimeoutError):
+        return UnreachableError(host, f"cannot connect: timed out after {options.connect_timeout:g} s")
+    if isinstance(exc, ConnectionRefusedError):
+        return UnreachableError(host, "cannot connect: connection refused (is sshd running on that port?)")
+    if isinstance(exc, socket.gaierror):
+        return UnreachableError(host, "cannot connect: unknown host name")
+    if isinstance(exc, OSError):
+        return UnreachableError(host, f"cannot connect: {exc.strerror or exc}")
+    if isinstance(exc, asyncssh.ConnectionLost):
+        return UnreachableError(host, f"cannot connect: {exc.reason}")
+    if isinstance(exc, asyncssh.Error):
+        return UnreachableError(host, f"ssh: {exc.reason}")
+    return UnreachableError(host, f"ssh: {exc}")
+
+
+async def for_each_host(hosts: Sequence[T], action: Callable[[T], Awaitable[Any]]) -> list[Any]:
+    """Run ``action`` on every host at once; each result is its value or its LauncherError."""
+    raise_open_files_limit(len(hosts))
+
+    async def guarded(item: T) -> Any:
+        try:
+            return await action(item)
+        except LauncherError as exc:
+            return exc
+
+    return list(await asyncio.gather(*(guarded(item) for item in hosts)))
+
+
+async def all_or_nothing(steps: Sequence[Awaitable[T]], hosts: Sequence[Host], summary: str) -> list[T]:
+    """One step per host at once; the first failure cancels the rest and raises JobError
+    naming every host that failed (launch and sync: on every host or on none)."""
+    if not steps:
+        return []  # asyncio.wait refuses an empty set
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    failures: dict[str, HostError] = {}
+    for host, task in zip(hosts, tasks, strict=True):
+        exc = None if task.cancelled() else task.exception()
+        if isinstance(exc, HostError):
+            failures[host.label] = exc
+        elif exc is not None:
+            raise exc
+    if failures:
+        raise JobError(summary, failures)
+    return [task.result() for task in tasks]
+
+
+def raise_open_files_limit(hosts: int) -> None:
+    """Each host costs a socket and a few pipes; the default soft limit (1024) runs out early."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 64 + 8 * hosts
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+
+
+async def ask(host: Host, ssh: SshOptions, request: Request[A], timeout: float = 60.0) -> A:
+    """One request on a connection of its own, closed after the answer."""
+    agent = await open_agent(host, ssh)
+    try:
+        return await agent.call(request, timeout=timeout)
+    finally:
+        await agent.close()
+
+
+async def reconnecting(
+    host: Host,
+    ssh: SshOptions,
+    session: Callable[[NodeAgent], Awaitable[None]],
+    on_problem: Callable[[str, str], None] | None,
+    reconnect_for: float,
+) -> None:
+    """Run ``session`` over a connection to ``host`` until it returns. A connection that
+    fails or drops is retried with backoff for up to ``reconnect_for`` seconds;
+    ``on_problem`` hears of it once per outage."""
+    delay = 0.5
+    down_since: float | None = None
+    while True:
+        try:
+            agent = await open_agent(host, ssh)
+        except HostError as exc:
+            down_since = down_since or time.monotonic()
+            if time.monotonic() - down_since > reconnect_for:
+                raise
+            if on_problem and delay == 0.5:
+                on_problem(host.label, f"{exc.message}; retrying")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10)
+            continue
+        if down_since is not None and on_problem:
+            on_problem(host.label, "reconnected")
+        down_since, delay = None, 0.5
+        try:
+            await session(agent)
+            return
+        except HostError as exc:
+            down_since = time.monotonic()
+            if on_problem:
+                on_problem(host.label, f"{exc.message}; reconnecting")
+        finally:
+            await agent.close()
+
+
+def report_given_up(
+    hosts: Sequence[Host], results: Sequence[Any], on_problem: Callable[[str, str], None] | None
+) -> None:
+    """Tell ``on_problem`` of each host whose ``reconnecting`` session gave up."""
+    for host, result in zip(hosts, results, strict=True):
+        if isinstance(result, LauncherError) and on_problem:
+            on_problem(host.label, f"gave up: {message_of(result)}")
