@@ -35,10 +35,7 @@ and exits non-zero without a traceback. Each one carries the facts it is about::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from launcher.job.result import JobResult
+from typing import Any
 
 
 class LauncherError(Exception):
@@ -254,7 +251,8 @@ class JobFailed(LauncherError):
 
     ``host`` and ``rank`` say where (``rank`` None: the node's own command failed),
     ``exception`` the exception text (``ValueError: boom``), ``traceback`` the remote
-    traceback's lines, ``result`` the ``JobResult`` (every host and rank). The message
+    traceback's lines, ``result`` the ``JobResult`` (every host and rank; typed ``Any`` so that the
+    error tree imports nothing: ``job/result.py`` builds the error from the outcome). The message
     is one line; the remote traceback is added as a note, so Python shows it under ours.
     """
 
@@ -267,7 +265,7 @@ class JobFailed(LauncherError):
         traceback: tuple[str, ...] = (),
         exit_status: int | None = None,
         signal: str | None = None,
-        result: JobResult | None = None,
+        result: Any = None,
     ) -> None:
         self.job = job
         self.host = host
