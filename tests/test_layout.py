@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "launcher"
-SHARED = {"launcher", "launcher.protocol"}
-"""What both sides may import: the package's ``__version__`` and the wire."""
+SHARED = {"launcher", "launcher.protocol", "launcher._version"}
+"""What both sides may import: the version and the wire."""
 NEVER_ON_A_NODE = {"torch", "asyncssh", "click", "rich", "cloudpickle"}
 """Heavy or launching-side libraries; a worker the node starts may import them, the agent not."""
 WORKER_MODULES = {"launcher/node/call_function.py"}

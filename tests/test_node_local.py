@@ -281,8 +281,8 @@ def test_an_agent_of_another_launcher_version_is_refused(node: LocalNode, tmp_pa
     """A ``--python`` whose launcher is another version: the greeting says so, nothing runs."""
     other = tmp_path / "other-site"
     shutil.copytree(Path(__file__).resolve().parent.parent / "launcher", other / "launcher")
-    init = other / "launcher" / "__init__.py"
-    init.write_text(init.read_text().replace(f'__version__ = "{__version__}"', '__version__ = "0.0.1"'))
+    version = other / "launcher" / "_version.py"
+    version.write_text(version.read_text().replace(f'__version__ = "{__version__}"', '__version__ = "0.0.1"'))
     python = tmp_path / "python-other"
     python.write_text(f'#!/bin/sh\nPYTHONPATH={other} exec {sys.executable} "$@"\n')
     python.chmod(0o755)

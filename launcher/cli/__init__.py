@@ -18,7 +18,7 @@ import warnings
 
 import click
 
-from launcher import __version__
+from launcher._version import __version__
 from launcher.cli.doctor import doctor
 from launcher.cli.jobs import attach, kill, list_jobs, logs, status
 from launcher.cli.launching import launch

@@ -12,6 +12,6 @@
     teardown.py    the supervisors watch each other: one failure stops all
     failures.py    which rank failed first, how, and its traceback
 
-Only ``launcher.protocol`` (the wire) and ``launcher.__version__`` are shared with the
+Only ``launcher.protocol`` (the wire) and ``launcher._version`` are shared with the
 launching side. Nothing here imports torch, asyncssh, click or rich.
 """

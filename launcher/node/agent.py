@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from launcher import __version__
+from launcher._version import __version__
 from launcher.node import logs, processes, start, status
 from launcher.node.errors import HungUp, NodeError
 from launcher.protocol import python_env

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from launcher import __version__
+from launcher._version import __version__
 from launcher.errors import (
     REFUSALS,
     AgentError,
