@@ -17,9 +17,9 @@ import pytest
 
 from launcher.cli import render
 from launcher.errors import HostsFileError, UsageError
-from launcher.launching.plan import dry_run_dir
 from launcher.launching.spec import check_nnodes, check_nproc, make_spec
 from launcher.launching.start import dry_run
+from launcher.protocol.paths import run_dir_shown
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -89,7 +89,7 @@ def test_sync_to_a_remote_dir_reads_the_projects_launcher_env(tmp_path: Path, mo
 def test_the_dry_run_names_each_nodes_own_state_directory() -> None:
     _, plans = dry_run(make_spec("t.py", hosts="a,b", name="j", environ={}))
 
-    log_dir = dry_run_dir("j") + "/torchrun"
+    log_dir = run_dir_shown("j") + "/torchrun"
     assert log_dir.startswith("${XDG_STATE_HOME:-~/.local/state}/launcher/runs/j/HOSTNAME")
     assert all(log_dir in plan.argv for plan in plans)
 

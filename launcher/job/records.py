@@ -7,7 +7,6 @@ umask (``launcher.protocol.private``, which the nodes' run directories use too).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -15,12 +14,7 @@ from typing import Any
 from launcher.errors import JobNotFoundError, LauncherError
 from launcher.hosts.files import Host
 from launcher.protocol import private
-
-
-def records_dir() -> Path:
-    """``$XDG_STATE_HOME/launcher/jobs`` (default ``~/.local/state/launcher/jobs``) on this machine."""
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(base) / "launcher" / "jobs"
+from launcher.protocol.paths import records_dir
 
 
 @dataclass(frozen=True)

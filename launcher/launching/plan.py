@@ -8,13 +8,8 @@ from dataclasses import dataclass
 from launcher.hosts.files import Host
 from launcher.launching import commands, rendezvous
 from launcher.launching.spec import LaunchSpec
-from launcher.protocol.messages import RUNS_PATH, Prepared
-
-
-def dry_run_dir(job: str) -> str:
-    """A node's run directory as the dry run shows it: only the node knows its state
-    directory and its hostname."""
-    return f"${{XDG_STATE_HOME:-~/.local/state}}/{RUNS_PATH}/{job}/HOSTNAME"
+from launcher.protocol.messages import Prepared
+from launcher.protocol.paths import run_dir_shown
 
 
 @dataclass(frozen=True)
@@ -80,7 +75,7 @@ def dry_plan(spec: LaunchSpec, name: str) -> list[NodePlan]:
     """
     endpoint = (spec.hosts[0].name, spec.rdzv_port or "PORT")
     interfaces = [IFNAME if len(spec.hosts) > 1 else None] * len(spec.hosts)
-    return plan_nodes(spec, name, endpoint, [dry_run_dir(name)] * len(spec.hosts), interfaces=interfaces)
+    return plan_nodes(spec, name, endpoint, [run_dir_shown(name)] * len(spec.hosts), interfaces=interfaces)
 
 
 def nproc_for(spec: LaunchSpec, host: Host, gpus: int | None = None, placeholder: bool = False) -> str:

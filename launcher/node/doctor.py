@@ -20,10 +20,10 @@ from pathlib import Path
 from launcher.node import gpus, network
 from launcher.node.errors import NodeError
 from launcher.node.preflight import IFNAME_VARIABLES, is_launcher_job, process_name, ssh_address
-from launcher.node.rundir import runs_dir
 from launcher.protocol import python_env
 from launcher.protocol.doctor import Checkup, DiskSpace, GpuReport, NodeReport
 from launcher.protocol.messages import Probe
+from launcher.protocol.paths import runs_dir
 
 _CUDA = re.compile(r"""^cuda\s*(?::[^=]*)?=\s*['"]([^'"]+)['"]""", re.M)
 _NCCL_WHEELS = ("nvidia-nccl-cu13", "nvidia-nccl-cu12", "nvidia-nccl-cu11")

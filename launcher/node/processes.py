@@ -17,8 +17,9 @@ import time
 from typing import Any
 
 from launcher.node import status, tmux
-from launcher.node.rundir import RunDir, runs_dir
+from launcher.node.rundir import RunDir
 from launcher.protocol.messages import JOB_MARKER, KillAllReport, KillReport, LeftProcess
+from launcher.protocol.paths import runs_dir
 
 _SWEEPS = 5
 """Processes may fork while we wait: SIGKILL rounds until one finds nothing new."""

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import shutil
 import socket
@@ -37,20 +36,11 @@ from typing import IO, Any, TypeVar
 from launcher.node.errors import NodeError
 from launcher.protocol import private
 from launcher.protocol.codec import ProtocolError, decode, to_wire
-from launcher.protocol.messages import RUNS_PATH, Teardown
+from launcher.protocol.messages import Teardown
+from launcher.protocol.paths import runs_dir
 
 T = TypeVar("T")
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
-
-
-def state_dir() -> Path:
-    """``$XDG_STATE_HOME``, or ``~/.local/state``."""
-    return Path(os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state"))
-
-
-def runs_dir() -> Path:
-    """Every job's run directories on this node (and its NFS neighbours)."""
-    return state_dir() / RUNS_PATH
 
 
 @dataclasses.dataclass(frozen=True)

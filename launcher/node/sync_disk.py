@@ -23,7 +23,7 @@ import shutil
 import socket
 import time
 
-from launcher.node.rundir import state_dir
+from launcher.protocol.paths import old_sync_records_dir
 from launcher.protocol.sync import STAGING_PREFIX, SyncEntry
 
 STATE_NAME = f"{STAGING_PREFIX}state"
@@ -114,7 +114,7 @@ def _old_record_path(root: str) -> str:
     import hashlib
 
     name = hashlib.blake2b(root.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
-    return os.path.join(state_dir(), "launcher", "sync", socket.gethostname(), f"{name}.json")
+    return str(old_sync_records_dir() / f"{name}.json")
 
 
 def load_record(root: str) -> dict[str, SyncEntry]:

@@ -40,8 +40,6 @@ RANK_PREFIX_TEMPLATE = "\x1e${rank}\x1f"
 SESSION_PREFIX = "launcher-"
 """Every job's tmux session is named ``launcher-<job>``."""
 
-RUNS_PATH = "launcher/runs"
-"""Under each node's ``$XDG_STATE_HOME`` (default ``~/.local/state``): ``<job>/<hostname>``."""
 
 AGENT_MODULE = "launcher.node"
 

@@ -33,12 +33,11 @@ import os
 import re
 import secrets
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import TypeVar
 
 from launcher.errors import UsageError
 from launcher.hosts.files import Host
-from launcher.job.records import records_dir
+from launcher.protocol.paths import sync_cache_dir
 from launcher.protocol.sync import STAGING_PREFIX, SyncCommitted, SyncNeeds, SyncPlan, display_path
 from launcher.sync import commit as steps
 from launcher.sync.send import Progress, stage_content
@@ -112,16 +111,11 @@ def parse_size(value: int | str, option: str = "--sync-max") -> int:
     return int(float(match[1]) * (1024 ** ("kmgt".index(unit) + 1) if unit else 1))
 
 
-def cache_dir() -> Path:
-    """Where this machine keeps its hashes between syncs (next to the job records)."""
-    return records_dir().parent / "sync-cache"
-
-
 def prepare_tree(source: str, max_bytes: int = DEFAULT_SYNC_MAX) -> Tree:
     """The tree to sync, checked before any host is contacted."""
     if max_bytes < 0:
         raise UsageError(f"--sync-max must be >= 0, got {max_bytes}")
-    tree = scan_tree(source, cache_dir())
+    tree = scan_tree(source, sync_cache_dir())
     if tree.size > max_bytes:
         raise SyncTooLargeError(tree.size, max_bytes, tree.largest())
     return tree
