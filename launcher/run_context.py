@@ -66,7 +66,7 @@ from pathlib import Path
 from typing import Literal
 
 from launcher.errors import UsageError
-from launcher.protocol.messages import JOB_MARKER
+from launcher.protocol.base import JOB_MARKER
 
 JOB_VARIABLE = JOB_MARKER
 """Set to the job name in every process that ``launcher launch`` starts."""

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import psutil
 
 from launcher.hosts.files import LOCALHOST
-from launcher.protocol.messages import JOB_MARKER, Request
+from launcher.protocol.base import JOB_MARKER, Request
 from launcher.transport.agent import NodeAgent, SshOptions, open_agent
 
 A = TypeVar("A")

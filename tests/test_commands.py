@@ -20,7 +20,7 @@ from launcher.launching.commands import (
     script_file,
 )
 from launcher.launching.environment import parse_assignment as parse_env_assignment
-from launcher.protocol.messages import RANK_PREFIX_TEMPLATE
+from launcher.protocol.base import RANK_PREFIX_TEMPLATE
 
 # --- torchrun_argv ------------------------------------------------------------------------
 

@@ -403,7 +403,7 @@ def test_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch, no_gpus: None) 
 
 
 def test_job_variable_is_the_marker_the_node_sets() -> None:
-    from launcher.protocol.messages import JOB_MARKER
+    from launcher.protocol.base import JOB_MARKER
 
     assert ctx.JOB_VARIABLE == JOB_MARKER == "LAUNCHER_JOB"
 

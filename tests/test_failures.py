@@ -17,7 +17,8 @@ import pytest
 
 from launcher.node.failures import rank_failures, root_cause
 from launcher.protocol.codec import decode, to_wire
-from launcher.protocol.messages import LogRecord, RankFailure
+from launcher.protocol.logs import LogRecord
+from launcher.protocol.messages import RankFailure
 
 Record = LogRecord
 

@@ -555,7 +555,8 @@ def test_a_gpu_held_by_another_launcher_job_is_busy_unless_that_job_is_replaced(
     naming that job; only a --force launch of that same name may take the GPU."""
     from launcher.node.errors import NodeError
     from launcher.node.preflight import gpu_checks
-    from launcher.protocol.messages import JOB_MARKER, Prepare
+    from launcher.protocol.base import JOB_MARKER
+    from launcher.protocol.messages import Prepare
 
     orphan = subprocess.Popen(["sleep", "60"], env={**os.environ, JOB_MARKER: "lost-job"})
     stranger = subprocess.Popen(["sleep", "60"], env={k: v for k, v in os.environ.items() if k != JOB_MARKER})

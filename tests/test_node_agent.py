@@ -22,7 +22,8 @@ from launcher.node import agent as node_agent
 from launcher.node import logs as node_logs
 from launcher.node.errors import HungUp
 from launcher.node.rundir import ExitRecord, RunDir, SupervisorStarted
-from launcher.protocol.messages import PROTOCOL_VERSION, Ended, Wait
+from launcher.protocol.base import PROTOCOL_VERSION
+from launcher.protocol.messages import Ended, Wait
 from launcher.transport.agent import NodeAgent
 
 HELLO = {"ok": True, "protocol": PROTOCOL_VERSION, "version": __version__, "hostname": "node7", "address": None}

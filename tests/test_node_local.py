@@ -33,20 +33,9 @@ from launcher.job.records import JobRecord
 from launcher.job.status import job_status
 from launcher.launching.spec import make_spec
 from launcher.launching.start import launch_job
-from launcher.protocol.messages import (
-    Ended,
-    Kill,
-    LogBatch,
-    LogEnd,
-    NodeStatus,
-    Prepare,
-    Start,
-    Status,
-    Tail,
-    Teardown,
-    Wait,
-    session_name,
-)
+from launcher.protocol.base import session_name
+from launcher.protocol.logs import LogBatch, LogEnd, Tail
+from launcher.protocol.messages import Ended, Kill, NodeStatus, Prepare, Start, Status, Teardown, Wait
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from launcher.node import logfile, logs
 from launcher.node.rundir import ExitRecord, RunDir
-from launcher.protocol.messages import Follow, LogBatch, LogEnd, ReadLogs, Tail
+from launcher.protocol.logs import Follow, LogBatch, LogEnd, ReadLogs, Tail
 
 Record = tuple[int | None, str, bytes]
 """rank (None: the node's own line), stream, text."""

@@ -19,7 +19,8 @@ from typing import Any
 
 from launcher.errors import JobFailed, NotPicklableError, UsageError
 from launcher.job.result import JobResult, job_failed
-from launcher.protocol.messages import RESULT_LIMIT, ReadResults
+from launcher.protocol.base import RESULT_LIMIT
+from launcher.protocol.messages import ReadResults
 from launcher.transport.agent import NodeAgent
 
 CALL_MODULE = "launcher.node.call_function"

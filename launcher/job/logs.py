@@ -10,7 +10,7 @@ from typing import Any, Literal
 from launcher.errors import LauncherError, message_of
 from launcher.hosts.files import Host
 from launcher.job.records import JobRecord
-from launcher.protocol.messages import Follow, LogBatch, LogRecord, ReadLogs, Tail
+from launcher.protocol.logs import Follow, LogBatch, LogRecord, ReadLogs, Tail
 from launcher.transport.agent import NodeAgent, SshOptions, for_each_host, open_agent, reconnecting, report_given_up
 from launcher.transport.lost import LostHosts
 

@@ -11,7 +11,7 @@ from pathlib import PurePath
 from typing import Literal
 
 from launcher.errors import UsageError
-from launcher.protocol.messages import RANK_PREFIX_TEMPLATE, session_name
+from launcher.protocol.base import RANK_PREFIX_TEMPLATE, session_name
 
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,79}")
 

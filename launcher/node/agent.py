@@ -20,29 +20,12 @@ from launcher._version import __version__
 from launcher.node import logs, processes, start, status
 from launcher.node.errors import HungUp, NodeError
 from launcher.protocol import python_env
+from launcher.protocol.base import PROTOCOL_VERSION, Refusal
 from launcher.protocol.codec import ProtocolError
 from launcher.protocol.doctor import Checkup
-from launcher.protocol.messages import (
-    PROTOCOL_VERSION,
-    Commit,
-    Follow,
-    Hello,
-    Kill,
-    KillAll,
-    LogBatch,
-    Prepare,
-    ReadLogs,
-    ReadResults,
-    Refusal,
-    Results,
-    Start,
-    Status,
-    Tail,
-    Wait,
-    decode_request,
-    encode_answer,
-    encode_batch,
-)
+from launcher.protocol.logs import Follow, LogBatch, ReadLogs, Tail
+from launcher.protocol.messages import Commit, Hello, Kill, KillAll, Prepare, ReadResults, Results, Start, Status, Wait
+from launcher.protocol.registry import decode_request, encode_answer, encode_batch
 from launcher.protocol.sync import SyncAbort, SyncCommit, SyncFinish, SyncLook, SyncPlan, SyncPut, SyncVerify
 
 Idle = logs.Idle

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from launcher.protocol.messages import RefusalKind
+from launcher.protocol.base import RefusalKind
 
 
 class NodeError(Exception):

@@ -26,7 +26,8 @@ import json
 import re
 from collections.abc import Sequence
 
-from launcher.protocol.messages import LogRecord, RankFailure
+from launcher.protocol.logs import LogRecord
+from launcher.protocol.messages import RankFailure
 
 _ENTRY = re.compile(r"^\[\d+\]:$")
 _FIELD = re.compile(r"^\s+(\w+)\s*:\s?(.*)$")

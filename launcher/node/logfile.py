@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from launcher.protocol import private
-from launcher.protocol.messages import LogRecord
+from launcher.protocol.logs import LogRecord
 
 RANK_PREFIX = re.compile(rb"\x1e(\d+)\x1f")
 """What torchrun puts before each worker line (``protocol.RANK_PREFIX_TEMPLATE``)."""

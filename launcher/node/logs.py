@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 from launcher.node import logfile, status
 from launcher.node.rundir import RunDir
-from launcher.protocol.messages import Ended, Follow, LogBatch, LogEnd, LogRecord, ReadLogs, Tail, Wait
+from launcher.protocol.logs import Follow, LogBatch, LogEnd, LogRecord, ReadLogs, Tail
+from launcher.protocol.messages import Ended, Wait
 
 Emit = Callable[[LogBatch], None]
 """Sends one message of a streamed answer."""

@@ -13,7 +13,8 @@ import os
 
 from launcher.node import gpus, network
 from launcher.node.errors import NodeError
-from launcher.protocol.messages import JOB_MARKER, Prepare, Prepared, Probe
+from launcher.protocol.base import JOB_MARKER
+from launcher.protocol.messages import Prepare, Prepared, Probe
 
 IFNAME_VARIABLES = ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME")
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from launcher.node import status, tmux
 from launcher.node.rundir import RunDir
-from launcher.protocol.messages import JOB_MARKER, KillAllReport, KillReport, LeftProcess
+from launcher.protocol.base import JOB_MARKER
+from launcher.protocol.messages import KillAllReport, KillReport, LeftProcess
 from launcher.protocol.paths import runs_dir
 
 _SWEEPS = 5

@@ -10,7 +10,8 @@ from __future__ import annotations
 import base64
 
 from launcher.node.rundir import RunDir
-from launcher.protocol.messages import RESULT_LIMIT, ReadResults, Results
+from launcher.protocol.base import RESULT_LIMIT
+from launcher.protocol.messages import ReadResults, Results
 
 LINE_BUDGET = RESULT_LIMIT
 """Bytes of pickles per answer (about 4/3 of that in base64): one answer line stays below

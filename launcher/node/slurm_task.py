@@ -16,8 +16,8 @@ import os
 import sys
 
 from launcher.node.rundir import JobSpec, RunDir
+from launcher.protocol.base import JOB_MARKER, RUN_DIR_VARIABLE
 from launcher.protocol.codec import ProtocolError, decode
-from launcher.protocol.messages import JOB_MARKER, RUN_DIR_VARIABLE
 from launcher.protocol.slurm import SlurmTask, slurm_field
 
 USAGE = "usage: python -m launcher.node.slurm_task RDZV_HOST RDZV_PORT TASK_JSON"

@@ -15,16 +15,8 @@ from collections.abc import Iterator
 from launcher.node import network, preflight, processes, status, tmux
 from launcher.node.errors import NodeError
 from launcher.node.rundir import JobSpec, RunDir
-from launcher.protocol.messages import (
-    JOB_MARKER,
-    RUN_DIR_VARIABLE,
-    Commit,
-    Prepare,
-    Prepared,
-    Start,
-    Started,
-    session_name,
-)
+from launcher.protocol.base import JOB_MARKER, RUN_DIR_VARIABLE, session_name
+from launcher.protocol.messages import Commit, Prepare, Prepared, Start, Started
 
 SUPERVISOR_START_S = 600.0
 """Only a backstop: while its tmux session lives the supervisor is starting, however slowly

@@ -6,7 +6,8 @@ import socket
 
 from launcher.node import failures, logfile
 from launcher.node.rundir import RunDir
-from launcher.protocol.messages import NodeState, NodeStatus
+from launcher.protocol.base import NodeState
+from launcher.protocol.messages import NodeStatus
 
 
 def node_state(run: RunDir) -> NodeState:

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from typing import Any
 
-from launcher.protocol.messages import JOB_MARKER, SESSION_PREFIX, session_name
+from launcher.protocol.base import JOB_MARKER, SESSION_PREFIX, session_name
 
 SOCKET_VARIABLE = "LAUNCHER_TMUX_SOCKET"
 

@@ -1,12 +1,17 @@
-"""The wire between the launching machine and the node agents: standard library only.
+"""The wire between the launching machine and the node agents, and the paths both sides use.
 
-Both sides import it; it imports no other part of launcher and no third-party package.
+Standard library only: both sides import it, and it imports no other part of launcher and
+no third-party package (``.importlinter``). Nothing here changes after import.
 
-    messages.py    every request and answer of the agent, typed, and the tables that name them
-    doctor.py      the ``launcher doctor`` messages
-    sync.py        the sync messages, the manifest and its digest
-    slurm.py       what a ``launcher sbatch`` task is told
+    base.py        the version, the job marker, the session name, a request's base and a refusal
+    messages.py    the job's requests and answers: greeting, prepare, start, status, kill, wait, results
+    logs.py        a line of output, and the requests that read, tail and follow
+    doctor.py      the ``launcher doctor`` checkup
+    sync.py        the sync's requests and answers, the manifest and its digest
+    slurm.py       what a ``launcher sbatch`` task is told (no request: a command line)
+    registry.py    ``REQUESTS`` and ``ANSWERS`` from each module's table; a message <-> its line
     codec.py       frozen dataclasses <-> plain JSON values, checked against their type hints
+    paths.py       every state directory: job records, sync cache, run directories
     private.py     directories and files no other user can read (both sides' state)
     python_env.py  which Python and which torch an interpreter runs, without importing torch
 """

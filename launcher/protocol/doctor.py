@@ -1,4 +1,4 @@
-"""The ``launcher doctor`` messages of the wire (``launcher.protocol.messages`` puts them in its
+"""The ``launcher doctor`` messages of the wire (``registry.py`` puts them in its
 tables); stdlib only. ``Checkup`` asks a node what a launch needs there and starts nothing;
 the first node (``listen``) holds a rendezvous port until its agent ends, the others probe it.
 """
@@ -6,9 +6,10 @@ the first node (``listen``) holds a rendezvous port until its agent ends, the ot
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from launcher.protocol.messages import ANSWERS, REQUESTS, Probe, Request
+from launcher.protocol.base import Request
+from launcher.protocol.messages import Probe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,5 +71,4 @@ class Checkup(Request[NodeReport]):
     probe_timeout: float = 3.0
 
 
-REQUESTS[Checkup.op] = Checkup
-ANSWERS[Checkup] = NodeReport
+DOCTOR_ANSWERS: dict[type[Request[Any]], type[Any]] = {Checkup: NodeReport}

@@ -5,91 +5,21 @@ only, so the node pays almost nothing to import it. One JSON object per line:
 
     node -> launcher   Hello                       first, unasked, when the agent starts
     launcher -> node   {"op": "<op>", ...}         a request (one of the dataclasses below)
-    node -> launcher   {"ok": true, ...}           its answer (``ANSWERS[type(request)]``)
+    node -> launcher   {"ok": true, ...}           its answer (``registry.ANSWERS[type(request)]``)
                        {"ok": false, "kind", "error"}   a refusal (``Refusal``)
                        {"records": [...], ...}     streaming ops (tail, follow) send
                                                    ``LogBatch`` messages before the answer
 
-``encode_*`` turn a message into its line and ``codec.decode`` checks a decoded JSON value
+``registry.encode_*`` turn a message into its line and ``codec.decode`` checks a decoded JSON value
 against a message type, so that neither side reads a field by a string key.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from typing import Any, ClassVar, Generic, Literal, NamedTuple, TypeVar
+from typing import Any, ClassVar
 
-from launcher.protocol.codec import ProtocolError, decode, to_wire
-
-PROTOCOL_VERSION = 3
-"""Bumped whenever a message changes; both sides must also run the same launcher version.
-3: ``Teardown.secret`` (required: teardown connections authenticate)."""
-
-JOB_MARKER = "LAUNCHER_JOB"
-"""Environment variable set to the job name in every process of a job.
-
-Children inherit it across double forks and ``setsid``, so ``kill`` finds processes that
-left the tmux session's process tree; matching it exactly never touches another job.
-"""
-
-RANK_PREFIX_TEMPLATE = "\x1e${rank}\x1f"
-"""torchrun's ``TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE``: each worker line arrives as
-``RS <global rank> US <text>``. Control characters cannot be confused with output."""
-
-SESSION_PREFIX = "launcher-"
-"""Every job's tmux session is named ``launcher-<job>``."""
-
-
-AGENT_MODULE = "launcher.node"
-
-RUN_DIR_VARIABLE = "LAUNCHER_RUN_DIR"
-"""Set in every process of a job to the node's run directory (``launcher.run``'s workers
-read their function there and write their return values there)."""
-
-RESULT_LIMIT = 8 << 20
-"""Most bytes of one rank's pickled return value (``ReadResults`` sends it in one line)."""
-"""``python -P -m launcher.node serve`` starts the agent."""
-
-
-def session_name(job: str) -> str:
-    """The tmux session a job runs in, on every node."""
-    return SESSION_PREFIX + job
-
-
-A = TypeVar("A")
-Stream = Literal["o", "e"]
-NodeState = Literal["running", "succeeded", "failed", "killed", "lost", "unknown"]
-"""``lost``: the supervisor vanished without a word (its host rebooted, or it was SIGKILLed)."""
-RefusalKind = Literal[
-    "bad_request",
-    "workdir_missing",
-    "script_missing",
-    "tmux_missing",
-    "job_running",
-    "start_failed",
-    "gpus_busy",
-    "no_gpus",
-    "port_busy",
-    "sync_failed",
-    "internal",
-]
-"""Why a node refused a request; the launching side raises one error class per kind."""
-
-
-class LogRecord(NamedTuple):
-    """One line of a job's output on a node, as ``output.log`` stores it.
-
-    A tuple on purpose: it travels as ``[time, rank, stream, text]``, the most compact
-    JSON for the message sent most often.
-    """
-
-    time: float
-    rank: int | None
-    """Global rank, or None for the node's own lines (torchrun, the launcher)."""
-    stream: Stream
-    text: str
-
+from launcher.protocol.base import NodeState, Request
 
 # ---------------------------------------------------------------------------- greeting
 
@@ -221,25 +151,6 @@ class KillAllReport:
 
 
 @dataclasses.dataclass(frozen=True)
-class LogBatch:
-    """Records that passed the filters; ``offset``: where the next read goes on from."""
-
-    records: list[LogRecord]
-    offset: int | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class LogEnd:
-    """The last message of ``tail`` and ``follow``."""
-
-    offset: int
-    ended: bool = False
-    """Follow: the job has ended here and every record has been sent."""
-    lost_node: int | None = None
-    """Follow, once ended: the node whose silence stopped the job here."""
-
-
-@dataclasses.dataclass(frozen=True)
 class Ended:
     state: NodeState
     lost_node: int | None = None
@@ -255,21 +166,7 @@ class Results:
     """Some were left out to keep the line short: ask again, skipping those received."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Refusal:
-    """The node could not carry out a request."""
-
-    kind: RefusalKind
-    error: str
-
-
 # ---------------------------------------------------------------------------- requests
-
-
-class Request(Generic[A]):
-    """A request whose answer is an ``A``; ``op`` names it on the wire."""
-
-    op: ClassVar[str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -367,39 +264,6 @@ class KillAll(Request[KillAllReport]):
 
 
 @dataclasses.dataclass(frozen=True)
-class ReadLogs(Request[LogBatch]):
-    """One batch of records from ``offset`` on (an answer whose offset has not moved: the end)."""
-
-    op: ClassVar[str] = "logs"
-    job: str
-    offset: int = 0
-    ranks: list[int] | None = None
-    stderr_only: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class Tail(Request[LogEnd]):
-    """The last ``count`` records of each rank, streamed as ``LogBatch``es."""
-
-    op: ClassVar[str] = "tail"
-    job: str
-    count: int
-    ranks: list[int] | None = None
-    stderr_only: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class Follow(Request[LogEnd]):
-    """New records from ``offset`` on, streamed as ``LogBatch``es until the job ends here."""
-
-    op: ClassVar[str] = "follow"
-    job: str
-    offset: int = 0
-    ranks: list[int] | None = None
-    stderr_only: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
 class Wait(Request[Ended]):
     """Answered once the job no longer runs here."""
 
@@ -416,62 +280,13 @@ class ReadResults(Request[Results]):
     skip: list[int] = dataclasses.field(default_factory=list)
 
 
-REQUESTS: dict[str, type[Request[Any]]] = {
-    cls.op: cls for cls in (Prepare, Start, Commit, Status, Kill, KillAll, ReadLogs, Tail, Follow, Wait, ReadResults)
-}
-
-
-ANSWERS: dict[type[Request[Any]], type[Any]] = {
+JOB_ANSWERS: dict[type[Request[Any]], type[Any]] = {
     Prepare: Prepared,
     Start: Started,
     Commit: Started,
     Status: NodeStatus,
     Kill: KillReport,
     KillAll: KillAllReport,
-    ReadLogs: LogBatch,
-    Tail: LogEnd,
-    Follow: LogEnd,
     Wait: Ended,
     ReadResults: Results,
 }
-
-
-# ---------------------------------------------------------------------------- lines
-
-
-def encode_request(request: Any) -> str:
-    """``{"op": ..., fields...}`` and a newline."""
-    return json.dumps({"op": request.op, **to_wire(request)}) + "\n"
-
-
-def encode_answer(answer: Any) -> str:
-    """The answer that ends a request: ``{"ok": true, ...}``, or a refusal with ``"ok": false``."""
-    if isinstance(answer, Refusal):
-        return json.dumps({"ok": False, **to_wire(answer)}) + "\n"
-    return json.dumps({"ok": True, **to_wire(answer)}) + "\n"
-
-
-def encode_batch(batch: LogBatch) -> str:
-    """A message of a streamed answer: no ``"ok"``, so the launcher knows more is coming."""
-    return json.dumps(to_wire(batch)) + "\n"
-
-
-def decode_request(line: str) -> Any:
-    """A request line -> its dataclass; ProtocolError when it is no request we know."""
-    try:
-        data = json.loads(line)
-    except ValueError as exc:
-        raise ProtocolError(f"not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ProtocolError("a request must be a JSON object")
-    op = data.pop("op", None)
-    cls = REQUESTS.get(op) if isinstance(op, str) else None
-    if cls is None:
-        raise ProtocolError(f"unknown request {op!r}")
-    return decode(cls, data)
-
-
-# The doctor's and the sync's messages live in modules of their own, which add them to
-# REQUESTS and ANSWERS. Imported last: they import from this module.
-import launcher.protocol.doctor  # noqa: E402
-import launcher.protocol.sync  # noqa: E402, F401

@@ -1,4 +1,4 @@
-"""The sync messages of the wire (``launcher.protocol.messages`` puts them in its tables); stdlib only.
+"""The sync messages of the wire (``registry.py`` puts them in its tables); stdlib only.
 
 A sync is one session per host, named by a token, over the agent's connection:
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Literal, NamedTuple
 
-from launcher.protocol.messages import ANSWERS, REQUESTS, Request
+from launcher.protocol.base import Request
 
 STAGING_PREFIX = ".launcher-sync-"
 """A top-level name no synced tree may use: the nodes' staging directories."""
@@ -174,8 +174,6 @@ SYNC_ANSWERS: dict[type[Request[Any]], type[Any]] = {
     SyncFinish: SyncClosed,
     SyncAbort: SyncClosed,
 }
-REQUESTS.update({cls.op: cls for cls in SYNC_ANSWERS})
-ANSWERS.update(SYNC_ANSWERS)
 
 
 def manifest_digest(entries: list[SyncEntry]) -> str:

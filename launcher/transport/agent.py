@@ -38,17 +38,11 @@ from launcher.errors import (
     message_of,
 )
 from launcher.hosts.files import Host
+from launcher.protocol.base import AGENT_MODULE, JOB_MARKER, PROTOCOL_VERSION, Request
 from launcher.protocol.codec import ProtocolError, decode
-from launcher.protocol.messages import (
-    AGENT_MODULE,
-    ANSWERS,
-    JOB_MARKER,
-    PROTOCOL_VERSION,
-    Hello,
-    LogBatch,
-    Request,
-    encode_request,
-)
+from launcher.protocol.logs import LogBatch
+from launcher.protocol.messages import Hello
+from launcher.protocol.registry import ANSWERS, encode_request
 from launcher.transport.connect import Dial, HostKeyChangedError, open_connection
 from launcher.transport.ssh_library import asyncssh_module
 
