@@ -1,77 +1,102 @@
-"""The two sides stay apart: what runs on the nodes imports nothing of the launching side.
+"""The house's shape: what ``.importlinter``'s contracts cannot say, and that they hold.
 
-Read from the source (every ``import`` and ``from ... import`` in every module, including
-those inside functions), so a lazy import cannot sneak the launching side onto a node.
+Who may import whom is written once, as import-linter contracts in ``.importlinter`` (run by
+``lint-imports`` in ``.ci/run``): they see every import, inside functions, relative ones and
+those under ``TYPE_CHECKING``. Here: that they pass, that they fail when a node module imports
+the launching side, and what they cannot express: the wire's imports are the standard library
+only (a contract names modules, not "whatever is not stdlib"), the node agent loads nothing
+heavy when it runs, and each package's docstring lists its modules.
 """
 
 from __future__ import annotations
 
 import ast
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import grimp
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "launcher"
-SHARED = {"launcher", "launcher.protocol", "launcher._version"}
-"""What both sides may import: the version and the wire."""
-NEVER_ON_A_NODE = {"torch", "asyncssh", "click", "rich", "cloudpickle"}
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "launcher"
+LINT_IMPORTS = shutil.which("lint-imports") or "lint-imports"
+NEVER_IN_THE_AGENT = ("torch", "asyncssh", "click", "rich", "cloudpickle")
 """Heavy or launching-side libraries; a worker the node starts may import them, the agent not."""
-WORKER_MODULES = {"launcher/node/call_function.py"}
-"""Runs inside the job's own processes (under torchrun), not in the agent."""
 
 
-def imports_of(path: Path) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names if node.module == "launcher")
-    return names
+def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [LINT_IMPORTS, "--config", str(root / ".importlinter"), "--no-cache"],
+        cwd=root,
+        env={"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
-def is_shared(name: str) -> bool:
-    return name in SHARED or name.startswith("launcher.protocol") or name == "launcher.__version__"
+def test_the_contracts_hold() -> None:
+    checked = lint_imports(REPO)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "0 broken" in checked.stdout
 
 
-NODE_MODULES = sorted(PACKAGE.glob("node/*.py"))
+@pytest.mark.parametrize(
+    ("module", "line", "contract"),
+    [
+        ("node/status.py", "import launcher.launching.plan", "The node side imports only the wire"),
+        ("node/logs.py", "from launcher.job import records  # inside a function counts too", "The node side"),
+        ("protocol/base.py", "import psutil", "The wire is standard library only"),
+        ("hosts/files.py", "from ..transport import agent", "The launching side in layers"),
+    ],
+    ids=["node->launching", "node->job", "protocol->psutil", "relative-upwards"],
+)
+def test_a_broken_rule_fails_the_contracts(tmp_path: Path, module: str, line: str, contract: str) -> None:
+    shutil.copytree(PACKAGE, tmp_path / "launcher", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / ".importlinter", tmp_path / ".importlinter")
+    path = tmp_path / "launcher" / module
+    text = path.read_text()
+    if "inside a function" in line:
+        text += f"\n\ndef _late() -> None:\n    {line}\n"
+    else:
+        text += f"\n{line}  # noqa\n"
+    path.write_text(text)
+
+    checked = lint_imports(tmp_path)
+
+    assert checked.returncode != 0, checked.stdout
+    broken = [row for row in checked.stdout.replace("\n", " ").split("KEPT") if "BROKEN" in row]
+    assert any(contract in row for row in broken), checked.stdout
 
 
-@pytest.mark.parametrize("path", NODE_MODULES, ids=lambda p: p.name)
-def test_node_modules_import_only_the_node_side_and_the_wire(path: Path) -> None:
-    launching = {
-        name
-        for name in imports_of(path)
-        if name.startswith("launcher") and not name.startswith("launcher.node") and not is_shared(name)
-    }
-    assert launching == set(), f"{path.name} imports the launching side"
-
-
-@pytest.mark.parametrize("path", NODE_MODULES, ids=lambda p: p.name)
-def test_the_agent_imports_nothing_heavy(path: Path) -> None:
-    if str(path.relative_to(PACKAGE.parent)) in WORKER_MODULES:
-        pytest.skip("runs in the job's processes")
-    heavy = {name for name in imports_of(path) if name.partition(".")[0] in NEVER_ON_A_NODE}
-    assert heavy == set()
-
-
-@pytest.mark.parametrize("path", sorted(PACKAGE.glob("protocol/*.py")), ids=lambda p: p.name)
-def test_the_wire_is_standard_library_only(path: Path) -> None:
-    import sys
-
+def test_the_wire_imports_the_standard_library_only() -> None:
+    graph = grimp.build_graph("launcher", include_external_packages=True, cache_dir=None)
     outside = {
-        name
-        for name in imports_of(path)
-        if name.partition(".")[0] not in sys.stdlib_module_names and not is_shared(name)
+        (module, imported)
+        for module in graph.find_descendants("launcher.protocol") | {"launcher.protocol"}
+        for imported in graph.find_modules_directly_imported_by(module)
+        if not imported.startswith("launcher.protocol") and imported.partition(".")[0] not in sys.stdlib_module_names
     }
     assert outside == set()
 
 
-def test_the_cli_is_the_only_user_of_click_and_rich() -> None:
-    users = {
-        str(path.relative_to(PACKAGE))
-        for path in PACKAGE.rglob("*.py")
-        if {n.partition(".")[0] for n in imports_of(path)} & {"click", "rich"}
-    }
-    assert users and all(user.startswith("cli/") for user in users), users
+def test_the_node_agent_loads_nothing_heavy() -> None:
+    # What the contracts cannot see: the agent imports launcher's face first (it is a
+    # subpackage), which must stay lazy.
+    code = (
+        "import sys, launcher.node.agent, launcher.node.supervisor, launcher.node.slurm_task;"
+        f"print(sorted(set({NEVER_IN_THE_AGENT!r}) & set(sys.modules)))"
+    )
+    ran = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
+    assert ran.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("init", sorted(PACKAGE.glob("*/__init__.py")), ids=lambda p: p.parent.name)
+def test_each_package_lists_its_modules(init: Path) -> None:
+    listed = ast.get_docstring(ast.parse(init.read_text())) or ""
+    modules = {p.name for p in init.parent.glob("*.py")} - {"__init__.py"}
+    missing = {name for name in modules if f"{name} " not in listed}
+    assert missing == set(), f"{init.parent.name}/__init__.py does not list {sorted(missing)}"

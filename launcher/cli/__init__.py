@@ -4,10 +4,15 @@ Exit codes: 0 success; 1 the job or a host failed; 2 bad usage or input; 130 Ctr
 during a launch (which is rolled back). Expected errors print one line, no traceback
 (``--debug`` shows it). Kept light: ``launcher --help`` imports neither asyncssh nor torch.
 
-    __init__.py   the command group and ``main`` (errors -> messages and exit codes)
-    launching.py  ``launch``
-    jobs.py       ``logs``, ``status``, ``kill``, ``attach``, ``list``
-    render.py     tables, log lines, dry runs, progress
+    __init__.py     the command group and ``main`` (errors -> messages and exit codes)
+    launching.py    ``launch``
+    job_options.py  the job's own options, shared by ``launch`` and ``sbatch``
+    sbatch.py       ``sbatch``: the batch script of a launch (printed, written, or submitted)
+    jobs.py         ``logs``, ``status``, ``kill``, ``attach``, ``list``
+    syncing.py      ``sync``, its progress bar, and which code a job runs
+    doctor.py       ``doctor``: one table, one row per host
+    common.py       what the commands share: options, finding a job, running the library
+    render.py       tables, log lines, dry runs, progress
 """
 
 from __future__ import annotations
