@@ -22,7 +22,8 @@ from launcher.hosts.files import Host
 from launcher.launching import rendezvous
 from launcher.launching.commands import rdzv_endpoint
 from launcher.protocol.doctor import Checkup, NodeReport
-from launcher.transport.agent import NodeAgent, SshOptions, open_agent, raise_open_files_limit
+from launcher.transport.agent import NodeAgent, SshOptions, open_agent
+from launcher.transport.fanout import raise_open_files_limit
 
 Level = Literal["ok", "warning", "error"]
 SLOW_SSH_S = 3.0

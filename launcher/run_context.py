@@ -51,7 +51,7 @@ contradict each other (``RANK=4`` with ``WORLD_SIZE=4``), raise ``ContextError``
 names the variable.
 
 Only the standard library is imported here: a script may ask for its context before
-(or without) importing torch. See ``_visible_gpu_count`` for how ``device`` is chosen.
+(or without) importing torch. See ``visible_gpus.py`` for how ``device`` is chosen.
 """
 
 from __future__ import annotations
@@ -59,21 +59,19 @@ from __future__ import annotations
 import os
 import re
 import socket
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from launcher.errors import UsageError
 from launcher.protocol.base import JOB_MARKER
+from launcher.visible_gpus import visible_gpu_count
 
 JOB_VARIABLE = JOB_MARKER
 """Set to the job name in every process that ``launcher launch`` starts."""
 
 Source = Literal["torchrun", "launcher", "slurm", "single"]
 
-_NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
 _WHOLE_NUMBER = re.compile(r"[0-9]+")
 
 
@@ -141,7 +139,7 @@ def context(environ: Mapping[str, str] | None = None) -> RunContext:
     """
     env = os.environ if environ is None else environ
     ranks = _read_ranks(env)
-    gpus = _visible_gpu_count(env)
+    gpus = visible_gpu_count(env)
     return RunContext(
         rank=ranks.rank,
         local_rank=ranks.local_rank,
@@ -246,12 +244,12 @@ def _nproc_per_node(env: Mapping[str, str], nnodes: int, world_size: int | None)
         return int(value)
     spec = value.strip()
     if spec == "gpu":
-        gpus = _visible_gpu_count(env)
+        gpus = visible_gpu_count(env)
         if gpus:
             return gpus
         raise ContextError("NPROC_PER_NODE", value, "NPROC_PER_NODE='gpu' but no GPU is visible to this process")
     if spec == "auto":
-        return _visible_gpu_count(env) or os.cpu_count() or 1
+        return visible_gpu_count(env) or os.cpu_count() or 1
     if spec == "cpu":
         return os.cpu_count() or 1
     raise ContextError(
@@ -309,55 +307,6 @@ def _check_consistent(ranks: _Ranks, env: Mapping[str, str]) -> None:
         raise fail(
             node, f"node rank {ranks.node_rank} ({node}) is not below the number of nodes {ranks.nnodes} ({nodes})"
         )
-
-
-def _visible_gpu_count(env: Mapping[str, str]) -> int:
-    """How many CUDA devices this process can use, decided without importing torch.
-
-    Importing torch here would cost seconds and hundreds of MB in a process that may
-    never use it, and asking it (``torch.cuda.is_available()``) initialises CUDA, after
-    which CUDA fails in workers started by fork: reading the context must not change
-    what the process can do next. So torch is asked only when the script has already
-    imported it: a CPU-only build means no CUDA, and once CUDA is initialised its own
-    count costs nothing. Otherwise the count comes from the inputs CUDA itself reads:
-    the driver's GPU list (``/proc/driver/nvidia/gpus``, one entry per GPU, present
-    exactly when the NVIDIA driver is loaded), narrowed by ``CUDA_VISIBLE_DEVICES``.
-    """
-    answer = _torch_gpu_count()
-    if answer is not None:
-        return answer
-    try:
-        physical = sum(1 for _ in _NVIDIA_GPUS.iterdir())
-    except OSError:
-        return 0
-    listed = _get(env, "CUDA_VISIBLE_DEVICES", keep_empty=True)
-    return physical if listed is None else _count_visible(listed, physical)
-
-
-def _count_visible(listed: str, physical: int) -> int:
-    # As CUDA reads it: the list ends at its first invalid entry ("0,1,-1,2" is two GPUs,
-    # "" and "-1" none); entries are indices or GPU-/MIG- UUIDs.
-    count = 0
-    for entry in (part.strip() for part in listed.split(",")):
-        if (_WHOLE_NUMBER.fullmatch(entry) and int(entry) < physical) or entry.startswith(("GPU-", "MIG-")):
-            count += 1
-        else:
-            break
-    return min(count, physical)
-
-
-def _torch_gpu_count() -> int | None:
-    """Torch's count if torch is imported and knows it for free; None to look elsewhere."""
-    torch = sys.modules.get("torch")
-    version = getattr(torch, "version", None)
-    if torch is None or version is None:  # not imported, or still being imported
-        return None
-    if getattr(version, "cuda", None) is None and getattr(version, "hip", None) is None:
-        return 0  # a CPU-only build: no "cuda:<n>" device works, whatever the hardware
-    cuda = getattr(torch, "cuda", None)
-    if cuda is not None and cuda.is_initialized():
-        return int(cuda.device_count())
-    return None
 
 
 def _get(env: Mapping[str, str], name: str, *, keep_empty: bool = False) -> str | None:

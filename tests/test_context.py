@@ -26,6 +26,7 @@ from launcher.run_context import ContextError, context
 # Through sys.modules, not `import launcher.context as ...`: that reads the package's
 # attribute, which becomes the function once launcher/__init__.py exports `context`.
 ctx: ModuleType = importlib.import_module("launcher.run_context")
+gpus_module: ModuleType = importlib.import_module("launcher.visible_gpus")
 REPO = Path(__file__).resolve().parent.parent
 
 # Every variable context() reads, removed from the environment of the real processes.
@@ -47,8 +48,8 @@ READ = (
 @pytest.fixture
 def no_gpus(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No NVIDIA driver, and torch not asked, whatever this machine has."""
-    monkeypatch.setattr(ctx, "_NVIDIA_GPUS", tmp_path / "no-driver")
-    monkeypatch.setattr(ctx, "_torch_gpu_count", lambda: None)
+    monkeypatch.setattr(gpus_module, "_NVIDIA_GPUS", tmp_path / "no-driver")
+    monkeypatch.setattr(gpus_module, "_torch_gpu_count", lambda: None)
 
 
 def fake_driver(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, count: int) -> None:
@@ -57,13 +58,13 @@ def fake_driver(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, count: int) -> 
     gpus.mkdir()
     for index in range(count):
         (gpus / f"0000:{index + 1:02x}:00.0").mkdir()
-    monkeypatch.setattr(ctx, "_NVIDIA_GPUS", gpus)
+    monkeypatch.setattr(gpus_module, "_NVIDIA_GPUS", gpus)
 
 
 def fake_gpus(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, count: int) -> None:
     """``count`` GPUs from the driver, and torch not asked (as when the script has not imported it)."""
     fake_driver(monkeypatch, tmp_path, count)
-    monkeypatch.setattr(ctx, "_torch_gpu_count", lambda: None)
+    monkeypatch.setattr(gpus_module, "_torch_gpu_count", lambda: None)
 
 
 TORCHRUN_NODE1_RANK6 = {  # what torchrun sets for global rank 6: node 1 of 2, 4 ranks per node
@@ -370,14 +371,14 @@ def test_an_imported_cpu_only_torch_means_cpu(monkeypatch: pytest.MonkeyPatch, t
     if torch.version.cuda is not None or getattr(torch.version, "hip", None) is not None:
         pytest.skip("this torch is built with GPU support")
     fake_driver(monkeypatch, tmp_path, 4)
-    assert ctx._torch_gpu_count() == 0
+    assert gpus_module._torch_gpu_count() == 0
     assert context({}).device == "cpu"
 
 
 def test_torch_not_imported_is_not_asked_nor_imported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delitem(sys.modules, "torch", raising=False)
     fake_driver(monkeypatch, tmp_path, 2)
-    assert ctx._torch_gpu_count() is None
+    assert gpus_module._torch_gpu_count() is None
     assert context({"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}).device == "cuda:1"
     assert "torch" not in sys.modules
 

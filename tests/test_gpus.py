@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from launcher.node import gpus
-from launcher.node.gpus import BusyGpu, Gpu, GpuInventory, GpuProcess, MigDevice
+from launcher.node import gpus, nvidia_smi
+from launcher.node.gpus import BusyGpu, GpuInventory
+from launcher.node.nvidia_smi import Gpu, GpuProcess, MigDevice
 
 # --- nvidia-smi's output, as it prints it ------------------------------------------------------
 
@@ -111,7 +112,7 @@ GPU Excluded:\t No
 
 
 def test_eight_a100() -> None:
-    parsed = gpus.parse_gpu_query(EIGHT_A100)
+    parsed = nvidia_smi.parse_gpu_query(EIGHT_A100)
     assert [g.index for g in parsed] == list(range(8))
     assert [g.uuid for g in parsed] == A100_UUIDS
     assert {g.name for g in parsed} == {"NVIDIA A100-SXM4-80GB"}
@@ -122,19 +123,19 @@ def test_eight_a100() -> None:
 
 
 def test_mixed_models_and_not_available_fields() -> None:
-    rtx, a6000 = gpus.parse_gpu_query(MIXED)
+    rtx, a6000 = nvidia_smi.parse_gpu_query(MIXED)
     assert rtx == Gpu(0, "GPU-7a78ba5b-f2b5-4dff-9695-689af5e14ffd", "NVIDIA GeForce RTX 3090", 24576, 1089, 23207)
     assert a6000 == Gpu(1, "GPU-9b73c595-3cb1-4b13-b79a-6ce974e045ba", "NVIDIA RTX A6000", 49140, None, None)
 
 
 def test_query_without_the_mig_field() -> None:
     six_fields = "".join(line.rsplit(",", 1)[0] + "\n" for line in MIG_QUERY.splitlines())
-    parsed = gpus.parse_gpu_query(six_fields, with_mig=False)
+    parsed = nvidia_smi.parse_gpu_query(six_fields, with_mig=False)
     assert [(g.index, g.memory_free_mib, g.mig_enabled) for g in parsed] == [(0, 40326, False), (1, 40326, False)]
 
 
 def test_a_comma_in_a_name_stays_in_the_name() -> None:
-    (gpu,) = gpus.parse_gpu_query(
+    (gpu,) = nvidia_smi.parse_gpu_query(
         "0, GPU-2e1b31f8-d7b4-426c-9d3a-fdc1d446297a, Tesla V100, PCIe, 16160, 0, 15788, [N/A]"
     )
     assert (gpu.name, gpu.memory_total_mib, gpu.memory_free_mib) == ("Tesla V100, PCIe", 16160, 15788)
@@ -153,12 +154,12 @@ def test_a_comma_in_a_name_stays_in_the_name() -> None:
     ],
 )
 def test_query_output_that_is_not_gpus(text: str) -> None:
-    with pytest.raises(gpus.UnreadableOutput):
-        gpus.parse_gpu_query(text)
+    with pytest.raises(nvidia_smi.UnreadableOutput):
+        nvidia_smi.parse_gpu_query(text)
 
 
 def test_gpu_list_with_mig_devices() -> None:
-    assert gpus.parse_gpu_list(MIG_LIST) == {
+    assert nvidia_smi.parse_gpu_list(MIG_LIST) == {
         0: (
             MigDevice(0, "3g.20gb", "MIG-8f07ea24-c3aa-4135-8264-ef0b69e7b739"),
             MigDevice(1, "2g.10gb", "MIG-52cd7970-f59a-42c2-af90-015af6300d30"),
@@ -169,7 +170,7 @@ def test_gpu_list_with_mig_devices() -> None:
 
 
 def test_gpu_list_of_r450_drivers() -> None:
-    assert gpus.parse_gpu_list(MIG_LIST_R450) == {
+    assert nvidia_smi.parse_gpu_list(MIG_LIST_R450) == {
         0: (
             MigDevice(0, "1g.5gb", "MIG-GPU-6cc761f8-e19f-49df-9fb5-866cc81875f5/7/0"),
             MigDevice(1, "1g.5gb", "MIG-GPU-6cc761f8-e19f-49df-9fb5-866cc81875f5/8/0"),
@@ -186,33 +187,33 @@ def test_gpu_list_of_r450_drivers() -> None:
     ],
 )
 def test_gpu_list_that_is_not_one(text: str) -> None:
-    with pytest.raises(gpus.UnreadableOutput):
-        gpus.parse_gpu_list(text)
+    with pytest.raises(nvidia_smi.UnreadableOutput):
+        nvidia_smi.parse_gpu_list(text)
 
 
 def test_compute_apps() -> None:
     index = {uuid: i for i, uuid in enumerate(A100_UUIDS)}
-    assert gpus.parse_compute_apps(APPS, index) == (
+    assert nvidia_smi.parse_compute_apps(APPS, index) == (
         GpuProcess(48211, A100_UUIDS[3], 3, 40551),
         GpuProcess(48212, A100_UUIDS[3], 3, 2),
         GpuProcess(51007, A100_UUIDS[0], 0, None),
     )
-    assert gpus.parse_compute_apps(APPS)[0] == GpuProcess(48211, A100_UUIDS[3], None, 40551)
+    assert nvidia_smi.parse_compute_apps(APPS)[0] == GpuProcess(48211, A100_UUIDS[3], None, 40551)
 
 
 @pytest.mark.parametrize("text", ["", "\n", "No running processes found\n"])
 def test_no_compute_apps(text: str) -> None:
-    assert gpus.parse_compute_apps(text) == ()
+    assert nvidia_smi.parse_compute_apps(text) == ()
 
 
 @pytest.mark.parametrize("text", ["48211, GPU-dc509c9f-39ba-4f88-bc22-de4620982bea\n", "[N/A], GPU-x, 12\n", NO_DRIVER])
 def test_compute_apps_that_are_not_processes(text: str) -> None:
-    with pytest.raises(gpus.UnreadableOutput):
-        gpus.parse_compute_apps(text)
+    with pytest.raises(nvidia_smi.UnreadableOutput):
+        nvidia_smi.parse_compute_apps(text)
 
 
 def test_proc_information() -> None:
-    info = gpus.parse_proc_information(PROC_INFORMATION)
+    info = nvidia_smi.parse_proc_information(PROC_INFORMATION)
     assert info["Model"] == "NVIDIA A100-SXM4-80GB"
     assert info["GPU UUID"] == A100_UUIDS[0]
     assert info["Bus Location"] == "0000:07:00.0"
@@ -270,7 +271,7 @@ def test_busy_gpus_are_those_of_other_processes() -> None:
 
 
 def test_no_gpu_is_busy_with_only_launcher_jobs() -> None:
-    processes = gpus.parse_compute_apps(APPS)
+    processes = nvidia_smi.parse_compute_apps(APPS)
     assert gpus.busy_gpus(processes, lambda pid: True) == ()
     assert [b.uuid for b in gpus.busy_gpus(processes, lambda pid: False)] == [A100_UUIDS[0], A100_UUIDS[3]]
 
@@ -315,7 +316,7 @@ def fake_smi(
 def test_eight_gpus_in_one_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = fake_smi(tmp_path, monkeypatch, {"--query-gpu=*": (EIGHT_A100, 0)})
     inventory = gpus.list_gpus()
-    assert inventory == GpuInventory(gpus.parse_gpu_query(EIGHT_A100), "nvidia-smi")
+    assert inventory == GpuInventory(nvidia_smi.parse_gpu_query(EIGHT_A100), "nvidia-smi")
     assert len(inventory.gpus) == 8
     assert fake.calls() == [f"{QUERY_GPU} {CSV}"]  # no -L without MIG
 
@@ -336,7 +337,7 @@ def test_mig_devices_cost_one_call_more(tmp_path: Path, monkeypatch: pytest.Monk
 def test_mig_devices_unknown_when_the_list_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_smi(tmp_path, monkeypatch, {"--query-gpu=*": (MIG_QUERY, 0), "-L": ("Unknown Error\n", 255)})
     inventory = gpus.list_gpus()
-    assert inventory.gpus == gpus.parse_gpu_query(MIG_QUERY)
+    assert inventory.gpus == nvidia_smi.parse_gpu_query(MIG_QUERY)
     assert (
         inventory.source
         == "nvidia-smi (its MIG devices are unknown: nvidia-smi failed: Unknown Error (exit status 255))"

@@ -5,7 +5,7 @@ Who may import whom is written once, as import-linter contracts in ``.importlint
 those under ``TYPE_CHECKING``. Here: that they pass, that they fail when a node module imports
 the launching side, and what they cannot express: the wire's imports are the standard library
 only (a contract names modules, not "whatever is not stdlib"), the node agent loads nothing
-heavy when it runs, and each package's docstring lists its modules.
+heavy when it runs, no module is over 350 lines, and each package's docstring lists its modules.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "launcher"
 LINT_IMPORTS = shutil.which("lint-imports") or "lint-imports"
+MAX_LINES = 350
 NEVER_IN_THE_AGENT = ("torch", "asyncssh", "click", "rich", "cloudpickle")
 """Heavy or launching-side libraries; a worker the node starts may import them, the agent not."""
 
@@ -51,8 +52,9 @@ def test_the_contracts_hold() -> None:
         ("node/logs.py", "from launcher.job import records  # inside a function counts too", "The node side"),
         ("protocol/base.py", "import psutil", "The wire is standard library only"),
         ("hosts/files.py", "from ..transport import agent", "The launching side in layers"),
+        ("transport/connect.py", "from launcher.transport import agent", "No import cycle"),
     ],
-    ids=["node->launching", "node->job", "protocol->psutil", "relative-upwards"],
+    ids=["node->launching", "node->job", "protocol->psutil", "relative-upwards", "cycle"],
 )
 def test_a_broken_rule_fails_the_contracts(tmp_path: Path, module: str, line: str, contract: str) -> None:
     shutil.copytree(PACKAGE, tmp_path / "launcher", ignore=shutil.ignore_patterns("__pycache__"))
@@ -92,6 +94,14 @@ def test_the_node_agent_loads_nothing_heavy() -> None:
     )
     ran = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
     assert ran.stdout.strip() == "[]"
+
+
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_is_over_350_lines(path: Path) -> None:
+    assert len(path.read_text().splitlines()) <= MAX_LINES
 
 
 @pytest.mark.parametrize("init", sorted(PACKAGE.glob("*/__init__.py")), ids=lambda p: p.parent.name)

@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 
-from launcher.node import teardown
-from launcher.node.teardown import WatchClient, WatchServer
+from launcher.node import teardown, teardown_client
+from launcher.node.teardown import WatchServer
+from launcher.node.teardown_client import WatchClient
 
 SECRET = "5e" * 32
 """The job's teardown secret in these tests (a launch draws ``secrets.token_hex(32)``)."""
@@ -113,6 +114,7 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[_OwnedThread]:
 
     fake = SimpleNamespace(Thread=Recorded, Lock=threading.Lock, Event=threading.Event)
     monkeypatch.setattr(teardown, "threading", fake)
+    monkeypatch.setattr(teardown_client, "threading", fake)
     return threads
 
 

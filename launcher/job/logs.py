@@ -11,7 +11,8 @@ from launcher.errors import LauncherError, message_of
 from launcher.hosts.files import Host
 from launcher.job.records import JobRecord
 from launcher.protocol.logs import Follow, LogBatch, LogRecord, ReadLogs, Tail
-from launcher.transport.agent import NodeAgent, SshOptions, for_each_host, open_agent, reconnecting, report_given_up
+from launcher.transport.agent import NodeAgent, SshOptions, open_agent
+from launcher.transport.fanout import for_each_host, reconnecting, report_given_up
 from launcher.transport.lost import LostHosts
 
 DEFAULT_SSH = SshOptions()

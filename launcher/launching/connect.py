@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from launcher.launching.same_env import check_environment
 from launcher.launching.spec import LaunchSpec
 from launcher.sync.run import SyncProgress, SyncReport, prepare_tree, sync_agents
-from launcher.transport.agent import NodeAgent, SshOptions, all_or_nothing, open_agent
+from launcher.transport.agent import NodeAgent, SshOptions, open_agent
+from launcher.transport.fanout import all_or_nothing
 
 
 @dataclass(frozen=True)

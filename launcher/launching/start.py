@@ -23,7 +23,8 @@ from launcher.launching.plan import NodePlan, dry_plan, plan_nodes
 from launcher.launching.spec import LaunchSpec
 from launcher.protocol.messages import Commit, Kill, Prepare, Prepared, Start, Teardown
 from launcher.sync.run import SyncProgress
-from launcher.transport.agent import NodeAgent, SshOptions, all_or_nothing, open_agent
+from launcher.transport.agent import NodeAgent, SshOptions, open_agent
+from launcher.transport.fanout import all_or_nothing
 
 COMMIT_WITHIN_S = 180.0
 """A started node runs nothing until the launcher commits (every host started). If the

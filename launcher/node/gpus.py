@@ -1,7 +1,7 @@
 """This node's NVIDIA GPUs and who holds them, found without importing torch.
 
 Runs ON each node (inside the node agent), so it uses the standard library only and
-imports nothing from ``launcher``. Everything it returns is a frozen dataclass of plain
+imports nothing from ``launcher`` but its own ``nvidia_smi.py`` (the parsers). Everything it returns is a frozen dataclass of plain
 fields (``dataclasses.asdict`` then ``json.dumps`` sends it as is). Expected failures (no
 ``nvidia-smi``, a non-zero exit, a hang, output it cannot read) never raise: the result
 is empty and says why.
@@ -25,13 +25,25 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from launcher.node.nvidia_smi import (
+    APP_FIELDS,
+    Gpu,
+    GpuProcess,
+    MigDevice,
+    UnreadableOutput,
+    parse_compute_apps,
+    parse_gpu_list,
+    parse_gpu_query,
+    parse_proc_information,
+    text_lines,
+)
 
 DEFAULT_TIMEOUT_S = 10.0
 """How long one ``nvidia-smi`` call may take. A GPU that fell off the bus can hang it."""
@@ -41,39 +53,7 @@ PROC_DRIVER = Path("/proc/driver/nvidia")
 
 _GPU_FIELDS = ("index", "uuid", "name", "memory.total", "memory.used", "memory.free")
 _MIG_FIELD = "mig.mode.current"  # unknown to drivers before R450
-_APP_FIELDS = ("pid", "gpu_uuid", "used_memory")
 _KILLED_GRACE_S = 1.0
-
-
-@dataclass(frozen=True)
-class MigDevice:
-    """One MIG device: a slice of a GPU that CUDA sees as a device of its own."""
-
-    device: int
-    """Its number within its GPU (``Device N`` in ``nvidia-smi -L``)."""
-    profile: str
-    """Its MIG profile, e.g. ``1g.5gb`` or ``3g.20gb``."""
-    uuid: str
-    """``MIG-...``: what ``CUDA_VISIBLE_DEVICES`` takes to select it."""
-
-
-@dataclass(frozen=True)
-class Gpu:
-    """One physical GPU."""
-
-    index: int
-    """``nvidia-smi``'s index (PCI bus order), not an index under ``CUDA_VISIBLE_DEVICES``."""
-    uuid: str | None
-    """``GPU-...``; None where not known (the ``/proc`` fallback before NVML has run)."""
-    name: str
-    """The model, e.g. ``NVIDIA A100-SXM4-80GB``."""
-    memory_total_mib: int | None = None
-    memory_used_mib: int | None = None
-    memory_free_mib: int | None = None
-    """Memory in MiB; None where ``nvidia-smi`` says ``[N/A]`` or was not there to ask."""
-    mig_enabled: bool = False
-    """MIG mode is on: CUDA can use only the GPU's MIG devices, not the GPU itself."""
-    mig_devices: tuple[MigDevice, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -85,18 +65,6 @@ class GpuInventory:
     """``nvidia-smi`` or ``/proc/driver/nvidia (...)`` when GPUs were found; when none
     were, why not, e.g. ``nvidia-smi failed: Failed to initialize NVML: Driver/library
     version mismatch (exit status 18)``."""
-
-
-@dataclass(frozen=True)
-class GpuProcess:
-    """A process that holds memory on a GPU."""
-
-    pid: int
-    """As ``nvidia-smi`` sees it: in a container, possibly a pid of the host's namespace."""
-    gpu_uuid: str
-    gpu_index: int | None
-    """The GPU's index, when an inventory was given to map the uuid (MIG: the parent GPU's)."""
-    used_memory_mib: int | None
 
 
 @dataclass(frozen=True)
@@ -117,10 +85,6 @@ class BusyGpu:
     pids: tuple[int, ...]
     used_memory_mib: int | None
     """What those processes hold together; None if ``nvidia-smi`` did not say for one."""
-
-
-class UnreadableOutput(ValueError):
-    """``nvidia-smi`` printed something that is not what was asked for."""
 
 
 # ---------------------------------------------------------------------------- the API
@@ -164,7 +128,7 @@ def gpu_processes(inventory: GpuInventory | None = None, timeout: float = DEFAUL
     executable = shutil.which("nvidia-smi")
     if executable is None:
         return GpuProcesses((), "no nvidia-smi")
-    query = [f"--query-compute-apps={','.join(_APP_FIELDS)}", "--format=csv,noheader,nounits"]
+    query = [f"--query-compute-apps={','.join(APP_FIELDS)}", "--format=csv,noheader,nounits"]
     output, why = _run_nvidia_smi(executable, query, timeout)
     if why is not None:
         return GpuProcesses((), why)
@@ -209,89 +173,6 @@ def default_nproc(inventory: GpuInventory) -> int:
     mode (a MIG GPU without devices gives none), and 1 where that makes none."""
     count = sum(len(gpu.mig_devices) if gpu.mig_enabled else 1 for gpu in inventory.gpus)
     return max(count, 1)
-
-
-# ---------------------------------------------------------------------------- parsers
-
-
-def parse_gpu_query(text: str, with_mig: bool = True) -> tuple[Gpu, ...]:
-    """``nvidia-smi --query-gpu=index,uuid,name,memory.total,memory.used,memory.free[,mig.mode.current]
-    --format=csv,noheader,nounits``, one GPU per line."""
-    trailing = 4 if with_mig else 3  # the fields after the name
-    gpus = []
-    for line in _lines(text):
-        fields = [field.strip() for field in line.split(",")]
-        if len(fields) < 3 + trailing:
-            raise UnreadableOutput(f"expected {3 + trailing} fields, got {line!r}")
-        # nvidia-smi does not quote: a comma in a name would split it, so the name is what
-        # lies between the first two fields and the last ones.
-        name = ", ".join(fields[2 : len(fields) - trailing])
-        total, used, free = fields[len(fields) - trailing : len(fields) - trailing + 3]
-        try:
-            gpu = Gpu(
-                index=int(fields[0]),
-                uuid=_known(fields[1]),
-                name=name,
-                memory_total_mib=_mib(total),
-                memory_used_mib=_mib(used),
-                memory_free_mib=_mib(free),
-                mig_enabled=with_mig and fields[-1] == "Enabled",
-            )
-        except ValueError:
-            raise UnreadableOutput(f"not a GPU: {line!r}") from None
-        if not name or gpu.uuid is None:
-            raise UnreadableOutput(f"not a GPU: {line!r}")
-        gpus.append(gpu)
-    return tuple(gpus)
-
-
-_LIST_GPU = re.compile(r"GPU (\d+): (.+) \(UUID: ([^)\s]+)\)")
-# Drivers from R470 print "MIG 1g.5gb     Device  0: (UUID: MIG-<uuid>)"; R450/R460 printed
-# "MIG 1g.5gb Device 0: (UUID: MIG-GPU-<uuid>/7/0)". Both are accepted.
-_LIST_MIG = re.compile(r"\s+MIG (\S+)\s+Device\s+(\d+): \(UUID: ([^)\s]+)\)")
-
-
-def parse_gpu_list(text: str) -> dict[int, tuple[MigDevice, ...]]:
-    """``nvidia-smi -L``: each GPU's index with its MIG devices (none for most GPUs)."""
-    devices: dict[int, list[MigDevice]] = {}
-    current: int | None = None
-    for line in _lines(text):
-        if gpu := _LIST_GPU.fullmatch(line.rstrip()):
-            current = int(gpu[1])
-            devices[current] = []
-        elif (mig := _LIST_MIG.fullmatch(line.rstrip())) and current is not None:
-            devices[current].append(MigDevice(device=int(mig[2]), profile=mig[1], uuid=mig[3]))
-        else:
-            raise UnreadableOutput(f"not a GPU or MIG device: {line!r}")
-    return {index: tuple(found) for index, found in devices.items()}
-
-
-def parse_compute_apps(text: str, index_by_uuid: dict[str, int] | None = None) -> tuple[GpuProcess, ...]:
-    """``nvidia-smi --query-compute-apps=pid,gpu_uuid,used_memory --format=csv,noheader,nounits``."""
-    index_by_uuid = index_by_uuid or {}
-    processes = []
-    for line in _lines(text):
-        if line.strip() == "No running processes found":  # older drivers say so even with noheader
-            continue
-        fields = [field.strip() for field in line.split(",")]
-        if len(fields) != len(_APP_FIELDS) or not fields[1]:
-            raise UnreadableOutput(f"expected {len(_APP_FIELDS)} fields, got {line!r}")
-        try:
-            pid, used = int(fields[0]), _mib(fields[2])
-        except ValueError:
-            raise UnreadableOutput(f"not a process: {line!r}") from None
-        processes.append(GpuProcess(pid, fields[1], index_by_uuid.get(fields[1]), used))
-    return tuple(processes)
-
-
-def parse_proc_information(text: str) -> dict[str, str]:
-    """A ``/proc/driver/nvidia/gpus/<bus id>/information`` file: ``Key: <tab> value`` lines."""
-    info = {}
-    for line in text.splitlines():
-        key, colon, value = line.partition(":")
-        if colon:
-            info[key.strip()] = value.strip()
-    return info
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -358,7 +239,7 @@ def _run_nvidia_smi(executable: str, args: list[str], timeout: float) -> tuple[s
     if process.returncode == 0:
         return stdout, None
     # nvidia-smi prints its errors on stdout, as often as not.
-    message = next((line.strip() for line in (*_lines(stderr), *_lines(stdout))), "")[:300]
+    message = next((line.strip() for line in (*text_lines(stderr), *text_lines(stdout))), "")[:300]
     if message == "No devices were found":  # a node with the driver and no GPU: not a failure
         return "", "nvidia-smi: No devices were found"
     return "", f"nvidia-smi failed: {message or 'no message'} (exit status {process.returncode})"
@@ -378,17 +259,3 @@ def _kill(process: subprocess.Popen[str]) -> str:
                 pipe.close()
         return f" (and pid {process.pid} did not end when killed)"
     return ""
-
-
-def _lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.strip()]
-
-
-def _known(value: str) -> str | None:
-    """None for nvidia-smi's ``[N/A]``, ``[Not Supported]``, ``[Unknown Error]`` ... ."""
-    return None if value.startswith("[") and value.endswith("]") else value
-
-
-def _mib(value: str) -> int | None:
-    known = _known(value)
-    return None if known is None else int(known)

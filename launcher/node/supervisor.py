@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from launcher.node import processes, teardown
+from launcher.node import processes, teardown, teardown_client
 from launcher.node.logfile import RANK_PREFIX, OutputLog
 from launcher.node.rundir import ExitRecord, JobSpec, RunDir, SupervisorStarted
 from launcher.protocol.messages import Teardown
@@ -264,7 +264,7 @@ def _start_watch(config: Teardown | None, stopper: _Stopper, log: OutputLog) -> 
         except OSError as exc:
             log.note(f"teardown watcher cannot listen on port {config.port}: {exc}")
             return None
-    return teardown.WatchClient(
+    return teardown_client.WatchClient(
         config.address, config.port, config.node, config.secret, stopper.stop, log.note, stopper.lost, config.timeout
     )
 

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 
 from launcher.errors import HostError, JobError, LauncherError
 from launcher.protocol.sync import SyncAbort, SyncCommit, SyncCommitted, SyncFinish, SyncLook, SyncVerify
-from launcher.transport.agent import NodeAgent, all_or_nothing
+from launcher.transport.agent import NodeAgent
+from launcher.transport.fanout import all_or_nothing
 
 NOTHING_CHANGED = "sync failed, nothing changed"
 KEPT = "sync failed, every host keeps its previous copy"

@@ -43,7 +43,8 @@ from launcher.sync import commit as steps
 from launcher.sync.send import Progress, stage_content
 from launcher.sync.send import SyncProgress as SyncProgress  # re-exported: launch and the CLI take it from here
 from launcher.sync.tree import Tree, scan_tree
-from launcher.transport.agent import NodeAgent, SshOptions, all_or_nothing, open_agent
+from launcher.transport.agent import NodeAgent, SshOptions, open_agent
+from launcher.transport.fanout import all_or_nothing
 
 DEFAULT_SYNC_MAX = 1 << 30
 """Refuse to sync more than this many bytes (``--sync-max``): a dataset or checkpoints by mistake."""

@@ -1,7 +1,8 @@
 """Reaching the nodes: SSH connections, the node agent spoken to over them, and the fan-out.
 
 connect.py      opening connections: a dead host fails fast, a slow one is waited for, bastions
-agent.py        the agent client (``NodeAgent``), ``for_each_host``, ``all_or_nothing``, reconnecting
+agent.py        the agent client (``NodeAgent``, ``open_agent``) and ``SshOptions``
+fanout.py       ``for_each_host``, ``all_or_nothing``, ``ask``, ``reconnecting``
 lost.py         waiting on every host of a job, but not on a host the others lost
 ssh_library.py  asyncssh, imported without the warnings its dependencies emit
 """

@@ -1,0 +1,123 @@
+"""Fan-out: one step on every host at once, all or nothing or best effort, and reconnecting.
+
+Launch and sync use ``all_or_nothing`` (a failure cancels the rest); status, kill and logs use
+``for_each_host`` (every host reported) and ``reconnecting`` (a dropped connection retried).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from launcher.errors import HostError, JobError, LauncherError, message_of
+from launcher.hosts.files import Host
+from launcher.protocol.base import Request
+from launcher.transport.agent import NodeAgent, SshOptions, open_agent
+
+T = TypeVar("T")
+A = TypeVar("A")
+
+
+async def for_each_host(hosts: Sequence[T], action: Callable[[T], Awaitable[Any]]) -> list[Any]:
+    """Run ``action`` on every host at once; each result is its value or its LauncherError."""
+    raise_open_files_limit(len(hosts))
+
+    async def guarded(item: T) -> Any:
+        try:
+            return await action(item)
+        except LauncherError as exc:
+            return exc
+
+    return list(await asyncio.gather(*(guarded(item) for item in hosts)))
+
+
+async def all_or_nothing(steps: Sequence[Awaitable[T]], hosts: Sequence[Host], summary: str) -> list[T]:
+    """One step per host at once; the first failure cancels the rest and raises JobError
+    naming every host that failed (launch and sync: on every host or on none)."""
+    if not steps:
+        return []  # asyncio.wait refuses an empty set
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    failures: dict[str, HostError] = {}
+    for host, task in zip(hosts, tasks, strict=True):
+        exc = None if task.cancelled() else task.exception()
+        if isinstance(exc, HostError):
+            failures[host.label] = exc
+        elif exc is not None:
+            raise exc
+    if failures:
+        raise JobError(summary, failures)
+    return [task.result() for task in tasks]
+
+
+def raise_open_files_limit(hosts: int) -> None:
+    """Each host costs a socket and a few pipes; the default soft limit (1024) runs out early."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 64 + 8 * hosts
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+
+
+async def ask(host: Host, ssh: SshOptions, request: Request[A], timeout: float = 60.0) -> A:
+    """One request on a connection of its own, closed after the answer."""
+    agent = await open_agent(host, ssh)
+    try:
+        return await agent.call(request, timeout=timeout)
+    finally:
+        await agent.close()
+
+
+async def reconnecting(
+    host: Host,
+    ssh: SshOptions,
+    session: Callable[[NodeAgent], Awaitable[None]],
+    on_problem: Callable[[str, str], None] | None,
+    reconnect_for: float,
+) -> None:
+    """Run ``session`` over a connection to ``host`` until it returns. A connection that
+    fails or drops is retried with backoff for up to ``reconnect_for`` seconds;
+    ``on_problem`` hears of it once per outage."""
+    delay = 0.5
+    down_since: float | None = None
+    while True:
+        try:
+            agent = await open_agent(host, ssh)
+        except HostError as exc:
+            down_since = down_since or time.monotonic()
+            if time.monotonic() - down_since > reconnect_for:
+                raise
+            if on_problem and delay == 0.5:
+                on_problem(host.label, f"{exc.message}; retrying")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10)
+            continue
+        if down_since is not None and on_problem:
+            on_problem(host.label, "reconnected")
+        down_since, delay = None, 0.5
+        try:
+            await session(agent)
+            return
+        except HostError as exc:
+            down_since = time.monotonic()
+            if on_problem:
+                on_problem(host.label, f"{exc.message}; reconnecting")
+        finally:
+            await agent.close()
+
+
+def report_given_up(
+    hosts: Sequence[Host], results: Sequence[Any], on_problem: Callable[[str, str], None] | None
+) -> None:
+    """Tell ``on_problem`` of each host whose ``reconnecting`` session gave up."""
+    for host, result in zip(hosts, results, strict=True):
+        if isinstance(result, LauncherError) and on_problem:
+            on_problem(host.label, f"gave up: {message_of(result)}")
