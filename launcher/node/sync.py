@@ -34,7 +34,6 @@ import stat
 from launcher.node.errors import NodeError
 from launcher.node.sync_commit import Session, Staged, apply, check_tree
 from launcher.node.sync_disk import (
-    hash_file,
     load_record,
     make_state_dir,
     remove_empty_parents,
@@ -60,7 +59,9 @@ from launcher.protocol.sync import (
     SyncSeen,
     SyncStaged,
     SyncVerify,
+    content_hasher,
     display_path,
+    hash_file,
     manifest_digest,
 )
 
@@ -269,8 +270,6 @@ def _present(root: str, entry: SyncEntry, previous: SyncEntry | None) -> bool:
 
 
 def _open_staged(session: Session, index: int) -> Staged:
-    import hashlib
-
     entry = session.entries[index]
     if entry.kind != "f":
         raise NodeError("bad_request", f"{display_path(entry.path)} is a symlink: it has no content to send")
@@ -283,7 +282,7 @@ def _open_staged(session: Session, index: int) -> Staged:
         file = open(path, "wb")  # noqa: SIM115 - kept open across requests, closed when complete
     except OSError as exc:
         raise _failed(session, entry.path, exc) from None
-    staged = Staged(path=path, file=file, hasher=hashlib.blake2b(digest_size=16))
+    staged = Staged(path=path, file=file, hasher=content_hasher())
     session.staged[index] = staged
     return staged
 

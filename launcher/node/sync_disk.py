@@ -32,16 +32,6 @@ _PROBE_STALE_S = 3600.0
 by an agent that died."""
 
 
-def hash_file(path: str) -> str:
-    import hashlib
-
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as file:
-        while block := file.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def state_path(root: str, name: str = "") -> str:
     """``<root>/.launcher-sync-state[/name]``."""
     return os.path.join(root, STATE_NAME, name) if name else os.path.join(root, STATE_NAME)

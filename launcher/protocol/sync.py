@@ -20,9 +20,12 @@ So every host ends with the new tree, or every host keeps its previous one.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
 
 from launcher.protocol.base import Request
+
+if TYPE_CHECKING:
+    import hashlib
 
 STAGING_PREFIX = ".launcher-sync-"
 """A top-level name no synced tree may use: the nodes' staging directories."""
@@ -176,11 +179,25 @@ SYNC_ANSWERS: dict[type[Request[Any]], type[Any]] = {
 }
 
 
-def manifest_digest(entries: list[SyncEntry]) -> str:
-    """What both sides call a tree: its names, kinds, modes and contents (not its times)."""
+def content_hasher() -> hashlib.blake2b:
+    """The hash both sides compare a file's content with (``SyncEntry.digest``): blake2b-128."""
     import hashlib  # here: every other operation of the node agent would pay for it
 
-    digest = hashlib.blake2b(digest_size=16)
+    return hashlib.blake2b(digest_size=16)
+
+
+def hash_file(path: str) -> str:
+    """A file's ``content_hasher`` digest, hex, read in blocks of 1 MiB (OSError passes)."""
+    digest = content_hasher()
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest_digest(entries: list[SyncEntry]) -> str:
+    """What both sides call a tree: its names, kinds, modes and contents (not its times)."""
+    digest = content_hasher()
     for entry in entries:
         digest.update(f"{entry.kind} {entry.mode:o} {entry.digest} ".encode())
         digest.update(entry.path.encode("utf-8", "surrogateescape") + b"\0")

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
-from launcher.protocol.sync import SyncChunk, SyncPut
+from launcher.protocol.sync import SyncChunk, SyncPut, content_hasher
 from launcher.sync.tree import SyncSourceError, Tree
 from launcher.transport.agent import NodeAgent
 
@@ -81,7 +80,7 @@ def _read_chunks(tree: Tree, index: int) -> Iterator[SyncChunk]:
     vanished since the scan fails the sync (every host keeps its previous copy)."""
     entry = tree.entries[index]
     path = os.path.join(tree.root, entry.path)
-    digest = hashlib.blake2b(digest_size=16)
+    digest = content_hasher()
     offset = 0
     try:
         with open(path, "rb") as file:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from launcher.errors import LauncherError
 from launcher.protocol import private
 from launcher.protocol.sync import STAGING_PREFIX, SyncEntry, display_path, manifest_digest
+from launcher.protocol.sync import hash_file as hash_content
 
 if TYPE_CHECKING:
     import pathspec
@@ -192,15 +193,11 @@ def _entry(root: str, name: str, cache: _HashCache) -> SyncEntry | None:
 
 
 def hash_file(path: str) -> str:
-    """blake2b-128 of a file's content, hex (as the nodes hash what arrives)."""
-    digest = hashlib.blake2b(digest_size=16)
+    """A file's content hash (``protocol/sync.py``: the nodes hash what arrives the same way)."""
     try:
-        with open(path, "rb") as file:
-            while block := file.read(1 << 20):
-                digest.update(block)
+        return hash_content(path)
     except OSError as exc:
         raise SyncSourceError(path, f"cannot read: {exc.strerror}") from None
-    return digest.hexdigest()
 
 
 def _fingerprint(root: str, digest: str, is_git: bool) -> str:
