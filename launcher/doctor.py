@@ -103,7 +103,7 @@ async def run_doctor(hosts: Sequence[Host], ssh: SshOptions, cwd: str, port: int
             if index > 0:
                 first = await first_ready
                 if first is not None and first[0].port is not None:
-                    addresses = rendezvous_order(first, agent.local_address)
+                    addresses = rendezvous.probe_addresses(first[0], first[1], agent.local_address)
                     request = Checkup(cwd=cwd, probe=addresses, probe_port=first[0].port)
             sent = time.time()
             answer.report = await agent.call(request, timeout=60)
@@ -132,12 +132,6 @@ async def run_doctor(hosts: Sequence[Host], ssh: SshOptions, cwd: str, port: int
         # The first host's listener goes with its agent: only now, after every probe.
         await asyncio.gather(*(a.close() for a in agents if a is not None), return_exceptions=True)
     return evaluate(hosts, answers)
-
-
-def rendezvous_order(first: tuple[NodeReport, str | None], local_address: str | None) -> list[str]:
-    report, address = first
-    preferred = address or local_address
-    return [a for a in dict.fromkeys([preferred, *report.candidates]) if a]
 
 
 def evaluate(hosts: Sequence[Host], answers: Sequence[_Answer]) -> DoctorReport:

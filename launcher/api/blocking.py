@@ -32,15 +32,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from launcher.api.call_function import CALL_FILE, CALL_MODULE, pickle_call
+from launcher.api.call_function import pickle_call
 from launcher.api.job import Job
 from launcher.api.loop import run_sync
 from launcher.errors import JobFailed, LauncherError, UsageError
 from launcher.hosts.sources import HostsArg
-from launcher.job.records import all_records
+from launcher.job.records import unique_job_name
 from launcher.launching import commands
 from launcher.launching.spec import LaunchSpec, make_spec
 from launcher.launching.start import launch_job
+from launcher.protocol.base import CALL_FILE, CALL_MODULE
 
 _KILL_GRACE_S = 3.0
 """``run`` interrupted or timed out: the ranks get this long after SIGTERM."""
@@ -135,6 +136,4 @@ def _start(spec: LaunchSpec) -> Job:
 
 def _function_job_name(fn: Callable[..., Any]) -> str:
     """``<function name>-<time>``, unique among the jobs launched from here."""
-    base = commands.default_job_name(f"{getattr(fn, '__name__', 'function')}.py")
-    taken = {record.name for record in all_records()}
-    return next(name for name in (base, *(f"{base}-{n}" for n in range(2, 10_000))) if name not in taken)
+    return unique_job_name(commands.default_job_name(f"{getattr(fn, '__name__', 'function')}.py"))

@@ -23,9 +23,6 @@ from launcher.protocol.base import RESULT_LIMIT
 from launcher.protocol.messages import ReadResults
 from launcher.transport.agent import NodeAgent
 
-CALL_MODULE = "launcher.node.call_function"
-"""What torchrun runs (``--module``) on every rank of a function job."""
-CALL_FILE = "call.pkl"
 PAYLOAD_LIMIT = RESULT_LIMIT
 
 

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from launcher.api.call_function import CALL_MODULE, RankOutcome, read_outcomes, values_or_raise
+from launcher.api.call_function import RankOutcome, read_outcomes, values_or_raise
 from launcher.api.loop import iterate_sync, run_sync
 from launcher.errors import JobError, JobTimeoutError, UnreachableError, UsageError
 from launcher.job.kill import HostKill, kill_job
@@ -23,6 +23,7 @@ from launcher.job.logs import LogLine, follow_logs, read_logs
 from launcher.job.records import JobRecord, all_records, load_record
 from launcher.job.result import JobResult, job_failed
 from launcher.job.status import JobStatus, job_status, wait_for_end
+from launcher.protocol.base import CALL_MODULE
 from launcher.transport.agent import NodeAgent, SshOptions
 
 _KEEPALIVE_S = 5.0

@@ -9,10 +9,8 @@ from launcher.errors import message_of
 from launcher.hosts.files import Host
 from launcher.job.records import JobRecord, remember_state
 from launcher.protocol.messages import Kill, KillAll, KillReport, LeftProcess
-from launcher.transport.agent import SshOptions
+from launcher.transport.agent import DEFAULT_SSH, SshOptions
 from launcher.transport.fanout import ask, for_each_host
-
-DEFAULT_SSH = SshOptions()
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,9 @@ from launcher.errors import LauncherError, message_of
 from launcher.hosts.files import Host
 from launcher.job.records import JobRecord
 from launcher.protocol.logs import Follow, LogBatch, LogRecord, ReadLogs, Tail
-from launcher.transport.agent import NodeAgent, SshOptions, open_agent
+from launcher.transport.agent import DEFAULT_SSH, NodeAgent, SshOptions, open_agent
 from launcher.transport.fanout import for_each_host, reconnecting, report_given_up
 from launcher.transport.lost import LostHosts
-
-DEFAULT_SSH = SshOptions()
 
 
 @dataclass(frozen=True)

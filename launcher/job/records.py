@@ -41,6 +41,13 @@ class JobRecord:
     """The SLURM job that runs it (``launcher sbatch --submit``): ``kill`` goes through scancel."""
 
 
+def unique_job_name(base: str) -> str:
+    """``base``, or ``base-2``, ``base-3``...: unique among the jobs launched from here (two
+    launches in the same second get the same default name)."""
+    taken = {record.name for record in all_records()}
+    return next(name for name in (base, *(f"{base}-{n}" for n in range(2, 10_000))) if name not in taken)
+
+
 def make_records_dir() -> Path:
     """``records_dir()``, made or tightened to 0700 from ``<state>/launcher`` down: before a
     launch, so that a state directory open to others and not ours stops it before anything runs.

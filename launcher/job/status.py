@@ -12,14 +12,13 @@ from launcher.errors import message_of
 from launcher.hosts.files import Host
 from launcher.job.records import JobRecord, remember_state
 from launcher.protocol.messages import NodeStatus, RankFailure, Status, Wait
-from launcher.transport.agent import NodeAgent, SshOptions
+from launcher.transport.agent import DEFAULT_SSH, NodeAgent, SshOptions
 from launcher.transport.fanout import ask, for_each_host, reconnecting, report_given_up
 from launcher.transport.lost import LostHosts
 
 JobState = Literal["running", "succeeded", "failed", "killed", "unknown"]
 HostState = Literal["running", "succeeded", "failed", "killed", "lost", "unknown", "unreachable"]
 """``lost``: the host fell silent to the others (heartbeats) or its supervisor vanished (a reboot)."""
-DEFAULT_SSH = SshOptions()
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from launcher.errors import HostError, JobError, RendezvousUnreachableError
 from launcher.hosts.files import Host
 from launcher.launching import commands
+from launcher.protocol.base import IFNAME_VARIABLES
+from launcher.protocol.doctor import NodeReport
 from launcher.protocol.messages import Prepared, Probe
-
-IFNAME_VARIABLES = ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME")
-"""The variables that pin NCCL's and gloo's sockets to one interface."""
 
 
 @dataclass(frozen=True)
@@ -32,13 +31,17 @@ class Rendezvous:
     """By host, in order; None where unknown."""
 
 
-def probe_addresses(first: Prepared, first_address: str | None, local_address: str | None) -> list[str]:
-    """What a host should try, in order: the address the launching machine reached the
-    first host at (or, when the first host is this machine, the address this host's SSH
-    connection leaves from), then the first host's other addresses."""
-    preferred = first_address or local_address
-    ordered = [preferred] if preferred else []
-    return ordered + [a for a in first.candidates if a not in ordered]
+def address_order(candidates: Sequence[str], *preferred: str | None) -> list[str]:
+    """The first host's addresses in the order they are tried and chosen: ``preferred``
+    first (known, not None), then the first host's own ``candidates``; each once."""
+    return [a for a in dict.fromkeys([*preferred, *candidates]) if a]
+
+
+def probe_addresses(first: Prepared | NodeReport, first_address: str | None, local_address: str | None) -> list[str]:
+    """What a host should try (a launch's prepare, a doctor's checkup), in order: the address
+    the launching machine reached the first host at (or, when the first host is this machine,
+    the address this host's SSH connection leaves from), then the first host's other addresses."""
+    return address_order(first.candidates, first_address or local_address)
 
 
 def choose(hosts: Sequence[Host], prepared: Sequence[Prepared], order: Sequence[str]) -> Rendezvous:

@@ -16,7 +16,7 @@ from typing import Any
 
 from launcher.errors import HostError, JobRunningError, LauncherError
 from launcher.hosts.files import Host
-from launcher.job.records import JobRecord, all_records, make_records_dir, save_record
+from launcher.job.records import JobRecord, make_records_dir, save_record, unique_job_name
 from launcher.launching import commands, rendezvous
 from launcher.launching.connect import connect_check_and_sync
 from launcher.launching.plan import NodePlan, dry_plan, plan_nodes
@@ -136,10 +136,7 @@ def _job_name(spec: LaunchSpec) -> str:
         raise LauncherError("no hosts to launch on")
     if spec.name is not None:
         return commands.check_job_name(spec.name)
-    # Unique among the jobs launched from here, even two in the same second.
-    base = commands.default_job_name(spec.script)
-    taken = {record.name for record in all_records()}
-    return next(name for name in (base, *(f"{base}-{n}" for n in range(2, 10_000))) if name not in taken)
+    return unique_job_name(commands.default_job_name(spec.script))
 
 
 async def _connect_and_prepare(
@@ -193,8 +190,8 @@ def _meeting_point(
     if len(hosts) == 1 or first.port is None:
         return rendezvous.Rendezvous(_rendezvous_address(hosts, agents), first.port or 0, (None,))
     hello = agents[0].hello if agents[0] is not None else None
-    preferred = [hello.address if hello else None, *(a.local_address for a in agents[1:] if a is not None)]
-    order = [a for a in dict.fromkeys([*preferred, *first.candidates]) if a]
+    others = [a.local_address for a in agents[1:] if a is not None]
+    order = rendezvous.address_order(first.candidates, hello.address if hello else None, *others)
     return rendezvous.choose(hosts, prepared, order)
 
 

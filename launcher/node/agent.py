@@ -20,7 +20,7 @@ from launcher._version import __version__
 from launcher.node import logs, processes, start, status
 from launcher.node.errors import HungUp, NodeError
 from launcher.protocol import python_env
-from launcher.protocol.base import PROTOCOL_VERSION, Refusal
+from launcher.protocol.base import PROTOCOL_VERSION, Refusal, address_reached
 from launcher.protocol.codec import ProtocolError
 from launcher.protocol.doctor import Checkup
 from launcher.protocol.logs import Follow, LogBatch, ReadLogs, Tail
@@ -38,12 +38,11 @@ def hello() -> Hello:
     ``SSH_CONNECTION``): the one the other nodes should use for the rendezvous, even
     when the hosts file names this node by an ssh-config alias.
     """
-    ssh_connection = os.environ.get("SSH_CONNECTION", "").split()
     return Hello(
         protocol=PROTOCOL_VERSION,
         version=__version__,
         hostname=socket.gethostname(),
-        address=ssh_connection[2] if len(ssh_connection) == 4 else None,
+        address=address_reached(os.environ.get("SSH_CONNECTION", "")),
         python=sys.executable,
         pid=os.getpid(),
         python_version=python_env.python_version(),

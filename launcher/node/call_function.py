@@ -22,10 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.node.rundir import RunDir
-from launcher.protocol.base import RESULT_LIMIT, RUN_DIR_VARIABLE
-
-CALL_FILE = "call.pkl"
-"""In the run directory's ``inputs/``: the pickled ``(function, args, kwargs)``."""
+from launcher.protocol.base import CALL_FILE, RESULT_LIMIT, RUN_DIR_VARIABLE
 
 
 def main() -> int:

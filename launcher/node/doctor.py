@@ -19,8 +19,9 @@ from pathlib import Path
 
 from launcher.node import gpus, network
 from launcher.node.errors import NodeError
-from launcher.node.preflight import IFNAME_VARIABLES, is_launcher_job, process_name, ssh_address
+from launcher.node.preflight import is_launcher_job, process_name, ssh_address
 from launcher.protocol import python_env
+from launcher.protocol.base import IFNAME_VARIABLES
 from launcher.protocol.doctor import Checkup, DiskSpace, GpuReport, NodeReport
 from launcher.protocol.messages import Probe
 from launcher.protocol.paths import runs_dir

@@ -13,16 +13,13 @@ import os
 
 from launcher.node import gpus, network
 from launcher.node.errors import NodeError
-from launcher.protocol.base import JOB_MARKER
+from launcher.protocol.base import IFNAME_VARIABLES, JOB_MARKER, address_reached
 from launcher.protocol.messages import Prepare, Prepared, Probe
-
-IFNAME_VARIABLES = ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME")
 
 
 def ssh_address() -> str | None:
     """The address the launching machine reached this node at (sshd's ``SSH_CONNECTION``)."""
-    words = os.environ.get("SSH_CONNECTION", "").split()
-    return words[2] if len(words) == 4 else None
+    return address_reached(os.environ.get("SSH_CONNECTION", ""))
 
 
 def finish(request: Prepare, run_dir: str, watch_port: int | None = None) -> Prepared:

@@ -28,6 +28,7 @@ SESSION_PREFIX = "launcher-"
 
 
 AGENT_MODULE = "launcher.node"
+"""``python -P -m launcher.node serve`` starts the agent."""
 
 RUN_DIR_VARIABLE = "LAUNCHER_RUN_DIR"
 """Set in every process of a job to the node's run directory (``launcher.run``'s workers
@@ -35,7 +36,22 @@ read their function there and write their return values there)."""
 
 RESULT_LIMIT = 8 << 20
 """Most bytes of one rank's pickled return value (``ReadResults`` sends it in one line)."""
-"""``python -P -m launcher.node serve`` starts the agent."""
+CALL_MODULE = "launcher.node.call_function"
+"""What torchrun runs (``--module``) on every rank of a function job (``launcher.run``)."""
+CALL_FILE = "call.pkl"
+"""In the run directory's ``inputs/``: the pickled ``(function, args, kwargs)``."""
+
+
+IFNAME_VARIABLES = ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME")
+"""The variables that pin NCCL's and gloo's sockets to one interface: the launch sets them
+(``launching/rendezvous.py``) unless a node has them already (``node/preflight.py`` says which)."""
+
+
+def address_reached(ssh_connection: str) -> str | None:
+    """The address a client reached this host at, from sshd's ``SSH_CONNECTION`` value
+    (``client_ip client_port server_ip server_port``); None without one."""
+    words = ssh_connection.split()
+    return words[2] if len(words) == 4 else None
 
 
 def session_name(job: str) -> str:

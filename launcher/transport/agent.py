@@ -71,6 +71,10 @@ class SshOptions:
     host cut from the network and reconnect."""
 
 
+DEFAULT_SSH = SshOptions()
+"""The options of a caller that gives none (``job_status(record)``, ``kill_job(record)``...)."""
+
+
 class NodeAgent:
     """The agent on one host: ``await agent.call(Status(job))`` returns its ``NodeStatus``."""
 
