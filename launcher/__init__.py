@@ -14,6 +14,22 @@ Every public name is listed in ``__all__`` and re-exported here. They are import
 first use (PEP 562), not eagerly: ``launcher --help`` must stay fast, and every node
 agent (``python -m launcher.node``) imports this package first, so it must not pull in
 the launching side. Type checkers see the explicit imports below.
+
+The packages (who may import whom: ``.importlinter``):
+
+    cli/            the ``launcher`` command (click and rich only)
+    api/            the blocking API: launch, run, submit, Job
+    doctor.py       ``launcher doctor``
+    launching/      what to launch, what each host runs, the launch itself
+    job/            a launched job: record, status, logs, kill, how it ended
+    sync/           ``launcher sync``
+    transport/      SSH connections, the node agent's client, the fan-out
+    hosts/          which hosts (pure)
+    run_context.py  ``launcher.context()`` (with visible_gpus.py)
+    errors.py       every error, typed
+    _version.py     the version both sides compare
+    protocol/       the wire and the state directories (standard library only)
+    node/           what runs on each node (imports only ``protocol/`` and ``_version.py``)
 """
 
 from __future__ import annotations

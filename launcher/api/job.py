@@ -1,6 +1,6 @@
 """``Job``: a launched job, driven with plain blocking calls (``launcher.launch`` returns one).
 
-Each method runs the async library on a private event loop (``job_loop``), so it works
+Each method runs the async library on a private event loop (``loop.py``), so it works
 the same in a script and inside a running loop (a Jupyter cell), and leaves no thread,
 loop or connection behind once it returns. Async callers use ``launch_job``,
 ``job_status``, ``wait_for_end``, ``follow_logs`` and ``kill_job`` directly.

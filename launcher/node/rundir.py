@@ -16,7 +16,7 @@ NFS: two nodes of a job never write the same file. The supervisor writes; the ag
     inputs/        files the launch sent with the job (``Start.files``): ``call.pkl`` of ``run``
     results/       ``<rank>.pkl``: what each rank of ``launcher.run`` returned or raised
 
-Only its user can read any of it (``private.py``): the directories are 0700 and the files
+Only its user can read any of it (``protocol/private.py``): the directories are 0700 and the files
 0600, as is ``<state>/launcher`` above them. ``spec.json`` holds the job's environment (its
 tokens and keys), ``inputs/`` the arguments of ``launcher.run``, ``output.log`` whatever the
 job printed.

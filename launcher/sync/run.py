@@ -6,7 +6,7 @@
              leaves a probe in its directory's hidden state
     look     every host says whose probes it sees: hosts that see each other's share their
              directory (a scratch or home on a shared disk), and only the first of them,
-             in hosts order, writes it (``sync_commit.py``)
+             in hosts order, writes it (``commit.py``)
     lock     each writer takes its directory's lock (a second sync into it is refused),
              rolls back a commit left unfinished there, and answers what it lacks
     stage    the missing content, in chunks over the agent's connection, all writers at

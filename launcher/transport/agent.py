@@ -279,7 +279,7 @@ def _agent_failure(python: str, exit_status: int | None, stderr: str) -> str:
 
 async def connect(host: Host, options: SshOptions) -> Any:
     """An asyncssh connection honouring ~/.ssh/config and known_hosts, with one retry
-    (``connecting.py``: a dead host fails by ``connect_timeout``, a slow one is waited for)."""
+    (``connect.py``: a dead host fails by ``connect_timeout``, a slow one is waited for)."""
     asyncssh = asyncssh_module()
 
     transient = (TimeoutError, ConnectionResetError, asyncssh.ConnectionLost)
