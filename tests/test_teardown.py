@@ -266,6 +266,21 @@ def test_the_failing_client_is_not_told_to_stop(watch: SimpleNamespace) -> None:
     assert not failing.stops.wait(QUIET_S)
 
 
+def test_a_failure_that_follows_another_learns_which_came_first(watch: SimpleNamespace) -> None:
+    # Rank 3 on node 1 raises; rank 4 on node 2, in an all-reduce with it, dies of the reset
+    # connection a moment later: node 2 was stopped by node 1's failure, not a cause.
+    server_stops = Calls()
+    server = watch.server(server_stops)
+    first, second = watch.client(1), watch.client(2)
+    assert first.connected() and second.connected()
+
+    assert first.client.report_failure() is None  # node 0 heard it first: the cause
+    assert second.stops.wait()
+    assert second.client.report_failure() == 1
+    assert server.report_failure() == 1
+    assert server_stops.values == [1]
+
+
 def test_a_server_failure_stops_every_client(watch: SimpleNamespace) -> None:
     server_stops = Calls()
     server = watch.server(server_stops)

@@ -8,6 +8,7 @@ nodes' supervisors, it stops the job everywhere when the job fails anywhere (``t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -108,7 +109,12 @@ def supervise(run: RunDir) -> int:
     run.write_exit(ended)
     if watch is not None:
         failed_here = returncode != 0 and stopper.stopped_by is None and not run.was_killed()
-        watch.report_failure() if failed_here else watch.finish()
+        if not failed_here:
+            watch.finish()
+        elif (first := watch.report_failure()) is not None:
+            # Another node's failure reached node 0 first: this one followed from it.
+            log.note(f"node {first} failed first: this node's failure followed it")
+            run.write_exit(dataclasses.replace(ended, stopped_by=first))
     return 0
 
 

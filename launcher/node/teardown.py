@@ -36,6 +36,12 @@ be). What this does not guard against: someone on the path between two nodes who
 connection (a loss, as any cut) or injects into an authenticated TCP stream (the lines
 after the handshake carry no mac).
 
+Node 0 is the arbiter of which failure came first: only the first ``failed`` it hears is
+broadcast, to the failing node too. A node whose own command failed a moment after another
+node's (a rank that died of its peer's death, say a gloo connection reset) reports it, waits
+briefly for node 0's ``stop``, and learns that it was stopped by the first failure, not the
+cause (``WatchClient.report_failure``).
+
 A node that says nothing for ``timeout`` seconds is lost, and so is one whose connection
 closes without ``bye``/``done`` (its supervisor died). A cut that heals sooner loses
 nothing: TCP keeps the connection and delivers the beats that waited. TCP's retransmission
@@ -88,6 +94,12 @@ PROBE_WITHIN_S = 1.0
 """A probe's handshake, once connected, gets at least this long (more when a beat is longer)."""
 _NOTED_REFUSALS = 20
 """Refused connections noted one by one in the job's log; then one line says the rest are not."""
+
+
+def first_stopper(line: str | None) -> int | None:
+    """The node a ``stop <i>`` line names (None for any other line, or for node 0 itself)."""
+    kind, _, node = (line or "").strip().partition(" ")
+    return int(node) if kind == "stop" and node.isdigit() and node != "0" else None
 
 
 def connect_within(timeout: float) -> float:
@@ -150,8 +162,13 @@ class WatchServer:
         threading.Thread(target=self._accept, daemon=True).start()
         threading.Thread(target=self._beat, daemon=True).start()
 
-    def report_failure(self) -> None:
-        self._stop(0, f"stop {0}\n")
+    def report_failure(self) -> int | None:
+        """This node's command failed: stop every node. Returns the node whose failure node 0
+        (this one) had heard first, when it is another: this node's failure followed it."""
+        self._stop(0, "stop 0\n")
+        with self._lock:
+            first = self._stopped_by
+        return first_stopper(first)
 
     def finish(self) -> None:
         with self._lock:

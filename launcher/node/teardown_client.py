@@ -64,17 +64,27 @@ class WatchClient:
         self._probing = threading.Event()
         self._heard = time.time()
         self._connected = threading.Event()
+        self._first_stop: int | None = None
+        """The node named by the first ``stop`` node 0 sent: the failure it heard first."""
+        self._stop_heard = threading.Event()
         """Set once node 0 proved the secret (and this node did)."""
         self._send_lock = threading.Lock()
         threading.Thread(target=self._run, daemon=True).start()
 
-    def report_failure(self) -> None:
+    def report_failure(self) -> int | None:
+        """This node's command failed: tell node 0, and wait (a beat or two at most) for its
+        ``stop``, which names the failure node 0 heard first. Returns that node when it is
+        another: this node's failure followed it (its ranks died of the other's death)."""
         if self._connected.wait(timeout=5) and self._sock is not None:
             self._say(f"failed {self._node}\n")
+            if not self._server_done:
+                self._stop_heard.wait(2 * beat_interval(self._timeout))
         self._closing = True
         self._ended.set()
         if self._sock is not None:
             close(self._sock)
+        first = self._first_stop
+        return first if first is not None and first != self._node else None
 
     def finish(self) -> None:
         self._closing = True
@@ -102,6 +112,9 @@ class WatchClient:
             kind, _, rest = line.partition(" ")
             node, _, when = rest.partition(" ")
             if kind in ("stop", "lost") and node.isdigit():
+                if kind == "stop" and self._first_stop is None:
+                    self._first_stop = int(node)
+                self._stop_heard.set()
                 if int(node) != self._node and not self._closing:  # our own failure echoed back: done already
                     self._stop(int(node), float(when) if kind == "lost" and is_time(when) else None)
                 return
