@@ -153,7 +153,7 @@ def records_backwards(log: IO[bytes], end: int, block: int = 1 << 20) -> Iterato
         for piece in pieces:
             offsets.append(offset)
             offset += len(piece) + 1
-        yield from zip(reversed(offsets), reversed(pieces), strict=True)
+        yield from zip(reversed(offsets), reversed(pieces))
         position = start
 
 

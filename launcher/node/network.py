@@ -158,11 +158,11 @@ def probe(addresses: Sequence[str], port: int, timeout: float = PROBE_TIMEOUT_S)
         for _, sock in pending.values():
             sock.close()
     if _settled(results):  # the ones still pending are not needed
-        return [result or Probe(address, port, ok=None) for address, result in zip(addresses, results, strict=True)]
+        return [result or Probe(address, port, ok=None) for address, result in zip(addresses, results)]
     waited = f"timed out after {timeout:g} s"
     return [
         result or Probe(address, port, ok=False, error=waited, interface=route_interface(address))
-        for address, result in zip(addresses, results, strict=True)
+        for address, result in zip(addresses, results)
     ]
 
 

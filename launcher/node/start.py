@@ -17,6 +17,7 @@ from launcher.node.errors import NodeError
 from launcher.node.rundir import JobSpec, RunDir
 from launcher.protocol.base import JOB_MARKER, RUN_DIR_VARIABLE, session_name
 from launcher.protocol.messages import Commit, Prepare, Prepared, Start, Started
+from launcher.protocol.python_env import NODE_FALLBACK_VARIABLE, SENT_VARIABLES
 
 SUPERVISOR_START_S = 600.0
 """Only a backstop: while its tmux session lives the supervisor is starting, however slowly
@@ -104,11 +105,31 @@ def _create_session(request: Start, run: RunDir) -> None:
         agent_create_time=agent_create_time,
     )
     run.write_spec(spec)
-    # -W ignore: no third-party warning in the job's log (the job's own Python is not affected).
-    supervisor = [sys.executable, "-P", "-W", "ignore", "-m", "launcher.node.supervisor", str(run.path)]
+    supervisor = [*python_module("launcher.node.supervisor"), str(run.path)]
     complaint = tmux.new_session(job, request.cwd, supervisor)
     if complaint is not None:
         raise NodeError("start_failed", f"tmux new-session failed: {complaint}")
+
+
+# ``-P`` (from Python 3.11): a ``launcher`` directory in the job's cwd must not shadow the
+# package; before 3.11 the same by hand. -W ignore: no third-party warning in the job's log.
+# A node side that was sent appends its own psutil to sys.path, after the job's (NODE_FALLBACK_VARIABLE).
+_SAFE_RUN = (
+    "import os, runpy, sys; sys.path.pop(0) if sys.path[0] in ('', '.') else None;"
+    f" sys.path.extend(p for p in [os.environ.get({NODE_FALLBACK_VARIABLE!r})] if p);"
+    " runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)"
+)
+
+
+def python_module(module: str) -> list[str]:
+    """``python -P -m module`` on this Python, 3.9 or later. A node side that the launching
+    machine sent to this host travels in the environment (SENT_VARIABLES): tmux starts the
+    command in its server's environment, which an earlier agent may have started without it."""
+    sent = [f"{name}={os.environ[name]}" for name in SENT_VARIABLES if name in os.environ]
+    env = ["env", *sent] if NODE_FALLBACK_VARIABLE in os.environ else []
+    if sys.version_info >= (3, 11) and not env:
+        return [sys.executable, "-P", "-W", "ignore", "-m", module]
+    return [*env, sys.executable, "-W", "ignore", "-c", _SAFE_RUN, module]
 
 
 def commit(request: Commit) -> Started:

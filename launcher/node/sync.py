@@ -23,6 +23,7 @@ remove (never a file no sync put there, say a checkpoint).
 from __future__ import annotations
 
 import atexit
+import base64
 import binascii
 import contextlib
 import dataclasses
@@ -30,6 +31,7 @@ import os
 import shutil
 import socket
 import stat
+import sys
 
 from launcher.node.errors import NodeError
 from launcher.node.sync_commit import Session, Staged, apply, check_tree
@@ -104,7 +106,7 @@ def put(request: SyncPut) -> SyncStaged:
                 "bad_request", f"{display_path(entry.path)}: chunk at {chunk.offset}, expected {staged.written}"
             )
         try:
-            data = binascii.a2b_base64(chunk.data, strict_mode=True)  # b64decode(validate=True): 2.5x slower
+            data = _from_base64(chunk.data)
         except binascii.Error:
             raise NodeError("bad_request", f"{display_path(entry.path)}: a chunk is no base64") from None
         try:
@@ -320,13 +322,19 @@ def _session(token: str) -> Session:
     return session
 
 
+def _from_base64(data: str) -> bytes:
+    if sys.version_info >= (3, 11):
+        return binascii.a2b_base64(data, strict_mode=True)  # b64decode(validate=True): 2.5x slower
+    return base64.b64decode(data, validate=True)  # Python 3.9 and 3.10 have no strict_mode
+
+
 def _where(session: Session, path: str) -> str:
     return display_path(os.path.join(session.root, path) if path else session.root)
 
 
 def _failed(session: Session, path: str, exc: OSError) -> NodeError:
     why = exc.strerror or str(exc)
-    if isinstance(exc, FileExistsError | NotADirectoryError) and exc.filename:
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) and exc.filename:
         why = f"{display_path(os.fsdecode(exc.filename))} is in the way (not a directory)"
     elif exc.errno == 39:  # ENOTEMPTY: a directory where the tree has a file
         why = "a directory that is not empty is in the way"

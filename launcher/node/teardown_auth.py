@@ -55,7 +55,7 @@ class Reader:
             try:
                 self._sock.settimeout(left)
                 chunk = self._sock.recv(MAX_LINE)
-            except TimeoutError:
+            except socket.timeout:  # TimeoutError from Python 3.10 on, an OSError before
                 continue  # the deadline decides
             except OSError as exc:
                 raise Refused(f"connection failed: {exc.strerror or exc}") from None

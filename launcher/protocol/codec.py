@@ -3,11 +3,13 @@
 The protocol's messages and the node's run-directory files go through here, so that
 what one side writes the other reads as a typed record, never by string keys.
 Supported field types: bool, int, float, str, None, ``X | None``, ``Literal[...]``,
-``list[X]``, ``dict[str, X]``, NamedTuples (as JSON arrays) and nested dataclasses.
+``list[X]``, ``dict[str, X]``, NamedTuples (as JSON arrays) and nested dataclasses. It runs on
+Python 3.9 as well (the node side does), where ``X | None`` is read as ``Union[X, None]``.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import sys
 import types
@@ -15,6 +17,8 @@ import typing
 from typing import Any, Literal, TypeVar, Union
 
 T = TypeVar("T")
+# ``X | None`` is a types.UnionType from Python 3.10 on; the node side runs on 3.9 too.
+_UNIONS: tuple[Any, ...] = (Union, getattr(types, "UnionType", Union))
 
 
 class ProtocolError(ValueError):
@@ -25,7 +29,7 @@ def to_wire(message: Any) -> Any:
     """A message as plain JSON values (dataclasses become objects, NamedTuples lists)."""
     if dataclasses.is_dataclass(message) and not isinstance(message, type):
         return {f.name: to_wire(getattr(message, f.name)) for f in dataclasses.fields(message)}
-    if isinstance(message, tuple | list):
+    if isinstance(message, (tuple, list)):
         return [to_wire(item) for item in message]
     if isinstance(message, dict):
         return {key: to_wire(value) for key, value in message.items()}
@@ -45,7 +49,7 @@ def _decode(hint: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     if hint is Any:
         return value
-    if origin in (Union, types.UnionType):
+    if origin in _UNIONS:
         options = typing.get_args(hint)
         if value is None and type(None) in options:
             return None
@@ -82,9 +86,9 @@ def _decode(hint: Any, value: Any, where: str) -> Any:
         hints = _hints(hint)
         if len(items) != len(hint._fields):
             raise ProtocolError(f"{where}: expected {len(hint._fields)} items, got {len(items)}")
-        return hint(*(_decode(hints[n], v, f"{where}.{n}") for n, v in zip(hint._fields, items, strict=True)))
+        return hint(*(_decode(hints[n], v, f"{where}.{n}") for n, v in zip(hint._fields, items)))
     if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise ProtocolError(f"{where}: expected a number, got {_kind(value)}")
     if hint in (int, str, bool):
@@ -109,5 +113,32 @@ _HINTS: dict[type[Any], dict[str, Any]] = {}
 
 def _hints(cls: type[Any]) -> dict[str, Any]:
     if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
+        namespace = vars(sys.modules[cls.__module__])
+        try:
+            _HINTS[cls] = typing.get_type_hints(cls, namespace)
+        except TypeError:  # Python 3.9 cannot evaluate ``X | None``: read it as Union[X, None]
+            _HINTS[cls] = {
+                name: _evaluate(hint, namespace)
+                for klass in reversed(cls.__mro__)
+                for name, hint in vars(klass).get("__annotations__", {}).items()
+            }
     return _HINTS[cls]
+
+
+def _evaluate(hint: Any, namespace: dict[str, Any]) -> Any:
+    """A string annotation evaluated with each ``a | b`` read as ``Union[a, b]``."""
+    if not isinstance(hint, str):
+        return hint
+    tree = _UnionsSpelledOut().visit(ast.parse(hint, mode="eval"))
+    code = compile(ast.fix_missing_locations(tree), f"<annotation {hint}>", "eval")
+    return eval(code, {**namespace, "_Union": Union})  # our own message definitions, never input
+
+
+class _UnionsSpelledOut(ast.NodeTransformer):
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        self.generic_visit(node)
+        if not isinstance(node.op, ast.BitOr):
+            return node
+        union = ast.Name(id="_Union", ctx=ast.Load())
+        pair = ast.Tuple(elts=[node.left, node.right], ctx=ast.Load())
+        return ast.Subscript(value=union, slice=pair, ctx=ast.Load())
