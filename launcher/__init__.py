@@ -19,7 +19,8 @@ The packages (who may import whom: ``.importlinter``):
 
     cli/            the ``launcher`` command (click and rich only)
     api/            the blocking API: launch, run, submit, Job
-    doctor.py       ``launcher doctor``
+    doctor/         ``launcher doctor``: the checks, the bandwidth test
+    bandwidth_job.py  the bandwidth test's job on each host (imports torch, only the wire of launcher)
     launching/      what to launch, what each host runs, the launch itself
     job/            a launched job: record, status, logs, kill, how it ended
     sync/           ``launcher sync``

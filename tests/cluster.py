@@ -313,6 +313,20 @@ class TestHost:
         # Adding the table first makes the delete succeed when there is nothing to remove.
         self._nft(f"add table inet {FIREWALL_TABLE}\ndelete table inet {FIREWALL_TABLE}\n")
 
+    def throttle(self, rate: str = "10mbit", network: int = 0) -> None:
+        """Slow the host's link (its interface ``network``) to ``rate``, both ways, as a bad
+        NIC or cable would: a token bucket (tc tbf) on the host's side of the veth pair for
+        what it sends, and on the bridge's side for what it receives. ``unthrottle()``
+        removes both; the qdiscs go with the links when the cluster closes."""
+        shape = ["tbf", "rate", rate, "burst", "32kbit", "latency", "400ms"]
+        _run_tc(["qdisc", "replace", "dev", self.interfaces[network], "root", *shape], self.netns)
+        _run_tc(["qdisc", "replace", "dev", self.links[network], "root", *shape])
+
+    def unthrottle(self, network: int = 0) -> None:
+        """Remove what ``throttle`` set (the kernel's default queue comes back)."""
+        _run_tc(["qdisc", "del", "dev", self.interfaces[network], "root"], self.netns, missing_ok=True)
+        _run_tc(["qdisc", "del", "dev", self.links[network], "root"], missing_ok=True)
+
     def _nft(self, script: str) -> None:
         result = subprocess.run(
             ["ip", "netns", "exec", self.netns, "nft", "-f", "-"],
@@ -1265,6 +1279,16 @@ def _remove_path(path: Path) -> None:
 
 
 # --- running ip ------------------------------------------------------------------------
+
+
+def _run_tc(args: list[str], netns: str | None = None, missing_ok: bool = False) -> None:
+    """``tc`` (iproute2) in the root namespace, or in ``netns``."""
+    argv = ["tc", *(["-n", netns] if netns else []), *args]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    said = result.stderr
+    gone = missing_ok and ("No such file" in said or "Cannot delete qdisc with handle of zero" in said)
+    if result.returncode != 0 and not gone:
+        raise ClusterError(f"{' '.join(argv)}: {result.stderr.strip()}")
 
 
 def _run_ip(args: list[str]) -> str:

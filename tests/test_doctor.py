@@ -14,7 +14,7 @@ import pytest
 from local_node import LocalNode
 
 from launcher.cli.doctor import doctor_json, gpu_cell, print_doctor
-from launcher.doctor import DoctorReport, _Answer, evaluate, human_bytes
+from launcher.doctor.checks import DoctorReport, _Answer, evaluate, human_bytes
 from launcher.hosts.files import Host
 from launcher.node import doctor as node_doctor
 from launcher.protocol.doctor import Checkup, DiskSpace, GpuReport, NodeReport

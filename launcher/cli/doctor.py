@@ -10,7 +10,8 @@ import click
 from launcher.cli.common import HOSTS_HELP, connect_timeout, run
 
 if TYPE_CHECKING:
-    from launcher.doctor import DoctorReport, HostCheck
+    from launcher.doctor.bandwidth import BandwidthReport
+    from launcher.doctor.checks import DoctorReport, HostCheck
 
 
 @click.command()
@@ -20,6 +21,15 @@ if TYPE_CHECKING:
 @click.option("--rdzv-port", type=click.IntRange(1, 65535), help="Check this rendezvous port.  [default: a free one]")
 @connect_timeout
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--bandwidth", is_flag=True, help="Then measure the hosts: a short collective test, the slow host named.")
+@click.option(
+    "--bandwidth-seconds", type=click.FloatRange(5, 600), default=30.0, show_default=True,
+    help="The bandwidth test's bound: past it, it is stopped on every host.",
+)  # fmt: skip
+@click.option(
+    "--min-ratio", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
+    help="A host below this fraction of the median host's bandwidth is slow.",
+)  # fmt: skip
 @click.pass_context
 def doctor(ctx: click.Context, /, **options: Any) -> None:
     """Check every host for what a launch needs; start nothing, leave nothing.
@@ -31,27 +41,74 @@ def doctor(ctx: click.Context, /, **options: Any) -> None:
     import os
     import sys
 
-    from launcher.doctor import run_doctor
+    from launcher.doctor.checks import run_doctor
     from launcher.hosts.sources import resolve_hosts
     from launcher.transport.agent import SshOptions
 
     hosts = resolve_hosts(options["hosts_arg"], os.environ)
     ssh = SshOptions(connect_timeout=options["connect_timeout"], python=options["python"] or sys.executable)
-    report = run(run_doctor(hosts, ssh, options["cwd"] or os.getcwd(), options["rdzv_port"]))
+    cwd = options["cwd"] or os.getcwd()
+    report = run(run_doctor(hosts, ssh, cwd, options["rdzv_port"]))
+    speed = None
+    if options["bandwidth"]:
+        from launcher.doctor.bandwidth import run_bandwidth
+
+        speed = run(run_bandwidth(hosts, report, ssh, cwd, options["bandwidth_seconds"], options["min_ratio"]))
     if options["as_json"]:
         import json
 
-        click.echo(json.dumps(doctor_json(report), indent=2))
+        click.echo(json.dumps(doctor_json(report, speed), indent=2))
     else:
         print_doctor(report)
-    ctx.exit(0 if report.ok else 1)
+        if speed is not None:
+            print_bandwidth(speed)
+    ctx.exit(0 if report.ok and (speed is None or speed.ok) else 1)
 
 
-def doctor_json(report: DoctorReport) -> dict[str, Any]:
+def doctor_json(report: DoctorReport, speed: BandwidthReport | None = None) -> dict[str, Any]:
     from dataclasses import asdict
 
     hosts = [{**asdict(h), "level": h.level} for h in report.hosts]
-    return {"ok": report.ok, "rendezvous": report.rendezvous, "hosts": hosts}
+    found: dict[str, Any] = {"ok": report.ok, "rendezvous": report.rendezvous, "hosts": hosts}
+    if speed is not None:
+        speed_hosts = [{**asdict(h), "level": h.level} for h in speed.hosts]
+        found["bandwidth"] = {**asdict(speed), "ok": speed.ok, "passed": list(speed.passed), "hosts": speed_hosts}
+        found["ok"] = report.ok and speed.ok
+    return found
+
+
+def print_bandwidth(speed: BandwidthReport, width: int | None = None) -> None:
+    """One row per host (bandwidth, latency, result), the whole set's line, then what is wrong."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from launcher.doctor.bandwidth import human_rate
+
+    console = Console(highlight=False, width=width)
+    table = Table(title="bandwidth, point to point", title_justify="left", box=None, padding=(0, 1, 0, 0))
+    for column in ("host", "bandwidth", "latency", "result"):
+        table.add_column(column, no_wrap=True)
+    for host in speed.hosts:
+        result = "error" if host.error else "slow" if host.slow else "ok"
+        table.add_row(host.host, human_rate(host.bandwidth), _latency(host.latency_s), result)
+    console.print(table)
+    if speed.bus_bandwidth is not None and speed.allreduce:
+        size = speed.allreduce[-1].bytes
+        shown = f"{size >> 20} MiB" if size >= 1 << 20 else f"{size >> 10} KiB"
+        measured = sum(1 for h in speed.hosts if h.error is None)
+        console.print(
+            f"all-reduce, {measured} hosts, {speed.backend}, {shown}: bus bandwidth "
+            f"{human_rate(speed.bus_bandwidth)}, latency {_latency(speed.latency_s)} ({speed.seconds:.1f}s)"
+        )
+    if speed.error:
+        console.print(f"bandwidth: error: {speed.error}")
+    for host in speed.hosts:
+        if host.error:
+            console.print(f"{host.host}: error: {host.error}")
+        elif host.slow:
+            console.print(f"{host.host}: slow: {human_rate(host.bandwidth)}, below the other hosts'")
+    for a, b in speed.slow_links:
+        console.print(f"{a} - {b}: slow link (each host is fast with another partner)")
 
 
 def print_doctor(report: DoctorReport, width: int | None = None) -> None:
@@ -77,7 +134,7 @@ def print_doctor(report: DoctorReport, width: int | None = None) -> None:
 
 
 def row_cells(check: HostCheck) -> list[str]:
-    from launcher.doctor import human_bytes
+    from launcher.doctor.checks import human_bytes
 
     report = check.report
     if report is None:
@@ -126,3 +183,10 @@ def _seconds(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value * 1000:.0f}ms" if value < 1 else f"{value:.1f}s"
+
+
+def _latency(value: float | None) -> str:
+    """``85us``, ``1.5ms``, ``12ms``."""
+    if value is None:
+        return "-"
+    return f"{value * 1e6:.0f}us" if value < 1e-3 else f"{value * 1000:.1f}ms" if value < 0.01 else _seconds(value)

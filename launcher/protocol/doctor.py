@@ -72,3 +72,8 @@ class Checkup(Request[NodeReport]):
 
 
 DOCTOR_ANSWERS: dict[type[Request[Any]], type[Any]] = {Checkup: NodeReport}
+
+BANDWIDTH_MODULE = "launcher.bandwidth_job"
+"""``launcher doctor --bandwidth``'s job, run as ``python -m`` on every host (one process each)."""
+BANDWIDTH_MARKER = "LAUNCHER_BANDWIDTH "
+"""The bandwidth job's rank 0 prints this, then its results as one line of JSON."""
