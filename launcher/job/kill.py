@@ -92,4 +92,6 @@ def _host_kill(label: str, answer: KillReport) -> HostKill:
     if answer.found == 0:
         return HostKill(label, True, f"already gone (the job had {answer.state_before})")
     forced = f", {answer.forced} needed SIGKILL" if answer.forced else ""
-    return HostKill(label, True, f"killed {answer.found} process(es){forced}; none left")
+    # The process table is clean; the GPU side may not be provable (a container's pids).
+    gpu = f"; GPU memory {answer.gpu_unverified}" if answer.gpu_unverified else ""
+    return HostKill(label, True, f"killed {answer.found} process(es){forced}; none left{gpu}")

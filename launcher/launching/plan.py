@@ -60,7 +60,12 @@ def plan_nodes(
         env = {**commands.job_env(spec.env, log_dir), **command.env}
         interface = interfaces[index] if interfaces is not None else None
         env.update(rendezvous.interface_env(interface, spec.env, answer.preset_env if answer else ()))
-        if host.gpus is not None:
+        # nvidia-smi numbers GPUs in PCI bus order, CUDA by default fastest first: the same
+        # numbers must mean the same GPUs in --include, the node's answer and the ranks.
+        env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+        if answer is not None and answer.cuda_visible is not None:
+            env["CUDA_VISIBLE_DEVICES"] = answer.cuda_visible  # the node's own ids (its allocation)
+        elif host.gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in host.gpus)
         plans.append(NodePlan(host, command.argv, env))
     return plans

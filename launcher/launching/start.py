@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import secrets
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -58,6 +59,9 @@ async def launch_job(
     try:
         code = await connect_check_and_sync(spec, ssh, agents, on_sync)
         prepared = await _connect_and_prepare(spec, name, ssh, agents, progress)
+        for host, answer in zip(spec.hosts, prepared, strict=True):
+            for note in answer.gpu_notes:  # MIG's one process, a GPU held from another pid namespace
+                warnings.warn(f"{host.label}: {note}", RuntimeWarning, stacklevel=2)
         first = prepared[0]
         if first.port is None or first.watch_port is None:
             raise HostError(spec.hosts[0].label, "the first host picked no rendezvous port")
@@ -203,6 +207,7 @@ def gpu_checks(spec: LaunchSpec, host: Host) -> dict[str, Any]:
         "count_gpus": spec.nproc_per_node is None and host.slots is None,
         "need_gpus": spec.nproc_per_node == "gpu",
         "check_gpus": None if spec.allow_busy_gpus else list(host.gpus or ()),
+        "pick_gpus": None if host.gpus is None else list(host.gpus),
     }
 
 

@@ -1,39 +1,42 @@
-"""This node's NVIDIA GPUs and who holds them, found without importing torch.
+"""This node's NVIDIA GPUs, the CUDA devices ranks can use, and who holds them, found
+without importing torch.
 
 Runs ON each node (inside the node agent), so it uses the standard library only and
-imports nothing from ``launcher`` but its own ``nvidia_smi.py`` (the parsers). Everything it returns is a frozen dataclass of plain
-fields (``dataclasses.asdict`` then ``json.dumps`` sends it as is). Expected failures (no
-``nvidia-smi``, a non-zero exit, a hang, output it cannot read) never raise: the result
-is empty and says why.
+imports nothing from ``launcher`` but its own ``nvidia_smi.py`` (the runner and parsers).
+Everything it returns is a frozen dataclass of plain fields (``dataclasses.asdict`` then
+``json.dumps`` sends it as is). Expected failures never raise; the result says why, and
+keeps "could not read the GPUs" (``GpuInventory.error``: nvidia-smi is there and failed
+or hung) apart from "no GPU" (no driver, or ``No devices were found``).
 
-The GPUs reported are the **physical** GPUs of the node, as ``nvidia-smi`` numbers them
-(PCI bus order). ``CUDA_VISIBLE_DEVICES`` is ignored: it is a property of a process, not
-of the node, and the launcher sets it per job from this list.
+``list_gpus()`` reports the **physical** GPUs, numbered as ``nvidia-smi`` numbers them
+(PCI bus order; the launcher sets ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` for its ranks so that
+CUDA numbers them the same). ``usable_devices()`` narrows them to what a rank can use:
+the node's own ``CUDA_VISIBLE_DEVICES`` (a scheduler's allocation: indices, ``GPU-`` or
+``MIG-`` UUIDs), and on a GPU in MIG mode its MIG devices instead of the GPU.
 
 Cost, in ``nvidia-smi`` calls (each one starts the tool and NVML: tens of milliseconds
-with persistence mode on, up to seconds without):
+with persistence mode on, up to seconds per GPU without):
 
 - ``list_gpus()``: one ``--query-gpu`` call. ``nvidia-smi -L`` runs as well only when a GPU
   has MIG enabled, because the query cannot list MIG devices. A driver older than R450,
   which does not know the ``mig.mode.current`` field, costs one call more (the query is
   repeated without it). Without ``nvidia-smi``: a few small reads under ``/proc``.
 - ``gpu_processes()``: one ``--query-compute-apps`` call.
-- ``busy_gpus()`` and ``default_nproc()``: none (they work on results already in hand).
+- ``busy_gpus()``, ``usable_devices()`` and ``default_nproc()``: none.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import signal
-import subprocess
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from launcher.node import nvidia_smi
 from launcher.node.nvidia_smi import (
     APP_FIELDS,
+    DEFAULT_TIMEOUT_S,
     Gpu,
     GpuProcess,
     MigDevice,
@@ -42,18 +45,14 @@ from launcher.node.nvidia_smi import (
     parse_gpu_list,
     parse_gpu_query,
     parse_proc_information,
-    text_lines,
 )
-
-DEFAULT_TIMEOUT_S = 10.0
-"""How long one ``nvidia-smi`` call may take. A GPU that fell off the bus can hang it."""
 
 PROC_DRIVER = Path("/proc/driver/nvidia")
 """Where the kernel driver lists the GPUs: the fallback when ``nvidia-smi`` is absent."""
 
 _GPU_FIELDS = ("index", "uuid", "name", "memory.total", "memory.used", "memory.free")
 _MIG_FIELD = "mig.mode.current"  # unknown to drivers before R450
-_KILLED_GRACE_S = 1.0
+_WHOLE_NUMBER = re.compile(r"[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -63,8 +62,26 @@ class GpuInventory:
     gpus: tuple[Gpu, ...]
     source: str
     """``nvidia-smi`` or ``/proc/driver/nvidia (...)`` when GPUs were found; when none
-    were, why not, e.g. ``nvidia-smi failed: Failed to initialize NVML: Driver/library
-    version mismatch (exit status 18)``."""
+    were, why not, e.g. ``nvidia-smi: No devices were found``."""
+    error: str | None = None
+    """Set when the GPUs could not be read (nvidia-smi failed, hung, or printed what is
+    not a GPU list), e.g. ``nvidia-smi failed: Unable to determine the device handle for
+    GPU 0000:3B:00.0: GPU is lost (exit status 15: a GPU has fallen off the bus)``: an
+    empty ``gpus`` then means "unknown", not "none"."""
+    warnings: tuple[str, ...] = ()
+    """What nvidia-smi warned of while its answer was still valid (an infoROM, exit 14)."""
+
+
+@dataclass(frozen=True)
+class Device:
+    """One CUDA device a rank can be given."""
+
+    gpu: int
+    """The physical GPU's index (nvidia-smi's); for a MIG device, its GPU's."""
+    id: str
+    """What ``CUDA_VISIBLE_DEVICES`` takes to select it: the entry of the node's own
+    ``CUDA_VISIBLE_DEVICES`` when set, else the GPU's index, or a ``MIG-`` UUID."""
+    mig: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,49 +108,67 @@ class BusyGpu:
 
 
 def list_gpus(timeout: float = DEFAULT_TIMEOUT_S, proc_driver: Path = PROC_DRIVER) -> GpuInventory:
-    """The node's physical GPUs (``CUDA_VISIBLE_DEVICES`` is ignored); see the module's
-    docstring for what each call costs."""
-    executable = shutil.which("nvidia-smi")
-    if executable is None:
-        return _gpus_from_proc(proc_driver)
+    """The node's physical GPUs (``CUDA_VISIBLE_DEVICES`` is not applied: see
+    ``usable_devices``); see the module's docstring for what each call costs."""
     query = [f"--query-gpu={','.join((*_GPU_FIELDS, _MIG_FIELD))}", "--format=csv,noheader,nounits"]
-    output, why = _run_nvidia_smi(executable, query, timeout)
+    output = nvidia_smi.run(query, timeout)
+    if output.error == "no nvidia-smi":
+        return _gpus_from_proc(proc_driver)
     with_mig = True
-    if why is not None and _MIG_FIELD in why:  # "Field "mig.mode.current" is not a valid field to query."
+    if output.error is not None and _MIG_FIELD in output.error:  # "Field "mig.mode.current" is not a valid field ..."
         query[0] = f"--query-gpu={','.join(_GPU_FIELDS)}"
-        output, why = _run_nvidia_smi(executable, query, timeout)
+        output = nvidia_smi.run(query, timeout)
         with_mig = False
-    if why is not None:
-        return GpuInventory((), why)
+    if output.no_devices:
+        return GpuInventory((), "nvidia-smi: No devices were found", warnings=output.warnings)
+    if output.error is not None:
+        return GpuInventory((), output.error, error=output.error, warnings=output.warnings)
     try:
-        gpus = parse_gpu_query(output, with_mig)
+        gpus = parse_gpu_query(output.text, with_mig)
     except UnreadableOutput as exc:
-        return GpuInventory((), f"nvidia-smi --query-gpu: {exc}")
+        why = f"nvidia-smi --query-gpu: {exc}"
+        return GpuInventory((), why, error=why, warnings=output.warnings)
     if not gpus:
-        return GpuInventory((), "nvidia-smi listed no GPU")
+        return GpuInventory((), "nvidia-smi listed no GPU", warnings=output.warnings)
     if not any(gpu.mig_enabled for gpu in gpus):
-        return GpuInventory(gpus, "nvidia-smi")
-    listing, why = _run_nvidia_smi(executable, ["-L"], timeout)
-    if why is None:
+        return GpuInventory(gpus, "nvidia-smi", warnings=output.warnings)
+    listing = nvidia_smi.run(["-L"], timeout)
+    unlisted = listing.error
+    if unlisted is None:
         try:
-            return GpuInventory(_with_mig_devices(gpus, parse_gpu_list(listing)), "nvidia-smi")
+            found = _with_mig_devices(gpus, parse_gpu_list(listing.text))
+            return GpuInventory(found, "nvidia-smi", warnings=output.warnings + listing.warnings)
         except UnreadableOutput as exc:
-            why = f"nvidia-smi -L: {exc}"
-    return GpuInventory(gpus, f"nvidia-smi (its MIG devices are unknown: {why})")
+            unlisted = f"nvidia-smi -L: {exc}"
+    return GpuInventory(gpus, f"nvidia-smi (its MIG devices are unknown: {unlisted})", warnings=output.warnings)
+
+
+def usable_devices(inventory: GpuInventory, cuda_visible: str | None) -> tuple[Device, ...]:
+    """The CUDA devices a process of this node can use, in CUDA's order: every GPU, or
+    those the node's own ``CUDA_VISIBLE_DEVICES`` names, read as CUDA reads it (the list
+    ends at its first entry that names no device); a GPU in MIG mode gives its MIG devices."""
+    if cuda_visible is None:
+        return tuple(device for gpu in inventory.gpus for device in _devices_of(gpu, str(gpu.index)))
+    found: list[Device] = []
+    for entry in (part.strip() for part in cuda_visible.split(",")):
+        devices = _named_devices(inventory.gpus, entry)
+        if not devices:
+            break
+        found.extend(device for device in devices if device not in found)
+    return tuple(found)
 
 
 def gpu_processes(inventory: GpuInventory | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> GpuProcesses:
     """The processes holding GPU memory on this node; ``inventory`` (if given) maps each
     GPU's uuid to its index."""
-    executable = shutil.which("nvidia-smi")
-    if executable is None:
-        return GpuProcesses((), "no nvidia-smi")
     query = [f"--query-compute-apps={','.join(APP_FIELDS)}", "--format=csv,noheader,nounits"]
-    output, why = _run_nvidia_smi(executable, query, timeout)
-    if why is not None:
-        return GpuProcesses((), why)
+    output = nvidia_smi.run(query, timeout)
+    if output.no_devices:
+        return GpuProcesses(())
+    if output.error is not None:
+        return GpuProcesses((), output.error)
     try:
-        return GpuProcesses(parse_compute_apps(output, _index_by_uuid(inventory)))
+        return GpuProcesses(parse_compute_apps(output.text, _index_by_uuid(inventory)))
     except UnreadableOutput as exc:
         return GpuProcesses((), f"nvidia-smi --query-compute-apps: {exc}")
 
@@ -168,11 +203,32 @@ def busy_gpus(processes: Iterable[GpuProcess], is_launcher_job: Callable[[int], 
     return tuple(sorted(busy, key=lambda gpu: (gpu.index is None, gpu.index or 0, gpu.uuid)))
 
 
-def default_nproc(inventory: GpuInventory) -> int:
-    """Processes per node by default: one per GPU, one per MIG device of a GPU in MIG
-    mode (a MIG GPU without devices gives none), and 1 where that makes none."""
-    count = sum(len(gpu.mig_devices) if gpu.mig_enabled else 1 for gpu in inventory.gpus)
-    return max(count, 1)
+def default_nproc(inventory: GpuInventory, cuda_visible: str | None = None) -> int:
+    """Processes per node by default: one per usable device (``usable_devices``), but one
+    in all where a device is a MIG device (a CUDA process can use only one MIG device,
+    the first it is shown, so a second rank would find none), and 1 where there is none."""
+    devices = usable_devices(inventory, cuda_visible)
+    if any(device.mig for device in devices):
+        return 1
+    return max(len(devices), 1)
+
+
+def foreign_pid(pid: int) -> bool:
+    """Whether a pid nvidia-smi reports is no process of this pid namespace: none such here
+    (in a container the driver reports the host's pids: nvidia-docker#1483), or one of
+    another namespace. False where it cannot tell (no permission to look)."""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
+MIG_NOTE = (
+    "MIG is on: 1 process per node by default, as a CUDA process can use only one MIG device;"
+    " for more, pass --nproc-per-node and give each rank its own MIG- UUID in CUDA_VISIBLE_DEVICES"
+)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -218,44 +274,21 @@ def _index_by_uuid(inventory: GpuInventory | None) -> dict[str, int]:
     return found
 
 
-def _run_nvidia_smi(executable: str, args: list[str], timeout: float) -> tuple[str, str | None]:
-    """``(stdout, None)`` when nvidia-smi exits 0, else ``("", why)`` in one line."""
-    try:
-        process = subprocess.Popen(
-            [executable, *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            encoding="utf-8",
-            errors="replace",
-            start_new_session=True,  # its own process group, so that a kill reaches any child
-        )
-    except OSError as exc:
-        return "", f"nvidia-smi could not start: {exc.strerror or exc}"
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return "", f"nvidia-smi did not answer within {timeout:g} s{_kill(process)}"
-    if process.returncode == 0:
-        return stdout, None
-    # nvidia-smi prints its errors on stdout, as often as not.
-    message = next((line.strip() for line in (*text_lines(stderr), *text_lines(stdout))), "")[:300]
-    if message == "No devices were found":  # a node with the driver and no GPU: not a failure
-        return "", "nvidia-smi: No devices were found"
-    return "", f"nvidia-smi failed: {message or 'no message'} (exit status {process.returncode})"
+def _devices_of(gpu: Gpu, entry: str) -> tuple[Device, ...]:
+    if gpu.mig_enabled:
+        return tuple(Device(gpu.index, mig.uuid, mig=True) for mig in gpu.mig_devices)
+    return (Device(gpu.index, entry),)
 
 
-def _kill(process: subprocess.Popen[str]) -> str:
-    """SIGKILL the hung nvidia-smi and its process group; what to add to the message."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-    try:
-        process.communicate(timeout=_KILLED_GRACE_S)
-    except subprocess.TimeoutExpired:
-        # Stuck in the kernel (a GPU gone bad), where SIGKILL waits; waiting longer would
-        # hang the agent too. Python reaps it later, if it ever ends.
-        for pipe in (process.stdout, process.stderr):
-            if pipe is not None:
-                pipe.close()
-        return f" (and pid {process.pid} did not end when killed)"
-    return ""
+def _named_devices(gpus: tuple[Gpu, ...], entry: str) -> tuple[Device, ...]:
+    """The devices one entry of ``CUDA_VISIBLE_DEVICES`` names: an index, or a unique
+    prefix of a ``GPU-`` or ``MIG-`` UUID (CUDA accepts both); none when it names none."""
+    if _WHOLE_NUMBER.fullmatch(entry):
+        return next((_devices_of(gpu, entry) for gpu in gpus if gpu.index == int(entry)), ())
+    if entry.startswith("GPU-"):
+        matches = [gpu for gpu in gpus if gpu.uuid is not None and gpu.uuid.startswith(entry)]
+        return _devices_of(matches[0], entry) if len(matches) == 1 else ()
+    if entry.startswith("MIG-"):
+        migs = [(gpu, mig) for gpu in gpus for mig in gpu.mig_devices if mig.uuid.startswith(entry)]
+        return (Device(migs[0][0].index, entry, mig=True),) if len(migs) == 1 else ()
+    return ()

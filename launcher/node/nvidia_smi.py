@@ -1,13 +1,41 @@
-"""``nvidia-smi``'s answers read (pure): the GPUs, their MIG devices, the processes on them.
+"""``nvidia-smi`` run and read: the GPUs, their MIG devices, the processes on them.
 
-Standard library only, as everything the node agent imports. ``gpus.py`` runs the tool
-and hands its output here; every parser raises ``UnreadableOutput`` on what it cannot read.
+Standard library only, as everything the node agent imports. ``run()`` is the one place
+that starts the tool (with a timeout, its exit status read as NVIDIA documents it, its
+warning lines set apart); the parsers are pure and raise ``UnreadableOutput`` on what
+they cannot read.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import shutil
+import signal
+import subprocess
 from dataclasses import dataclass
+
+DEFAULT_TIMEOUT_S = 30.0
+"""How long one ``nvidia-smi`` call may take. Without persistence mode each call starts
+the driver on every GPU, 1-3 s per GPU by NVIDIA's account: 8 GPUs need up to ~25 s. A
+GPU that fell off the bus can hang it for good."""
+
+VALID_WITH_WARNING = {14: "infoROM is corrupted"}
+"""Exit statuses after which the output is still valid (``man nvidia-smi``, RETURN VALUE)."""
+EXIT_MEANINGS = {
+    2: "invalid argument",
+    3: "operation not available",
+    4: "insufficient permissions",
+    6: "query unsuccessful",
+    8: "external power cables not attached",
+    9: "NVIDIA driver is not loaded",
+    10: "kernel interrupt issue with a GPU",
+    12: "NVML shared library not found",
+    13: "this NVML does not implement a function",
+    15: "a GPU has fallen off the bus",
+}
+_KILLED_GRACE_S = 1.0
 
 APP_FIELDS = ("pid", "gpu_uuid", "used_memory")
 """The fields ``gpus.py`` asks ``--query-compute-apps`` for, in this order."""
@@ -58,6 +86,84 @@ class GpuProcess:
 
 class UnreadableOutput(ValueError):
     """``nvidia-smi`` printed something that is not what was asked for."""
+
+
+@dataclass(frozen=True)
+class SmiOutput:
+    """One ``nvidia-smi`` call: its rows, exit status and warnings, or why it gave none."""
+
+    rows: tuple[str, ...]
+    """The non-empty stdout lines that are not warnings (empty when ``error`` is set)."""
+    exit_status: int | None
+    """None: it did not start, or hung and was killed."""
+    warnings: tuple[str, ...] = ()
+    """Lines such as ``WARNING: infoROM is corrupted at gpu 0000:3B:00.0``, and the meaning
+    of an exit status after which the output is still valid (14)."""
+    error: str | None = None
+    """Why the rows cannot be had, in one line; None when they can."""
+    no_devices: bool = False
+    """It said ``No devices were found``: a driver without GPUs, not a failure."""
+
+    @property
+    def text(self) -> str:
+        return "".join(f"{row}\n" for row in self.rows)
+
+
+def run(args: list[str], timeout: float = DEFAULT_TIMEOUT_S) -> SmiOutput:
+    """Run ``nvidia-smi *args`` (first on PATH); never raises for the tool's failures."""
+    executable = shutil.which("nvidia-smi")
+    if executable is None:
+        return SmiOutput((), None, error="no nvidia-smi")
+    try:
+        process = subprocess.Popen(
+            [executable, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            encoding="utf-8",
+            errors="replace",
+            start_new_session=True,  # its own process group, so that a kill reaches any child
+        )
+    except OSError as exc:
+        return SmiOutput((), None, error=f"nvidia-smi could not start: {exc.strerror or exc}")
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return SmiOutput((), None, error=f"nvidia-smi did not answer within {timeout:g} s{_kill(process)}")
+    return read_output(stdout, stderr, process.returncode)
+
+
+def read_output(stdout: str, stderr: str, status: int) -> SmiOutput:
+    """Sort what nvidia-smi printed into rows, warnings and an error, by its exit status."""
+    lines = text_lines(stdout)
+    warnings = tuple(line.strip() for line in lines if line.lstrip().upper().startswith("WARNING"))
+    rows = tuple(line for line in lines if not line.lstrip().upper().startswith("WARNING"))
+    if status == 0 or status in VALID_WITH_WARNING:
+        if status:
+            warnings += (f"{VALID_WITH_WARNING[status]} (exit status {status})",)
+        return SmiOutput(rows, status, warnings)
+    # nvidia-smi prints its errors on stdout, as often as not.
+    message = next((line.strip() for line in (*text_lines(stderr), *lines)), "")[:300]
+    if message == "No devices were found":  # a node with the driver and no GPU: not a failure
+        return SmiOutput((), status, warnings, no_devices=True)
+    message = message or EXIT_MEANINGS.get(status, "no message")
+    return SmiOutput((), status, warnings, error=f"nvidia-smi failed: {message} (exit status {status})")
+
+
+def _kill(process: subprocess.Popen[str]) -> str:
+    """SIGKILL the hung nvidia-smi and its process group; what to add to the message."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    try:
+        process.communicate(timeout=_KILLED_GRACE_S)
+    except subprocess.TimeoutExpired:
+        # Stuck in the kernel (a GPU gone bad), where SIGKILL waits; waiting longer would
+        # hang the agent too. Python reaps it later, if it ever ends.
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
+        return f" (and pid {process.pid} did not end when killed)"
+    return ""
 
 
 def parse_gpu_query(text: str, with_mig: bool = True) -> tuple[Gpu, ...]:

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
-import subprocess
 import time
 from typing import Any
 
-from launcher.node import status, tmux
+from launcher.node import gpus, nvidia_smi, status, tmux
 from launcher.node.rundir import RunDir
 from launcher.protocol.base import JOB_MARKER
 from launcher.protocol.messages import KillAllReport, KillReport, LeftProcess
@@ -71,10 +69,16 @@ def kill(job: str, grace: float) -> KillReport:
     with contextlib.suppress(tmux.TmuxMissing):
         tmux.kill_session(job)
     left = [LeftProcess(p.pid, _cmdline(p)) for p in job_processes(job)]
-    gpu = gpu_holders({p.pid for p in procs} | forced)
+    gpu, unverified = gpu_holders({p.pid for p in procs} | forced)
     blocked = [p for p in left if p.pid in stuck and _in_disk_sleep(stuck[p.pid])]
     return KillReport(
-        found=len(procs), forced=len(forced), left=left, gpu_holders=gpu, state_before=before, stuck=blocked
+        found=len(procs),
+        forced=len(forced),
+        left=left,
+        gpu_holders=gpu,
+        state_before=before,
+        stuck=blocked,
+        gpu_unverified=unverified,
     )
 
 
@@ -86,16 +90,23 @@ def kill_all(grace: float) -> KillAllReport:
     return KillAllReport(jobs={name: kill(name, grace) for name in sorted(names)})
 
 
-def gpu_holders(pids: set[int]) -> list[int]:
-    """Which of ``pids`` nvidia-smi still lists as holding GPU memory (none without nvidia-smi)."""
-    if not pids or shutil.which("nvidia-smi") is None:
-        return []
-    query = ["nvidia-smi", "--query-compute-apps=pid", "--format=csv,noheader"]
-    try:
-        listed = subprocess.run(query, capture_output=True, text=True, timeout=30, check=False).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return sorted(pids & {int(word) for word in listed.split() if word.isdigit()})
+def gpu_holders(pids: set[int]) -> tuple[list[int], str | None]:
+    """Which of ``pids`` nvidia-smi still lists as holding GPU memory, and why that list
+    proves nothing when it does not (None: checked, or no nvidia-smi)."""
+    if not pids:
+        return [], None
+    output = nvidia_smi.run(["--query-compute-apps=pid", "--format=csv,noheader"])
+    if output.error == "no nvidia-smi" or output.no_devices:
+        return [], None
+    if output.error is not None:
+        return [], output.error
+    listed = {int(word) for row in output.rows for word in row.split() if word.isdigit()}
+    held = sorted(pids & listed)
+    foreign = sorted(pid for pid in listed - pids if gpus.foreign_pid(pid))
+    if foreign and not held:
+        shown = ", ".join(map(str, foreign[:8]))
+        return [], f"not verifiable in a container: nvidia-smi lists pid(s) {shown}, of another pid namespace"
+    return held, None
 
 
 def send_signal(proc: Any, signum: int) -> None:

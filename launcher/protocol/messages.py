@@ -75,6 +75,11 @@ class Prepared:
     """Processes to run here by default: one per GPU (or MIG device); None when not asked."""
     preset_env: list[str] = dataclasses.field(default_factory=list)
     """Of NCCL_SOCKET_IFNAME and GLOO_SOCKET_IFNAME, those this node's environment sets."""
+    cuda_visible: str | None = None
+    """The job's CUDA_VISIBLE_DEVICES here: ``--include``'s GPUs, or this node's own
+    allocation (its CUDA_VISIBLE_DEVICES), as device ids of this node; None: not narrowed."""
+    gpu_notes: list[str] = dataclasses.field(default_factory=list)
+    """What the launch should say about this node's GPUs (MIG, a pid it cannot place, a warning)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +148,9 @@ class KillReport:
     state_before: NodeState
     stuck: list[LeftProcess] = dataclasses.field(default_factory=list)
     """Of ``left``, those in uninterruptible sleep (state D): SIGKILL waits on the kernel."""
+    gpu_unverified: str | None = None
+    """Why ``gpu_holders`` proves nothing (nvidia-smi failed, or lists pids of another pid
+    namespace: a container); None when it was checked, or there is no nvidia-smi."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,6 +223,9 @@ class Prepare(Request[Prepared]):
     check_gpus: list[int] | None = None
     """Refuse when one of these GPUs (all of them: an empty list) is held by a process
     of no launcher job; None: do not check (``--allow-busy-gpus``)."""
+    pick_gpus: list[int] | None = None
+    """``--include host:0,1``: the GPUs picked, as positions among those this node offers
+    (its own CUDA_VISIBLE_DEVICES when set); answered in ``Prepared.cuda_visible``."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,75 @@
+"""nvidia-smi's outputs on hardware this machine lacks, and a stand-in ``nvidia-smi`` that plays them.
+
+The stand-in is a shell script put first on PATH: it stands for the hardware, never for
+code of ours (the real node agent runs it as it would run nvidia-smi). Each output names
+its source. UUIDs are in NVIDIA's format; the values differ from the sources' machines.
+"""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+QUERY = "--query-gpu=*"
+APPS = "--query-compute-apps=*"
+KILL_APPS = "--query-compute-apps=pid\\ *"  # the kill's check asks for the pids only
+
+H100_UUIDS = [f"GPU-{n}0a1c2e4-5b6d-4f80-9a1b-2c3d4e5f6a7b" for n in range(8)]
+
+# 8 x A100 SXM4 80GB, MIG off: `--query-gpu=index,uuid,name,memory.total,memory.used,
+# memory.free,mig.mode.current --format=csv,noheader,nounits`, field order and "Disabled"
+# as in NVIDIA's nvidia-smi documentation (nvidia-smi --help-query-gpu) and DGX A100 reports.
+EIGHT_A100 = "".join(
+    f"{n}, GPU-{n}2154b1f-d355-4a0a-ab84-a001670ab3ff, NVIDIA A100-SXM4-80GB, 81920, 4, 81051, Disabled\n"
+    for n in range(8)
+)
+
+# 2 x H100 80GB HBM3, MIG off.
+TWO_H100 = "".join(f"{n}, {H100_UUIDS[n]}, NVIDIA H100 80GB HBM3, 81559, 0, 81008, Disabled\n" for n in range(2))
+
+# H100 with MIG on, two 3g.40gb instances: the `-L` lines as in NVIDIA's MIG User Guide
+# ("Getting Started with MIG": `nvidia-smi -L` lists "MIG <profile> Device <n>: (UUID: MIG-...)"
+# under each GPU), memory fields as the query prints them on a MIG GPU.
+H100_MIG_QUERY = f"0, {H100_UUIDS[0]}, NVIDIA H100 80GB HBM3, 81559, 45, 81002, Enabled\n"
+H100_MIG_LIST = f"""\
+GPU 0: NVIDIA H100 80GB HBM3 (UUID: {H100_UUIDS[0]})
+  MIG 3g.40gb     Device  0: (UUID: MIG-5c6d7e8f-1a2b-5c3d-9e4f-0a1b2c3d4e5f)
+  MIG 3g.40gb     Device  1: (UUID: MIG-6d7e8f9a-2b3c-5d4e-8f5a-1b2c3d4e5f6a)
+"""
+H100_MIG_DEVICES = ["MIG-5c6d7e8f-1a2b-5c3d-9e4f-0a1b2c3d4e5f", "MIG-6d7e8f9a-2b3c-5d4e-8f5a-1b2c3d4e5f6a"]
+
+# Exit 14, output valid: the warning line on stdout as quoted on NVIDIA's developer forums
+# ("WARNING: infoROM is corrupted at gpu 0000:04:00.0"); `man nvidia-smi`: "14 - infoROM is
+# corrupted", the query still answered.
+INFOROM_WARNING = "WARNING: infoROM is corrupted at gpu 0000:04:00.0\n"
+
+# Exit 15: as quoted in NVIDIA's forums and GitHub issues for a GPU that fell off the bus
+# (`man nvidia-smi`: "15 - The GPU has fallen off the bus or has otherwise become inaccessible").
+FELL_OFF_THE_BUS = "Unable to determine the device handle for GPU0000:3B:00.0: Unknown Error\n"
+
+# Exit 4, `[Insufficient Permissions]` in fields that need privileges (nvidia-smi's query
+# documentation lists "[Insufficient Permissions]", "[N/A]", "[Not Supported]" as values).
+NOT_PERMITTED_MEMORY = "0, GPU-0, NVIDIA A10, 23028, [Insufficient Permissions], [N/A], [Not Supported]\n"
+
+# A timeout: nvidia-smi without persistence mode takes 1-3 s per GPU to start (NVIDIA's
+# driver persistence documentation); a GPU gone bad hangs it.
+HANGS = "sleep 300"
+
+
+def write_stand_in(directory: Path, answers: dict[str, tuple[str, int]], script: str = "") -> Path:
+    """An ``nvidia-smi`` in ``directory``: ``answers`` maps a shell ``case`` pattern of its
+    arguments to (stdout, exit status); ``script`` runs instead when given."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = ["#!/bin/sh"]
+    if script:
+        lines.append(script)
+    else:
+        lines.append('case "$*" in')
+        for number, (pattern, (stdout, status)) in enumerate(answers.items()):
+            (directory / f"nvidia-smi.answer{number}").write_text(stdout)
+            lines.append(f'  {pattern}) cat "{directory}/nvidia-smi.answer{number}"; exit {status} ;;')
+        lines += ['  *) echo "stand-in nvidia-smi: unexpected $*" >&2; exit 2 ;;', "esac"]
+    executable = directory / "nvidia-smi"
+    executable.write_text("\n".join(lines) + "\n")
+    executable.chmod(executable.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return executable

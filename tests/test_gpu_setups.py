@@ -1,0 +1,209 @@
+"""GPUs as they really are, played by a stand-in nvidia-smi (``nvidia_smi_outputs.py``) to
+the real node agent (the middle layer, ``local_node.py``): a scheduler's
+CUDA_VISIBLE_DEVICES, MIG, a container's pids, exit 14 and 15, a hang."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from local_node import LocalNode
+from nvidia_smi_outputs import (
+    APPS,
+    EIGHT_A100,
+    FELL_OFF_THE_BUS,
+    H100_MIG_DEVICES,
+    H100_MIG_LIST,
+    H100_MIG_QUERY,
+    INFOROM_WARNING,
+    KILL_APPS,
+    NOT_PERMITTED_MEMORY,
+    QUERY,
+    TWO_H100,
+    write_stand_in,
+)
+
+from launcher.errors import GpusBusyError, NoGpusError
+from launcher.node import gpus, nvidia_smi, processes
+from launcher.protocol.messages import Prepare
+
+A100_0 = "GPU-02154b1f-d355-4a0a-ab84-a001670ab3ff"
+A100_5 = "GPU-52154b1f-d355-4a0a-ab84-a001670ab3ff"
+
+
+@pytest.fixture
+def node() -> Iterator[LocalNode]:
+    local = LocalNode.create()
+    try:
+        yield local
+    finally:
+        local.close()
+
+
+def stand_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answers: dict[str, tuple[str, int]], script: str = ""
+) -> None:
+    write_stand_in(tmp_path / "bin", answers, script)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+
+
+# --- a scheduler's CUDA_VISIBLE_DEVICES on the node -----------------------------------------------
+
+
+@pytest.mark.parametrize("allocation", ["4,5", f"{A100_0[:12]},{A100_5}"], ids=["indices", "uuids"])
+def test_the_nodes_allocation_is_what_the_ranks_get(
+    node: LocalNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, allocation: str
+) -> None:
+    """Slurm gave this node 2 of 8 A100s: 2 processes, the busy check looks at those two
+    only (GPU 3 is another tenant's), and --include counts within the allocation."""
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        stand_in(
+            tmp_path,
+            monkeypatch,
+            {QUERY: (EIGHT_A100, 0), APPS: (f"{stranger.pid}, GPU-32154b1f-d355-4a0a-ab84-a001670ab3ff, 9000\n", 0)},
+        )
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", allocation)
+        answer = node.call(Prepare(job="j", cwd="/", count_gpus=True, check_gpus=[]))
+        assert (answer.gpus, answer.cuda_visible) == (2, allocation)
+        picked = node.call(Prepare(job="j", cwd="/", check_gpus=[1], pick_gpus=[1]))
+        assert picked.cuda_visible == allocation.split(",")[1]
+        with pytest.raises(NoGpusError, match="names GPU 2, but this host offers 2"):
+            node.call(Prepare(job="j", cwd="/", pick_gpus=[2]))
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_without_an_allocation_every_gpu_counts(
+    node: LocalNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stand_in(tmp_path, monkeypatch, {QUERY: (EIGHT_A100, 0), APPS: ("", 0)})
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    answer = node.call(Prepare(job="j", cwd="/", count_gpus=True, check_gpus=[]))
+    assert (answer.gpus, answer.cuda_visible) == (8, None)
+    assert node.call(Prepare(job="j", cwd="/", pick_gpus=[0, 6])).cuda_visible == "0,6"
+
+
+# --- MIG -------------------------------------------------------------------------------------------
+
+
+def test_mig_makes_one_process_with_a_note_and_refuses_include(
+    node: LocalNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stand_in(tmp_path, monkeypatch, {QUERY: (H100_MIG_QUERY, 0), "-L": (H100_MIG_LIST, 0), APPS: ("", 0)})
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    answer = node.call(Prepare(job="j", cwd="/", count_gpus=True, check_gpus=[]))
+    assert answer.gpus == 1
+    assert any("MIG is on" in note for note in answer.gpu_notes)
+    with pytest.raises(NoGpusError, match=f"GPU 0, which is MIG device {H100_MIG_DEVICES[0]}"):
+        node.call(Prepare(job="j", cwd="/", pick_gpus=[0]))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", H100_MIG_DEVICES[1])  # the scheduler's slice
+    assert node.call(Prepare(job="j", cwd="/", count_gpus=True)).cuda_visible == H100_MIG_DEVICES[1]
+
+
+# --- nvidia-smi failing, or warning -----------------------------------------------------------------
+
+
+def test_exit_14_is_a_valid_answer_with_a_warning(
+    node: LocalNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stand_in(tmp_path, monkeypatch, {QUERY: (INFOROM_WARNING + TWO_H100, 14), APPS: (INFOROM_WARNING, 14)})
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    answer = node.call(Prepare(job="j", cwd="/", count_gpus=True, check_gpus=[]))
+    assert answer.gpus == 2
+    assert any("infoROM is corrupted at gpu 0000:04:00.0" in note for note in answer.gpu_notes)
+
+
+@pytest.mark.parametrize(
+    ("answers", "script", "said"),
+    [
+        ({QUERY: (FELL_OFF_THE_BUS, 15)}, "", "Unable to determine the device handle for GPU0000:3B:00.0"),
+        ({}, "sleep 300", "did not answer within"),
+    ],
+    ids=["exit-15", "hangs"],
+)
+def test_gpus_that_cannot_be_read_are_not_no_gpus(
+    node: LocalNode,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    answers: dict[str, tuple[str, int]],
+    script: str,
+    said: str,
+) -> None:
+    """Not "1 process, no GPU" quietly: the launch is refused, saying what nvidia-smi said."""
+    stand_in(tmp_path, monkeypatch, answers, script)
+    if script:  # the agent is another process: its timeout is the real one, so the check is direct
+        inventory = gpus.list_gpus(timeout=0.5)
+        assert inventory.gpus == () and inventory.error is not None and said in inventory.error
+        return
+    with pytest.raises(NoGpusError, match=f"could not read the GPUs: nvidia-smi failed: {said}.*exit status 15"):
+        node.call(Prepare(job="j", cwd="/", count_gpus=True))
+
+
+def test_not_permitted_fields_are_unknown_not_unreadable() -> None:
+    (gpu,) = nvidia_smi.parse_gpu_query(NOT_PERMITTED_MEMORY)
+    assert (gpu.memory_total_mib, gpu.memory_used_mib, gpu.memory_free_mib, gpu.mig_enabled) == (
+        23028,
+        None,
+        None,
+        False,
+    )
+
+
+def test_a_failing_busy_check_is_not_dropped(node: LocalNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stand_in(tmp_path, monkeypatch, {QUERY: (TWO_H100, 0), APPS: ("", 6)})
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(GpusBusyError, match="cannot tell whether the GPUs are free: nvidia-smi failed"):
+        node.call(Prepare(job="j", cwd="/", check_gpus=[]))
+
+
+# --- a container: nvidia-smi reports the host's pids (nvidia-docker#1483) ---------------------------
+
+
+def a_pid_not_here() -> int:
+    pid = 4_000_000
+    while Path(f"/proc/{pid}").exists():
+        pid -= 1
+    return pid
+
+
+def test_a_holder_from_another_pid_namespace_is_a_note_unless_memory_says_taken(
+    node: LocalNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host_pid = a_pid_not_here()
+    mostly_free = TWO_H100  # 81008 of 81559 MiB free
+    stand_in(
+        tmp_path,
+        monkeypatch,
+        {QUERY: (mostly_free, 0), APPS: (f"{host_pid}, GPU-00a1c2e4-5b6d-4f80-9a1b-2c3d4e5f6a7b, 512\n", 0)},
+    )
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    answer = node.call(Prepare(job="j", cwd="/", check_gpus=[]))
+    assert any(f"pid(s) {host_pid}" in note and "cannot tell whose" in note for note in answer.gpu_notes)
+
+    taken = TWO_H100.replace("81559, 0, 81008", "81559, 80000, 1559", 1)
+    stand_in(
+        tmp_path,
+        monkeypatch,
+        {QUERY: (taken, 0), APPS: (f"{host_pid}, GPU-00a1c2e4-5b6d-4f80-9a1b-2c3d4e5f6a7b, 80000\n", 0)},
+    )
+    with pytest.raises(GpusBusyError, match=f"GPU 0 is held by pid {host_pid}, of another pid namespace"):
+        node.call(Prepare(job="j", cwd="/", check_gpus=[]))
+
+
+def test_the_kill_check_says_when_it_cannot_verify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    host_pid = a_pid_not_here()
+    stand_in(tmp_path, monkeypatch, {KILL_APPS: (f"{host_pid}\n", 0)})
+    assert processes.gpu_holders({os.getpid()}) == (
+        [],
+        f"not verifiable in a container: nvidia-smi lists pid(s) {host_pid}, of another pid namespace",
+    )
+    stand_in(tmp_path, monkeypatch, {KILL_APPS: (f"{os.getpid()}\n", 0)})
+    assert processes.gpu_holders({os.getpid()}) == ([os.getpid()], None)
+    stand_in(tmp_path, monkeypatch, {KILL_APPS: (FELL_OFF_THE_BUS, 15)})
+    held, why = processes.gpu_holders({os.getpid()})
+    assert held == [] and why is not None and "exit status 15" in why
