@@ -82,3 +82,18 @@ def test_a_host_that_cannot_join_is_named_and_the_others_are_measured(four: Clus
     assert by_host["h3"]["bandwidth"] is None and speed["passed"] == ["h0", "h1", "h2"]
     assert all(by_host[h]["bandwidth"] > 2e7 and not by_host[h]["slow"] for h in ("h0", "h1", "h2")), speed
     assert not _left_running(four)
+
+
+def test_a_test_past_its_bound_is_stopped_everywhere_and_reported(four: Cluster) -> None:
+    hosts = four.write_hosts_file(["h0", "h1"], name="bandwidth-bound")
+    crawling = four.hosts[1]
+    crawling.throttle("1mbit")  # a megabyte each way takes longer than the bound
+    try:
+        report = _doctor(four, hosts, "--bandwidth-seconds", "8")
+    finally:
+        crawling.unthrottle()
+    speed = report["bandwidth"]
+    assert isinstance(speed, dict) and not report["ok"], speed
+    assert "did not finish within 8 s, stopped on every host" in speed["error"], speed
+    assert speed["passed"] == [] and all(h["error"] for h in speed["hosts"]), speed
+    assert not _left_running(four)

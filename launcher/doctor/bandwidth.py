@@ -130,7 +130,7 @@ async def run_bandwidth(
         return _failed(hosts, left_out, f"the test could not start: {why}", began)
     ssh = replace(ssh, python=spec.python)
     try:
-        data, error = await _wait_and_read(record, ssh, seconds - (time.monotonic() - began))
+        data, error = await _wait_and_read(record, ssh, seconds, seconds - (time.monotonic() - began))
     except BaseException:  # interrupted: the test never outlives the doctor
         await asyncio.shield(kill_job(record, _KILL_GRACE_S, ssh))
         raise
@@ -143,8 +143,10 @@ async def run_bandwidth(
     return replace(report, hosts=tuple(every), seconds=time.monotonic() - began)
 
 
-async def _wait_and_read(record: JobRecord, ssh: SshOptions, seconds: float) -> tuple[dict[str, Any] | None, str]:
-    """The figures rank 0 printed, or None and why; past ``seconds`` the job is killed, verified."""
+async def _wait_and_read(
+    record: JobRecord, ssh: SshOptions, bound: float, seconds: float
+) -> tuple[dict[str, Any] | None, str]:
+    """The figures rank 0 printed, or None and why; past ``seconds`` more the job is killed, verified."""
     try:
         async with asyncio.timeout(max(seconds, 1.0)):
             await wait_for_end(record, ssh, reconnect_for=seconds)
@@ -152,7 +154,7 @@ async def _wait_and_read(record: JobRecord, ssh: SshOptions, seconds: float) -> 
         kills = await kill_job(record, _KILL_GRACE_S, ssh)
         stuck = [f"{k.host}: {k.message}" for k in kills if not k.verified]
         left = f"; not verified stopped: {'; '.join(stuck)}" if stuck else ", stopped on every host"
-        return None, f"the test did not finish within {seconds:g} s{left}"
+        return None, f"the test did not finish within {bound:g} s{left}"
     lines, _ = await read_logs(record, ssh)
     for line in lines:
         text = line.text.strip()
