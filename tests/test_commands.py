@@ -11,6 +11,7 @@ import pytest
 
 from launcher.errors import LauncherError, UsageError
 from launcher.launching.commands import (
+    STARTUP_HOOK,
     Runner,
     check_job_name,
     default_job_name,
@@ -205,6 +206,7 @@ def test_job_env_defaults() -> None:
     assert job_env({}, LOG_DIR) == {
         "OMP_NUM_THREADS": "1",
         "TORCHELASTIC_ERROR_FILE": "/runs/my job/h0/torchrun/error.json",
+        "PYTHONPATH": STARTUP_HOOK,
         "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": RANK_PREFIX_TEMPLATE,
         "PYTHONUNBUFFERED": "1",
     }

@@ -9,6 +9,7 @@ during a launch (which is rolled back). Expected errors print one line, no trace
     job_options.py  the job's own options, shared by ``launch`` and ``sbatch``
     sbatch.py       ``sbatch``: the batch script of a launch (printed, written, or submitted)
     jobs.py         ``logs``, ``status``, ``kill``, ``attach``, ``list``
+    stack.py        ``stack``: where every rank is, as a roll-call
     syncing.py      ``sync``, its progress bar, and which code a job runs
     doctor.py       ``doctor``: one table, one row per host
     common.py       what the commands share: options, finding a job, running the library
@@ -28,6 +29,7 @@ from launcher.cli.doctor import doctor
 from launcher.cli.jobs import attach, kill, list_jobs, logs, status
 from launcher.cli.launching import launch
 from launcher.cli.sbatch import sbatch
+from launcher.cli.stack import stack
 from launcher.cli.syncing import sync
 from launcher.errors import LauncherError
 
@@ -44,7 +46,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-for _command in (launch, sbatch, sync, logs, status, kill, attach, list_jobs):
+for _command in (launch, sbatch, sync, logs, status, stack, kill, attach, list_jobs):
     cli.add_command(_command)
 cli.add_command(doctor)
 

@@ -21,6 +21,8 @@
     failures.py         which rank failed first, how, and its traceback
     call_function.py    what each rank of ``launcher.run`` runs (in the job's processes, not the agent)
     results.py          the return values the ranks of ``launcher.run`` left
+    stack.py            ``launcher stack`` here: every rank's stack (py-spy, or the faulthandler fallback)
+    stack_frames.py     stacks read (pure): py-spy's JSON, faulthandler's text, where in user code
     doctor.py           ``launcher doctor`` here: what a launch needs, starting nothing
     sync.py             a sync here: stage the new content, then all of it in place, or none
     sync_commit.py      a sync's commit, every step noted in the journal

@@ -26,6 +26,7 @@ from launcher.protocol.doctor import Checkup
 from launcher.protocol.logs import Follow, LogBatch, ReadLogs, Tail
 from launcher.protocol.messages import Commit, Hello, Kill, KillAll, Prepare, ReadResults, Results, Start, Status, Wait
 from launcher.protocol.registry import decode_request, encode_answer, encode_batch
+from launcher.protocol.stack import TakeStacks
 from launcher.protocol.sync import SyncAbort, SyncCommit, SyncFinish, SyncLook, SyncPlan, SyncPut, SyncVerify
 
 Idle = logs.Idle
@@ -67,6 +68,13 @@ def _doctor() -> Any:
     return doctor
 
 
+def _stack() -> Any:
+    """``node/stack.py``, imported by ``launcher stack`` only."""
+    from launcher.node import stack
+
+    return stack
+
+
 def _sync() -> Any:
     """``node/sync.py``, imported by the sync's first request: no other operation pays for it."""
     from launcher.node import sync
@@ -94,6 +102,7 @@ HANDLERS: dict[type[Any], Handler] = {
     SyncFinish: lambda r, emit, idle: _sync().finish(r),
     SyncAbort: lambda r, emit, idle: _sync().abort(r),
     Checkup: lambda r, emit, idle: _doctor().checkup(r),
+    TakeStacks: lambda r, emit, idle: _stack().take_stacks(r),
 }
 
 

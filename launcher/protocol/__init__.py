@@ -7,6 +7,7 @@ no third-party package (``.importlinter``). Nothing here changes after import.
     messages.py    the job's requests and answers: greeting, prepare, start, status, kill, wait, results
     logs.py        a line of output, and the requests that read, tail and follow
     doctor.py      the ``launcher doctor`` checkup
+    stack.py       the stacks of a job's ranks (``launcher stack``): the request, a rank's frames
     sync.py        the sync's requests and answers, the manifest and its digest
     slurm.py       what a ``launcher sbatch`` task is told (no request: a command line)
     registry.py    ``REQUESTS`` and ``ANSWERS`` from each module's table; a message <-> its line

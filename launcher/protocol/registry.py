@@ -15,9 +15,16 @@ from launcher.protocol.codec import ProtocolError, decode, to_wire
 from launcher.protocol.doctor import DOCTOR_ANSWERS
 from launcher.protocol.logs import LOG_ANSWERS, LogBatch
 from launcher.protocol.messages import JOB_ANSWERS
+from launcher.protocol.stack import STACK_ANSWERS
 from launcher.protocol.sync import SYNC_ANSWERS
 
-ANSWERS: dict[type[Request[Any]], type[Any]] = {**JOB_ANSWERS, **LOG_ANSWERS, **DOCTOR_ANSWERS, **SYNC_ANSWERS}
+ANSWERS: dict[type[Request[Any]], type[Any]] = {
+    **JOB_ANSWERS,
+    **LOG_ANSWERS,
+    **DOCTOR_ANSWERS,
+    **SYNC_ANSWERS,
+    **STACK_ANSWERS,
+}
 REQUESTS: dict[str, type[Request[Any]]] = {cls.op: cls for cls in ANSWERS}
 
 
