@@ -56,20 +56,26 @@ NOT_PERMITTED_MEMORY = "0, GPU-0, NVIDIA A10, 23028, [Insufficient Permissions],
 HANGS = "sleep 300"
 
 
-def write_stand_in(directory: Path, answers: dict[str, tuple[str, int]], script: str = "") -> Path:
-    """An ``nvidia-smi`` in ``directory``: ``answers`` maps a shell ``case`` pattern of its
-    arguments to (stdout, exit status); ``script`` runs instead when given."""
-    directory.mkdir(parents=True, exist_ok=True)
+def stand_in_text(answers: dict[str, tuple[str, int]], script: str = "") -> str:
+    """A self-contained ``nvidia-smi`` shell script: ``answers`` maps a shell ``case``
+    pattern of its arguments to (stdout, exit status); ``script`` runs instead when given."""
     lines = ["#!/bin/sh"]
     if script:
-        lines.append(script)
-    else:
-        lines.append('case "$*" in')
-        for number, (pattern, (stdout, status)) in enumerate(answers.items()):
-            (directory / f"nvidia-smi.answer{number}").write_text(stdout)
-            lines.append(f'  {pattern}) cat "{directory}/nvidia-smi.answer{number}"; exit {status} ;;')
-        lines += ['  *) echo "stand-in nvidia-smi: unexpected $*" >&2; exit 2 ;;', "esac"]
+        return "\n".join([*lines, script]) + "\n"
+    lines.append('case "$*" in')
+    for pattern, (stdout, status) in answers.items():
+        lines += [f"  {pattern})", "    cat <<'NVIDIA_SMI_OUTPUT'", stdout.rstrip("\n"), "NVIDIA_SMI_OUTPUT"]
+        if not stdout:
+            lines[-3:] = ["    true"]
+        lines.append(f"    exit {status} ;;")
+    lines += ['  *) echo "stand-in nvidia-smi: unexpected $*" >&2; exit 2 ;;', "esac"]
+    return "\n".join(lines) + "\n"
+
+
+def write_stand_in(directory: Path, answers: dict[str, tuple[str, int]], script: str = "") -> Path:
+    """``stand_in_text`` written as ``directory/nvidia-smi``."""
+    directory.mkdir(parents=True, exist_ok=True)
     executable = directory / "nvidia-smi"
-    executable.write_text("\n".join(lines) + "\n")
+    executable.write_text(stand_in_text(answers, script))
     executable.chmod(executable.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return executable

@@ -83,6 +83,13 @@ class LaunchProgress:
         return self
 
     def update(self, host: str, event: str) -> None:
+        if event.startswith("note: "):  # a host's word on its GPUs: shown, whatever the terminal
+            line = f"{host}: {event.removeprefix('note: ')}"
+            if self._progress is not None:
+                self._progress.console.print(line, markup=False, highlight=False)
+            else:
+                print(line, file=sys.stderr, flush=True)
+            return
         pending = self._pending.get(event, {})
         pending.pop(host, None)
         if self._progress is not None:

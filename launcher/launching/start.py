@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import secrets
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -47,7 +46,8 @@ async def launch_job(
 ) -> JobRecord:
     """Start the job on every host, or on none.
 
-    ``on_progress(host, event)`` hears ``connected`` and ``started`` for each host.
+    ``on_progress(host, event)`` hears ``connected`` and ``started`` for each host, and
+    ``note: <text>`` for what a host says of its GPUs (MIG, a holder it cannot place).
     """
     name = _job_name(spec)
     make_records_dir()  # a state directory open to others, and not ours: refused before any host is asked
@@ -61,7 +61,7 @@ async def launch_job(
         prepared = await _connect_and_prepare(spec, name, ssh, agents, progress)
         for host, answer in zip(spec.hosts, prepared, strict=True):
             for note in answer.gpu_notes:  # MIG's one process, a GPU held from another pid namespace
-                warnings.warn(f"{host.label}: {note}", RuntimeWarning, stacklevel=2)
+                progress(host.label, f"note: {note}")
         first = prepared[0]
         if first.port is None or first.watch_port is None:
             raise HostError(spec.hosts[0].label, "the first host picked no rendezvous port")
