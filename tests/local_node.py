@@ -60,7 +60,11 @@ class LocalNode:
 
     def env(self) -> dict[str, str]:
         """The variables that make an agent (and everything it starts) this node's."""
-        return {"XDG_STATE_HOME": str(self.state_dir), "LAUNCHER_TMUX_SOCKET": str(self.tmux_socket)}
+        return {
+            "XDG_STATE_HOME": str(self.state_dir),
+            "LAUNCHER_TMUX_SOCKET": str(self.tmux_socket),
+            "XDG_CACHE_HOME": str(self.root / "cache"),  # a node side sent here (transport/node_side.py)
+        }
 
     @contextlib.contextmanager
     def environment(self) -> Iterator[None]:

@@ -23,10 +23,8 @@ from launcher.errors import (
     JobRunningError,
     ScriptMissingError,
     StartFailedError,
-    VersionMismatchError,
     WorkdirMissingError,
 )
-from launcher.hosts.files import LOCALHOST
 from launcher.job.kill import kill_job
 from launcher.job.logs import follow_logs, read_logs
 from launcher.job.records import JobRecord
@@ -266,8 +264,8 @@ def test_one_nodes_failure_stops_the_other(workdir: Path) -> None:
 # --- versions ---------------------------------------------------------------------------------
 
 
-def test_an_agent_of_another_launcher_version_is_refused(node: LocalNode, tmp_path: Path) -> None:
-    """A ``--python`` whose launcher is another version: the greeting says so, nothing runs."""
+def test_a_python_with_another_launcher_version_runs_this_ones_node_side(node: LocalNode, tmp_path: Path) -> None:
+    """A ``--python`` whose launcher is another version: the node side is sent, and it wins."""
     other = tmp_path / "other-site"
     shutil.copytree(Path(__file__).resolve().parent.parent / "launcher", other / "launcher")
     version = other / "launcher" / "_version.py"
@@ -276,13 +274,15 @@ def test_an_agent_of_another_launcher_version_is_refused(node: LocalNode, tmp_pa
     python.write_text(f'#!/bin/sh\nPYTHONPATH={other} exec {sys.executable} "$@"\n')
     python.chmod(0o755)
 
-    with pytest.raises(VersionMismatchError) as caught:
-        node.call(Status(job="x"), python=str(python))
+    async def greeted() -> tuple[str | None, str]:
+        agent = await node.open(str(python))
+        await agent.close()
+        assert agent.hello is not None
+        return agent.node_side, agent.hello.version
 
-    assert str(caught.value) == (
-        f"localhost: runs launcher 0.0.1, this machine {__version__}: install the same version on every node"
-    )
-    assert (caught.value.node_version, caught.value.host) == ("0.0.1", LOCALHOST.label)
+    with node.environment():
+        assert asyncio.run(greeted()) == ("sent", __version__)
+        assert asyncio.run(greeted()) == ("cached", __version__)
 
 
 def test_this_layer_runs_unprivileged_where_ci_says_so() -> None:

@@ -1,7 +1,8 @@
 """Reaching the nodes: asyncssh connections and the node agent spoken to over them.
 
-One SSH connection per host carries one ``python -m launcher.node serve`` process for
-the whole operation; it speaks ``launcher.protocol``. ``localhost`` needs no SSH: its
+One SSH connection per host carries one agent process for the whole operation, started
+through ``node_side.py``'s bootstrap (which sends the node side where the host lacks it);
+it speaks ``launcher.protocol``. ``localhost`` needs no SSH: its
 agent is a local subprocess speaking the same protocol.
 
 This module is the one place a remote command line is turned into a string.
@@ -33,20 +34,18 @@ from launcher.errors import (
     VersionMismatchError,
 )
 from launcher.hosts.files import Host
-from launcher.protocol.base import AGENT_MODULE, JOB_MARKER, PROTOCOL_VERSION, Request
+from launcher.protocol.base import JOB_MARKER, PROTOCOL_VERSION, Request
 from launcher.protocol.codec import ProtocolError, decode
 from launcher.protocol.logs import LogBatch
 from launcher.protocol.messages import Hello
 from launcher.protocol.registry import ANSWERS, encode_request
 from launcher.transport.connect import Dial, HostKeyChangedError, open_connection
+from launcher.transport.node_side import agent_argv, arrive
 from launcher.transport.ssh_library import asyncssh_module
 
 T = TypeVar("T")
 A = TypeVar("A")
 
-# -P: a "launcher" dir in $HOME must not shadow the package. -W ignore: a third-party
-# library's warnings (say, a deprecation at import) must not reach the user's terminal.
-_AGENT_ARGS = ["-P", "-W", "ignore", "-m", AGENT_MODULE, "serve"]
 _STREAM_LIMIT = 1 << 24
 
 
@@ -89,6 +88,8 @@ class NodeAgent:
         self.host = host
         self.hello: Hello | None = None
         """The node's greeting, once ``greeting()`` read it."""
+        self.node_side: str | None = None
+        """How the node side came: ``installed``, ``cached`` or ``sent`` (``node_side.py``)."""
         self.local_address: str | None = None
         """This machine's address on the SSH connection (None for a local agent)."""
         self._reader = reader
@@ -134,6 +135,21 @@ class NodeAgent:
             raise VersionMismatchError(self.host.label, str(version), __version__, protocol, PROTOCOL_VERSION)
         self.hello = self._checked(raw, Hello, "the greeting")
         return self.hello
+
+    async def receive(self, timeout: float) -> dict[str, Any]:
+        """One line, as JSON (the bootstrap's, before the greeting)."""
+        try:
+            return await asyncio.wait_for(self._receive(), timeout)
+        except TimeoutError:
+            raise AgentError(self.host.label, f"the node agent did not start within {timeout:g} s") from None
+
+    async def send_bytes(self, data: bytes) -> None:
+        """Raw bytes on the agent's stdin (the node side's archive, to the bootstrap)."""
+        try:
+            self._writer.write(data)
+            await self._writer.drain()
+        except _connection_errors() as exc:
+            raise ConnectionLostError(self.host.label, f"connection lost: {exc}") from None
 
     async def stream(self, request: Request[A]) -> AsyncIterator[LogBatch | A]:
         """A request answered by many ``LogBatch`` messages, then its answer."""
@@ -201,6 +217,7 @@ async def open_agent(host: Host, options: SshOptions, gate: asyncio.Semaphore | 
     try:
         # Outside the gate: the agent's Python start is the node's work, not a handshake,
         # and its wait counts from the SSH session's start, not from the queue.
+        agent.node_side = await arrive(agent, timeout=options.patience)
         await agent.greeting(timeout=options.patience)
     except BaseException:
         await agent.close()
@@ -212,8 +229,7 @@ async def _open_local_agent(host: Host, options: SshOptions) -> NodeAgent:
     env = {k: v for k, v in os.environ.items() if k != JOB_MARKER}
     try:
         proc = await asyncio.create_subprocess_exec(
-            options.python,
-            *_AGENT_ARGS,
+            *agent_argv(options.python),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -243,7 +259,7 @@ async def _open_remote_agent(host: Host, options: SshOptions) -> NodeAgent:
 
     conn = await connect(host, options)
     # Quoting point: the remote login shell parses this line.
-    command = "exec " + shlex.join([options.python, *_AGENT_ARGS])
+    command = "exec " + shlex.join(agent_argv(options.python))
     try:
         proc = await conn.create_process(command, encoding=None)
     except (asyncssh.Error, OSError) as exc:

@@ -1,0 +1,141 @@
+"""The node side travels (``transport/node_side.py``): the middle layer's agent on every CPython
+from 3.9 to 3.13, with nothing of launcher, psutil or libtmux installed into it, and the
+bootstrap's faults (an old Python, a damaged archive, an unwritable cache, two launches at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from local_node import LocalNode
+from test_node_pythons import VERSIONS, interpreter, python_or_skip
+
+from launcher.errors import AgentError
+from launcher.job.kill import kill_job
+from launcher.job.logs import read_logs
+from launcher.job.status import job_status
+from launcher.launching.spec import make_spec
+from launcher.launching.start import launch_job
+from launcher.protocol.messages import Status
+from launcher.transport.agent import SshOptions
+from launcher.transport.node_side import agent_argv, node_archive
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+
+SLEEPER = """\
+import sys, time
+print("up on", sys.version_info[:2], flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.fixture
+def node() -> Iterator[LocalNode]:
+    local = LocalNode.create()
+    try:
+        yield local
+    finally:
+        local.close()
+
+
+def bare_python(version: str, where: Path) -> str:
+    """A venv of ``version`` without pip: no launcher, psutil, libtmux or cloudpickle in it."""
+    base = python_or_skip(version)
+    subprocess.run([base, "-m", "venv", "--without-pip", str(where)], check=True, timeout=120)
+    python = str(where / "bin" / "python")
+    has = subprocess.run([python, "-c", "import psutil"], capture_output=True, timeout=60, check=False)
+    assert has.returncode != 0  # truly bare
+    return python
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_job_runs_on_a_bare_python_of_each_version(node: LocalNode, tmp_path: Path, version: str) -> None:
+    python = bare_python(version, tmp_path / "venv")
+    (tmp_path / "sleeper.py").write_text(SLEEPER)
+    name = f"bare{version.replace('.', '')}"
+    node.jobs.add(name)
+    spec = make_spec(
+        "sleeper.py",
+        hosts="localhost",
+        name=name,
+        runner="python",
+        cwd=str(tmp_path),
+        python=python,
+        allow_mismatch=True,
+    )
+    ssh = SshOptions(python=python)
+    with node.environment():
+        record = asyncio.run(launch_job(spec))
+        assert node.call(Status(job=name), python=python).state == "running"
+        node.wait_for(
+            "the job's line", lambda: any("up on" in line.text for line in asyncio.run(read_logs(record, ssh))[0])
+        )
+        assert asyncio.run(job_status(record, ssh)).state == "running"
+        killed = asyncio.run(kill_job(record, grace=2, ssh=ssh))
+    assert all(host.verified for host in killed), killed
+    assert node.job_processes(name) == []
+    assert [p.name for p in (node.root / "cache" / "launcher" / "node").iterdir()] == [node_archive().digest]
+
+
+def run_bootstrap(python: str, cache: Path, stdin: bytes) -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
+    return subprocess.run(agent_argv(python), input=stdin, capture_output=True, env=env, timeout=120, check=False)
+
+
+def bare_or_skip(tmp_path: Path) -> str:
+    for version in ("3.10", "3.9", "3.12", "3.13"):
+        if interpreter(version):
+            return bare_python(version, tmp_path / "venv")
+    pytest.skip("no Python but this one here")
+
+
+def test_a_damaged_archive_is_refused_and_nothing_is_kept(tmp_path: Path) -> None:
+    python = bare_or_skip(tmp_path)
+    data = bytearray(node_archive().data)
+    data[len(data) // 2] ^= 0xFF
+    done = run_bootstrap(python, tmp_path / "cache", bytes(data))
+    first, second = done.stdout.decode().splitlines()[:2]
+    assert '"need"' in first and '"damaged"' in second and done.returncode == 4
+    assert list((tmp_path / "cache" / "launcher" / "node").iterdir()) == []
+
+
+def test_an_unwritable_cache_is_one_line_naming_it(tmp_path: Path) -> None:
+    python = bare_or_skip(tmp_path)
+    (tmp_path / "file").write_text("")
+    done = run_bootstrap(python, tmp_path / "file", b"")
+    assert done.returncode == 5 and b'"cache"' in done.stdout and b"Not a directory" in done.stdout
+
+
+def test_two_launches_filling_the_cache_at_once_leave_one_copy(tmp_path: Path) -> None:
+    python = bare_or_skip(tmp_path)
+    archive = node_archive().data
+    with ThreadPoolExecutor(2) as pool:
+        done = list(pool.map(lambda _: run_bootstrap(python, tmp_path / "cache", archive), range(2)))
+    for each in done:  # the agent ran (then stdin ended): the greeting follows the bootstrap's line
+        assert b'"launcher_boot": "run"' in each.stdout and b'"hostname"' in each.stdout, each.stderr
+    assert [p.name for p in (tmp_path / "cache" / "launcher" / "node").iterdir()] == [node_archive().digest]
+
+
+def test_a_python_older_than_3_9_is_one_line_naming_the_host(node: LocalNode) -> None:
+    old = interpreter("3.8") or interpreter("3.7")
+    if old is None:
+        pytest.skip("no Python older than 3.9 here")
+    with pytest.raises(AgentError, match=r"^localhost: its Python is 3\.[78]\.\d+: the node side needs Python 3\.9"):
+        node.call(Status(job="x"), python=old)
+    assert not (node.root / "cache").exists()
+
+
+def test_the_archive_is_the_same_bytes_each_time() -> None:
+    node_archive.cache_clear()
+    first = node_archive()
+    node_archive.cache_clear()
+    assert node_archive() == first
+    assert sys.executable  # the launching side builds it from its own installed files
