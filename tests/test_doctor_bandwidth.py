@@ -17,7 +17,10 @@ import pytest
 from launcher.bandwidth_job import _best_per_rank, _bisection, _first_round
 from launcher.cli.doctor import doctor_json, print_bandwidth
 from launcher.doctor.bandwidth import HostBandwidth, evaluate_bandwidth, human_rate
-from launcher.doctor.checks import DoctorReport
+from launcher.doctor.checks import DoctorReport, Finding, HostCheck
+from launcher.doctor.passing import Preflight, choose_hosts, hosts_file_text, passed_hosts
+from launcher.errors import LauncherError
+from launcher.hosts.files import Host, parse_hosts_text
 from launcher.protocol.doctor import BANDWIDTH_MARKER, BANDWIDTH_MODULE
 
 GOOD, BAD = 1.0e9, 2.0e6
@@ -116,3 +119,39 @@ def test_the_job_measures_four_local_processes_over_gloo() -> None:
     assert {(p["a"], p["b"]) for p in figures["pairs"]} >= {(0, 1), (2, 3)}
     report = evaluate_bandwidth(["a", "b", "c", "d"], figures, 0.5)
     assert all(h.bandwidth and h.bandwidth > 1e6 for h in report.hosts), report
+
+
+def _preflight(error_on: str | None = None) -> Preflight:
+    figures = _figures([(0, 1, GOOD), (2, 3, BAD), (2, 0, BAD), (3, 1, GOOD)])
+    speed = evaluate_bandwidth(["h0", "h1", "h2", "h3"], figures, 0.5)
+    checks = [
+        HostCheck(h, 0.1, 0.0, None, (Finding("torch", "error", "torch is not installed"),) if h == error_on else ())
+        for h in ("h0", "h1", "h2", "h3")
+    ]
+    if error_on:
+        hosts = [HostBandwidth(error_on, error="not tested") if h.host == error_on else h for h in speed.hosts]
+        speed = replace(speed, hosts=tuple(hosts))
+    return Preflight(DoctorReport(tuple(checks), None), speed)
+
+
+def test_preflight_refuses_the_slow_host_or_leaves_it_out() -> None:
+    hosts = [Host("h0"), Host("h1", slots=2), Host("h2"), Host("h3")]
+    with pytest.raises(LauncherError, match=r"preflight: h2: slow: 2.0 MB/s .*\(--exclude-slow leaves them out\)"):
+        choose_hosts(hosts, _preflight(), exclude=False)
+    assert choose_hosts(hosts, _preflight(), exclude=True) == (hosts[0], hosts[1], hosts[3])
+    failed = _preflight(error_on="h1")
+    assert failed.failures()[0] == "h1: torch: torch is not installed"
+    assert choose_hosts(hosts, failed, exclude=True) == (hosts[0], hosts[3])
+    broken = Preflight(failed.checks, replace(failed.speed, error="the test did not finish within 30 s"))
+    with pytest.raises(LauncherError, match="the bandwidth test failed: the test did not finish"):
+        choose_hosts(hosts, broken, exclude=True)
+
+
+def test_the_hosts_that_passed_are_written_as_a_hosts_file_that_parses_back() -> None:
+    hosts = [Host("h0"), Host("h1", slots=2), Host("h2"), Host("h3")]
+    assert passed_hosts(hosts, _preflight().checks, _preflight().speed) == (hosts[0], hosts[1], hosts[3])
+    assert passed_hosts(hosts, _preflight().checks, None) == tuple(hosts)
+    odd = (Host("h0", user="me", port=2222), Host("fe80::1", port=22), Host("h1", slots=2))
+    text = hosts_file_text(odd, now=0)
+    assert text.startswith("# the hosts that passed launcher doctor at ")
+    assert parse_hosts_text(text, "written") == odd

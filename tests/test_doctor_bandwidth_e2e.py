@@ -97,3 +97,31 @@ def test_a_test_past_its_bound_is_stopped_everywhere_and_reported(four: Cluster)
     assert "did not finish within 8 s, stopped on every host" in speed["error"], speed
     assert speed["passed"] == [] and all(h["error"] for h in speed["hosts"]), speed
     assert not _left_running(four)
+
+
+def test_write_hosts_and_launch_preflight_leave_out_the_slow_host(four: Cluster, tmp_path: Path) -> None:
+    hosts = four.write_hosts_file(["h0", "h1 slots=1", "h2", "h3"], name="bandwidth-preflight")
+    written = tmp_path / "passed"
+    slow = four.hosts[2]
+    slow.throttle(SLOW_RATE)
+    try:
+        doctor = run_cli(four, "doctor", "--hosts", str(hosts), "--bandwidth", "--write-hosts", str(written))
+        refused = run_cli(four, "launch", "--hosts", str(hosts), "--preflight", "bandwidth", "--runner", "exec", "true")
+        launched = run_cli(four, "launch", "--hosts", str(hosts), "--preflight", "bandwidth", "--exclude-slow",
+                           "--runner", "exec", "--wait", "true")  # fmt: skip
+    finally:
+        slow.unthrottle()
+    assert doctor.returncode == 1 and "wrote 3 of 4 hosts" in doctor.stderr, doctor.stderr
+    assert [line for line in written.read_text().splitlines() if not line.startswith("#")] == ["h0", "h1 slots=1", "h3"]
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "preflight: h2: slow:" in refused.stderr and "--exclude-slow" in refused.stderr, refused.stderr
+    assert "Launched" not in refused.stdout
+    assert launched.returncode == 0, launched.stdout + launched.stderr
+    assert "preflight: 3 of 4 hosts passed" in launched.stderr, launched.stderr
+    assert "on 3 host(s): h0, h1, h3" in launched.stdout, launched.stdout
+    assert not _left_running(four)
+
+
+def test_exclude_slow_without_preflight_is_a_usage_error(four: Cluster) -> None:
+    result = run_cli(four, "launch", "--exclude-slow", "--runner", "exec", "true")
+    assert result.returncode == 2 and "--exclude-slow needs --preflight bandwidth" in result.stderr, result.stderr

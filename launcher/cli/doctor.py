@@ -12,6 +12,8 @@ from launcher.cli.common import HOSTS_HELP, connect_timeout, run
 if TYPE_CHECKING:
     from launcher.doctor.bandwidth import BandwidthReport
     from launcher.doctor.checks import DoctorReport, HostCheck
+    from launcher.hosts.files import Host
+    from launcher.launching.spec import LaunchSpec
 
 
 @click.command()
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     "--min-ratio", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
     help="A host below this fraction of the median host's bandwidth is slow.",
 )  # fmt: skip
+@click.option("--write-hosts", metavar="FILE", help="Write the hosts that passed to FILE, a hosts file.")
 @click.pass_context
 def doctor(ctx: click.Context, /, **options: Any) -> None:
     """Check every host for what a launch needs; start nothing, leave nothing.
@@ -54,6 +57,8 @@ def doctor(ctx: click.Context, /, **options: Any) -> None:
         from launcher.doctor.bandwidth import run_bandwidth
 
         speed = run(run_bandwidth(hosts, report, ssh, cwd, options["bandwidth_seconds"], options["min_ratio"]))
+    if options["write_hosts"]:
+        write_hosts(options["write_hosts"], hosts, report, speed)
     if options["as_json"]:
         import json
 
@@ -63,6 +68,38 @@ def doctor(ctx: click.Context, /, **options: Any) -> None:
         if speed is not None:
             print_bandwidth(speed)
     ctx.exit(0 if report.ok and (speed is None or speed.ok) else 1)
+
+
+def write_hosts(path: str, hosts: Sequence[Host], report: DoctorReport, speed: BandwidthReport | None) -> None:
+    from launcher.doctor.passing import hosts_file_text, passed_hosts
+    from launcher.errors import UsageError
+
+    kept = passed_hosts(hosts, report, speed)
+    try:
+        with open(path, "w", encoding="utf-8") as file:
+            file.write(hosts_file_text(kept))
+    except OSError as exc:
+        raise UsageError(f"--write-hosts: cannot write {path}: {exc.strerror}") from None
+    click.echo(f"wrote {len(kept)} of {len(hosts)} hosts (those that passed) to {path}", err=True)
+
+
+def preflight(spec: LaunchSpec, exclude: bool) -> LaunchSpec:
+    """``launch --preflight bandwidth``: the doctor's checks and bandwidth test first; the
+    hosts that did not pass refuse the launch, or (``exclude``) are left out of it."""
+    from dataclasses import replace
+
+    from launcher.doctor.passing import choose_hosts, run_preflight
+
+    ssh = replace(spec.ssh, python=spec.python)
+    # With --sync the job's directory may not exist yet: that is no host's fault.
+    found = run(run_preflight(spec.hosts, ssh, spec.cwd if spec.sync_dir is None else "/"))
+    kept = choose_hosts(spec.hosts, found, exclude)
+    for problem in found.failures():
+        click.echo(f"preflight: {problem}; left out", err=True)
+    speed = found.speed
+    shown = f"bus bandwidth {human_rate(speed.bus_bandwidth)}" if speed.bus_bandwidth else "measured"
+    click.echo(f"preflight: {len(kept)} of {len(spec.hosts)} hosts passed ({shown})", err=True)
+    return replace(spec, hosts=kept)
 
 
 def doctor_json(report: DoctorReport, speed: BandwidthReport | None = None) -> dict[str, Any]:
@@ -81,8 +118,6 @@ def print_bandwidth(speed: BandwidthReport, width: int | None = None) -> None:
     """One row per host (bandwidth, latency, result), the whole set's line, then what is wrong."""
     from rich.console import Console
     from rich.table import Table
-
-    from launcher.doctor.bandwidth import human_rate
 
     console = Console(highlight=False, width=width)
     table = Table(title="bandwidth, point to point", title_justify="left", box=None, padding=(0, 1, 0, 0))
@@ -183,6 +218,12 @@ def _seconds(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value * 1000:.0f}ms" if value < 1 else f"{value:.1f}s"
+
+
+def human_rate(rate: float | None) -> str:
+    from launcher.doctor.bandwidth import human_rate
+
+    return human_rate(rate)
 
 
 def _latency(value: float | None) -> str:

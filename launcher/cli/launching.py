@@ -42,6 +42,10 @@ if TYPE_CHECKING:
     metavar="S",
     help="A host silent this long to the others is lost, and the job stops.",
 )
+@click.option(
+    "--preflight", type=click.Choice(["bandwidth"]), help="First run doctor's checks and bandwidth test on the hosts."
+)
+@click.option("--exclude-slow", is_flag=True, help="With --preflight: leave out the hosts that failed it, not refuse.")
 @click.option("--dry-run", is_flag=True, help="Print what each host would run; contact no host.")
 @click.option("--follow", "-f", is_flag=True, help="Follow the logs after launching (Ctrl-C detaches).")
 @click.option("--wait", is_flag=True, help="Wait for the job to end; exit 0 only if every host succeeded.")
@@ -78,6 +82,14 @@ def launch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **o
     if options["dry_run"]:
         render.print_dry_run(*dry_run(spec), cwd=spec.cwd)
         return
+    if options["exclude_slow"] and not options["preflight"]:
+        from launcher.errors import UsageError
+
+        raise UsageError("--exclude-slow needs --preflight bandwidth")
+    if options["preflight"]:
+        from launcher.cli.doctor import preflight
+
+        spec = preflight(spec, exclude=options["exclude_slow"])
     with render.LaunchProgress(len(spec.hosts), [h.label for h in spec.hosts]) as progress:
         record = run(launch_job(spec, progress.update))
     hosts = ", ".join(h.label for h in record.hosts)
