@@ -207,3 +207,20 @@ def test_the_kill_check_says_when_it_cannot_verify(tmp_path: Path, monkeypatch: 
     stand_in(tmp_path, monkeypatch, {KILL_APPS: (FELL_OFF_THE_BUS, 15)})
     held, why = processes.gpu_holders({os.getpid()})
     assert held == [] and why is not None and "exit status 15" in why
+
+
+# --- doctor's GPU report ---------------------------------------------------------------------------
+
+
+def test_doctor_reports_the_gpus_a_launch_would_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from launcher.node.doctor import gpu_report
+
+    stand_in(tmp_path, monkeypatch, {QUERY: (EIGHT_A100, 0), APPS: ("", 0)})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    report = gpu_report()
+    assert (report.count, len(report.free_mib)) == (2, 2)
+    assert "CUDA_VISIBLE_DEVICES=4,5 here: 2 device(s)" in report.note
+
+    stand_in(tmp_path, monkeypatch, {QUERY: (FELL_OFF_THE_BUS, 15)})
+    report = gpu_report()
+    assert report.count == 0 and report.note.startswith("could not read the GPUs: nvidia-smi failed: Unable to")

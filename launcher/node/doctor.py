@@ -1,8 +1,8 @@
 """``launcher doctor`` on one node: what a launch needs here, read without starting a job.
 
 Runs ON each node, standard library only, and never imports torch: its version is the
-name of its ``dist-info``, CUDA's the text of ``torch/version.py``, NCCL's the version of
-the ``nvidia-nccl`` wheel (or the name of the library file torch ships). The first node
+name of its ``dist-info``, CUDA's the text of ``torch/version.py``, NCCL's the
+``nvidia-nccl-cu*`` pin in torch's requirements, else ``ncclGetVersion`` of the library. The first node
 listens on a rendezvous port until its agent ends (the launching side closes it once
 every other node has probed it), so nothing is left behind on any host.
 """
@@ -14,7 +14,9 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 from launcher.node import gpus, network
@@ -27,8 +29,12 @@ from launcher.protocol.messages import Probe
 from launcher.protocol.paths import runs_dir
 
 _CUDA = re.compile(r"""^cuda\s*(?::[^=]*)?=\s*['"]([^'"]+)['"]""", re.M)
-_NCCL_WHEELS = ("nvidia-nccl-cu13", "nvidia-nccl-cu12", "nvidia-nccl-cu11")
-_NCCL_FILE = re.compile(r"libnccl\.so\.(\d+(?:\.\d+)*)")
+_NCCL_REQUIREMENT = re.compile(r"\s*nvidia-nccl-cu\d+\s*==\s*([0-9][0-9.]*)", re.I)
+_GET_VERSION = (
+    "import ctypes, sys\n"
+    "code = ctypes.c_int()\n"
+    "print(ctypes.CDLL(sys.argv[1]).ncclGetVersion(ctypes.byref(code)), code.value)\n"
+)
 LISTENER = "doctor"
 """The key of doctor's held rendezvous port (``network.hold``)."""
 
@@ -97,38 +103,99 @@ def torch_versions() -> tuple[str | None, str | None, str | None]:
 
 
 def nccl_version(torch_folders: list[str]) -> str | None:
-    from importlib import metadata
-
-    for wheel in _NCCL_WHEELS:
-        try:
-            return metadata.version(wheel)
-        except metadata.PackageNotFoundError:
-            continue
-    for folder in torch_folders:
-        for path in sorted((Path(folder) / "lib").glob("libnccl.so*")):
-            found = _NCCL_FILE.search(path.name)
-            return found.group(1) if found else path.name
+    """NCCL as torch's own requirements pin it (``nvidia-nccl-cu12==2.21.5``: pip's builds),
+    else as the library itself says (NGC and conda builds pin no wheel)."""
+    pinned = nccl_from_requirements(_torch_requirements())
+    if pinned is not None:
+        return pinned
+    for library in nccl_libraries(torch_folders):
+        version = library_version(library)
+        if version is not None:
+            return version
     return None
 
 
+def nccl_from_requirements(requirements: list[str]) -> str | None:
+    """The version of ``nvidia-nccl-cu<N>==X`` among a distribution's requirements."""
+    for requirement in requirements:
+        found = _NCCL_REQUIREMENT.match(requirement)
+        if found:
+            return found.group(1)
+    return None
+
+
+def nccl_libraries(torch_folders: list[str]) -> list[Path]:
+    """``libnccl.so*`` where pip puts it (``site-packages/nvidia/nccl/lib``), then in ``torch/lib``."""
+    places = [Path(f).parent / "nvidia" / "nccl" / "lib" for f in torch_folders]
+    places += [Path(f) / "lib" for f in torch_folders]
+    return [path for place in places for path in sorted(place.glob("libnccl.so*"))]
+
+
+def library_version(path: Path) -> str | None:
+    """``ncclGetVersion`` of the library at ``path`` (it starts no CUDA context), asked in a
+    child process so that no library is ever loaded into the agent."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _GET_VERSION, str(path)], capture_output=True, text=True, timeout=15, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    words = done.stdout.split()
+    if done.returncode != 0 or len(words) != 2 or words[0] != "0" or not words[1].isdigit():
+        return None
+    return decode_nccl_version(int(words[1]))
+
+
+def decode_nccl_version(code: int) -> str:
+    """``NCCL_VERSION_CODE``: major*10000 + minor*100 + patch from 2.9, major*1000 + ... before."""
+    major, rest = divmod(code, 10000 if code >= 10000 else 1000)
+    minor, patch = divmod(rest, 100)
+    return f"{major}.{minor}.{patch}"
+
+
+def _torch_requirements() -> list[str]:
+    try:
+        return metadata.requires("torch") or []
+    except metadata.PackageNotFoundError:
+        return []
+
+
 def gpu_report() -> GpuReport:
+    """The GPUs a launch would use here: those of this node's CUDA_VISIBLE_DEVICES, if set."""
     inventory = gpus.list_gpus()
+    notes = [f"nvidia-smi: {warning}" for warning in inventory.warnings]
+    if inventory.error is not None:
+        return GpuReport(count=0, note=f"could not read the GPUs: {inventory.error}")
     if not inventory.gpus:
         return GpuReport(count=0, note=inventory.source)
-    held = gpus.busy_gpus(gpus.gpu_processes(inventory).processes, is_launcher_job)
+    allocation = os.environ.get("CUDA_VISIBLE_DEVICES")
+    devices = gpus.usable_devices(inventory, allocation)
+    used = {device.gpu for device in devices}
+    if allocation is not None:
+        notes.append(f"CUDA_VISIBLE_DEVICES={allocation} here: {len(devices)} device(s)")
+    if any(device.mig for device in devices):
+        notes.append(gpus.MIG_NOTE)
+    found = gpus.gpu_processes(inventory)
+    if found.error is not None:
+        notes.append(f"who holds the GPUs is unknown: {found.error}")
     busy = [
         f"GPU {gpu.uuid if gpu.index is None else gpu.index}: "
-        + ", ".join(f"pid {pid} ({process_name(pid)})" for pid in gpu.pids)
-        for gpu in held
+        + ", ".join(f"pid {pid} ({_holder_name(pid)})" for pid in gpu.pids)
+        for gpu in gpus.busy_gpus(found.processes, is_launcher_job)
+        if gpu.index is None or gpu.index in used
     ]
-    free = [gpu.memory_free_mib for gpu in inventory.gpus if gpu.memory_free_mib is not None]
+    mine = [gpu for gpu in inventory.gpus if gpu.index in used]
     return GpuReport(
-        count=gpus.default_nproc(inventory),
-        models=sorted({gpu.name for gpu in inventory.gpus}),
-        free_mib=free,
+        count=gpus.default_nproc(inventory, allocation),
+        models=sorted({gpu.name for gpu in mine}),
+        free_mib=[gpu.memory_free_mib for gpu in mine if gpu.memory_free_mib is not None],
         busy=busy,
-        note=inventory.source,
+        note="; ".join([inventory.source, *notes]),
     )
+
+
+def _holder_name(pid: int) -> str:
+    return "of another pid namespace" if gpus.foreign_pid(pid) else process_name(pid)
 
 
 def disk_space(what: str, path: str) -> DiskSpace:
