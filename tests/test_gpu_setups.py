@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -224,3 +225,32 @@ def test_doctor_reports_the_gpus_a_launch_would_use(tmp_path: Path, monkeypatch:
     stand_in(tmp_path, monkeypatch, {QUERY: (FELL_OFF_THE_BUS, 15)})
     report = gpu_report()
     assert report.count == 0 and report.note.startswith("could not read the GPUs: nvidia-smi failed: Unable to")
+
+
+# --- tests/gpu/check_gpus.py on a machine without a usable GPU: SKIP, never OK, never a traceback ---
+
+
+@pytest.mark.parametrize(
+    ("answers", "status", "last"),
+    [
+        (None, 0, "SKIP: nothing could be checked on this machine"),
+        ({QUERY: (TWO_H100, 0), APPS: ("", 0)}, 0, "OK: 1 check(s) passed, 7 skipped"),
+        ({QUERY: (FELL_OFF_THE_BUS, 15), APPS: (FELL_OFF_THE_BUS, 15)}, 1, "FAIL: 1 check(s) failed"),
+    ],
+    ids=["no-driver", "gpus-and-a-cpu-torch", "exit-15"],
+)
+def test_check_gpus_says_what_it_could_not_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answers: dict[str, tuple[str, int]] | None, status: int, last: str
+) -> None:
+    import torch
+
+    if torch.version.cuda is not None or gpus.PROC_DRIVER.exists():
+        pytest.skip("this machine has CUDA: check_gpus.py would launch on it")
+    if answers is not None:
+        stand_in(tmp_path, monkeypatch, answers)
+    script = Path(__file__).resolve().parent / "gpu" / "check_gpus.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == status and done.stdout.splitlines()[-1].startswith(last), done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    checks = [line for line in done.stdout.splitlines() if line.startswith(("OK ", "SKIP ", "FAIL "))]
+    assert [line.split()[0] for line in checks if "kill frees the GPU" in line] == ["SKIP"]
