@@ -8,9 +8,11 @@ nothing of the launching side: only the wire's marker.
 1. latency and bus bandwidth of the whole set: all-reduces of growing sizes, each timed as
    the slowest rank saw it (every rank agrees on when to stop growing);
 2. point to point, to name the host or link: disjoint pairs exchange a buffer both ways;
-   when a pair is below ``--min-ratio`` of the median, a second round pairs the slowest
-   hosts with the fastest (DLRover's bisection), so that a slow host is slow in both rounds
-   and its healthy partners are not. A host's figure is the best it reached.
+   the hosts below ``--min-ratio`` of the median (suspects) are paired with the fastest
+   (DLRover's bisection), so that a slow host is slow in both rounds and its healthy
+   partners are not; a suspect still slow is measured once more with a new fast partner,
+   one pair at a time, which clears a host that was only slowed by the pairs beside it
+   sharing a CPU or a switch. A host's figure is the best it reached.
 
 Rank 0 prints ``BANDWIDTH_MARKER`` and the results as one line of JSON; the launching side
 (``doctor/bandwidth.py``) reads it from the job's logs and judges.
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m launcher.bandwidth_job")
     parser.add_argument("--seconds", type=float, default=30.0, help="the whole test's bound")
     parser.add_argument("--max-bytes", type=int, default=4 << 20, help="the largest all-reduce")
-    parser.add_argument("--p2p-bytes", type=int, default=1 << 20, help="each point-to-point message")
+    parser.add_argument("--p2p-bytes", type=int, default=512 << 10, help="each point-to-point message")
     parser.add_argument("--min-ratio", type=float, default=0.5, help="below this fraction of the median: slow")
     args = parser.parse_args(argv)
     rank, world = int(os.environ["NODE_RANK"]), int(os.environ["NNODES"])
@@ -62,14 +64,16 @@ def main(argv: list[str] | None = None) -> None:
 def measure(rank: int, world: int, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
     latency = _allreduce_seconds(torch.zeros(1, device=device), world, iterations=5)
     sizes = _allreduce_sizes(world, device, args.max_bytes, budget=args.seconds / 4)
-    pairs = []
+    pairs: list[dict[str, float]] = []
     if world > 1:
-        first = _first_round(world)
-        pairs = [*_exchange(rank, first, device, args.p2p_bytes)]
-        best = _best_per_rank(world, pairs)
-        median = statistics.median(best)
-        if any(b < args.min_ratio * median for b in best):
-            pairs += _exchange(rank, _bisection(best), device, args.p2p_bytes)
+        pairs += _exchange(rank, _first_round(world), device, args.p2p_bytes)
+        suspects = _suspects(_best_per_rank(world, pairs), args.min_ratio)
+        if suspects:  # each with one of the fastest, the pairs at once
+            pairs += _exchange(rank, _bisection(_best_per_rank(world, pairs), suspects), device, args.p2p_bytes)
+            suspects = _suspects(_best_per_rank(world, pairs), args.min_ratio)
+        if suspects:  # the last doubt: one pair at a time (no pair shares a CPU or switch with another), a new partner
+            rounds = _one_at_a_time(_best_per_rank(world, pairs), suspects, pairs)
+            pairs += _exchange(rank, rounds, device, args.p2p_bytes)
     return {"latency_s": latency, "allreduce": sizes, "pairs": pairs}
 
 
@@ -108,10 +112,32 @@ def _first_round(world: int) -> list[list[tuple[int, int]]]:
     return [pairs, [(world - 1, 0)]] if world % 2 and world > 1 else [pairs]
 
 
-def _bisection(best: list[float]) -> list[list[tuple[int, int]]]:
-    """The slowest with the fastest, the second slowest with the second fastest..."""
-    order = sorted(range(len(best)), key=lambda r: best[r])
-    return [[(order[i], order[-1 - i]) for i in range(len(order) // 2)]]
+def _suspects(best: list[float], min_ratio: float) -> list[int]:
+    """Ranks below ``min_ratio`` of the median, slowest first."""
+    median = statistics.median(best)
+    return sorted((r for r, b in enumerate(best) if b < min_ratio * median), key=lambda r: best[r])
+
+
+def _bisection(best: list[float], suspects: list[int]) -> list[list[tuple[int, int]]]:
+    """The slowest suspect with the fastest host, the next with the second fastest..."""
+    fast = sorted((r for r in range(len(best)) if r not in suspects), key=lambda r: -best[r])
+    return [list(zip(suspects, fast, strict=False))]
+
+
+_MOST_ALONE = 8
+"""Suspects re-measured one pair at a time, at most (the slowest first)."""
+
+
+def _one_at_a_time(best: list[float], suspects: list[int], done: list[dict[str, float]]) -> list[list[tuple[int, int]]]:
+    """Each suspect with the fastest host it has not met yet, one pair per round."""
+    met = {(int(p["a"]), int(p["b"])) for p in done} | {(int(p["b"]), int(p["a"])) for p in done}
+    fast = sorted((r for r in range(len(best)) if r not in suspects), key=lambda r: -best[r])
+    rounds = []
+    for suspect in suspects[:_MOST_ALONE]:
+        partner = next((r for r in fast if (suspect, r) not in met), None)
+        if partner is not None:
+            rounds.append([(suspect, partner)])
+    return rounds
 
 
 def _exchange(

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from launcher.bandwidth_job import _best_per_rank, _bisection, _first_round
+from launcher.bandwidth_job import _best_per_rank, _bisection, _first_round, _one_at_a_time, _suspects
 from launcher.cli.doctor import doctor_json, print_bandwidth
 from launcher.doctor.bandwidth import HostBandwidth, evaluate_bandwidth, human_rate
 from launcher.doctor.checks import DoctorReport, Finding, HostCheck
@@ -41,8 +41,12 @@ def test_pairs_are_disjoint_and_an_odd_rank_meets_rank_0_alone() -> None:
     assert _first_round(1) == [[]]
 
 
-def test_bisection_pairs_the_slowest_with_the_fastest() -> None:
-    assert _bisection([5.0, 5.0, 1.0, 9.0]) == [[(2, 3), (0, 1)]]
+def test_suspects_meet_the_fastest_then_a_new_partner_one_pair_at_a_time() -> None:
+    best = [5.0, 5.0, 1.0, 9.0, 1.5, 6.0]
+    assert _suspects(best, 0.5) == [2, 4]
+    assert _bisection(best, [2, 4]) == [[(2, 3), (4, 5)]]
+    done = [{"a": 2, "b": 3, "bandwidth": 1.0}, {"a": 4, "b": 5, "bandwidth": 1.5}]
+    assert _one_at_a_time(best, [2, 4], done) == [[(2, 5)], [(4, 3)]]
     pairs = [{"a": 0, "b": 1, "bandwidth": 5.0}, {"a": 2, "b": 3, "bandwidth": 1.0}, {"a": 2, "b": 0, "bandwidth": 1.5}]
     assert _best_per_rank(4, pairs) == [5.0, 5.0, 1.5, 1.0]
 
