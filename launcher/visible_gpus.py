@@ -39,14 +39,17 @@ def visible_gpu_count(env: Mapping[str, str]) -> int:
 
 def _count_visible(listed: str, physical: int) -> int:
     # As CUDA reads it: the list ends at its first invalid entry ("0,1,-1,2" is two GPUs,
-    # "" and "-1" none); entries are indices or GPU-/MIG- UUIDs.
-    count = 0
+    # "" and "-1" none); entries are indices or GPU-/MIG- UUIDs. MIG devices count as one
+    # together: a CUDA process can use only one MIG device (NVIDIA's MIG user guide).
+    count, mig = 0, 0
     for entry in (part.strip() for part in listed.split(",")):
-        if (_WHOLE_NUMBER.fullmatch(entry) and int(entry) < physical) or entry.startswith(("GPU-", "MIG-")):
+        if (_WHOLE_NUMBER.fullmatch(entry) and int(entry) < physical) or entry.startswith("GPU-"):
             count += 1
+        elif entry.startswith("MIG-"):
+            mig = 1
         else:
             break
-    return min(count, physical)
+    return min(count + mig, physical)
 
 
 def _torch_gpu_count() -> int | None:

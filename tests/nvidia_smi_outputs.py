@@ -27,9 +27,9 @@ EIGHT_A100 = "".join(
 # 2 x H100 80GB HBM3, MIG off.
 TWO_H100 = "".join(f"{n}, {H100_UUIDS[n]}, NVIDIA H100 80GB HBM3, 81559, 0, 81008, Disabled\n" for n in range(2))
 
-# H100 with MIG on, two 3g.40gb instances: the `-L` lines as in NVIDIA's MIG User Guide
-# ("Getting Started with MIG": `nvidia-smi -L` lists "MIG <profile> Device <n>: (UUID: MIG-...)"
-# under each GPU), memory fields as the query prints them on a MIG GPU.
+# H100 with MIG on, two 3g.40gb instances: the `-L` lines in the shape quoted from a driver
+# 530 A100 in NVIDIA/nvidia-container-toolkit#203 ("MIG 3g.40gb     Device  0: (UUID: MIG-...)"
+# under its GPU; DataDog/datadog-agent#33120 shows the same for 7 x 1g.10gb on driver 535).
 H100_MIG_QUERY = f"0, {H100_UUIDS[0]}, NVIDIA H100 80GB HBM3, 81559, 45, 81002, Enabled\n"
 H100_MIG_LIST = f"""\
 GPU 0: NVIDIA H100 80GB HBM3 (UUID: {H100_UUIDS[0]})
@@ -38,9 +38,28 @@ GPU 0: NVIDIA H100 80GB HBM3 (UUID: {H100_UUIDS[0]})
 """
 H100_MIG_DEVICES = ["MIG-5c6d7e8f-1a2b-5c3d-9e4f-0a1b2c3d4e5f", "MIG-6d7e8f9a-2b3c-5d4e-8f5a-1b2c3d4e5f6a"]
 
+# A node with MIG on one GPU of four: the `-L` lines as quoted in influxdata/telegraf#5812
+# (4 x A100-SXM4-80GB, GPU 0 split into four 1g.20gb devices); the query rows made to match.
+MIXED_MIG_LIST = """\
+GPU 0: NVIDIA A100-SXM4-80GB (UUID: GPU-513536b6-7d19-9063-b049-1e69664bb298)
+  MIG 1g.20gb     Device  0: (UUID: MIG-ce861fb0-a248-58ce-a9a8-f9adbc22a66a)
+  MIG 1g.20gb     Device  1: (UUID: MIG-a45882f0-9215-5733-a0c1-49286ab31cb5)
+  MIG 1g.20gb     Device  2: (UUID: MIG-f00d722c-f4e1-52c9-aa31-750441ae1bfe)
+  MIG 1g.20gb     Device  3: (UUID: MIG-930574a9-d43a-5d2b-95da-3e68384c8d6b)
+GPU 1: NVIDIA A100-SXM4-80GB (UUID: GPU-d8594bd4-0fc3-8595-e355-7c98138f3b95)
+GPU 2: NVIDIA A100-SXM4-80GB (UUID: GPU-5e375e7e-b41f-155b-dcdc-534524c356fc)
+GPU 3: NVIDIA A100-SXM4-80GB (UUID: GPU-69ec2344-ebac-b028-f88f-452abb3d7f11)
+"""
+MIXED_MIG_QUERY = """\
+0, GPU-513536b6-7d19-9063-b049-1e69664bb298, NVIDIA A100-SXM4-80GB, 81920, 45, 81226, Enabled
+1, GPU-d8594bd4-0fc3-8595-e355-7c98138f3b95, NVIDIA A100-SXM4-80GB, 81920, 4, 81051, Disabled
+2, GPU-5e375e7e-b41f-155b-dcdc-534524c356fc, NVIDIA A100-SXM4-80GB, 81920, 4, 81051, Disabled
+3, GPU-69ec2344-ebac-b028-f88f-452abb3d7f11, NVIDIA A100-SXM4-80GB, 81920, 4, 81051, Disabled
+"""
+
 # Exit 14, output valid: the warning line on stdout as quoted on NVIDIA's developer forums
-# ("WARNING: infoROM is corrupted at gpu 0000:04:00.0"); `man nvidia-smi`: "14 - infoROM is
-# corrupted", the query still answered.
+# ("WARNING: infoROM is corrupted at gpu 0000:04:00.0"); `man nvidia-smi` (RETURN VALUE):
+# "14 - infoROM is corrupted", the query still answered.
 INFOROM_WARNING = "WARNING: infoROM is corrupted at gpu 0000:04:00.0\n"
 
 # Exit 15: as quoted in NVIDIA's forums and GitHub issues for a GPU that fell off the bus

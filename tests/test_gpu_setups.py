@@ -21,6 +21,8 @@ from nvidia_smi_outputs import (
     H100_MIG_QUERY,
     INFOROM_WARNING,
     KILL_APPS,
+    MIXED_MIG_LIST,
+    MIXED_MIG_QUERY,
     NOT_PERMITTED_MEMORY,
     QUERY,
     TWO_H100,
@@ -104,6 +106,21 @@ def test_mig_makes_one_process_with_a_note_and_refuses_include(
         node.call(Prepare(job="j", cwd="/", pick_gpus=[0]))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", H100_MIG_DEVICES[1])  # the scheduler's slice
     assert node.call(Prepare(job="j", cwd="/", count_gpus=True)).cuda_visible == H100_MIG_DEVICES[1]
+    # Named by UUID on the node, a MIG device may be picked: it is no guess which slice is meant.
+    assert node.call(Prepare(job="j", cwd="/", pick_gpus=[0])).cuda_visible == H100_MIG_DEVICES[1]
+
+
+def test_a_node_with_mig_on_one_gpu_of_four(node: LocalNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """telegraf#5812's node: MIG on GPU 0 only. By default one process (CUDA shows a process
+    one MIG device); a scheduler's allocation of the plain GPUs 1,2 gives two, and
+    --include counts among those."""
+    stand_in(tmp_path, monkeypatch, {QUERY: (MIXED_MIG_QUERY, 0), "-L": (MIXED_MIG_LIST, 0), APPS: ("", 0)})
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert node.call(Prepare(job="j", cwd="/", count_gpus=True)).gpus == 1
+    assert node.call(Prepare(job="j", cwd="/", pick_gpus=[4, 5])).cuda_visible == "1,2"  # after GPU 0's 4 slices
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,2")
+    answer = node.call(Prepare(job="j", cwd="/", count_gpus=True, check_gpus=[]))
+    assert (answer.gpus, answer.cuda_visible, answer.gpu_notes) == (2, "1,2", [])
 
 
 # --- nvidia-smi failing, or warning -----------------------------------------------------------------
@@ -254,3 +271,23 @@ def test_check_gpus_says_what_it_could_not_check(
     assert "Traceback" not in done.stdout + done.stderr
     checks = [line for line in done.stdout.splitlines() if line.startswith(("OK ", "SKIP ", "FAIL "))]
     assert [line.split()[0] for line in checks if "kill frees the GPU" in line] == ["SKIP"]
+
+
+# --- a rank's own count (launcher.context(), without torch) -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("listed", "count"),
+    [("4,5", 2), (None, 8), (",".join(H100_MIG_DEVICES), 1), (H100_MIG_DEVICES[0], 1), ("0,-1,2", 1), ("", 0)],
+)
+def test_a_ranks_gpu_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listed: str | None, count: int) -> None:
+    """Read as CUDA reads CUDA_VISIBLE_DEVICES; several MIG devices are one: a CUDA process
+    enumerates a single MIG device (NVIDIA's MIG user guide, "CUDA Device Enumeration")."""
+    from launcher import visible_gpus
+
+    for n in range(8):
+        (tmp_path / f"0000:{n:02x}:00.0").mkdir()
+    monkeypatch.setattr(visible_gpus, "_NVIDIA_GPUS", tmp_path)
+    monkeypatch.setattr(visible_gpus, "_torch_gpu_count", lambda: None)
+    env = {} if listed is None else {"CUDA_VISIBLE_DEVICES": listed}
+    assert visible_gpus.visible_gpu_count(env) == count

@@ -99,14 +99,16 @@ def gpu_checks(request: Prepare) -> GpuAnswer:
 def picked_devices(
     devices: tuple[gpus.Device, ...], picks: list[int], allocation: str | None
 ) -> tuple[gpus.Device, ...]:
-    """``--include``'s GPUs among the node's usable devices; MIG devices are refused by
-    index (which slice "GPU 0" means is not for the launcher to guess)."""
+    """``--include``'s GPUs among the node's usable devices. A MIG device is refused unless
+    this node's CUDA_VISIBLE_DEVICES names it by UUID: which slice "GPU 0" means is not for
+    the launcher to guess."""
     offered = f"its CUDA_VISIBLE_DEVICES={allocation}" if allocation is not None else "nvidia-smi's numbering"
+    named = {entry.strip() for entry in (allocation or "").split(",")}
     chosen = []
     for pick in picks:
         if pick >= len(devices):
             raise NodeError("no_gpus", f"--include names GPU {pick}, but this host offers {len(devices)} ({offered})")
-        if devices[pick].mig:
+        if devices[pick].mig and devices[pick].id not in named:  # a MIG device this node named is by UUID
             raise NodeError(
                 "no_gpus",
                 f"--include names GPU {pick}, which is MIG device {devices[pick].id} here: MIG devices cannot be"
