@@ -203,7 +203,7 @@ def test_a_launcher_killed_mid_launch_leaves_nothing_running(cluster: Cluster) -
         killed_at = time.monotonic()
         launcher.communicate(timeout=10)
     finally:
-        launcher.job.kill()
+        launcher.kill()
     wait_for(
         "nothing of the job on any host",
         lambda: all(nothing_left(h, name, 604) for h in cluster.hosts),
