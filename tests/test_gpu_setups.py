@@ -218,13 +218,31 @@ def test_the_kill_check_says_when_it_cannot_verify(tmp_path: Path, monkeypatch: 
     stand_in(tmp_path, monkeypatch, {KILL_APPS: (f"{host_pid}\n", 0)})
     assert processes.gpu_holders({os.getpid()}) == (
         [],
-        f"not verifiable in a container: nvidia-smi lists pid(s) {host_pid}, of another pid namespace",
+        f"not verifiable in a container: nvidia-smi lists pid(s) {host_pid}, not processes here",
     )
     stand_in(tmp_path, monkeypatch, {KILL_APPS: (f"{os.getpid()}\n", 0)})
     assert processes.gpu_holders({os.getpid()}) == ([os.getpid()], None)
     stand_in(tmp_path, monkeypatch, {KILL_APPS: (FELL_OFF_THE_BUS, 15)})
     held, why = processes.gpu_holders({os.getpid()})
     assert held == [] and why is not None and "exit status 15" in why
+
+
+def test_a_kill_in_a_container_says_the_gpu_is_not_verified(
+    node: LocalNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real agent kills a real job; nvidia-smi (standing for a container's view) lists a
+    host pid: the kill is verified in the process table, and says the GPU is not."""
+    from launcher.job.kill import _host_kill
+    from launcher.protocol.messages import Kill, Start
+
+    host_pid = a_pid_not_here()
+    stand_in(tmp_path, monkeypatch, {KILL_APPS: (f"{host_pid}\n", 0)})
+    node.call(Start(job="held", argv=["sleep", "60"], env={}, cwd=str(tmp_path)))
+    report = node.call(Kill(job="held", grace=1))
+    assert report.found >= 1 and report.left == [] and report.gpu_holders == []
+    assert report.gpu_unverified is not None and "not verifiable in a container" in report.gpu_unverified
+    verdict = _host_kill("h0", report)
+    assert verdict.verified and verdict.message.endswith(f"none left; GPU memory {report.gpu_unverified}")
 
 
 # --- doctor's GPU report ---------------------------------------------------------------------------

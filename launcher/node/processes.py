@@ -14,7 +14,7 @@ import socket
 import time
 from typing import Any
 
-from launcher.node import gpus, nvidia_smi, status, tmux
+from launcher.node import nvidia_smi, status, tmux
 from launcher.node.rundir import RunDir
 from launcher.protocol.base import JOB_MARKER
 from launcher.protocol.messages import KillAllReport, KillReport, LeftProcess
@@ -102,10 +102,13 @@ def gpu_holders(pids: set[int]) -> tuple[list[int], str | None]:
         return [], output.error
     listed = {int(word) for row in output.rows for word in row.split() if word.isdigit()}
     held = sorted(pids & listed)
-    foreign = sorted(pid for pid in listed - pids if gpus.foreign_pid(pid))
-    if foreign and not held:
-        shown = ", ".join(map(str, foreign[:8]))
-        return [], f"not verifiable in a container: nvidia-smi lists pid(s) {shown}, of another pid namespace"
+    # The driver reports pids of the host's namespace. Here on the host, the job's own pids
+    # match as they are; a listed pid with no process here means this is a container, whose
+    # job pids the driver numbers otherwise: those could be the job's, or not.
+    unseen = sorted(pid for pid in listed - pids if not os.path.exists(f"/proc/{pid}"))
+    if unseen and not held:
+        shown = ", ".join(map(str, unseen[:8]))
+        return [], f"not verifiable in a container: nvidia-smi lists pid(s) {shown}, not processes here"
     return held, None
 
 
