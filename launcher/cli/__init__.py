@@ -12,6 +12,7 @@ during a launch (which is rolled back). Expected errors print one line, no trace
     stack.py        ``stack``: where every rank is, as a roll-call
     syncing.py      ``sync``, its progress bar, and which code a job runs
     doctor.py       ``doctor``: one table, one row per host
+    setup.py        ``setup``: this launcher installed into a Python on every host (optional)
     common.py       what the commands share: options, finding a job, running the library
     render.py       tables, log lines, dry runs, progress
 """
@@ -29,6 +30,7 @@ from launcher.cli.doctor import doctor
 from launcher.cli.jobs import attach, kill, list_jobs, logs, status
 from launcher.cli.launching import launch
 from launcher.cli.sbatch import sbatch
+from launcher.cli.setup import setup
 from launcher.cli.stack import stack
 from launcher.cli.syncing import sync
 from launcher.errors import LauncherError
@@ -49,6 +51,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 for _command in (launch, sbatch, sync, logs, status, stack, kill, attach, list_jobs):
     cli.add_command(_command)
 cli.add_command(doctor)
+cli.add_command(setup)
 
 
 def main(argv: list[str] | None = None) -> int:
