@@ -179,6 +179,22 @@ def test_a_failing_busy_check_is_not_dropped(node: LocalNode, tmp_path: Path, mo
         node.call(Prepare(job="j", cwd="/", check_gpus=[]))
 
 
+def test_without_nvidia_smi_the_gpus_of_proc_are_used_unchecked(
+    node: LocalNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A driver but no nvidia-smi (a container without the utilities): /proc counts the GPUs,
+    and the launch says the busy check could not run instead of refusing or keeping quiet."""
+    from launcher.node.preflight import gpu_checks
+
+    for n in range(2):
+        (tmp_path / "gpus" / f"0000:{n:02x}:00.0").mkdir(parents=True)
+    monkeypatch.setattr(gpus, "PROC_DRIVER", tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    answer = gpu_checks(Prepare(job="j", cwd="/", count_gpus=True, check_gpus=[]))
+    assert (answer.count, answer.notes) == (2, ("no nvidia-smi here: whether its GPUs are free is not checked",))
+
+
 # --- a container: nvidia-smi reports the host's pids (nvidia-docker#1483) ---------------------------
 
 

@@ -107,13 +107,14 @@ class BusyGpu:
 # ---------------------------------------------------------------------------- the API
 
 
-def list_gpus(timeout: float = DEFAULT_TIMEOUT_S, proc_driver: Path = PROC_DRIVER) -> GpuInventory:
+def list_gpus(timeout: float = DEFAULT_TIMEOUT_S, proc_driver: Path | None = None) -> GpuInventory:
     """The node's physical GPUs (``CUDA_VISIBLE_DEVICES`` is not applied: see
-    ``usable_devices``); see the module's docstring for what each call costs."""
+    ``usable_devices``); see the module's docstring for what each call costs. Without
+    nvidia-smi they are read from ``proc_driver`` (default ``PROC_DRIVER``)."""
     query = [f"--query-gpu={','.join((*_GPU_FIELDS, _MIG_FIELD))}", "--format=csv,noheader,nounits"]
     output = nvidia_smi.run(query, timeout)
     if output.error == "no nvidia-smi":
-        return _gpus_from_proc(proc_driver)
+        return _gpus_from_proc(PROC_DRIVER if proc_driver is None else proc_driver)
     with_mig = True
     if output.error is not None and _MIG_FIELD in output.error:  # "Field "mig.mode.current" is not a valid field ..."
         query[0] = f"--query-gpu={','.join(_GPU_FIELDS)}"
