@@ -139,3 +139,24 @@ def test_the_archive_is_the_same_bytes_each_time() -> None:
     node_archive.cache_clear()
     assert node_archive() == first
     assert sys.executable  # the launching side builds it from its own installed files
+
+
+def test_no_psutil_that_fits_is_one_line_saying_what_to_install(tmp_path: Path) -> None:
+    """The job's Python has no psutil and this machine's build is for another architecture."""
+    python = bare_or_skip(tmp_path)
+    argv = agent_argv(python)
+    argv[-2] = "linux-riscv64"  # the psutil build's tag, as another launching machine would send it
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    done = subprocess.run(argv, input=node_archive().data, capture_output=True, env=env, timeout=120, check=False)
+    assert done.returncode == 6 and b'"launcher_boot": "psutil"' in done.stdout and b"hostname" not in done.stdout
+
+
+def test_what_the_bootstrap_says_becomes_one_line_naming_the_host(node: LocalNode, tmp_path: Path) -> None:
+    python = bare_or_skip(tmp_path)
+    (tmp_path / "file").write_text("")
+    with (
+        node.environment(),
+        pytest.raises(AgentError, match=r"^localhost: cannot write the node side's cache .*/file/"),
+    ):
+        os.environ["XDG_CACHE_HOME"] = str(tmp_path / "file")
+        asyncio.run(node.open(python))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from cluster import Cluster
-from launcher_cli import REPO, job_name, leftovers, run_cli, status_of, wait_for
+from launcher_cli import REPO, assert_one_line_error, job_name, leftovers, run_cli, status_of, wait_for
 from test_node_pythons import python_or_skip
 
 from launcher._version import __version__
@@ -98,3 +98,19 @@ def test_a_host_with_another_launcher_installed_runs_this_ones_node_side(
     assert launched.returncode == 0, launched.stderr
     assert len(cached(cluster) - before) == 1
     assert run_cli(cluster, "kill", name).returncode == 0
+
+
+def test_a_host_whose_python_is_too_old_fails_the_launch_naming_it(cluster: Cluster, bare: tuple[str, Path]) -> None:
+    """h1's --python is 3.8 (the same path is 3.10 on the others): one line naming h1, nothing started."""
+    old = python_or_skip("3.8")
+    _, cwd = bare
+    python = f"/tmp/python-{uuid.uuid4().hex[:6]}"  # /tmp is private to each host
+    for host in cluster.hosts:
+        target = old if host.name == "h1" else python_or_skip("3.10")
+        assert host.run(["ln", "-s", target, python]).returncode == 0
+    name = job_name("oldpy")
+    launched = launch_bare(cluster, python, cwd, name)
+    assert_one_line_error(launched, "h1: its Python is 3.8", "the node side needs Python 3.9 or later")
+    assert "h0:" not in launched.stderr and "h2:" not in launched.stderr
+    for host in cluster.hosts:
+        assert leftovers(host, (f"/{name}/", "sleeper.py")) == []
