@@ -13,7 +13,16 @@ import uuid
 import pytest
 from cluster import Cluster
 from launcher_cli import job_name, kill_jobs_left_running, run_cli, wait_until_ended
-from nvidia_smi_outputs import APPS, EIGHT_A100, H100_MIG_LIST, H100_MIG_QUERY, QUERY, TWO_H100, stand_in_text
+from nvidia_smi_outputs import (
+    APPS,
+    EIGHT_A100,
+    H100_MIG_LIST,
+    H100_MIG_QUERY,
+    KILL_APPS,
+    QUERY,
+    TWO_H100,
+    stand_in_text,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures(kill_jobs_left_running.__name__)]
 
@@ -103,3 +112,18 @@ def test_mig_runs_one_rank_and_refuses_include_by_index(cluster: Cluster, script
     refused = run_cli(cluster, "launch", "--hosts", "h0,h1", "--include", "h0:0", *common, "--force", script)
     assert refused.returncode != 0
     assert "MIG devices cannot be picked by index" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_a_kill_in_a_container_says_the_gpu_is_not_verified(cluster: Cluster) -> None:
+    """h0's nvidia-smi lists a pid that is no process of h0 (each test host has its own pid
+    namespace, as a container has): the kill is verified in h0's process table, and says
+    the GPU memory is not verifiable, instead of claiming it."""
+    python = set_up_hosts(cluster, {"h0": ({KILL_APPS: ("4000001\n", 0), QUERY: (TWO_H100, 0), APPS: ("", 0)}, None)})
+    name = job_name("gpukill")
+    hosts = str(cluster.write_hosts_file(["h0"], name="gpukill"))
+    launched = run_cli(cluster, "launch", "--hosts", hosts, "--name", name, "--python", python, "--nproc-per-node",
+                       "1", "--runner", "exec", "--", "sleep", "600")  # fmt: skip
+    assert launched.returncode == 0, launched.stderr
+    killed = run_cli(cluster, "kill", name)
+    assert killed.returncode == 0, killed.stdout + killed.stderr
+    assert "none left; GPU memory not verifiable in a container: nvidia-smi lists pid(s) 4000001" in killed.stdout
