@@ -9,7 +9,6 @@ import asyncio
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +25,7 @@ from launcher.launching.spec import make_spec
 from launcher.launching.start import launch_job
 from launcher.protocol.messages import Status
 from launcher.transport.agent import SshOptions
-from launcher.transport.node_side import agent_argv, node_archive
+from launcher.transport.node_side import agent_argv, node_side
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 
@@ -82,12 +81,17 @@ def test_a_job_runs_on_a_bare_python_of_each_version(node: LocalNode, tmp_path: 
         killed = asyncio.run(kill_job(record, grace=2, ssh=ssh))
     assert all(host.verified for host in killed), killed
     assert node.job_processes(name) == []
-    assert [p.name for p in (node.root / "cache" / "launcher" / "node").iterdir()] == [node_archive().digest]
+    assert [p.name for p in (node.root / "cache" / "launcher" / "node").iterdir()] == [node_side().digest]
 
 
 def run_bootstrap(python: str, cache: Path, stdin: bytes) -> subprocess.CompletedProcess[bytes]:
     env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
     return subprocess.run(agent_argv(python), input=stdin, capture_output=True, env=env, timeout=120, check=False)
+
+
+def framed(archive: bytes) -> bytes:
+    """As the launching side sends it: a line with its size, then the bytes."""
+    return b"%d\n" % len(archive) + archive
 
 
 def bare_or_skip(tmp_path: Path) -> str:
@@ -99,9 +103,9 @@ def bare_or_skip(tmp_path: Path) -> str:
 
 def test_a_damaged_archive_is_refused_and_nothing_is_kept(tmp_path: Path) -> None:
     python = bare_or_skip(tmp_path)
-    data = bytearray(node_archive().data)
+    data = bytearray(node_side().archive)
     data[len(data) // 2] ^= 0xFF
-    done = run_bootstrap(python, tmp_path / "cache", bytes(data))
+    done = run_bootstrap(python, tmp_path / "cache", framed(bytes(data)))
     first, second = done.stdout.decode().splitlines()[:2]
     assert '"need"' in first and '"damaged"' in second and done.returncode == 4
     assert list((tmp_path / "cache" / "launcher" / "node").iterdir()) == []
@@ -116,12 +120,12 @@ def test_an_unwritable_cache_is_one_line_naming_it(tmp_path: Path) -> None:
 
 def test_two_launches_filling_the_cache_at_once_leave_one_copy(tmp_path: Path) -> None:
     python = bare_or_skip(tmp_path)
-    archive = node_archive().data
+    archive = framed(node_side().archive)
     with ThreadPoolExecutor(2) as pool:
         done = list(pool.map(lambda _: run_bootstrap(python, tmp_path / "cache", archive), range(2)))
     for each in done:  # the agent ran (then stdin ended): the greeting follows the bootstrap's line
         assert b'"launcher_boot": "run"' in each.stdout and b'"hostname"' in each.stdout, each.stderr
-    assert [p.name for p in (tmp_path / "cache" / "launcher" / "node").iterdir()] == [node_archive().digest]
+    assert [p.name for p in (tmp_path / "cache" / "launcher" / "node").iterdir()] == [node_side().digest]
 
 
 def test_a_python_older_than_3_9_is_one_line_naming_the_host(node: LocalNode) -> None:
@@ -134,11 +138,9 @@ def test_a_python_older_than_3_9_is_one_line_naming_the_host(node: LocalNode) ->
 
 
 def test_the_archive_is_the_same_bytes_each_time() -> None:
-    node_archive.cache_clear()
-    first = node_archive()
-    node_archive.cache_clear()
-    assert node_archive() == first
-    assert sys.executable  # the launching side builds it from its own installed files
+    first = node_side()
+    node_side.cache_clear()
+    assert (node_side().digest, node_side().archive) == (first.digest, first.archive)
 
 
 def test_no_psutil_that_fits_is_one_line_saying_what_to_install(tmp_path: Path) -> None:
@@ -147,7 +149,9 @@ def test_no_psutil_that_fits_is_one_line_saying_what_to_install(tmp_path: Path) 
     argv = agent_argv(python)
     argv[-2] = "linux-riscv64"  # the psutil build's tag, as another launching machine would send it
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    done = subprocess.run(argv, input=node_archive().data, capture_output=True, env=env, timeout=120, check=False)
+    done = subprocess.run(
+        argv, input=framed(node_side().archive), capture_output=True, env=env, timeout=120, check=False
+    )
     assert done.returncode == 6 and b'"launcher_boot": "psutil"' in done.stdout and b"hostname" not in done.stdout
 
 

@@ -17,7 +17,7 @@ from launcher_cli import REPO, assert_one_line_error, job_name, leftovers, run_c
 from test_node_pythons import python_or_skip
 
 from launcher._version import __version__
-from launcher.transport.node_side import node_archive
+from launcher.transport.node_side import node_side
 
 pytestmark = pytest.mark.e2e
 
@@ -42,7 +42,7 @@ def bare(cluster: Cluster) -> Iterator[tuple[str, Path]]:
     subprocess.run([base, "-m", "venv", "--without-pip", str(where / "venv")], check=True, timeout=120)
     (where / "sleeper.py").write_text(SLEEPER)
     # A cold start: the archive travels (unless this checkout changed since: then it is another name).
-    shutil.rmtree(node_cache(cluster) / node_archive().digest, ignore_errors=True)
+    shutil.rmtree(node_cache(cluster) / node_side().digest, ignore_errors=True)
     before = cached(cluster)
     try:
         yield str(where / "venv" / "bin" / "python"), where

@@ -17,13 +17,15 @@ The archive holds the node side (``launcher/node``, ``launcher/protocol``, the m
 ranks import) under ``lib/``, with cloudpickle for ``run(fn)``, and this machine's psutil under
 ``fallback/``: that one is appended to ``sys.path`` only where the job's Python has no psutil
 of its own, and only where its build fits the host (psutil's wheels are abi3: the same OS and
-architecture suffice). It is built once per process, byte for byte the same for the same files.
+architecture suffice). Its files are read once per process and named by a hash of their content
+(the bootstrap recomputes it from what it unpacked); the zip is built only for a host that asks.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import io
 import os
 import platform
@@ -57,7 +59,8 @@ _NODE_MODULES = ("_version.py", "errors.py", "run_context.py", "visible_gpus.py"
 _NODE_PACKAGES = ("node", "protocol")
 
 # Runs on the host's Python, whichever it is: it must parse on an old one to say it is too old.
-# Its arguments: this launcher's version, the archive's sha256 and size, the psutil build's tag.
+# Its arguments: this launcher's version, the node side's content digest, the psutil build's tag.
+# The archive comes as a line with its size, then its bytes; unpacked, its files must hash to the digest.
 _BOOTSTRAP = r"""
 import os, sys
 def say(kind, detail=""):
@@ -70,8 +73,8 @@ if sys.version_info < (3, 9):
 if sys.path and sys.path[0] in ("", "."):
     del sys.path[0]
 import hashlib, importlib.util, io, platform, shutil, tempfile, zipfile
-version, digest, size, build = sys.argv[1:5]
-del sys.argv[1:5]
+version, digest, build = sys.argv[1:4]
+del sys.argv[1:4]
 def installed():
     spec = importlib.util.find_spec("launcher")
     for where in (spec and spec.submodule_search_locations) or ():
@@ -81,19 +84,37 @@ def installed():
         except OSError:
             pass
     return False
+def content_digest(top):
+    names = []
+    for d, _, files in os.walk(top):
+        names += [os.path.relpath(os.path.join(d, f), top).replace(os.sep, "/") for f in files]
+    h = hashlib.sha256()
+    for name in sorted(names):
+        with open(os.path.join(top, name), "rb") as f:
+            data = f.read()
+        h.update(name.encode() + b"\0" + len(data).to_bytes(8, "big") + data)
+    return h.hexdigest()
 def unpack(base, home):
     for d in (os.path.dirname(base), base):
         if not os.path.isdir(d):
             os.makedirs(d, 0o700, exist_ok=True)
     say("need")
-    data = sys.stdin.buffer.read(int(size))
-    if len(data) != int(size) or hashlib.sha256(data).hexdigest() != digest:
-        say("damaged", "%d of %s bytes came, their sha256 is not %s" % (len(data), size, digest))
-        sys.exit(4)
     tmp = tempfile.mkdtemp(prefix="." + digest[:16] + ".", dir=base)
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as z:
-            z.extractall(tmp)
+        try:
+            size = int(sys.stdin.buffer.readline())
+            data = sys.stdin.buffer.read(size)
+            if len(data) != size:
+                raise ValueError("%d of %d bytes came" % (len(data), size))
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                z.extractall(tmp)
+            if content_digest(tmp) != digest:
+                raise ValueError("its files do not hash to %s" % digest)
+        except (OSError, MemoryError):
+            raise
+        except Exception as exc:
+            say("damaged", "%s: %s" % (type(exc).__name__, exc))
+            sys.exit(4)
         try:
             os.rename(tmp, home)
         except OSError:
@@ -135,20 +156,41 @@ runpy.run_module("launcher.node", run_name="__main__", alter_sys=True)
 
 
 @dataclass(frozen=True)
-class Archive:
-    """This launcher's node side as one zip, named by its content."""
+class NodeSide:
+    """This launcher's node side: its files, named by their content."""
 
-    data: bytes
+    files: dict[str, bytes]
+    """Path in the archive -> content."""
     digest: str
-    """sha256 of ``data``, hex: the name of its directory in a host's cache."""
+    """sha256 over the files (``content_digest``): the name of its directory in a host's cache."""
     psutil_build: str
     """Where this machine's psutil runs: ``linux-x86_64`` (abi3), else with ``-cp311``."""
+
+    @functools.cached_property
+    def archive(self) -> bytes:
+        """The files as one zip, built only for a host that asks: the same bytes each time."""
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for name in sorted(self.files):
+                info = zipfile.ZipInfo(name, date_time=_EPOCH)
+                info.external_attr = 0o644 << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                archive.writestr(info, self.files[name])
+        return buffer.getvalue()
+
+
+def content_digest(files: dict[str, bytes]) -> str:
+    """sha256 over names and contents, in name order: what the bootstrap recomputes on arrival."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + len(files[name]).to_bytes(8, "big") + files[name])
+    return digest.hexdigest()
 
 
 def agent_argv(python: str) -> list[str]:
     """The command that starts a host's agent through the bootstrap (``exec``'d over SSH)."""
-    archive = node_archive()
-    boot = [__version__, archive.digest, str(len(archive.data)), archive.psutil_build]
+    side = node_side()
+    boot = [__version__, side.digest, side.psutil_build]
     # -W ignore: a third-party library's warnings (say, a deprecation at import) must not
     # reach the user's terminal. The bootstrap drops sys.path[0] (what -P does from 3.11).
     return [python, "-W", "ignore", "-c", _BOOTSTRAP, *boot, "serve"]
@@ -159,7 +201,8 @@ async def arrive(agent: Any, timeout: float) -> str:
     (``installed``, ``cached`` or ``sent``), or an AgentError in one line naming the host."""
     said = await agent.receive(timeout)
     if said.get("launcher_boot") == "need":
-        await agent.send_bytes(node_archive().data)
+        archive = node_side().archive
+        await agent.send_bytes(b"%d\n" % len(archive) + archive)
         said = await agent.receive(timeout)
     kind, detail = said.get("launcher_boot"), str(said.get("detail", ""))
     if kind == "run" and detail in ("installed", "cached", "sent"):
@@ -175,37 +218,33 @@ def _failure(kind: object, detail: str, said: dict[str, Any]) -> str:
     if kind == "cache":
         return f"cannot write the node side's cache {detail}"
     if kind == "psutil":
-        build = node_archive().psutil_build
+        build = node_side().psutil_build
         return f"the job's Python has no psutil and this machine's ({build}) does not fit {detail}: pip install psutil there"
     return f"the node agent said something unexpected: {str(said)[:200]}"
 
 
 @functools.cache
-def node_archive() -> Archive:
-    """Built once per process: a few ms for ~1 MB, and only read files (no mtime) go in."""
-    import cloudpickle
-    import psutil
-
+def node_side() -> NodeSide:
+    """Read once per process (~1 MB, a few ms); psutil and cloudpickle are found, not imported."""
     launcher_dir = Path(__file__).resolve().parent.parent
-    entries: dict[str, bytes] = {"lib/launcher/__init__.py": _NODE_INIT.encode()}
+    files: dict[str, bytes] = {"lib/launcher/__init__.py": _NODE_INIT.encode()}
     for name in _NODE_MODULES:
-        entries[f"lib/launcher/{name}"] = (launcher_dir / name).read_bytes()
+        files[f"lib/launcher/{name}"] = (launcher_dir / name).read_bytes()
     for package in _NODE_PACKAGES:
-        entries.update(_package_files(launcher_dir / package, "lib/launcher/"))
-    entries.update(_package_files(Path(cloudpickle.__file__).parent, "lib/"))
-    psutil_files = _package_files(Path(psutil.__file__).parent, "fallback/")
-    entries.update(psutil_files)
+        files.update(_package_files(launcher_dir / package, "lib/launcher/"))
+    files.update(_package_files(_installed("cloudpickle"), "lib/"))
+    psutil_files = _package_files(_installed("psutil"), "fallback/")
+    files.update(psutil_files)
     abi3 = all("abi3" in name for name in psutil_files if name.endswith(".so"))
     build = f"{sys.platform}-{platform.machine()}" + ("" if abi3 else f"-cp{sys.version_info[0]}{sys.version_info[1]}")
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name in sorted(entries):
-            info = zipfile.ZipInfo(name, date_time=_EPOCH)
-            info.external_attr = 0o644 << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, entries[name])
-    data = buffer.getvalue()
-    return Archive(data=data, digest=hashlib.sha256(data).hexdigest(), psutil_build=build)
+    return NodeSide(files=files, digest=content_digest(files), psutil_build=build)
+
+
+def _installed(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise AgentError("localhost", f"{package} is not installed here: the node side cannot travel without it")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _package_files(package: Path, prefix: str) -> dict[str, bytes]:
