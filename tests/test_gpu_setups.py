@@ -325,3 +325,15 @@ def test_a_ranks_gpu_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, list
     monkeypatch.setattr(visible_gpus, "_torch_gpu_count", lambda: None)
     env = {} if listed is None else {"CUDA_VISIBLE_DEVICES": listed}
     assert visible_gpus.visible_gpu_count(env) == count
+
+
+def test_include_by_uuid_says_how_to_pick_a_mig_device() -> None:
+    from launcher.errors import HostsFileError
+    from launcher.hosts.files import Host
+    from launcher.hosts.selection import select_hosts
+
+    with pytest.raises(HostsFileError) as refused:
+        select_hosts((Host("node1"),), f"node1:{H100_MIG_DEVICES[0]}", None)
+    message = str(refused.value)
+    assert "names a GPU by UUID, but GPUs are picked by index (node1:0,1)" in message
+    assert message.endswith(f"set CUDA_VISIBLE_DEVICES={H100_MIG_DEVICES[0]} in node1's own environment")

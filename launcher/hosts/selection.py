@@ -79,6 +79,13 @@ def _parse_selection(text: str, hosts: Sequence[Host], source: str) -> dict[int,
             head, _, tail = entry.rpartition(":")
             if _GPU_LIST.fullmatch(tail):
                 matches, gpus = _matching_hosts(head, hosts), _parse_gpu_list(tail, source)
+            elif tail.startswith(("MIG-", "GPU-")) and _matching_hosts(head, hosts):
+                raise HostsFileError(
+                    source,
+                    None,
+                    f"{shown(entry)} names a GPU by UUID, but GPUs are picked by index ({head}:0,1); to run on"
+                    f" {tail}, set CUDA_VISIBLE_DEVICES={tail} in {head}'s own environment",
+                )
         if not matches:
             raise HostsFileError(source, None, _unknown_host_message(entry, hosts))
         for index in matches:
