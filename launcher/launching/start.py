@@ -26,6 +26,9 @@ from launcher.sync.run import SyncProgress
 from launcher.transport.agent import NodeAgent, SshOptions, open_agent
 from launcher.transport.fanout import all_or_nothing
 
+PREPARE_TIMEOUT_S = 120.0
+"""A prepare may run nvidia-smi three times (GPUs, MIG devices, processes), each allowed 30 s
+on the node: without persistence mode it takes 1-3 s per GPU to start."""
 COMMIT_WITHIN_S = 180.0
 """A started node runs nothing until the launcher commits (every host started). If the
 launcher dies first, the node's supervisor ends as soon as the agent that started it does
@@ -161,13 +164,13 @@ async def _connect_and_prepare(
         agents[index] = agent
         request = Prepare(job=name, cwd=spec.cwd, replace=spec.force, script=script, **gpu_checks(spec, host))
         if index == 0:  # it listens on the rendezvous port from now until its start
-            answer = await agent.call(replace(request, want_port=True, port=spec.rdzv_port))
+            answer = await agent.call(replace(request, want_port=True, port=spec.rdzv_port), PREPARE_TIMEOUT_S)
             first_ready.set_result(answer)
         else:  # the others connect to it before answering: no launch waits on a dropped port
             first = await asyncio.shield(first_ready)
             first_address = agents[0].hello.address if agents[0] and agents[0].hello else None
             probe = rendezvous.probe_addresses(first, first_address, agent.local_address)
-            answer = await agent.call(replace(request, probe=probe, probe_port=first.port))
+            answer = await agent.call(replace(request, probe=probe, probe_port=first.port), PREPARE_TIMEOUT_S)
         progress(agent.host.label, "connected")
         return answer
 
