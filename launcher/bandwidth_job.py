@@ -14,6 +14,8 @@ nothing of the launching side: only the wire's marker.
    one pair at a time, which clears a host that was only slowed by the pairs beside it
    sharing a CPU or a switch. A host's figure is the best it reached.
 
+3. with NCCL (GPUs), each host times a bf16 matmul on each of its GPUs (``gpu_speeds``).
+
 Rank 0 prints ``BANDWIDTH_MARKER`` and the results as one line of JSON; the launching side
 (``doctor/bandwidth.py``) reads it from the job's logs and judges.
 """
@@ -45,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-ratio", type=float, default=0.5, help="below this fraction of the median: slow")
     args = parser.parse_args(argv)
     rank, world = int(os.environ["NODE_RANK"]), int(os.environ["NNODES"])
+    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # GPU i is nvidia-smi's GPU i
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     device = torch.device("cuda", 0) if backend == "nccl" else torch.device("cpu")
     if backend == "nccl":
@@ -54,11 +57,35 @@ def main(argv: list[str] | None = None) -> None:
     try:
         joined = time.monotonic() - began
         results = measure(rank, world, device, args)
+        if backend == "nccl":  # every GPU of every host, gathered on rank 0
+            speeds: list[Any] = [None] * world
+            dist.all_gather_object(speeds, gpu_speeds())
+            results["gpus"] = speeds
         if rank == 0:
             results.update(backend=backend, world=world, join_s=joined, torch=torch.__version__)
             print(BANDWIDTH_MARKER + json.dumps(results), flush=True)
     finally:
         dist.destroy_process_group()
+
+
+def gpu_speeds(size: int = 4096, iterations: int = 10) -> list[dict[str, Any]]:
+    """Each GPU of this host: a bf16 matmul of ``size`` squared, in TFLOPS (nvidia-smi's order)."""
+    found = []
+    for index in range(torch.cuda.device_count()):
+        a = torch.randn(size, size, device=index, dtype=torch.bfloat16)
+        b = torch.randn(size, size, device=index, dtype=torch.bfloat16)
+        for _ in range(3):  # warm up: clocks, cuBLAS's choice of kernel
+            a @ b
+        torch.cuda.synchronize(index)
+        began = time.perf_counter()
+        for _ in range(iterations):
+            a @ b
+        torch.cuda.synchronize(index)
+        took = time.perf_counter() - began
+        name = torch.cuda.get_device_name(index)
+        found.append({"index": index, "name": name, "tflops": 2 * size**3 * iterations / took / 1e12})
+        del a, b
+    return found
 
 
 def measure(rank: int, world: int, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:

@@ -159,3 +159,24 @@ def test_the_hosts_that_passed_are_written_as_a_hosts_file_that_parses_back() ->
     text = hosts_file_text(odd, now=0)
     assert text.startswith("# the hosts that passed launcher doctor at ")
     assert parse_hosts_text(text, "written") == odd
+
+
+def test_a_gpu_below_the_median_of_its_model_is_slow_and_its_host_does_not_pass(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    h100, a100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"
+    figures = {
+        **_figures([(0, 1, GOOD), (2, 0, GOOD)]),
+        "gpus": [
+            [{"index": 0, "name": h100, "tflops": 650.0}, {"index": 1, "name": h100, "tflops": 640.0}],
+            [{"index": 0, "name": h100, "tflops": 655.0}, {"index": 1, "name": h100, "tflops": 300.0}],
+            [{"index": 0, "name": a100, "tflops": 250.0}],  # another model: judged among its own
+        ],
+    }
+    report = evaluate_bandwidth(["h0", "h1", "h2"], figures, 0.5)
+    assert [(g.host, g.index) for g in report.gpus if g.slow] == [("h1", 1)]
+    assert report.passed == ("h0", "h2") and not report.ok
+    print_bandwidth(report, width=80)
+    out = capsys.readouterr().out
+    assert "GPUs: 5, bf16 matmul 250 to 655 TFLOPS" in out
+    assert f"h1: slow: GPU 1 ({h100}) 300 TFLOPS, below its peers" in " ".join(out.split())

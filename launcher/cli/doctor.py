@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--bandwidth", is_flag=True, help="Then measure the hosts: a short collective test, the slow host named.")
 @click.option(
-    "--bandwidth-seconds", type=click.FloatRange(5, 600), default=30.0, show_default=True,
+    "--bandwidth-seconds", type=click.FloatRange(5, 600), default=60.0, show_default=True,
     help="The bandwidth test's bound: past it, it is stopped on every host.",
 )  # fmt: skip
 @click.option(
@@ -142,6 +142,12 @@ def print_bandwidth(speed: BandwidthReport, width: int | None = None) -> None:
             console.print(f"{host.host}: error: {host.error}")
         elif host.slow:
             console.print(f"{host.host}: slow: {human_rate(host.bandwidth)}, below the other hosts'")
+    if speed.gpus:
+        tflops = sorted(g.tflops for g in speed.gpus)
+        console.print(f"GPUs: {len(tflops)}, bf16 matmul {tflops[0]:.0f} to {tflops[-1]:.0f} TFLOPS")
+    for gpu in speed.gpus:
+        if gpu.slow:
+            console.print(f"{gpu.host}: slow: GPU {gpu.index} ({gpu.name}) {gpu.tflops:.0f} TFLOPS, below its peers")
     for a, b in speed.slow_links:
         console.print(f"{a} - {b}: slow link (each host is fast with another partner)")
 

@@ -32,7 +32,7 @@ from launcher.launching.start import launch_job
 from launcher.protocol.doctor import BANDWIDTH_MARKER, BANDWIDTH_MODULE
 from launcher.transport.agent import SshOptions
 
-DEFAULT_SECONDS = 30.0
+DEFAULT_SECONDS = 60.0
 DEFAULT_MIN_RATIO = 0.5
 _KILL_GRACE_S = 2.0
 
@@ -74,6 +74,19 @@ class PairFigure:
     latency_s: float
 
 
+GPU_MIN_RATIO = 0.8
+"""A GPU below this fraction of the median matmul of its model (on every host) is slow."""
+
+
+@dataclass(frozen=True)
+class GpuSpeed:
+    host: str
+    index: int
+    name: str
+    tflops: float
+    slow: bool = False
+
+
 @dataclass(frozen=True)
 class BandwidthReport:
     hosts: tuple[HostBandwidth, ...]
@@ -86,6 +99,8 @@ class BandwidthReport:
     pairs: tuple[PairFigure, ...] = ()
     slow_links: tuple[tuple[str, str], ...] = ()
     """Pairs below ``min_ratio`` of the median pair, neither of them a slow host."""
+    gpus: tuple[GpuSpeed, ...] = ()
+    """With NCCL: every GPU's matmul, ``slow`` against the median of its model."""
     seconds: float = 0.0
     """The test's duration, launch to figures."""
     error: str | None = None
@@ -93,12 +108,16 @@ class BandwidthReport:
 
     @property
     def ok(self) -> bool:
-        return self.error is None and not self.slow_links and all(h.level == "ok" for h in self.hosts)
+        fine = not self.slow_links and not any(g.slow for g in self.gpus)
+        return self.error is None and fine and all(h.level == "ok" for h in self.hosts)
 
     @property
     def passed(self) -> tuple[str, ...]:
         """The hosts measured and not slow."""
-        return tuple(h.host for h in self.hosts if h.level == "ok") if self.error is None else ()
+        slow_gpus = {g.host for g in self.gpus if g.slow}
+        if self.error is not None:
+            return ()
+        return tuple(h.host for h in self.hosts if h.level == "ok" and h.host not in slow_gpus)
 
 
 async def run_bandwidth(
@@ -201,6 +220,7 @@ def evaluate_bandwidth(labels: Sequence[str], data: dict[str, Any], min_ratio: f
     hosts = tuple(HostBandwidth(h, best.get(h), latency.get(h), h in slow) for h in labels)
     return BandwidthReport(
         hosts,
+        gpus=judge_gpus(labels, data.get("gpus") or []),
         backend=str(data.get("backend")),
         bus_bandwidth=sizes[-1].bus_bandwidth if sizes else None,
         latency_s=float(data["latency_s"]),
@@ -208,6 +228,17 @@ def evaluate_bandwidth(labels: Sequence[str], data: dict[str, Any], min_ratio: f
         pairs=pairs,
         slow_links=links,
     )
+
+
+def judge_gpus(labels: Sequence[str], per_rank: Sequence[Sequence[dict[str, Any]] | None]) -> tuple[GpuSpeed, ...]:
+    """Each GPU against the median of the GPUs of its model, on every host (pure)."""
+    found = [
+        GpuSpeed(label, int(g["index"]), str(g["name"]), float(g["tflops"]))
+        for label, gpus in zip(labels, per_rank, strict=False)
+        for g in gpus or ()
+    ]
+    medians = {name: statistics.median(g.tflops for g in found if g.name == name) for name in {g.name for g in found}}
+    return tuple(replace(g, slow=g.tflops < GPU_MIN_RATIO * medians[g.name]) for g in found)
 
 
 def human_rate(rate: float | None) -> str:

@@ -214,6 +214,9 @@ def _gpus(report: NodeReport) -> list[Finding]:
     found = [Finding("gpus", "error", f"{busy}, of no launcher job (a launch refuses it)") for busy in gpus.busy]
     if gpus.count == 0:
         found.append(Finding("gpus", "ok", f"no GPU ({gpus.note}): one process per host by default"))
+    for gpu in report.gpu_health:  # node/gpu_health.py: nvidia-smi -q
+        found += [Finding("gpus", "error", f"GPU {gpu.index} ({gpu.name}): {e}") for e in gpu.errors]
+        found += [Finding("gpus", "warning", f"GPU {gpu.index} ({gpu.name}): {w}") for w in gpu.warnings]
     return found
 
 

@@ -24,6 +24,7 @@
     stack.py            ``launcher stack`` here: every rank's stack (py-spy, or the faulthandler fallback)
     stack_frames.py     stacks read (pure): py-spy's JSON, faulthandler's text, where in user code
     doctor.py           ``launcher doctor`` here: what a launch needs, starting nothing
+    gpu_health.py       each GPU's health from ``nvidia-smi -q``: ECC, remapped rows, clocks, links
     sync.py             a sync here: stage the new content, then all of it in place, or none
     sync_commit.py      a sync's commit, every step noted in the journal
     sync_disk.py        what a sync keeps on disk besides the tree

@@ -19,7 +19,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from launcher.node import gpus, network
+from launcher.node import gpu_health, gpus, network
 from launcher.node.errors import NodeError
 from launcher.node.preflight import is_launcher_job, process_name, ssh_address
 from launcher.protocol import python_env
@@ -55,6 +55,7 @@ def checkup(request: Checkup) -> NodeReport:
         probes = [Probe(a, port, ok=True, interface=network.interface_of(a, table)) for a in candidates]
     elif request.probe and request.probe_port is not None:
         probes = network.probe(request.probe, request.probe_port, request.probe_timeout)
+    gpus_found = gpu_report()
     return NodeReport(
         received=received,
         time=time.time(),
@@ -63,7 +64,8 @@ def checkup(request: Checkup) -> NodeReport:
         torch=torch,
         cuda=cuda,
         nccl=nccl,
-        gpus=gpu_report(),
+        gpus=gpus_found,
+        gpu_health=gpu_health.read_health()[0] if gpus_found.count else [],
         disks=[disk_space("working directory", request.cwd), disk_space("state directory", str(_state_root()))],
         port=port,
         candidates=candidates,

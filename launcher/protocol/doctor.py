@@ -26,6 +26,20 @@ class GpuReport:
 
 
 @dataclasses.dataclass(frozen=True)
+class GpuHealth:
+    """One GPU's health from ``nvidia-smi -q`` (``node/gpu_health.py``)."""
+
+    index: int
+    name: str
+    errors: list[str] = dataclasses.field(default_factory=list)
+    """Faults that make the GPU unfit: uncorrectable ECC errors, a failed row remap."""
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    """What slows it or wants a reset: clocks held down, a narrow PCIe link, NVLink down."""
+    sm_clock_mhz: int | None = None
+    max_sm_clock_mhz: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class DiskSpace:
     what: str
     path: str
@@ -55,6 +69,8 @@ class NodeReport:
     candidates: list[str] = dataclasses.field(default_factory=list)
     probes: list[Probe] = dataclasses.field(default_factory=list)
     preset_env: list[str] = dataclasses.field(default_factory=list)
+    gpu_health: list[GpuHealth] = dataclasses.field(default_factory=list)
+    """Where there are GPUs: each one's health (empty without nvidia-smi)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -116,6 +116,7 @@ def main() -> int:
         results += [(name, skip("no tmux here: the launcher cannot start jobs")) for name in LAUNCHES]
     else:
         results += launch_checks.run_all(gpus.default_nproc(inventory, allocation))
+    results += importlib.import_module("health_check").run_all(len(inventory.gpus)) if torch_count else []
     print()
     for name, result in results:
         print(f"{result.status:<4} {name}" + (f": {result.detail}" if result.detail else ""))
