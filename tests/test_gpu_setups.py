@@ -162,6 +162,30 @@ def test_gpus_that_cannot_be_read_are_not_no_gpus(
         node.call(Prepare(job="j", cwd="/", count_gpus=True))
 
 
+@pytest.mark.parametrize(
+    ("stdout", "status", "rows", "warnings", "error"),
+    [
+        (INFOROM_WARNING + TWO_H100, 14, 2, 2, None),
+        (INFOROM_WARNING + TWO_H100, 0, 2, 1, None),
+        (
+            INFOROM_WARNING + FELL_OFF_THE_BUS,
+            15,
+            0,
+            1,
+            f"nvidia-smi failed: {FELL_OFF_THE_BUS.strip()} (exit status 15)",
+        ),
+        ("", 15, 0, 0, "nvidia-smi failed: a GPU has fallen off the bus (exit status 15)"),
+    ],
+    ids=["exit-14", "warning-exit-0", "exit-15-after-a-warning", "exit-15-silent"],
+)
+def test_the_runners_reading_of_exit_statuses(
+    stdout: str, status: int, rows: int, warnings: int, error: str | None
+) -> None:
+    """``man nvidia-smi`` (RETURN VALUE): 14 leaves the output valid, 15 does not."""
+    output = nvidia_smi.read_output(stdout, "", status)
+    assert (len(output.rows), len(output.warnings), output.error) == (rows, warnings, error)
+
+
 def test_not_permitted_fields_are_unknown_not_unreadable() -> None:
     (gpu,) = nvidia_smi.parse_gpu_query(NOT_PERMITTED_MEMORY)
     assert (gpu.memory_total_mib, gpu.memory_used_mib, gpu.memory_free_mib, gpu.mig_enabled) == (

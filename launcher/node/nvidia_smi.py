@@ -143,7 +143,7 @@ def read_output(stdout: str, stderr: str, status: int) -> SmiOutput:
             warnings += (f"{VALID_WITH_WARNING[status]} (exit status {status})",)
         return SmiOutput(rows, status, warnings)
     # nvidia-smi prints its errors on stdout, as often as not.
-    message = next((line.strip() for line in (*text_lines(stderr), *lines)), "")[:300]
+    message = next((line.strip() for line in (*text_lines(stderr), *rows, *warnings)), "")[:300]
     if message == "No devices were found":  # a node with the driver and no GPU: not a failure
         return SmiOutput((), status, warnings, no_devices=True)
     message = message or EXIT_MEANINGS.get(status, "no message")
