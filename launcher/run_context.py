@@ -56,6 +56,7 @@ Only the standard library is imported here: a script may ask for its context bef
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -64,7 +65,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from launcher.errors import UsageError
-from launcher.protocol.base import JOB_MARKER
+from launcher.protocol.base import JOB_MARKER, RUN_DIR_VARIABLE
+from launcher.protocol.stack import HEARTBEAT_DIR
 from launcher.visible_gpus import visible_gpu_count
 
 JOB_VARIABLE = JOB_MARKER
@@ -117,6 +119,16 @@ class RunContext:
     def __post_init__(self) -> None:
         # Derived, so it can never disagree with rank.
         object.__setattr__(self, "is_main", self.rank == 0)
+
+    def heartbeat(self) -> None:
+        """This rank is alive though silent (``--hang-timeout`` counts it as a printed line)."""
+        run_dir = os.environ.get(RUN_DIR_VARIABLE)
+        if run_dir and self.launcher_job:
+            path = os.path.join(run_dir, HEARTBEAT_DIR, f"rank-{self.rank}")
+            with contextlib.suppress(OSError):  # the job's own work matters more than this
+                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+                os.utime(path)
 
 
 @dataclass(frozen=True)

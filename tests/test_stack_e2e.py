@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from cluster import Cluster, TestUser
-from launcher_cli import REPO, job_name, kill_jobs_left_running, run_cli, wait_for
+from launcher_cli import REPO, job_name, kill_jobs_left_running, leftovers, run_cli, wait_for, wait_until_ended
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures(kill_jobs_left_running.__name__)]
 
@@ -90,3 +90,30 @@ def test_stack_as_a_user_without_root(user_cluster: Cluster) -> None:
             _check_roll_call(call, used.pop(), "h2")
     finally:
         run_as("kill", "--grace", "0", name)
+
+
+def test_hang_timeout_marks_a_silent_job_hung_with_its_roll_call_and_stops_it(cluster: Cluster) -> None:
+    hosts = cluster.write_hosts_file(["h0", "h1", "h2"], name="hang")
+    name = job_name("hang")
+    launched = run_cli(cluster, "launch", "--hosts", str(hosts), "--name", name, "--hang-timeout", "30s", *STUCK)
+    assert launched.returncode == 0, launched.stderr
+
+    status = wait_until_ended(cluster, name, timeout=150)
+
+    assert status["state"] == "hung", status
+    hang = status["hang"]
+    assert len(hang["groups"]) == 2, (hang, run_cli(cluster, "logs", name).stdout)
+    big, odd = hang["groups"]
+    assert big["where"] == "train_step (stuck_rank.py:21) -> all_reduce (torch/distributed/distributed_c10d.py)"
+    assert [(p["rank"], p["host"]) for p in odd["ranks"]] == [(4, "h2")]
+    assert odd["where"].startswith("load_batch_forever (stuck_rank.py:17)")
+    assert {host for host, _ in hang["directories"]} == {"h0", "h1", "h2"}
+    text = run_cli(cluster, "status", name)
+    assert text.returncode == 1
+    assert "Hung: no rank printed" in text.stdout and "rank 4 on h2 elsewhere: load_batch_forever" in text.stdout
+    for host in cluster.hosts:
+        assert wait_for(
+            f"nothing of {name} on {host.name}",
+            lambda h=host: not leftovers(h, (f"--rdzv-id {name}", "stuck_rank.py")),
+            timeout=30,
+        )

@@ -22,6 +22,7 @@ from launcher.job.kill import HostKill, kill_job
 from launcher.job.logs import LogLine, follow_logs, read_logs
 from launcher.job.records import JobRecord, all_records, load_record
 from launcher.job.result import JobResult, job_failed
+from launcher.job.stack import RollCall, take_stacks
 from launcher.job.status import JobStatus, job_status, wait_for_end
 from launcher.protocol.base import CALL_MODULE
 from launcher.transport.agent import NodeAgent, SshOptions
@@ -136,6 +137,11 @@ class Job:
         for label, message in failures.items():
             warnings.warn(f"{label}: cannot read its logs: {message}", RuntimeWarning, stacklevel=2)
         return iter(lines)
+
+    def stacks(self, native: bool = False, ranks: Sequence[int] = ()) -> RollCall:
+        """Where every rank is now (``launcher stack``): ranks grouped by their innermost frame
+        in user code, the largest group first; full stacks saved on each host."""
+        return run_sync(take_stacks(self.record, self.ssh, native=native, ranks=ranks))
 
     def kill(self, grace: float = 10.0) -> list[HostKill]:
         """End the job on every host (SIGTERM, ``grace`` s, SIGKILL), each host verified clean."""

@@ -46,6 +46,18 @@ def job_options(nproc_default: str) -> Callable[[Callable[..., Any]], Callable[.
         click.option(
             "--torchrun-args", metavar="ARGS", help="More torchrun options in one string: '--monitor-interval 1'."
         ),
+        click.option(
+            "--hang-timeout",
+            metavar="DURATION",
+            help="Call the job hung when no rank printed for this long (90s, 10m, 1h): take its stacks, stop it.",
+        ),
+        click.option(
+            "--on-hang",
+            type=click.Choice(["stop", "keep"]),
+            default="stop",
+            show_default=True,
+            help="What a hang does to the job (keep: leave it running for inspection).",
+        ),
     ]
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -70,4 +82,6 @@ def spec_keywords(options: dict[str, Any]) -> dict[str, Any]:
         "rdzv_port": options["rdzv_port"],
         "max_restarts": options["max_restarts"],
         "torchrun_args": options["torchrun_args"] or (),
+        "hang_timeout": options["hang_timeout"],
+        "on_hang": options["on_hang"],
     }

@@ -12,6 +12,7 @@ import click
 from launcher.cli import render, syncing
 from launcher.cli.common import as_json, connect_timeout, find_by_hosts, find_job, run, ssh_for, warn
 from launcher.cli.launching import follow
+from launcher.cli.stack import roll_call_lines
 
 
 @click.command()
@@ -91,10 +92,15 @@ def status(ctx: click.Context, name: str | None, hosts_arg: str | None, connect_
     record = find_job(name, hosts_arg)
     ssh = replace(ssh_for(record), connect_timeout=connect_timeout, retries=0)
     result = run(job_status(record, ssh))
+    hang = asdict(result.hang) if result.hang is not None else None
     if as_json:
-        click.echo(json.dumps({**render.status_json(result), **syncing.code_json(record)}))
+        click.echo(json.dumps({**render.status_json(result), "hang": hang, **syncing.code_json(record)}))
     else:
         render.print_status(result)
+        if result.hang is not None:
+            click.echo("Hung: no rank printed for the --hang-timeout; where the ranks were:")
+            for line in roll_call_lines(result.hang):
+                click.echo(f"  {line}")
         syncing.print_code(record)
     answered = all(h.state not in ("unreachable", "lost") for h in result.hosts)
     ctx.exit(0 if answered and result.state in ("running", "succeeded") else 1)

@@ -11,12 +11,15 @@ from typing import Literal
 from launcher.errors import message_of
 from launcher.hosts.files import Host
 from launcher.job.records import JobRecord, remember_state
+from launcher.job.stack import RollCall, roll_call
 from launcher.protocol.messages import NodeStatus, RankFailure, Status, Wait
+from launcher.protocol.stack import StackReport
 from launcher.transport.agent import DEFAULT_SSH, NodeAgent, SshOptions
 from launcher.transport.fanout import ask, for_each_host, reconnecting, report_given_up
 from launcher.transport.lost import LostHosts
 
-JobState = Literal["running", "succeeded", "failed", "killed", "unknown"]
+JobState = Literal["running", "succeeded", "failed", "killed", "hung", "unknown"]
+"""``hung``: silent past ``launch --hang-timeout`` (stopped, or left running with ``--on-hang keep``)."""
 HostState = Literal["running", "succeeded", "failed", "killed", "lost", "unknown", "unreachable"]
 """``lost``: the host fell silent to the others (heartbeats) or its supervisor vanished (a reboot)."""
 
@@ -76,6 +79,8 @@ class JobStatus:
     state: JobState
     hosts: tuple[HostStatus, ...]
     root_cause: RootCause | None = None
+    hang: RollCall | None = None
+    """A hung job: where its ranks were when the supervisors took their stacks."""
 
 
 async def job_status(record: JobRecord, ssh: SshOptions = DEFAULT_SSH) -> JobStatus:
@@ -85,11 +90,14 @@ async def job_status(record: JobRecord, ssh: SshOptions = DEFAULT_SSH) -> JobSta
     """
     failures: list[RootCause] = []
     losses: list[tuple[int, float]] = []
+    hangs: list[tuple[str, StackReport | str]] = []
 
     async def one(host: Host) -> HostStatus:
         answer = await ask(host, ssh, Status(job=record.name))
         if answer.lost_node is not None and answer.last_heard is not None:
             losses.append((answer.lost_node, answer.last_heard))
+        if answer.hang is not None:
+            hangs.append((host.label, answer.hang.stacks))
         if answer.failure is not None and answer.stopped_by is None:
             failures.append(_root_cause(host.label, answer.failure))
         stopped_by = answer.stopped_by
@@ -119,7 +127,10 @@ async def job_status(record: JobRecord, ssh: SshOptions = DEFAULT_SSH) -> JobSta
     state = overall_state([h.state for h in hosts])
     if record.slurm_job_id is not None and record.last_state == "killed" and state == "failed":
         state = "killed"  # launcher kill's scancel: on the nodes, SLURM's SIGTERM reads as a failure
-    result = JobStatus(record.name, state, hosts, root)
+    hang = roll_call(record.name, hangs) if hangs else None
+    if hang is not None and state in ("running", "failed"):
+        state, root = "hung", None  # the stop that follows a hang is no failure of its own
+    result = JobStatus(record.name, state, hosts, root, hang)
     remember_state(record, result.state)
     return result
 

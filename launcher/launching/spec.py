@@ -18,6 +18,7 @@ from launcher.hosts.files import MAX_SLOTS, Host
 from launcher.hosts.selection import check_nproc_for_gpus, select_hosts
 from launcher.hosts.sources import HostsArg, resolve_hosts
 from launcher.launching import commands, environment
+from launcher.protocol.stack import HANG_TIMEOUT_VARIABLE, ON_HANG_VARIABLE
 from launcher.sync.run import DEFAULT_SYNC_MAX, check_remote_dir, parse_size
 from launcher.transport.agent import SshOptions
 
@@ -103,6 +104,8 @@ def make_spec(
     remote_dir: str | None = None,
     sync_max: int | str = DEFAULT_SYNC_MAX,
     allow_mismatch: bool = False,
+    hang_timeout: float | str | None = None,
+    on_hang: str = "stop",
     environ: Mapping[str, str] | None = None,
 ) -> LaunchSpec:
     """Check a launch's inputs and resolve them, as ``launcher launch`` does.
@@ -123,6 +126,7 @@ def make_spec(
         environ=environ, cwd=sync_dir or cwd, env_files=env_files, assignments=assignments, forward=forward_env
     )
     job_env.update(env or {})
+    job_env.update(hang_env(hang_timeout, on_hang))
     if name is not None:
         commands.check_job_name(name)
     nproc = check_nproc(nproc_per_node)
@@ -150,6 +154,33 @@ def make_spec(
         sync_max=parse_size(sync_max, "--sync-max"),
         allow_mismatch=allow_mismatch,
     )
+
+
+def hang_env(timeout: float | str | None, on_hang: str) -> dict[str, str]:
+    """``--hang-timeout``/``--on-hang`` as the job's variables, read by its supervisors."""
+    if on_hang not in ("stop", "keep"):
+        raise UsageError(f"--on-hang must be stop or keep, got {on_hang!r}")
+    if timeout is None:
+        if on_hang == "keep":
+            raise UsageError("--on-hang keep needs --hang-timeout")
+        return {}
+    return {HANG_TIMEOUT_VARIABLE: f"{parse_duration(timeout, '--hang-timeout'):g}", ON_HANG_VARIABLE: on_hang}
+
+
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(value: float | str, option: str) -> float:
+    """``90s``, ``10m``, ``1h`` or seconds (``120``, ``2.5``) -> seconds, from 1 s to 30 days."""
+    text = str(value).strip().lower()
+    number, unit = (text[:-1], text[-1]) if text[-1:] in ("s", "m", "h") else (text, "")
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        raise UsageError(f"{option} must be a duration such as 90s, 10m, 1h or seconds, got {value!r}") from None
+    if not 1 <= seconds <= 30 * 86400:
+        raise UsageError(f"{option} must be from 1 s to 30 days, got {value!r}")
+    return seconds
 
 
 def _check_heartbeat(seconds: float) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from launcher.node import failures, logfile
+from launcher.node import failures, hang, logfile
 from launcher.node.rundir import RunDir
 from launcher.protocol.base import NodeState
 from launcher.protocol.messages import NodeStatus
@@ -54,6 +54,7 @@ def job_status(job: str) -> NodeStatus:
         restarts=run.restarts(),
         failure=failures.root_cause(records, ended.exit_code if ended else None) if state == "failed" else None,
         interface=_interface(run),
+        hang=hang.read_hang(run),
     )
 
 

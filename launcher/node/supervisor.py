@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from launcher.node import processes, teardown, teardown_client
+from launcher.node import hang, processes, stack, teardown, teardown_client
 from launcher.node.logfile import RANK_PREFIX, OutputLog
 from launcher.node.rundir import ExitRecord, JobSpec, RunDir, SupervisorStarted
 from launcher.protocol.messages import Teardown
@@ -34,7 +34,7 @@ _STOP_GRACE_S = 15.0
 """After a teardown SIGTERM, how long torchrun gets to stop its workers before SIGKILL."""
 
 
-def pump(stream: IO[bytes], kind: str, log: OutputLog) -> None:
+def pump(stream: IO[bytes], kind: str, log: OutputLog, activity: hang.Activity | None = None) -> None:
     """Copy one of the command's streams into the log, a line at a time."""
     for raw in iter(stream.readline, b""):
         rank: int | None = None
@@ -42,6 +42,8 @@ def pump(stream: IO[bytes], kind: str, log: OutputLog) -> None:
         if match:
             rank = int(match.group(1))
             raw = raw[match.end() :]
+            if activity is not None:
+                activity.line()
         # torchrun's tail writes a partial line with a prefix and its rest with another.
         log.write(rank, kind, RANK_PREFIX.sub(b"", raw))
 
@@ -80,8 +82,9 @@ def supervise(run: RunDir) -> int:
 
     for forwarded in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(forwarded, lambda signum, _frame: proc.send_signal(signum))
+    activity = hang.Activity(run)
     pumps = [
-        threading.Thread(target=pump, args=(s, k, log), daemon=True)
+        threading.Thread(target=pump, args=(s, k, log, activity), daemon=True)
         for s, k in ((proc.stdout, "o"), (proc.stderr, "e"))
     ]
     for thread in pumps:
@@ -91,7 +94,10 @@ def supervise(run: RunDir) -> int:
     threading.Thread(target=_record_ranks, args=(proc, ranks), daemon=True).start()
     stopper = _Stopper(proc, spec.job, log)
     watch = _start_watch(spec.teardown, stopper, log)
+    hangs = _watch_hangs(run, spec, activity, log, stopper, watch)
     returncode = proc.wait()
+    if hangs is not None:
+        hangs.finish()
     for thread in pumps:
         # A daemonised grandchild may hold the pipes open forever: do not wait for it.
         thread.join(timeout=2)
@@ -227,6 +233,13 @@ class _Stopper:
         since = time.strftime("%H:%M:%S", time.localtime(last_heard))
         self._stop(node, f"node {node} lost: no heartbeat since {since}: stopping this node too")
 
+    def stop_hung(self) -> None:
+        """The job is hung (``--hang-timeout``): stop it here as a failure, which the teardown
+        carries to every node."""
+        if self.stopped_by is None and self._proc.poll() is None:
+            self._proc.terminate()
+            threading.Thread(target=self._kill_after_grace, daemon=True).start()
+
     def _stop(self, node: int, why: str) -> None:
         if self.stopped_by is not None or self._proc.poll() is not None:
             return
@@ -242,6 +255,22 @@ class _Stopper:
             for proc in processes.job_processes(self._job):
                 if proc.pid != os.getpid():
                     processes.send_signal(proc, signal.SIGKILL)
+
+
+def _watch_hangs(
+    run: RunDir, spec: JobSpec, activity: hang.Activity, log: OutputLog, stopper: _Stopper, watch: Any
+) -> hang.HangWatch | None:
+    """``--hang-timeout``: node 0 (or a node alone) decides; the others report and answer."""
+    timeout, keep = hang.hang_settings(spec.env)
+    if timeout is None:
+        return None
+    hangs = hang.HangWatch(run, spec.job, timeout, keep, activity, log.note, stopper.stop_hung, stack.take_stacks)
+    if isinstance(watch, teardown_client.WatchClient):
+        watch.activity = activity.last
+        watch.on_hang = hangs.on_hang
+    else:
+        hangs.watch(watch)
+    return hangs
 
 
 def _start_watch(config: Teardown | None, stopper: _Stopper, log: OutputLog) -> Any:

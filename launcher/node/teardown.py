@@ -12,13 +12,15 @@ secret (``Teardown.secret``), fresh nonces on each side (hex, 16 bytes) and HMAC
 
 Then the job's lines:
 
-    node i -> node 0   ``beat``         every ``interval``: I am alive
+    node i -> node 0   ``beat [<t>]``   every ``interval``: I am alive (my ranks last printed at t)
+    node i -> node 0   ``stacked``      I took my ranks' stacks after ``hang`` (``hang.py``)
     node i -> node 0   ``failed <i>``   my torchrun failed and will not restart
     node i -> node 0   ``bye``          I ended well: my closed connection is no alarm
     node 0 -> all      ``beat``         every ``interval``: node 0 is alive
     node 0 -> all      ``stop <i>``     node i failed: stop your torchrun
     node 0 -> all      ``lost <i> <t>`` node i was last heard at epoch t: stop
     node 0 -> all      ``done``         node 0 ended well: a closed connection is no alarm
+    node 0 -> all      ``hang <t>``     no rank printed since t (``--hang-timeout``): take your stacks
 
 A probe is a new, short connection whose handshake says ``alive`` in place of ``hello``
 (``alive <i> <ni> <mac>``, the macs over ``alive|...`` and ``node0 alive|...``); node 0's
@@ -67,6 +69,7 @@ from launcher.node.teardown_auth import (
     Refused,
     check_node,
     close,
+    is_time,
     listening_socket,
     peer_name,
     send,
@@ -118,6 +121,8 @@ class _Peer:
         self.node = node
         self.heard = time.time()
         self.said_bye = False
+        self.last_output: float | None = None
+        self.stacked = False
 
 
 class WatchServer:
@@ -183,6 +188,26 @@ class WatchServer:
             close(sock)
         with contextlib.suppress(OSError):
             self._server.close()
+
+    def peers_output(self) -> list[float]:
+        """When each connected node's ranks last printed (``--hang-timeout``)."""
+        with self._lock:
+            return [p.last_output or self._started for p in self._peers]
+
+    def announce_hang(self, last_output: float) -> None:
+        with self._lock:
+            peers = list(self._peers)
+        for peer in peers:
+            send(peer.sock, f"hang {last_output:.3f}\n")
+
+    def wait_stacked(self, timeout: float) -> None:
+        """Until every connected node took its stacks after ``hang``, or ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if all(p.stacked for p in self._peers):
+                    return
+            time.sleep(0.1)
 
     def _accept(self) -> None:
         while True:
@@ -252,6 +277,10 @@ class WatchServer:
                 self._stop(peer.node, f"stop {peer.node}\n")
             elif kind == "bye":
                 peer.said_bye = True
+            elif kind == "beat" and is_time(line[5:]):
+                peer.last_output = float(line[5:])
+            elif kind == "stacked":
+                peer.stacked = True
         with self._lock:
             if peer not in self._peers:
                 return  # finish() or a loss took it

@@ -10,6 +10,7 @@ import contextlib
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 from launcher.node.teardown import (
     DEFAULT_TIMEOUT_S,
@@ -69,6 +70,10 @@ class WatchClient:
         self._stop_heard = threading.Event()
         """Set once node 0 proved the secret (and this node did)."""
         self._send_lock = threading.Lock()
+        self.activity: Callable[[], float] | None = None
+        """When this node's ranks last printed, sent with each beat (``--hang-timeout``)."""
+        self.on_hang: Callable[[float], None] | None = None
+        """Node 0 found the job hung: take the stacks here (then ``stacked`` is said)."""
         threading.Thread(target=self._run, daemon=True).start()
 
     def report_failure(self) -> int | None:
@@ -118,6 +123,8 @@ class WatchClient:
                 if int(node) != self._node and not self._closing:  # our own failure echoed back: done already
                     self._stop(int(node), float(when) if kind == "lost" and is_time(when) else None)
                 return
+            if kind == "hang" and is_time(node) and self.on_hang is not None:
+                threading.Thread(target=self._hang, args=(float(node),), daemon=True).start()
             if kind == "done":
                 done = self._server_done = True
                 self._ended.set()
@@ -177,7 +184,7 @@ class WatchClient:
         while not self._ended.wait(interval):
             if self._closing or self._stopped or self._server_done:
                 return
-            self._say("beat\n")
+            self._say(f"beat {self.activity():.3f}\n" if self.activity is not None else "beat\n")
             silent = time.time() - self._heard
             if silent > 1.5 * interval and not self._probing.is_set():
                 self._probing.set()
@@ -187,6 +194,11 @@ class WatchClient:
                 if self._sock is not None:
                     close(self._sock)
                 return
+
+    def _hang(self, last_output: float) -> None:
+        if self.on_hang is not None:
+            self.on_hang(last_output)
+        self._say("stacked\n")
 
     def _probe(self, interval: float) -> None:
         """One new connection to node 0: its handshake, with ``alive``, is each side's proof of

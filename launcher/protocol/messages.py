@@ -20,6 +20,7 @@ import dataclasses
 from typing import Any, ClassVar
 
 from launcher.protocol.base import NodeState, Request
+from launcher.protocol.stack import HangRecord
 
 # ---------------------------------------------------------------------------- greeting
 
@@ -127,6 +128,8 @@ class NodeStatus:
     """The first failure here, when the node failed."""
     interface: str | None = None
     """The job's NCCL_SOCKET_IFNAME here (else GLOO_SOCKET_IFNAME), if set."""
+    hang: HangRecord | None = None
+    """``launch --hang-timeout``: the job fell silent, and where its ranks were here."""
 
 
 @dataclasses.dataclass(frozen=True)

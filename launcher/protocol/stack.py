@@ -76,3 +76,25 @@ class TakeStacks(Request[StackReport]):
 
 
 STACK_ANSWERS: dict[type[Request[Any]], type[Any]] = {TakeStacks: StackReport}
+
+
+HANG_TIMEOUT_VARIABLE = "LAUNCHER_HANG_TIMEOUT"
+"""In the job's environment (``launch --hang-timeout``): seconds without a line from any rank
+(nor a heartbeat) after which the supervisors call the job hung."""
+ON_HANG_VARIABLE = "LAUNCHER_ON_HANG"
+"""``stop`` (the default: the job is stopped like a failure) or ``keep`` (left running)."""
+HEARTBEAT_DIR = "heartbeats"
+"""Under the run directory: ``rank-<R>``, touched by ``launcher.context().heartbeat()``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HangRecord:
+    """``hung.json`` in a node's run directory: the job was silent too long; its stacks here."""
+
+    last_output: float
+    """When any rank of the job last printed or beat (epoch seconds), as this node knew it."""
+    timeout: float
+    stacks: StackReport
+    """The ranks' places here (the full stacks' text stays in the files)."""
+    kept: bool = False
+    """``--on-hang keep``: the job was left running."""
