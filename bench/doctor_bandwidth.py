@@ -1,7 +1,7 @@
 """Issue 22's measurement: ``launcher doctor --bandwidth`` on the test cluster at 4 and 16
 hosts, one host's link throttled (a token bucket both ways, ``TestHost.throttle``):
 
-    python -m bench.doctor_bandwidth [--sizes 4,16] [--rate 20mbit] [--seconds 60] [--json FILE]
+    python -m bench.doctor_bandwidth [--sizes 4,16] [--rate 20mbit|none] [--seconds 60] [--json FILE]
 
 Per size: the doctor's wall time (checks + test), the test's own duration, the bus
 bandwidth of the whole set, the median and slowest hosts' point-to-point bandwidth, and
@@ -33,7 +33,8 @@ def measure(size: int, rate: str, seconds: float, table: bool) -> dict[str, obje
     with start_cluster(size, Path(tempfile.mkdtemp(prefix="doctor-bw-"))) as cluster:
         hosts = cluster.write_hosts_file([h.name for h in cluster.hosts], name="bandwidth")
         slow = cluster.hosts[min(2, size - 1)]
-        slow.throttle(rate)
+        if rate != "none":  # --rate none: a healthy set, for the test's own duration
+            slow.throttle(rate)
         argv = ["doctor", "--hosts", str(hosts), "--bandwidth", "--bandwidth-seconds", f"{seconds:g}"]
         began = time.monotonic()
         result = run_cli(cluster, *argv, "--json", timeout=seconds + 120, NO_COLOR="1")
