@@ -13,6 +13,7 @@ from typing import Literal
 
 from launcher.errors import UsageError
 from launcher.protocol.base import RANK_PREFIX_TEMPLATE, session_name
+from launcher.protocol.stack import NCCL_PIPE_PREFIX, NCCL_TRACE_PREFIX
 
 STARTUP_HOOK = str(Path(__file__).resolve().parent.parent / "startup")
 """``launcher/startup``: its ``sitecustomize.py`` is the job's startup hook. The nodes run
@@ -132,6 +133,7 @@ def job_env(user_env: Mapping[str, str], log_dir: str) -> dict[str, str]:
         "OMP_NUM_THREADS": "1",
         "TORCHELASTIC_ERROR_FILE": f"{log_dir}/error.json",
     }
+    env.update(flight_recorder_env(log_dir.rsplit("/", 1)[0], user_env))
     env.update(user_env)
     # First on the path: the startup hook that arms ``launcher stack``'s fallback in each rank,
     # then the user's own entries (the hook imports the user's sitecustomize after its own).
@@ -140,6 +142,21 @@ def job_env(user_env: Mapping[str, str], log_dir: str) -> dict[str, str]:
     env["TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"] = RANK_PREFIX_TEMPLATE
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def flight_recorder_env(run_dir: str, user_env: Mapping[str, str]) -> dict[str, str]:
+    """NCCL's flight recorder on (torch's default buffer), a dump into the run directory on a
+    collective's timeout, and a pipe that dumps on demand (``launcher stack --nccl``). Only
+    NCCL reads them: harmless on CPU. A variable the user set (under any of torch's names
+    for it) is left as the user set it. Set under the older names, which torch 2.3 reads
+    and the newer ones still do (2.13 reads ``TORCH_FR_*`` first, then these)."""
+    wanted = {
+        ("TORCH_FR_BUFFER_SIZE", "TORCH_NCCL_TRACE_BUFFER_SIZE"): "2000",
+        ("TORCH_NCCL_DUMP_ON_TIMEOUT",): "1",
+        ("TORCH_FR_DUMP_TEMP_FILE", "TORCH_NCCL_DEBUG_INFO_TEMP_FILE"): f"{run_dir}/{NCCL_TRACE_PREFIX}",
+        ("TORCH_NCCL_DEBUG_INFO_PIPE_FILE",): f"{run_dir}/{NCCL_PIPE_PREFIX}",
+    }
+    return {names[-1]: value for names, value in wanted.items() if not any(n in user_env for n in names)}
 
 
 def attach_argv(

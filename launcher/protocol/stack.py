@@ -98,3 +98,11 @@ class HangRecord:
     """The ranks' places here (the full stacks' text stays in the files)."""
     kept: bool = False
     """``--on-hang keep``: the job was left running."""
+
+
+NCCL_TRACE_PREFIX = "nccl_trace_rank_"
+"""Under the run directory: ``<prefix><rank>``, NCCL's flight-recorder dump of each rank
+(``TORCH_FR_DUMP_TEMP_FILE``), written on a collective's timeout or on demand."""
+NCCL_PIPE_PREFIX = "nccl_pipe_"
+"""Under the run directory: ``<prefix><rank>.pipe``, the FIFO each NCCL rank reads
+(``TORCH_NCCL_DEBUG_INFO_PIPE_FILE``): a write to it makes the rank dump its flight recorder."""
