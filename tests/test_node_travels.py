@@ -164,3 +164,19 @@ def test_what_the_bootstrap_says_becomes_one_line_naming_the_host(node: LocalNod
     ):
         os.environ["XDG_CACHE_HOME"] = str(tmp_path / "file")
         asyncio.run(node.open(python))
+
+
+def test_doctor_says_how_each_hosts_node_side_came_and_on_which_python(node: LocalNode, tmp_path: Path) -> None:
+    from launcher.cli.doctor import row_cells
+    from launcher.doctor.checks import run_doctor
+    from launcher.hosts.files import LOCALHOST
+
+    python = bare_or_skip(tmp_path)
+    seen = []
+    with node.environment():
+        for _ in range(2):
+            check = asyncio.run(run_doctor([LOCALHOST], SshOptions(python=python), str(tmp_path))).hosts[0]
+            said = [f.message for f in check.findings if f.check == "launcher"]
+            seen.append((check.node_side, said, row_cells(check)[3].split()[-1]))
+    assert [(mode, cell) for mode, _, cell in seen] == [("sent", "sent"), ("cached", "cached")]
+    assert seen[0][1] == [f"launcher's node side sent from here on {python}"]

@@ -189,7 +189,7 @@ def row_cells(check: HostCheck) -> list[str]:
         check.host,
         _seconds(check.ssh_s),
         "" if check.clock_offset_s is None else f"{check.clock_offset_s:+.1f}s",
-        report.python_version,
+        report.python_version + ("" if check.node_side in (None, "installed") else f" {check.node_side}"),
         report.torch or "none",
         gpu_cell(report.gpus.count, report.gpus.models, report.gpus.free_mib),
         human_bytes(min(frees)) if frees else "?",

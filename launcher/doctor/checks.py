@@ -55,6 +55,8 @@ class HostCheck:
     findings: tuple[Finding, ...]
     interface: str | None = None
     """The interface this host would reach the first host's rendezvous over."""
+    node_side: str | None = None
+    """How its node side came: ``installed``, ``cached`` or ``sent`` (``transport/node_side.py``)."""
 
     @property
     def level(self) -> Level:
@@ -81,6 +83,8 @@ class _Answer:
     error: str | None = None
     failed: str = "ssh"
     """The check an error is about: ssh, launcher (another version), python (no agent)."""
+    node_side: str | None = None
+    python: str | None = None
 
 
 async def run_doctor(hosts: Sequence[Host], ssh: SshOptions, cwd: str, port: int | None = None) -> DoctorReport:
@@ -99,6 +103,7 @@ async def run_doctor(hosts: Sequence[Host], ssh: SshOptions, cwd: str, port: int
             began = time.monotonic()
             agent = agents[index] = await open_agent(hosts[index], ssh, gate)
             answer.ssh_s = time.monotonic() - began
+            answer.node_side, answer.python = agent.node_side, agent.hello.python if agent.hello else None
             request = Checkup(cwd=cwd, listen=index == 0, port=port if index == 0 else None)
             if index > 0:
                 first = await first_ready
@@ -148,12 +153,17 @@ def evaluate(hosts: Sequence[Host], answers: Sequence[_Answer]) -> DoctorReport:
             continue
         findings = [
             *_ssh_and_clock(answer),
+            *_node_side(answer),
             *_software(report, usual),
             *_gpus(report),
             *_disks(report),
             *_network(index, answers, meeting),
         ]
-        checks.append(HostCheck(host.label, answer.ssh_s, answer.offset, report, tuple(findings), interfaces[index]))
+        checks.append(
+            HostCheck(
+                host.label, answer.ssh_s, answer.offset, report, tuple(findings), interfaces[index], answer.node_side
+            )
+        )
     return DoctorReport(tuple(checks), meeting)
 
 
@@ -190,6 +200,14 @@ def _ssh_and_clock(answer: _Answer) -> list[Finding]:
         level = "warning" if abs(answer.offset) > CLOCK_WARNING_S else "ok"
         found.append(Finding("clock", level, f"clock {answer.offset:+.1f} s from this machine's"))
     return found
+
+
+def _node_side(answer: _Answer) -> list[Finding]:
+    if answer.node_side is None:
+        return []
+    how = {"installed": "installed there", "cached": "from its cache", "sent": "sent from here"}
+    where = f" on {answer.python}" if answer.python else ""
+    return [Finding("launcher", "ok", f"launcher's node side {how.get(answer.node_side, answer.node_side)}{where}")]
 
 
 def _software(report: NodeReport, usual: dict[str, str | None]) -> list[Finding]:
