@@ -181,3 +181,22 @@ def test_a_process_without_the_hook_is_never_signalled(run_dir: RunDir) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_the_full_stacks_are_shown_in_one_line_when_every_host_used_the_same_path() -> None:
+    def on(host: str, label: str) -> tuple[str, StackReport | str]:
+        return (host, StackReport(host, [_rank(host, 0, "f")], f"/s/runs/j/{host}/stacks/{label}"))
+
+    same = roll_call("j", [on("h0", "t1"), on("h1", "t1")])
+    assert same.directories_shown() == ["/s/runs/j/<host>/stacks/t1 on each of h0, h1"]
+    mixed = roll_call("j", [on("h0", "t1"), on("h1", "t2")])
+    assert mixed.directories_shown() == ["/s/runs/j/h0/stacks/t1 on h0", "/s/runs/j/h1/stacks/t2 on h1"]
+
+
+def test_the_node_names_the_stacks_directory_as_asked_and_only_plainly(
+    ranks: list[subprocess.Popen[str]], run_dir: RunDir
+) -> None:
+    named = stack.take_stacks(TakeStacks(job="stackjob", method="faulthandler", label="20260101-000000-7"))
+    assert named.directory == str(run_dir.path / "stacks" / "20260101-000000-7")
+    sneaky = stack.take_stacks(TakeStacks(job="stackjob", method="faulthandler", label="../../escape"))
+    assert sneaky.directory is not None and Path(sneaky.directory).parent == run_dir.path / "stacks"

@@ -52,6 +52,7 @@ def test_stack_names_the_stuck_rank_and_groups_the_others(cluster: Cluster, meth
     )
     assert lines[1].startswith("rank 4 on h2 elsewhere: load_batch_forever (stuck_rank.py:17)"), lines
     assert any(line.startswith("full stacks of rank 4: h2:") and "/stacks/" in line for line in lines), lines
+    assert any(line.startswith("full stacks: ") and line.endswith("on each of h0, h1, h2") for line in lines), lines
     one = json.loads(run_cli(cluster, "stack", name, "--json", "--rank", "4").stdout)
     assert [p["rank"] for g in one["groups"] for p in g["ranks"]] == [4] and one["unreachable"] == [], one
     killed = run_cli(cluster, "kill", "--grace", "0", name)

@@ -96,6 +96,5 @@ def roll_call_lines(call: RollCall, full: bool = True) -> list[str]:
         odd = [p for g in call.groups[1:] for p in g.ranks][:3]
         for place in odd:
             lines.append(f"full stacks of rank {place.rank}: {place.host}:{place.path}")
-        for host, directory in call.directories:
-            lines.append(f"full stacks on {host}: {directory}")
+        lines.extend(f"full stacks: {where}" for where in call.directories_shown())
     return lines

@@ -3,6 +3,8 @@ per host, every host reported), and grouped into a roll-call."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -62,6 +64,14 @@ class RollCall:
     def total(self) -> int:
         return self.taken + len(self.missing)
 
+    def directories_shown(self) -> list[str]:
+        """Where the full stacks are: one line when every host used the same path but for
+        its name (``.../runs/<job>/<host>/stacks/<time>``), else one per host."""
+        forms = {d.replace(f"/{host}/stacks/", "/<host>/stacks/") for host, d in self.directories}
+        if len(self.directories) > 1 and len(forms) == 1:
+            return [f"{forms.pop()} on each of {', '.join(h for h, _ in self.directories)}"]
+        return [f"{directory} on {host}" for host, directory in self.directories]
+
 
 def describe(user: Frame | None, library: Frame | None) -> str:
     """One line for a place in the code: the user's frame with its line, the library's without."""
@@ -116,7 +126,10 @@ async def take_stacks(
     timeout: float = 20.0,
 ) -> RollCall:
     """Every rank's stack (only ``ranks``, if given) on every host of ``record`` at once."""
-    request = TakeStacks(job=record.name, native=native, ranks=list(ranks) or None, method=method, timeout=timeout)
+    label = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"  # one directory name on every host
+    request = TakeStacks(
+        job=record.name, native=native, ranks=list(ranks) or None, method=method, timeout=timeout, label=label
+    )
 
     async def one(host: Host) -> StackReport:
         return await ask(host, ssh, request, timeout=timeout + 60.0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -38,6 +39,8 @@ from launcher.protocol.stack import (
     TakeStacks,
 )
 
+_PLAIN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+
 
 class NoStack(Exception):
     """Why one rank's stack could not be taken (its message is shown)."""
@@ -58,7 +61,8 @@ def take_stacks(request: TakeStacks) -> StackReport:
         wanted &= set(request.ranks)  # a rank of another host is that host's to answer
     if not wanted:
         return StackReport(hostname=hostname, ranks=[], error=None if request.ranks else "no rank of the job here")
-    directory = private.make_dirs(run.path, "stacks", time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}")
+    label = request.label if request.label and _PLAIN.fullmatch(request.label) else None
+    directory = private.make_dirs(run.path, "stacks", label or time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}")
     method = os.environ.get(STACK_METHOD_VARIABLE) or request.method
 
     def one(rank: int) -> RankStack:

@@ -73,6 +73,8 @@ class TakeStacks(Request[StackReport]):
     method: StackMethod = "auto"
     timeout: float = 20.0
     """Seconds for each rank's stack."""
+    label: str | None = None
+    """The name of the directory under ``<run dir>/stacks/`` (the same on every host); default: the time here."""
 
 
 STACK_ANSWERS: dict[type[Request[Any]], type[Any]] = {TakeStacks: StackReport}
