@@ -12,7 +12,16 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from launcher.errors import HostError, JobError, LauncherError, message_of
+from launcher.errors import (
+    AuthenticationError,
+    HostError,
+    HostKeyError,
+    JobError,
+    LauncherError,
+    NodeRefusedError,
+    VersionMismatchError,
+    message_of,
+)
 from launcher.hosts.files import Host
 from launcher.protocol.base import Request
 from launcher.transport.agent import NodeAgent, SshOptions, open_agent
@@ -76,6 +85,19 @@ async def ask(host: Host, ssh: SshOptions, request: Request[A], timeout: float =
         await agent.close()
 
 
+REFUSALS: tuple[type[HostError], ...] = (AuthenticationError, HostKeyError, NodeRefusedError, VersionMismatchError)
+"""Answers that a retry would only hear again: ``reconnecting`` gives up on them at once."""
+
+FIRST_PAUSE, LONGEST_PAUSE = 0.5, 10.0
+"""``reconnecting``'s pauses between tries: doubling from the first up to the longest."""
+SETTLED = 10.0
+"""Seconds a session must last to count as progress (a ``Wait`` answers only at the job's end,
+so time held is the one sign of progress every session gives)."""
+
+_clock: Callable[[], float] = time.monotonic
+_pause: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+
 async def reconnecting(
     host: Host,
     ssh: SshOptions,
@@ -83,35 +105,49 @@ async def reconnecting(
     on_problem: Callable[[str, str], None] | None,
     reconnect_for: float,
 ) -> None:
-    """Run ``session`` over a connection to ``host`` until it returns. A connection that
-    fails or drops is retried with backoff for up to ``reconnect_for`` seconds;
-    ``on_problem`` hears of it once per outage."""
-    delay = 0.5
+    """Run ``session`` over a connection to ``host`` until it returns.
+
+    A connection that fails or drops, and a session that fails, are retried with pauses
+    doubling from ``FIRST_PAUSE`` to ``LONGEST_PAUSE``, until a session makes progress
+    (lasts ``SETTLED`` seconds); after ``reconnect_for`` seconds without progress the last
+    error is raised. A login that succeeds is no progress: a session failing right after it
+    would otherwise log in again and again without pause. A refusal (``REFUSALS``: keys,
+    host key, the node's own no) is raised at once. ``on_problem`` hears once per outage.
+    """
+    pause = FIRST_PAUSE
     down_since: float | None = None
+    told_reconnected = False
     while True:
         try:
             agent = await open_agent(host, ssh)
+        except REFUSALS:
+            raise
         except HostError as exc:
-            down_since = down_since or time.monotonic()
-            if time.monotonic() - down_since > reconnect_for:
+            failure, problem = exc, f"{exc.message}; retrying"
+        else:
+            if down_since is not None and on_problem and not told_reconnected:
+                on_problem(host.label, "reconnected")
+                told_reconnected = True
+            began = _clock()
+            try:
+                await session(agent)
+                return
+            except REFUSALS:
                 raise
-            if on_problem and delay == 0.5:
-                on_problem(host.label, f"{exc.message}; retrying")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10)
-            continue
-        if down_since is not None and on_problem:
-            on_problem(host.label, "reconnected")
-        down_since, delay = None, 0.5
-        try:
-            await session(agent)
-            return
-        except HostError as exc:
-            down_since = time.monotonic()
+            except HostError as exc:
+                failure, problem = exc, f"{exc.message}; reconnecting"
+            finally:
+                await agent.close()
+            if _clock() - began >= SETTLED:
+                down_since, pause, told_reconnected = None, FIRST_PAUSE, False
+        if down_since is None:
+            down_since = _clock()
             if on_problem:
-                on_problem(host.label, f"{exc.message}; reconnecting")
-        finally:
-            await agent.close()
+                on_problem(host.label, problem)
+        elif _clock() - down_since > reconnect_for:
+            raise failure
+        await _pause(pause)
+        pause = min(pause * 2, LONGEST_PAUSE)
 
 
 def report_given_up(
