@@ -4,6 +4,8 @@ limit, ``--max-parallel`` in every fan-out. Stand-ins for the connections; no SS
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -124,3 +126,53 @@ def test_a_node_refusal_is_given_up_at_once(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(JobRunningError):
         run(failing(5, JobRunningError("h0", "a job named j already runs here")))
     assert agents.logins == 1 and clock.pauses == []
+
+
+LIMITED = """
+import asyncio, resource, sys
+from launcher.errors import LauncherError
+from launcher.hosts.files import Host
+from launcher.transport.fanout import all_or_nothing, for_each_host
+
+soft, hard, hosts, fanout = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+async def step():
+    return None
+
+async def main():
+    if fanout == "all_or_nothing":
+        await all_or_nothing([step() for _ in range(hosts)], [Host(f"h{i}") for i in range(hosts)], "failed")
+    else:
+        await for_each_host(list(range(hosts)), lambda _: step())
+
+try:
+    asyncio.run(main())
+except LauncherError as exc:
+    print("error:", exc)
+print("soft:", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+"""
+
+
+def limited(soft: int, hard: int, hosts: int, fan_out: str) -> str:
+    """The fan-out run in a process of its own whose open-files limit is ``soft``/``hard``."""
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", LIMITED, str(soft), str(hard), str(hosts), fan_out],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("fan_out", ["all_or_nothing", "for_each_host"])
+def test_launch_sync_and_the_rest_raise_the_soft_limit_to_the_hard_one(fan_out: str) -> None:
+    assert limited(256, 2048, 200, fan_out) == "soft: 2048\n"
+
+
+@pytest.mark.parametrize("fan_out", ["all_or_nothing", "for_each_host"])
+def test_a_limit_too_low_for_the_hosts_is_named(fan_out: str) -> None:
+    need = fanout.open_files_needed(600)
+    assert limited(256, 1024, 600, fan_out) == (
+        f"error: 600 hosts need ~{need} open files; the limit is 1024 (ulimit -n)\nsoft: 1024\n"
+    )

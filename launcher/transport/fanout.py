@@ -48,6 +48,13 @@ async def all_or_nothing(steps: Sequence[Awaitable[T]], hosts: Sequence[Host], s
     naming every host that failed (launch and sync: on every host or on none)."""
     if not steps:
         return []  # asyncio.wait refuses an empty set
+    try:
+        raise_open_files_limit(len(hosts))
+    except LauncherError:
+        for step in steps:
+            if asyncio.iscoroutine(step):
+                step.close()  # never started: no "never awaited" warning
+        raise
     tasks = [asyncio.ensure_future(step) for step in steps]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -68,12 +75,27 @@ async def all_or_nothing(steps: Sequence[Awaitable[T]], hosts: Sequence[Host], s
 
 
 def raise_open_files_limit(hosts: int) -> None:
-    """Each host costs a socket and a few pipes; the default soft limit (1024) runs out early."""
+    """Every fan-out calls this before it connects ``hosts`` at once: each holds a socket (a
+    local host three pipes), and the usual soft limit (1024) runs out near a thousand hosts.
+    The soft limit is raised to the hard one; a limit that still cannot cover the hosts is
+    an error naming it, before any host is connected (not "Too many open files" midway)."""
+    need = open_files_needed(hosts)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 64 + 8 * hosts
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    if soft != resource.RLIM_INFINITY and soft != hard:
+        # An unlimited hard limit (macOS) takes no unlimited soft one: raise it to what is needed.
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 4 * need)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < need:
+        raise LauncherError(f"{hosts} hosts need ~{need} open files; the limit is {soft} (ulimit -n)")
+
+
+def open_files_needed(hosts: int) -> int:
+    """A socket per host and one more for what it reads or writes meanwhile, and 64 for the rest."""
+    return 64 + 2 * hosts
 
 
 async def ask(host: Host, ssh: SshOptions, request: Request[A], timeout: float = 60.0) -> A:
