@@ -29,9 +29,14 @@ from launcher.transport.node_side import agent_argv, node_side
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 
+# What a rank imports of launcher (context()) and what run(fn)'s wrapper needs (cloudpickle) come
+# with the node side: the job's PYTHONPATH has them.
 SLEEPER = """\
 import sys, time
-print("up on", sys.version_info[:2], flush=True)
+import launcher
+from launcher.node.call_function import _cloudpickle
+_cloudpickle()
+print("up on", sys.version_info[:2], "node", launcher.context().node_rank, flush=True)
 time.sleep(600)
 """
 
@@ -73,7 +78,7 @@ def test_a_job_runs_on_a_bare_python_of_each_version(node: LocalNode, tmp_path: 
     ssh = SshOptions(python=python)
     with node.environment():
         record = asyncio.run(launch_job(spec))
-        assert node.call(Status(job=name), python=python).state == "running"
+        assert node.call(Status(job=name), python=python).state == "running", asyncio.run(read_logs(record, ssh))
         node.wait_for(
             "the job's line", lambda: any("up on" in line.text for line in asyncio.run(read_logs(record, ssh))[0])
         )

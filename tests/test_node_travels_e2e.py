@@ -21,7 +21,12 @@ from launcher.transport.node_side import node_side
 
 pytestmark = pytest.mark.e2e
 
-SLEEPER = "import sys, time\nprint('up on', sys.version_info[:2], flush=True)\ntime.sleep(600)\n"
+# launcher.context() in the rank: the node side's modules are on the job's PYTHONPATH.
+SLEEPER = (
+    "import sys, time, launcher\n"
+    "print('up on', sys.version_info[:2], 'node', launcher.context().node_rank, flush=True)\n"
+    "time.sleep(600)\n"
+)
 
 
 def node_cache(cluster: Cluster) -> Path:

@@ -23,10 +23,21 @@ from typing import Any
 
 from launcher.node.rundir import RunDir
 from launcher.protocol.base import CALL_FILE, RESULT_LIMIT, RUN_DIR_VARIABLE
+from launcher.protocol.python_env import NODE_FALLBACK_VARIABLE
+
+
+def _cloudpickle() -> Any:
+    """The job's cloudpickle, else the one a node side that was sent brought (NODE_FALLBACK_VARIABLE)."""
+    fallback = os.environ.get(NODE_FALLBACK_VARIABLE)
+    if fallback and fallback not in sys.path:
+        sys.path.append(fallback)
+    import cloudpickle
+
+    return cloudpickle
 
 
 def main() -> int:
-    import cloudpickle
+    cloudpickle = _cloudpickle()
 
     run = RunDir(Path(os.environ[RUN_DIR_VARIABLE]))
     rank = int(os.environ.get("RANK", "0"))
@@ -58,7 +69,7 @@ def main() -> int:
 
 def _failed(run: RunDir, rank: int, exc: BaseException | None, exception: str) -> int:
     """Record the failure as the rank's outcome, print it, and give the exit status."""
-    import cloudpickle
+    cloudpickle = _cloudpickle()
 
     lines: list[str] = []
     if exc is not None:

@@ -90,6 +90,9 @@ def _create_session(request: Start, run: RunDir) -> None:
     run.reset()
     env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE")}
     env.update(request.env)
+    if NODE_FALLBACK_VARIABLE in os.environ:  # a node side that was sent: the ranks import it too
+        lib = os.path.join(os.path.dirname(os.environ[NODE_FALLBACK_VARIABLE]), "lib")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), lib]))
     env[JOB_MARKER] = job
     env[RUN_DIR_VARIABLE] = str(run.path)
     _write_inputs(run, request.files)

@@ -14,10 +14,10 @@ run different node sides. The bootstrap's first line says which it ran (or why i
 then the agent greets as always. A warm cache costs no round trip more than an installed one.
 
 The archive holds the node side (``launcher/node``, ``launcher/protocol``, the modules the
-ranks import) under ``lib/``, with cloudpickle for ``run(fn)``, and this machine's psutil under
-``fallback/``: that one is appended to ``sys.path`` only where the job's Python has no psutil
-of its own, and only where its build fits the host (psutil's wheels are abi3: the same OS and
-architecture suffice). Its files are read once per process and named by a hash of their content
+ranks import) under ``lib/`` (first on the job's PYTHONPATH), and this machine's psutil and
+cloudpickle (for ``run(fn)``) under ``fallback/``, appended to ``sys.path``: the job's own win.
+Where the job's Python has no psutil, this machine's must fit the host (psutil's wheels are
+abi3: the same OS and architecture suffice), else the launch fails saying what to install. Its files are read once per process and named by a hash of their content
 (the bootstrap recomputes it from what it unpacked); the zip is built only for a host that asks.
 """
 
@@ -146,9 +146,9 @@ if not installed():
         if build not in (here, "%s-cp%d%d" % ((here,) + tuple(sys.version_info[:2]))):
             say("psutil", here)
             sys.exit(6)
-        fallback = os.path.join(home, "fallback")
-        sys.path.append(fallback)
-        os.environ["LAUNCHER_NODE_FALLBACK"] = fallback
+    fallback = os.path.join(home, "fallback")
+    sys.path.append(fallback)
+    os.environ["LAUNCHER_NODE_FALLBACK"] = fallback
 say("run", mode)
 import runpy
 runpy.run_module("launcher.node", run_name="__main__", alter_sys=True)
@@ -232,7 +232,7 @@ def node_side() -> NodeSide:
         files[f"lib/launcher/{name}"] = (launcher_dir / name).read_bytes()
     for package in _NODE_PACKAGES:
         files.update(_package_files(launcher_dir / package, "lib/launcher/"))
-    files.update(_package_files(_installed("cloudpickle"), "lib/"))
+    files.update(_package_files(_installed("cloudpickle"), "fallback/"))
     psutil_files = _package_files(_installed("psutil"), "fallback/")
     files.update(psutil_files)
     abi3 = all("abi3" in name for name in psutil_files if name.endswith(".so"))
