@@ -41,8 +41,6 @@ for package in (launcher.node, launcher.protocol):
     names += [package.__name__ + "." + m.name for m in pkgutil.iter_modules(package.__path__)]
 checked = 0
 for name in names:
-    if name.endswith((".stack", ".stack_frames")):  # psutil at import; the agent imports it lazily
-        continue
     module = importlib.import_module(name)
     for value in list(vars(module).values()):
         if isinstance(value, type) and value.__module__ == name:
