@@ -9,6 +9,7 @@ import asyncio
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +26,7 @@ from launcher.launching.spec import make_spec
 from launcher.launching.start import launch_job
 from launcher.protocol.messages import Status
 from launcher.transport.agent import SshOptions
-from launcher.transport.node_side import agent_argv, node_side
+from launcher.transport.node_side import NodeSide, agent_argv, content_digest, node_side
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 
@@ -116,6 +117,18 @@ def test_a_damaged_archive_is_refused_and_nothing_is_kept(tmp_path: Path) -> Non
     assert list((tmp_path / "cache" / "launcher" / "node").iterdir()) == []
 
 
+def test_what_a_killed_unpack_left_a_day_ago_is_removed_by_the_next(tmp_path: Path) -> None:
+    python = bare_or_skip(tmp_path)
+    base = tmp_path / "cache" / "launcher" / "node"
+    stale, fresh = base / ".0123456789abcdef.stale", base / ".0123456789abcdef.fresh"
+    for left in (stale, fresh):
+        (left / "lib").mkdir(parents=True)
+    os.utime(stale, (time.time() - 2 * 86400,) * 2)
+    done = run_bootstrap(python, tmp_path / "cache", framed(node_side().archive))
+    assert b'"launcher_boot": "run"' in done.stdout, done.stderr
+    assert sorted(p.name for p in base.iterdir()) == sorted([fresh.name, node_side().digest])  # fresh: in use
+
+
 def test_an_unwritable_cache_is_one_line_naming_it(tmp_path: Path) -> None:
     python = bare_or_skip(tmp_path)
     (tmp_path / "file").write_text("")
@@ -144,8 +157,8 @@ def test_a_python_older_than_3_9_is_one_line_naming_the_host(node: LocalNode) ->
 
 def test_the_archive_is_the_same_bytes_each_time() -> None:
     first = node_side()
-    node_side.cache_clear()
-    assert (node_side().digest, node_side().archive) == (first.digest, first.archive)
+    again = NodeSide(files=dict(first.files), digest=content_digest(first.files), psutil_build=first.psutil_build)
+    assert (again.digest, again.archive) == (first.digest, first.archive)
 
 
 def test_no_psutil_that_fits_is_one_line_saying_what_to_install(tmp_path: Path) -> None:

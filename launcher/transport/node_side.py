@@ -72,7 +72,7 @@ if sys.version_info < (3, 9):
     sys.exit(3)
 if sys.path and sys.path[0] in ("", "."):
     del sys.path[0]
-import hashlib, importlib.util, io, platform, shutil, tempfile, zipfile
+import hashlib, importlib.util, io, platform, shutil, tempfile, time, zipfile
 version, digest, build = sys.argv[1:4]
 del sys.argv[1:4]
 def installed():
@@ -98,6 +98,10 @@ def unpack(base, home):
     for d in (os.path.dirname(base), base):
         if not os.path.isdir(d):
             os.makedirs(d, 0o700, exist_ok=True)
+    for name in os.listdir(base):  # what a bootstrap killed while unpacking left, a day ago or more
+        left = os.path.join(base, name)
+        if name.startswith(".") and time.time() - os.path.getmtime(left) > 86400:
+            shutil.rmtree(left, ignore_errors=True)
     say("need")
     tmp = tempfile.mkdtemp(prefix="." + digest[:16] + ".", dir=base)
     try:
