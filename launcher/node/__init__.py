@@ -13,7 +13,7 @@
     logs.py             the log requests (read, tail, follow, wait)
     logfile.py          ``output.log``'s format, its writer and readers
     rundir.py           the job's run directory: every file in it
-    tmux.py             the node's tmux server (libtmux)
+    tmux.py             the node's tmux server (its client, argument lists)
     supervisor.py       what a job's tmux session runs (``python -m launcher.node.supervisor``)
     teardown.py         the supervisors watch each other, one failure stops all: node 0's side
     teardown_client.py  node i's side: beats, reports its failure, stops when told

@@ -2,7 +2,7 @@
 
 The launching machine starts one agent per host over SSH (or as a local process for
 ``localhost``) and speaks ``launcher.protocol`` to it. Each request type has one handler
-in ``HANDLERS``; the modules it calls import psutil and libtmux only when they need them,
+in ``HANDLERS``; the modules it calls import psutil only when they need them,
 so that a status or a kill starts as little Python as it can.
 """
 
