@@ -9,9 +9,13 @@ import sys
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from launcher.cli import cli
 from launcher.errors import AgentError, AuthenticationError, JobRunningError, UnreachableError
 from launcher.hosts.files import Host
+from launcher.job import logs
+from launcher.protocol.messages import Status
 from launcher.transport import fanout
 from launcher.transport.agent import DEFAULT_SSH, NodeAgent, SshOptions
 
@@ -41,7 +45,7 @@ class StandIn:
         self.login_error = login_error
         monkeypatch.setattr(fanout, "open_agent", self.open_agent)
 
-    async def open_agent(self, host: Host, ssh: SshOptions) -> Any:
+    async def open_agent(self, host: Host, ssh: SshOptions, gate: asyncio.Semaphore | None = None) -> Any:
         self.logins += 1
         if self.logins > 200:
             raise RuntimeError("runaway: 200 logins")
@@ -131,7 +135,9 @@ def test_a_node_refusal_is_given_up_at_once(monkeypatch: pytest.MonkeyPatch) -> 
 LIMITED = """
 import asyncio, resource, sys
 from launcher.errors import LauncherError
+from launcher.cli import cli
 from launcher.hosts.files import Host
+from launcher.protocol.messages import Status
 from launcher.transport.fanout import all_or_nothing, for_each_host
 
 soft, hard, hosts, fanout = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -176,3 +182,44 @@ def test_a_limit_too_low_for_the_hosts_is_named(fan_out: str) -> None:
     assert limited(256, 1024, 600, fan_out) == (
         f"error: 600 hosts need ~{need} open files; the limit is 1024 (ulimit -n)\nsoft: 1024\n"
     )
+
+
+class Counting:
+    """``open_agent``'s stand-in that counts the handshakes in flight under the gate it is
+    given (as the real one holds it), then finds the host unreachable."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.in_flight = self.most = self.logins = 0
+        monkeypatch.setattr(fanout, "open_agent", self.open_agent)
+        monkeypatch.setattr(logs, "open_agent", self.open_agent)
+
+    async def open_agent(self, host: Host, ssh: SshOptions, gate: asyncio.Semaphore | None = None) -> Any:
+        async with gate or asyncio.Semaphore(1):
+            self.logins += 1
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+            for _ in range(5):
+                await asyncio.sleep(0)
+            self.in_flight -= 1
+        raise UnreachableError(host.label, "cannot connect: connection refused")
+
+
+def test_a_fan_out_keeps_max_parallel_handshakes_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    logins = Counting(monkeypatch)
+    ssh = SshOptions(max_parallel=3)
+    hosts = [Host(f"h{i}") for i in range(20)]
+    asyncio.run(fanout.for_each_host(hosts, lambda host: fanout.ask(host, ssh, Status(job="j"))))
+    assert logins.logins == 20 and logins.most == 3
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["status"], ["kill"], ["logs"], ["logs", "--tail", "5"]],
+)
+def test_status_kill_and_logs_take_max_parallel(monkeypatch: pytest.MonkeyPatch, command: list[str]) -> None:
+    logins = Counting(monkeypatch)
+    hosts = ",".join(f"h{i}" for i in range(12))
+    done = CliRunner().invoke(cli, [*command, "--max-parallel", "4", "--hosts", hosts, "j"])
+    assert done.exit_code == 1, done.output
+    assert "connection refused" in done.output
+    assert logins.logins == 12 and logins.most == 4

@@ -28,6 +28,9 @@ connect_timeout = click.option(
     help="Seconds for the TCP connection to a host (tried twice); a live host is waited for.",
 )
 as_json = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+max_parallel = click.option(
+    "--max-parallel", type=click.IntRange(min=1), default=128, show_default=True, help="SSH handshakes at once."
+)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from launcher.cli import render, syncing
-from launcher.cli.common import as_json, connect_timeout, find_by_hosts, find_job, run, ssh_for, warn
+from launcher.cli.common import as_json, connect_timeout, find_by_hosts, find_job, max_parallel, run, ssh_for, warn
 from launcher.cli.launching import follow
 from launcher.cli.stack import roll_call_lines
 
@@ -38,6 +38,7 @@ from launcher.cli.stack import roll_call_lines
     show_default=True,
     help="With -f: seconds between SSH keepalives; 3 missed mean the host is cut off, and it reconnects.",
 )
+@max_parallel
 @click.pass_context
 def logs(ctx: click.Context, /, name: str | None, hosts_arg: str | None, following: bool, **options: Any) -> None:
     """Print the job's output from every host, each line labelled with host and global rank.
@@ -56,13 +57,14 @@ def logs(ctx: click.Context, /, name: str | None, hosts_arg: str | None, followi
     show = render.LinePrinter(set(options["ranks"]), options["stderr_only"], options["no_prefix"])
     filters = {"tail": options["tail"], "ranks": options["ranks"], "stderr_only": options["stderr_only"]}
     if not following:
-        lines, failures = run(read_logs(record, ssh_for(record), **filters))
+        ssh = replace(ssh_for(record), max_parallel=options["max_parallel"])
+        lines, failures = run(read_logs(record, ssh, **filters))
         for line in lines:
             show(line)
         for host, problem in failures.items():
             warn(host, problem)
         ctx.exit(1 if failures else 0)
-    status = follow(record, show, keepalive=options["keepalive"], **filters)
+    status = follow(record, show, keepalive=options["keepalive"], max_parallel=options["max_parallel"], **filters)
     if status is not None and status.root_cause is not None:
         from rich.console import Console
 
@@ -79,9 +81,17 @@ def logs(ctx: click.Context, /, name: str | None, hosts_arg: str | None, followi
     show_default=True,
     help="Seconds to reach a host (tried once: status is read-only).",
 )
+@max_parallel
 @as_json
 @click.pass_context
-def status(ctx: click.Context, name: str | None, hosts_arg: str | None, connect_timeout: float, as_json: bool) -> None:
+def status(
+    ctx: click.Context,
+    name: str | None,
+    hosts_arg: str | None,
+    connect_timeout: float,
+    max_parallel: int,
+    as_json: bool,
+) -> None:
     """Show per host whether the job runs and how it ended.
 
     Exit status 0 when the job is running or succeeded and every host answered, 1 otherwise
@@ -90,7 +100,7 @@ def status(ctx: click.Context, name: str | None, hosts_arg: str | None, connect_
     from launcher.job.status import job_status
 
     record = find_job(name, hosts_arg)
-    ssh = replace(ssh_for(record), connect_timeout=connect_timeout, retries=0)
+    ssh = replace(ssh_for(record), connect_timeout=connect_timeout, max_parallel=max_parallel, retries=0)
     result = run(job_status(record, ssh))
     hang = asdict(result.hang) if result.hang is not None else None
     if as_json:
@@ -123,6 +133,7 @@ def status(ctx: click.Context, name: str | None, hosts_arg: str | None, connect_
     help="Seconds between SIGTERM and SIGKILL.",
 )
 @connect_timeout
+@max_parallel
 @as_json
 @click.pass_context
 def kill(
@@ -133,6 +144,7 @@ def kill(
     hosts_arg: str | None,
     grace: float,
     connect_timeout: float,
+    max_parallel: int,
     as_json: bool,
 ) -> None:
     """End job NAME on every host: its tmux session and every process it started.
@@ -146,11 +158,11 @@ def kill(
     if kill_all == (name is not None):
         raise UsageError("name one job, or pass --all")
     if kill_all:
-        ssh = replace(ssh_for(None), connect_timeout=connect_timeout)
+        ssh = replace(ssh_for(None), connect_timeout=connect_timeout, max_parallel=max_parallel)
         results = run(killing.kill_all_jobs(_all_known_hosts(hosts_arg), grace, ssh))
     else:
         record = find_job(name, hosts_arg)
-        ssh = replace(ssh_for(record), connect_timeout=connect_timeout)
+        ssh = replace(ssh_for(record), connect_timeout=connect_timeout, max_parallel=max_parallel)
         results = run(killing.kill_job(record, grace, ssh))
     verified = all(r.verified for r in results)
     if as_json:

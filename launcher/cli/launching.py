@@ -100,12 +100,13 @@ def launch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **o
     click.echo(f"  status      {me} status {record.name}")
     click.echo(f"  stop        {me} kill {record.name}")
     if options["follow"]:
-        status = follow(record, render.LinePrinter(set(), stderr_only=False, no_prefix=False))
+        show = render.LinePrinter(set(), stderr_only=False, no_prefix=False)
+        status = follow(record, show, max_parallel=options["max_parallel"])
         if status is None:
             return  # detached: the job keeps running
     elif options["wait"]:
         try:
-            status = run(wait_until_ended(record))
+            status = run(wait_until_ended(record, options["max_parallel"]))
         except KeyboardInterrupt:
             click.echo(f"\nlauncher: stopped waiting; {record.name} keeps running", err=True)
             ctx.exit(130)
@@ -115,16 +116,18 @@ def launch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **o
     ctx.exit(0 if status.state == "succeeded" else 1)
 
 
-async def wait_until_ended(record: JobRecord) -> JobStatus:
+async def wait_until_ended(record: JobRecord, max_parallel: int = 128) -> JobStatus:
     """Once the job has ended on every host: its status (``launch --wait``, ``sbatch --wait``)."""
     from launcher.job.status import job_status, wait_for_end
 
     # Every host, not the first failure: a failed job may still be stopping elsewhere.
-    await wait_for_end(record, replace(ssh_for(record), keepalive=5.0), on_problem=warn)
-    return await job_status(record, replace(ssh_for(record), connect_timeout=5.0, retries=0))
+    await wait_for_end(record, replace(ssh_for(record), keepalive=5.0, max_parallel=max_parallel), on_problem=warn)
+    return await job_status(record, replace(ssh_for(record), connect_timeout=5.0, max_parallel=max_parallel, retries=0))
 
 
-def follow(record: JobRecord, show: Any, keepalive: float = 5.0, **filters: Any) -> JobStatus | None:
+def follow(
+    record: JobRecord, show: Any, keepalive: float = 5.0, max_parallel: int = 128, **filters: Any
+) -> JobStatus | None:
     """Print lines as they come until the job ends everywhere; then its status, or None
     when Ctrl-C detached. ``filters``: ``tail``, ``ranks``, ``stderr_only`` (see logs.follow_logs)."""
     import sys
@@ -132,13 +135,15 @@ def follow(record: JobRecord, show: Any, keepalive: float = 5.0, **filters: Any)
     from launcher.job.logs import follow_logs
     from launcher.job.status import job_status
 
-    ssh = replace(ssh_for(record), keepalive=keepalive)
+    ssh = replace(ssh_for(record), keepalive=keepalive, max_parallel=max_parallel)
 
     async def stream() -> JobStatus:
         async for line in follow_logs(record, ssh, on_problem=warn, **filters):
             show(line)
             sys.stdout.flush()
-        return await job_status(record, replace(ssh_for(record), connect_timeout=5.0, retries=0))
+        return await job_status(
+            record, replace(ssh_for(record), connect_timeout=5.0, max_parallel=max_parallel, retries=0)
+        )
 
     try:
         return run(stream())

@@ -12,7 +12,7 @@ from launcher.hosts.files import Host
 from launcher.job.records import JobRecord
 from launcher.protocol.logs import Follow, LogBatch, LogRecord, ReadLogs, Tail
 from launcher.transport.agent import DEFAULT_SSH, NodeAgent, SshOptions, open_agent
-from launcher.transport.fanout import for_each_host, reconnecting, report_given_up
+from launcher.transport.fanout import for_each_host, handshakes, reconnecting, report_given_up
 from launcher.transport.lost import LostHosts
 
 
@@ -44,7 +44,7 @@ async def read_logs(
     filters: dict[str, Any] = {"ranks": list(ranks) or None, "stderr_only": stderr_only}
 
     async def one(host: Host) -> list[LogLine]:
-        agent = await open_agent(host, ssh)
+        agent = await open_agent(host, ssh, handshakes(ssh))
         try:
             lines: list[LogLine] = []
             if tail is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import resource
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -98,9 +99,20 @@ def open_files_needed(hosts: int) -> int:
     return 64 + 2 * hosts
 
 
+_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, asyncio.Semaphore]] = weakref.WeakKeyDictionary()
+
+
+def handshakes(ssh: SshOptions) -> asyncio.Semaphore:
+    """The gate of this event loop's handshakes: ``ssh.max_parallel`` in flight at once
+    across every host of a fan-out (``ask``, ``reconnecting``, ``read_logs``), as launch
+    and sync bound theirs. A connection holds it only while it is being opened."""
+    gates = _GATES.setdefault(asyncio.get_running_loop(), {})
+    return gates.setdefault(ssh.max_parallel, asyncio.Semaphore(ssh.max_parallel))
+
+
 async def ask(host: Host, ssh: SshOptions, request: Request[A], timeout: float = 60.0) -> A:
     """One request on a connection of its own, closed after the answer."""
-    agent = await open_agent(host, ssh)
+    agent = await open_agent(host, ssh, handshakes(ssh))
     try:
         return await agent.call(request, timeout=timeout)
     finally:
@@ -141,7 +153,7 @@ async def reconnecting(
     told_reconnected = False
     while True:
         try:
-            agent = await open_agent(host, ssh)
+            agent = await open_agent(host, ssh, handshakes(ssh))
         except REFUSALS:
             raise
         except HostError as exc:
