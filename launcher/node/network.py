@@ -1,7 +1,7 @@
 """The rendezvous seen from this node: hold its port open, probe it, name the interface.
 
 Runs ON each node, standard library only. A launch asks the first node to listen on the
-rendezvous port from its prepare until its start (``hold``/``release``), and every other
+rendezvous port from its prepare until its command runs (``hold``/``release``), and every other
 node to open a TCP connection to it (``probe``) before anything starts: a firewall or an
 address the nodes cannot reach then fails the launch in seconds instead of leaving
 torchrun waiting at its rendezvous for minutes.

@@ -1,7 +1,7 @@
 """The checks of a prepare that look past the node's disk: its GPUs and the rendezvous.
 
 Runs ON each node. Node 0 starts listening on the rendezvous port here and keeps the
-socket until its start (``network.hold``); every other node's prepare carries node 0's
+socket until its command runs (``network.hold``); every other node's prepare carries node 0's
 addresses and port, and connects to them before answering. Nothing is started, so a
 node that cannot reach the rendezvous, or whose GPUs another program holds, fails the
 launch while nothing runs anywhere.
@@ -42,7 +42,7 @@ def finish(request: Prepare, run_dir: str, watch_port: int | None = None) -> Pre
 
 
 def hold_rendezvous(key: str, port: int | None) -> int:
-    """Listen on the rendezvous port (a free one when None) until the start."""
+    """Listen on the rendezvous port (a free one when None) until the command runs."""
     try:
         return network.hold(key, port or 0)
     except OSError as exc:

@@ -7,7 +7,6 @@ import binascii
 import contextlib
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -49,20 +48,27 @@ def prepare(request: Prepare) -> Prepared:
         if processes.kill(job, grace=10.0).left:
             raise NodeError("job_running", f"job {job} is already running here and could not be killed")
     run_dir = str(RunDir.of(job).path)
-    return preflight.finish(request, run_dir, watch_port=free_port() if request.want_port else None)
+    watch_port = network.hold(_watch_key(job), 0) if request.want_port else None
+    return preflight.finish(request, run_dir, watch_port=watch_port)
 
 
-def free_port() -> int:
-    """A TCP port free on every address of this node right now."""
-    with socket.socket(socket.AF_INET6 if socket.has_dualstack_ipv6() else socket.AF_INET) as sock:
-        sock.bind(("", 0))
-        return int(sock.getsockname()[1])
+def _watch_key(job: str) -> str:
+    return f"{job} teardown watch"
+
+
+def _release_ports(job: str) -> None:
+    """The rendezvous and teardown watch ports, held by this agent since the prepare (a
+    free port closed and bound again later could be taken meanwhile): their users, torchrun
+    and the supervisor's watcher, bind them once the command runs."""
+    network.release(job)
+    network.release(_watch_key(job))
 
 
 def start(request: Start) -> Started:
     """Start the job's tmux session running the supervisor, and wait until it runs."""
     job = request.job
-    network.release(job)  # the rendezvous port, held since the prepare: the job listens there now
+    if request.hold is None:  # the command runs now; held, it runs at the commit, which releases them
+        _release_ports(job)
     run = RunDir.of(job)
     with _claim(run):  # two launches of one name: the second finds the first's session
         _create_session(request, run)
@@ -142,6 +148,7 @@ def commit(request: Commit) -> Started:
         ended = run.read_exit()
         raise NodeError("start_failed", (ended.error if ended else None) or f"job {request.job} is not held here")
     run.mark_committed()
+    _release_ports(request.job)
     _wake(request.job, run.held_by())
     _wait_for_supervisor(request.job, run, held=False)
     return Started(session=session_name(request.job), run_dir=str(run.path))

@@ -1,0 +1,61 @@
+"""The middle layer: node 0's rendezvous and teardown watch ports are held by its agent from
+the prepare until the command runs (the commit), so that no other process takes them
+between their choice and their use (``local_node.py``: the real agent and supervisor)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+from local_node import LocalNode
+
+from launcher.protocol.messages import Commit, Ended, Prepare, Start, Teardown, Wait
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+
+
+def taken(port: int) -> bool:
+    """Whether another process's bind to ``port`` fails (as another program's would)."""
+    family = socket.AF_INET6 if socket.has_dualstack_ipv6() else socket.AF_INET
+    try:
+        socket.create_server(("", port), family=family, dualstack_ipv6=family == socket.AF_INET6).close()
+    except OSError:
+        return True
+    return False
+
+
+def test_the_ports_are_held_from_the_prepare_until_the_commit(tmp_path: Path) -> None:
+    node = LocalNode.create()
+    seen: dict[str, list[bool]] = {}
+
+    async def launch() -> Ended:
+        agent = await node.open()
+        try:
+            prepared = await agent.call(Prepare(job="ports", cwd=str(tmp_path), want_port=True))
+            assert prepared.port is not None and prepared.watch_port is not None
+            ports = [prepared.port, prepared.watch_port]
+            seen["prepared"] = [taken(p) for p in ports]
+            teardown = Teardown(node=0, address="127.0.0.1", port=prepared.watch_port, secret="5e" * 32, nodes=1)
+            argv = [sys.executable, "-c", "print('ran')"]
+            await agent.call(Start(job="ports", argv=argv, env={}, cwd=str(tmp_path), teardown=teardown, hold=60.0))
+            seen["started"] = [taken(p) for p in ports]
+            await agent.call(Commit(job="ports"))
+            ended = await agent.call(Wait(job="ports"), timeout=60)
+            logged = b"".join(f.read_bytes() for f in Path(prepared.run_dir).rglob("*") if f.is_file())
+            assert b"cannot listen" not in logged and b"ran" in logged  # the watcher bound its port
+            return ended
+        finally:
+            await agent.close()
+
+    try:
+        node.jobs.add("ports")
+        with node.environment():
+            ended = asyncio.run(launch())
+    finally:
+        node.close()
+    assert seen == {"prepared": [True, True], "started": [True, True]}
+    assert ended == Ended(state="succeeded")
