@@ -355,6 +355,7 @@ def test_status_json_of_a_running_job() -> None:
                 "stopped_by": None,
                 "last_heard": None,
                 "interface": None,
+                "last_printed": {},
             }
         ],
         "root_cause": None,

@@ -206,9 +206,9 @@ def test_job_env_defaults() -> None:
     assert job_env({}, LOG_DIR) == {
         "OMP_NUM_THREADS": "1",
         "TORCHELASTIC_ERROR_FILE": "/runs/my job/h0/torchrun/error.json",
-        "TORCH_NCCL_TRACE_BUFFER_SIZE": "2000",
+        "TORCH_FR_BUFFER_SIZE": "2000",
         "TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
-        "TORCH_NCCL_DEBUG_INFO_TEMP_FILE": "/runs/my job/h0/nccl_trace_rank_",
+        "TORCH_FR_DUMP_TEMP_FILE": "/runs/my job/h0/nccl_trace_rank_",
         "TORCH_NCCL_DEBUG_INFO_PIPE_FILE": "/runs/my job/h0/nccl_pipe_",
         "PYTHONPATH": STARTUP_HOOK,
         "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": RANK_PREFIX_TEMPLATE,
@@ -219,10 +219,10 @@ def test_job_env_defaults() -> None:
 @pytest.mark.parametrize(
     ("user", "gone"),
     [
-        ({"TORCH_FR_BUFFER_SIZE": "0"}, "TORCH_NCCL_TRACE_BUFFER_SIZE"),
-        ({"TORCH_NCCL_TRACE_BUFFER_SIZE": "0"}, None),
-        ({"TORCH_FR_DUMP_TEMP_FILE": "/mine/fr_"}, "TORCH_NCCL_DEBUG_INFO_TEMP_FILE"),
-        ({"TORCH_NCCL_DEBUG_INFO_TEMP_FILE": "/mine/fr_"}, None),
+        ({"TORCH_FR_BUFFER_SIZE": "0"}, None),
+        ({"TORCH_NCCL_TRACE_BUFFER_SIZE": "0"}, "TORCH_FR_BUFFER_SIZE"),
+        ({"TORCH_FR_DUMP_TEMP_FILE": "/mine/fr_"}, None),
+        ({"TORCH_NCCL_DEBUG_INFO_TEMP_FILE": "/mine/fr_"}, "TORCH_FR_DUMP_TEMP_FILE"),
         ({"TORCH_NCCL_DUMP_ON_TIMEOUT": "0"}, None),
         ({"TORCH_NCCL_DEBUG_INFO_PIPE_FILE": "/mine/pipe_"}, None),
     ],

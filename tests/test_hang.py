@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from launcher.errors import UsageError
+from launcher.job.status import HostStatus, JobStatus, RankStatus, silent_ranks
 from launcher.launching.spec import hang_env, parse_duration
 from launcher.node import hang
 from launcher.node.rundir import RunDir
@@ -126,3 +127,31 @@ def test_on_hang_keep_records_the_hang_and_stops_nothing(run: RunDir) -> None:
     assert watch.hung and stopped == []
     record = hang.read_hang(run)
     assert record is not None and record.kept
+
+
+def _job(printed: dict[int, float | None]) -> JobStatus:
+    ranks = tuple(RankStatus(rank, "running") for rank in printed)
+    times = {str(rank): when for rank, when in printed.items() if when is not None}
+    return JobStatus(
+        "j",
+        "running",
+        (
+            HostStatus("h0", "running", ranks=ranks[:2], last_printed=times),
+            HostStatus("h1", "running", ranks=ranks[2:], last_printed=times),
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("printed", "flagged"),
+    [
+        ({0: 998, 1: 997, 2: 999, 3: 400}, [("h1", 3)]),  # 600 s against peers' 2 s
+        ({0: 998, 1: 997, 2: 999, 3: 960}, []),  # 40 s: under a minute
+        ({0: 998, 1: None, 2: None, 3: None}, []),  # only rank 0 prints: nobody to compare with
+        ({0: 100, 1: 200, 2: 150, 3: 120}, []),  # all silent alike (a hang, not one slow rank)
+    ],
+)
+def test_a_rank_silent_far_longer_than_its_peers_is_flagged(
+    printed: dict[int, float | None], flagged: list[tuple[str, int]]
+) -> None:
+    assert [(host, rank) for host, rank, _, _ in silent_ranks(_job(printed), now=1000.0)] == flagged

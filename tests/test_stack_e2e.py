@@ -112,6 +112,7 @@ def test_hang_timeout_marks_a_silent_job_hung_with_its_roll_call_and_stops_it(cl
     text = run_cli(cluster, "status", name)
     assert text.returncode == 1
     assert "Hung: no rank printed" in text.stdout and "rank 4 on h2 elsewhere: load_batch_forever" in text.stdout
+    assert "/<host>/stacks/hung-" in text.stdout and "on each of h0, h1, h2" in text.stdout, text.stdout
     for host in cluster.hosts:
         assert wait_for(
             f"nothing of {name} on {host.name}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -97,7 +98,7 @@ def status(
     Exit status 0 when the job is running or succeeded and every host answered, 1 otherwise
     (a host unreachable or lost too).
     """
-    from launcher.job.status import job_status
+    from launcher.job.status import job_status, silent_ranks
 
     record = find_job(name, hosts_arg)
     ssh = replace(ssh_for(record), connect_timeout=connect_timeout, max_parallel=max_parallel, retries=0)
@@ -107,6 +108,8 @@ def status(
         click.echo(json.dumps({**render.status_json(result), "hang": hang, **syncing.code_json(record)}))
     else:
         render.print_status(result)
+        for host, rank, silent, peers in silent_ranks(result, time.time()):
+            click.echo(f"Silent: rank {rank} on {host} last printed {silent:.0f} s ago (its peers: {peers:.0f} s)")
         if result.hang is not None:
             click.echo("Hung: no rank printed for the --hang-timeout; where the ranks were:")
             for line in roll_call_lines(result.hang):

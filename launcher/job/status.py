@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from launcher.errors import message_of
@@ -69,6 +69,8 @@ class HostStatus:
     """The interface the job's NCCL and gloo sockets use there, when pinned."""
     last_heard: float | None = None
     """A lost host: when the others last heard from it (epoch seconds)."""
+    last_printed: dict[str, float] = field(default_factory=dict)
+    """Per rank (its number as text, as in JSON): when it last printed a line (epoch seconds)."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ async def job_status(record: JobRecord, ssh: SshOptions = DEFAULT_SSH) -> JobSta
             ranks=_rank_states(answer),
             stopped_by=stopped_by,
             interface=answer.interface,
+            last_printed=answer.last_printed,
         )
 
     results = await for_each_host(record.hosts, one)
@@ -127,6 +130,8 @@ async def job_status(record: JobRecord, ssh: SshOptions = DEFAULT_SSH) -> JobSta
     state = overall_state([h.state for h in hosts])
     if record.slurm_job_id is not None and record.last_state == "killed" and state == "failed":
         state = "killed"  # launcher kill's scancel: on the nodes, SLURM's SIGTERM reads as a failure
+    order = [h.label for h in record.hosts]
+    hangs.sort(key=lambda found: order.index(found[0]))  # in the hosts' order, not their answers'
     hang = roll_call(record.name, hangs) if hangs else None
     if hang is not None and state in ("running", "failed"):
         state, root = "hung", None  # the stop that follows a hang is no failure of its own
@@ -194,6 +199,28 @@ def _rank_states(answer: NodeStatus) -> tuple[RankStatus, ...]:
         else:
             states.append(RankStatus(rank, answer.state, 0 if answer.state == "succeeded" else None))
     return tuple(states)
+
+
+SILENT_MIN_S = 60.0
+SILENT_RATIO = 10.0
+
+
+def silent_ranks(result: JobStatus, now: float) -> list[tuple[str, int, float, float]]:
+    """``(host, rank, silent for, its peers' median)`` of each running rank that printed but
+    has been silent far longer than its peers: over ``SILENT_MIN_S`` and ``SILENT_RATIO``
+    times the median silence of the running ranks that printed (three at least: in a job
+    where only rank 0 prints, the others are not singled out)."""
+    printed = [
+        (h.host, r.rank, now - h.last_printed[str(r.rank)])
+        for h in result.hosts
+        for r in h.ranks
+        if r.state == "running" and str(r.rank) in h.last_printed
+    ]
+    if len(printed) < 3:
+        return []
+    median = sorted(silent for _, _, silent in printed)[len(printed) // 2]
+    limit = max(SILENT_MIN_S, SILENT_RATIO * median)
+    return [(host, rank, silent, median) for host, rank, silent in printed if silent > limit]
 
 
 def overall_state(states: Sequence[str]) -> JobState:

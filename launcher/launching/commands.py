@@ -148,15 +148,16 @@ def flight_recorder_env(run_dir: str, user_env: Mapping[str, str]) -> dict[str, 
     """NCCL's flight recorder on (torch's default buffer), a dump into the run directory on a
     collective's timeout, and a pipe that dumps on demand (``launcher stack --nccl``). Only
     NCCL reads them: harmless on CPU. A variable the user set (under any of torch's names
-    for it) is left as the user set it. Set under the older names, which torch 2.3 reads
-    and the newer ones still do (2.13 reads ``TORCH_FR_*`` first, then these)."""
+    for it) is left as the user set it. Set under torch's current names (``TORCH_FR_*``):
+    2.13 warns on every rank about the older ones; a torch before the flight recorder's
+    ``TORCH_FR_*`` names ignores them."""
     wanted = {
         ("TORCH_FR_BUFFER_SIZE", "TORCH_NCCL_TRACE_BUFFER_SIZE"): "2000",
         ("TORCH_NCCL_DUMP_ON_TIMEOUT",): "1",
         ("TORCH_FR_DUMP_TEMP_FILE", "TORCH_NCCL_DEBUG_INFO_TEMP_FILE"): f"{run_dir}/{NCCL_TRACE_PREFIX}",
         ("TORCH_NCCL_DEBUG_INFO_PIPE_FILE",): f"{run_dir}/{NCCL_PIPE_PREFIX}",
     }
-    return {names[-1]: value for names, value in wanted.items() if not any(n in user_env for n in names)}
+    return {names[0]: value for names, value in wanted.items() if not any(n in user_env for n in names)}
 
 
 def attach_argv(

@@ -148,7 +148,8 @@ class HangWatch:
 
     def _record(self, last_output: float) -> None:
         self.hung = True
-        report = self._take(TakeStacks(job=self._job, timeout=STACK_TIMEOUT_S))
+        # Named after the time node 0 sent: the same directory on every node.
+        report = self._take(TakeStacks(job=self._job, timeout=STACK_TIMEOUT_S, label=f"hung-{last_output:.0f}"))
         record = record_hang(self._run, report, last_output, self._timeout, self._keep)
         if record.stacks.directory:
             self._note(f"stacks of the hung ranks: {record.stacks.directory}")

@@ -55,6 +55,7 @@ def job_status(job: str) -> NodeStatus:
         failure=failures.root_cause(records, ended.exit_code if ended else None) if state == "failed" else None,
         interface=_interface(run),
         hang=hang.read_hang(run),
+        last_printed={str(r.rank): r.time for r in records if r.rank is not None},
     )
 
 

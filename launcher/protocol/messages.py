@@ -129,6 +129,8 @@ class NodeStatus:
     interface: str | None = None
     """The job's NCCL_SOCKET_IFNAME here (else GLOO_SOCKET_IFNAME), if set."""
     hang: HangRecord | None = None
+    last_printed: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Per rank here: when it last printed a line (epoch seconds), as far back as the log is read."""
     """``launch --hang-timeout``: the job fell silent, and where its ranks were here."""
 
 
