@@ -33,7 +33,21 @@ COMMIT_WITHIN_S = 180.0
 """A started node runs nothing until the launcher commits (every host started). If the
 launcher dies first, the node's supervisor ends as soon as the agent that started it does
 (the SSH session closed), or, if the launching machine vanished without closing it (a
-laptop lid), after this many seconds: not torch's 15-minute rendezvous timeout."""
+laptop lid), this many seconds after the last host's start: not torch's 15-minute
+rendezvous timeout (``held_for``)."""
+START_TIMEOUT_S = 90.0
+"""The least a host's start is waited for (a remote one: ``SshOptions.patience``)."""
+
+
+def held_for(ssh: SshOptions) -> float:
+    """How long a started supervisor holds its command for the commit, from its own start.
+
+    The commit carries no deadline and the supervisor hears nothing before it, so its hold
+    is sized from the launch's own patience: a host started first waits while the others
+    start, each for at most the start's timeout (beyond that the launch fails and rolls
+    back), and then ``COMMIT_WITHIN_S`` more: the hold counts from the last host's start.
+    """
+    return max(START_TIMEOUT_S, ssh.patience) + COMMIT_WITHIN_S
 
 
 def dry_run(spec: LaunchSpec) -> tuple[str, list[NodePlan]]:
@@ -90,13 +104,11 @@ async def launch_job(
                 if watch
                 else None
             )
-            request = Start(
-                job=name, argv=plan.argv, env=plan.env, cwd=spec.cwd, teardown=teardown, hold=COMMIT_WITHIN_S
-            )
+            request = Start(job=name, argv=plan.argv, env=plan.env, cwd=spec.cwd, teardown=teardown, hold=held_for(ssh))
             if spec.files:  # launcher.run's pickled call, for each node's run directory
                 request = replace(request, files=dict(spec.files))
             try:
-                await agent.call(request, timeout=90)  # a remote agent: at least SshOptions.patience
+                await agent.call(request, timeout=START_TIMEOUT_S)  # a remote agent: at least SshOptions.patience
             except JobRunningError:
                 starting.remove(agent)  # another launch of this name owns it there: not ours to remove
                 raise
@@ -113,7 +125,7 @@ async def launch_job(
             rest = [start(*step) for step in started[1:]]
             await all_or_nothing(rest, spec.hosts[1:], "launch failed, nothing left running")
         # Only now does any command run: a launcher that dies before this line leaves held
-        # supervisors, which end when their agent does (or after COMMIT_WITHIN_S).
+        # supervisors, which end when their agent does (or after held_for(ssh)).
         await all_or_nothing(
             [commit(a) for a in agents if a is not None], spec.hosts, "launch failed, nothing left running"
         )
