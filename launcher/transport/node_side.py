@@ -61,7 +61,8 @@ _NODE_PACKAGES = ("node", "protocol")
 # Runs on the host's Python, whichever it is: it must parse on an old one to say it is too old.
 # Its arguments: this launcher's version, the node side's content digest, the psutil build's tag.
 # The archive comes as a line with its size, then its bytes; unpacked, its files must hash to the digest.
-_BOOTSTRAP = r"""
+# Its first line names it in `ps` (and for whoever looks for the job's agents there, tests too).
+_BOOTSTRAP = r"""# launcher.node serve: the node agent, through its bootstrap
 import os, sys
 def say(kind, detail=""):
     detail = detail.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
