@@ -332,6 +332,7 @@ def test_status_json() -> None:
         "traceback": list(CAUSE.traceback),
         "time": 1_700_000_053.5,
         "lost": False,
+        "same_on": [],
     }
 
 

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from launcher.errors import UsageError
-from launcher.job.status import HostStatus, JobStatus, RankStatus, silent_ranks
+from launcher.job.status import HostStatus, JobStatus, RankStatus, RootCause, same_failure, silent_ranks
 from launcher.launching.spec import hang_env, parse_duration
 from launcher.node import hang
 from launcher.node.rundir import RunDir
 from launcher.protocol.base import JOB_MARKER, RUN_DIR_VARIABLE
+from launcher.protocol.messages import RankFailure
 from launcher.protocol.stack import Frame, RankStack, StackReport
 from launcher.run_context import context
 
@@ -155,3 +156,18 @@ def test_a_rank_silent_far_longer_than_its_peers_is_flagged(
     printed: dict[int, float | None], flagged: list[tuple[str, int]]
 ) -> None:
     assert [(host, rank) for host, rank, _, _ in silent_ranks(_job(printed), now=1000.0)] == flagged
+
+
+def test_a_failure_the_same_on_many_ranks_is_named_once() -> None:
+    def failed(rank: int, exception: str, line: str = "x.py:3") -> RankFailure:
+        return RankFailure(rank, rank % 2, 1, None, exception, ["Traceback", line, exception], 1.0)
+
+    root = RootCause("h1", 3, 1, None, "ValueError: bad batch", ("Traceback", "x.py:3", "ValueError: bad batch"), 1.0)
+    others = [
+        failed(3, "ValueError: bad batch"),
+        failed(7, "ValueError: bad batch"),
+        failed(2, "ValueError: bad batch"),
+        failed(5, "ValueError: bad batch", line="y.py:9"),  # another place: not the same
+        failed(6, "KeyError: 'x'"),
+    ]
+    assert same_failure(root, others) == (2, 7)

@@ -108,6 +108,8 @@ def status(
         click.echo(json.dumps({**render.status_json(result), "hang": hang, **syncing.code_json(record)}))
     else:
         render.print_status(result)
+        if result.root_cause is not None and result.root_cause.same_on:
+            click.echo(f"  same on ranks {', '.join(str(rank) for rank in result.root_cause.same_on)}")
         for host, rank, silent, peers in silent_ranks(result, time.time()):
             click.echo(f"Silent: rank {rank} on {host} last printed {silent:.0f} s ago (its peers: {peers:.0f} s)")
         if result.hang is not None:

@@ -48,6 +48,8 @@ class RootCause:
     time: float | None
     lost: bool = False
     """The host fell silent (``exception`` says since when), rather than a rank failing."""
+    same_on: tuple[int, ...] = ()
+    """The other ranks that failed with the same exception and traceback (shown once)."""
 
 
 @dataclass(frozen=True)
@@ -93,11 +95,13 @@ async def job_status(record: JobRecord, ssh: SshOptions = DEFAULT_SSH) -> JobSta
     failures: list[RootCause] = []
     losses: list[tuple[int, float]] = []
     hangs: list[tuple[str, StackReport | str]] = []
+    every_failure: list[RankFailure] = []
 
     async def one(host: Host) -> HostStatus:
         answer = await ask(host, ssh, Status(job=record.name))
         if answer.lost_node is not None and answer.last_heard is not None:
             losses.append((answer.lost_node, answer.last_heard))
+        every_failure.extend(answer.rank_failures.values())
         if answer.hang is not None:
             hangs.append((host.label, answer.hang.stacks))
         if answer.failure is not None and answer.stopped_by is None:
@@ -127,6 +131,8 @@ async def job_status(record: JobRecord, ssh: SshOptions = DEFAULT_SSH) -> JobSta
     )
     hosts, lost = _mark_lost(hosts, losses)
     root = min([*failures, *lost], key=lambda f: f.time or float("inf"), default=None)
+    if root is not None and root.rank is not None:
+        root = replace(root, same_on=same_failure(root, every_failure))
     state = overall_state([h.state for h in hosts])
     if record.slurm_job_id is not None and record.last_state == "killed" and state == "failed":
         state = "killed"  # launcher kill's scancel: on the nodes, SLURM's SIGTERM reads as a failure
@@ -138,6 +144,21 @@ async def job_status(record: JobRecord, ssh: SshOptions = DEFAULT_SSH) -> JobSta
     result = JobStatus(record.name, state, hosts, root, hang)
     remember_state(record, result.state)
     return result
+
+
+def same_failure(root: RootCause, failures: Sequence[RankFailure]) -> tuple[int, ...]:
+    """The other ranks whose failure reads as the root cause's: same exception, same traceback."""
+    return tuple(
+        sorted(
+            {
+                f.rank
+                for f in failures
+                if f.rank is not None
+                and f.rank != root.rank
+                and (f.exception, tuple(f.traceback)) == (root.exception, root.traceback)
+            }
+        )
+    )
 
 
 def _stop_reason(stopper: str, answer: NodeStatus) -> str:
