@@ -53,6 +53,11 @@ def test_stack_names_the_stuck_rank_and_groups_the_others(cluster: Cluster, meth
     assert lines[1].startswith("rank 4 on h2 elsewhere: load_batch_forever (stuck_rank.py:17)"), lines
     assert any(line.startswith("full stacks of rank 4: h2:") and "/stacks/" in line for line in lines), lines
     assert any(line.startswith("full stacks: ") and line.endswith("on each of h0, h1, h2") for line in lines), lines
+    if method == "auto":  # gloo: no rank has NCCL's debug pipe, and that is said per rank
+        nccl = run_cli(cluster, "stack", name, "--nccl")
+        assert nccl.returncode == 0, nccl.stderr
+        assert "NCCL flight recorder" in nccl.stdout and "no flight-recorder dump" in nccl.stdout, nccl.stdout
+        assert "no dump: h2: rank 4: no NCCL debug pipe" in nccl.stdout, nccl.stdout
     one = json.loads(run_cli(cluster, "stack", name, "--json", "--rank", "4").stdout)
     assert [p["rank"] for g in one["groups"] for p in g["ranks"]] == [4] and one["unreachable"] == [], one
     killed = run_cli(cluster, "kill", "--grace", "0", name)
@@ -91,6 +96,22 @@ def test_stack_as_a_user_without_root(user_cluster: Cluster) -> None:
             _check_roll_call(call, used.pop(), "h2")
     finally:
         run_as("kill", "--grace", "0", name)
+
+    hung = job_name("hang-user")
+    launched = run_as("launch", "--hosts", "h0,h1,h2", "--name", hung, "--hang-timeout", "30s", *STUCK)
+    assert launched.returncode == 0, launched.stderr
+    try:
+        status = wait_for("the job hung and stopped", lambda: _ended_status(run_as("status", "--json", hung)), 150, 2)
+        assert status["state"] == "hung", status
+        assert [(p["rank"], p["host"]) for p in status["hang"]["groups"][1]["ranks"]] == [(4, "h2")], status["hang"]
+        assert all(str(user.home) in d for _, d in status["hang"]["directories"])
+    finally:
+        run_as("kill", "--grace", "0", hung)
+
+
+def _ended_status(result: subprocess.CompletedProcess[str]) -> dict[str, Any] | None:
+    status: dict[str, Any] = json.loads(result.stdout)
+    return None if any(h["state"] == "running" for h in status["hosts"]) else status
 
 
 def test_hang_timeout_marks_a_silent_job_hung_with_its_roll_call_and_stops_it(cluster: Cluster) -> None:

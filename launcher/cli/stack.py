@@ -29,6 +29,11 @@ if TYPE_CHECKING:
     help="Seconds for each rank's stack.",
 )
 @click.option(
+    "--nccl",
+    is_flag=True,
+    help="Also make every NCCL rank dump its flight recorder, and show what torch's analyzer says of the dumps.",
+)
+@click.option(
     "--method",
     type=click.Choice(["auto", "py-spy", "faulthandler"]),
     default="auto",
@@ -60,6 +65,7 @@ def stack(ctx: click.Context, /, name: str | None, hosts_arg: str | None, as_jso
         ranks=options["ranks"],
         method=options["method"],
         timeout=options["timeout"],
+        nccl=options["nccl"],
     )
     result = run(call)
     if as_json:
@@ -97,4 +103,8 @@ def roll_call_lines(call: RollCall, full: bool = True) -> list[str]:
         for place in odd:
             lines.append(f"full stacks of rank {place.rank}: {place.host}:{place.path}")
         lines.extend(f"full stacks: {where}" for where in call.directories_shown())
+    if call.flight_recorder is not None:
+        lines.append("NCCL flight recorder (torch.distributed.flight_recorder.fr_trace):")
+        lines.extend(f"  {line}" for line in call.flight_recorder.splitlines())
+        lines.extend(f"  no dump: {problem}" for problem in call.flight_recorder_problems)
     return lines

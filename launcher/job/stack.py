@@ -3,13 +3,16 @@ per host, every host reported), and grouped into a roll-call."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from launcher.errors import message_of
 from launcher.hosts.files import Host
+from launcher.job import flight_recorder
 from launcher.job.records import JobRecord
 from launcher.protocol.stack import Frame, RankStack, StackMethod, StackReport, TakeStacks
 from launcher.transport.agent import DEFAULT_SSH, SshOptions
@@ -55,6 +58,10 @@ class RollCall:
     """``(host, why)`` for each host that could not be asked or has no rank of the job."""
     directories: tuple[tuple[str, str], ...] = ()
     """``(host, <run dir>/stacks/<time>)``: where each host saved the full stacks."""
+    flight_recorder: str | None = None
+    """``--nccl``: what torch's analyzer says of the ranks' NCCL flight-recorder dumps."""
+    flight_recorder_problems: tuple[str, ...] = ()
+    """``--nccl``: ``host: rank R: why`` for each rank whose dump could not be had."""
 
     @property
     def taken(self) -> int:
@@ -124,11 +131,18 @@ async def take_stacks(
     ranks: Sequence[int] = (),
     method: StackMethod = "auto",
     timeout: float = 20.0,
+    nccl: bool = False,
 ) -> RollCall:
     """Every rank's stack (only ``ranks``, if given) on every host of ``record`` at once."""
     label = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"  # one directory name on every host
     request = TakeStacks(
-        job=record.name, native=native, ranks=list(ranks) or None, method=method, timeout=timeout, label=label
+        job=record.name,
+        native=native,
+        ranks=list(ranks) or None,
+        method=method,
+        timeout=timeout,
+        label=label,
+        nccl=nccl,
     )
 
     async def one(host: Host) -> StackReport:
@@ -141,4 +155,11 @@ async def take_stacks(
     ]
     if ranks:  # a host without any of the ranks asked for is no news
         reports = [(h, r) for h, r in reports if isinstance(r, str) or r.ranks or r.error]
-    return roll_call(record.name, reports)
+    call = roll_call(record.name, reports)
+    if not nccl:
+        return call
+    found = [(host, r) for host, r in reports if isinstance(r, StackReport)]
+    dumps = {int(rank): base64.b64decode(data) for _, r in found for rank, data in r.nccl_dumps.items()}
+    problems = tuple(f"{host}: {problem}" for host, r in found for problem in r.nccl_problems)
+    analysis = await asyncio.to_thread(flight_recorder.analyze, dumps)
+    return replace(call, flight_recorder=analysis, flight_recorder_problems=problems)

@@ -23,6 +23,7 @@
     results.py          the return values the ranks of ``launcher.run`` left
     stack.py            ``launcher stack`` here: every rank's stack (py-spy, or the faulthandler fallback)
     stack_frames.py     stacks read (pure): py-spy's JSON, faulthandler's text, where in user code
+    nccl_dump.py        ``launcher stack --nccl`` here: each rank's NCCL flight-recorder dump, through its pipe
     hang.py             ``launch --hang-timeout``: the job's last sign of life, node 0's call, ``hung.json``
     doctor.py           ``launcher doctor`` here: what a launch needs, starting nothing
     gpu_health.py       each GPU's health from ``nvidia-smi -q``: ECC, remapped rows, clocks, links

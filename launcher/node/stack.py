@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from launcher.node import processes, stack_frames, status
+from launcher.node import nccl_dump, processes, stack_frames, status
 from launcher.node.rundir import RunDir
 from launcher.protocol import private
 from launcher.protocol.stack import (
@@ -81,7 +81,10 @@ def take_stacks(request: TakeStacks) -> StackReport:
 
     with ThreadPoolExecutor(max_workers=min(32, len(wanted))) as pool:
         stacks = list(pool.map(one, sorted(wanted)))
-    return StackReport(hostname=hostname, ranks=stacks, directory=str(directory))
+    dumps, problems = (
+        nccl_dump.dump_flight_recorders(run, sorted(wanted), request.timeout) if request.nccl else ({}, [])
+    )
+    return StackReport(hostname, stacks, str(directory), None, dumps, problems)
 
 
 def rank_processes(job: str) -> dict[int, Any]:

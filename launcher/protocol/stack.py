@@ -60,6 +60,10 @@ class StackReport:
     """``<run dir>/stacks/<time>``: where the full stacks were saved."""
     error: str | None = None
     """Why no rank could be looked at here (the job does not run here)."""
+    nccl_dumps: dict[str, str] = dataclasses.field(default_factory=dict)
+    """``--nccl``: each rank's flight-recorder dump here (its rank as text -> base64)."""
+    nccl_problems: list[str] = dataclasses.field(default_factory=list)
+    """``--nccl``: the ranks here whose dump could not be had, and why."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +77,8 @@ class TakeStacks(Request[StackReport]):
     method: StackMethod = "auto"
     timeout: float = 20.0
     """Seconds for each rank's stack."""
+    nccl: bool = False
+    """Also make every NCCL rank dump its flight recorder (through its debug pipe) and send the dumps."""
     label: str | None = None
     """The name of the directory under ``<run dir>/stacks/`` (the same on every host); default: the time here."""
 
