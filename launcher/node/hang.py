@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from launcher.node import nccl_dump
 from launcher.node.rundir import RunDir
 from launcher.protocol import private
 from launcher.protocol.codec import ProtocolError, decode, to_wire
@@ -153,3 +154,8 @@ class HangWatch:
         record = record_hang(self._run, report, last_output, self._timeout, self._keep)
         if record.stacks.directory:
             self._note(f"stacks of the hung ranks: {record.stacks.directory}")
+        # NCCL's flight recorders too, as ``stack --nccl`` asks them: the dumps stay here.
+        ranks = [r.rank for r in report.ranks if r.pid is not None]
+        dumped, _ = nccl_dump.dump_flight_recorders(self._run, ranks, STACK_TIMEOUT_S)
+        if dumped:
+            self._note(f"NCCL flight-recorder dumps of ranks {', '.join(sorted(dumped, key=int))}: {self._run.path}")
