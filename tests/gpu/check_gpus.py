@@ -117,6 +117,7 @@ def main() -> int:
     else:
         results += launch_checks.run_all(gpus.default_nproc(inventory, allocation))
     results += importlib.import_module("health_check").run_all(len(inventory.gpus)) if torch_count else []
+    results += importlib.import_module("nccl_hang_check").run_all(torch_count or 0) if torch_count else []
     print()
     for name, result in results:
         print(f"{result.status:<4} {name}" + (f": {result.detail}" if result.detail else ""))
