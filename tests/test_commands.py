@@ -11,7 +11,6 @@ import pytest
 
 from launcher.errors import LauncherError, UsageError
 from launcher.launching.commands import (
-    STARTUP_HOOK,
     Runner,
     check_job_name,
     default_job_name,
@@ -210,7 +209,6 @@ def test_job_env_defaults() -> None:
         "TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
         "TORCH_FR_DUMP_TEMP_FILE": "/runs/my job/h0/nccl_trace_rank_",
         "TORCH_NCCL_DEBUG_INFO_PIPE_FILE": "/runs/my job/h0/nccl_pipe_",
-        "PYTHONPATH": STARTUP_HOOK,
         "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": RANK_PREFIX_TEMPLATE,
         "PYTHONUNBUFFERED": "1",
     }

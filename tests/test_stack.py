@@ -15,11 +15,14 @@ import pytest
 
 from launcher.cli.stack import roll_call_lines
 from launcher.job.stack import describe, roll_call
-from launcher.launching.commands import STARTUP_HOOK, job_env
+from launcher.launching.commands import job_env
 from launcher.node import stack, stack_frames
 from launcher.node.rundir import RunDir
+from launcher.node.start import STARTUP_HOOK, ranks_pythonpath
 from launcher.protocol.base import JOB_MARKER, RUN_DIR_VARIABLE
+from launcher.protocol.python_env import NODE_FALLBACK_VARIABLE
 from launcher.protocol.stack import Frame, RankStack, StackReport, TakeStacks
+from launcher.transport.node_side import node_side
 
 STDLIB = sysconfig.get_paths()["stdlib"]
 TORCH = "/venv/lib/python3.11/site-packages/torch/distributed"
@@ -80,10 +83,19 @@ def test_roll_call_groups_the_largest_first_and_names_the_odd_rank() -> None:
     assert "full stacks of rank 4: h2:/s/rank-4.txt" in lines
 
 
-def test_the_job_env_puts_the_startup_hook_first_and_keeps_the_users_path() -> None:
-    assert job_env({}, "/l")["PYTHONPATH"] == STARTUP_HOOK
-    assert job_env({"PYTHONPATH": "/mine:/more"}, "/l")["PYTHONPATH"] == f"{STARTUP_HOOK}:/mine:/more"
+def test_the_node_puts_its_own_startup_hook_first_and_keeps_the_users_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(NODE_FALLBACK_VARIABLE, raising=False)
+    assert ranks_pythonpath(None) == STARTUP_HOOK
+    assert ranks_pythonpath("/mine:/more") == f"{STARTUP_HOOK}:/mine:/more"
+    assert ranks_pythonpath(f"{STARTUP_HOOK}:/mine") == f"{STARTUP_HOOK}:/mine"
     assert (Path(STARTUP_HOOK) / "sitecustomize.py").is_file()
+    # The launching side leaves it to the node: its own path means nothing on another host.
+    assert "PYTHONPATH" not in job_env({}, "/l")
+    assert job_env({"PYTHONPATH": "/mine"}, "/l")["PYTHONPATH"] == "/mine"
+
+
+def test_a_sent_node_side_carries_the_startup_hook() -> None:
+    assert "lib/launcher/startup/sitecustomize.py" in node_side().files
 
 
 SLEEPER = """

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import PurePath
 from typing import Literal
 
 from launcher.errors import UsageError
 from launcher.protocol.base import RANK_PREFIX_TEMPLATE, session_name
 from launcher.protocol.stack import NCCL_PIPE_PREFIX, NCCL_TRACE_PREFIX
 
-STARTUP_HOOK = str(Path(__file__).resolve().parent.parent / "startup")
-"""``launcher/startup``: its ``sitecustomize.py`` is the job's startup hook. The nodes run
-the launching side's installation (the same path), as ``python`` in the job record says."""
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,79}")
 
 
@@ -135,9 +131,7 @@ def job_env(user_env: Mapping[str, str], log_dir: str) -> dict[str, str]:
     }
     env.update(flight_recorder_env(log_dir.rsplit("/", 1)[0], user_env))
     env.update(user_env)
-    # First on the path: the startup hook that arms ``launcher stack``'s fallback in each rank,
-    # then the user's own entries (the hook imports the user's sitecustomize after its own).
-    env["PYTHONPATH"] = os.pathsep.join([STARTUP_HOOK, *filter(None, [user_env.get("PYTHONPATH")])])
+    # PYTHONPATH: the node puts its own startup hook first (node/start.py, ranks_pythonpath).
     # Not overridable: the launcher reads ranks from this prefix and the output unbuffered.
     env["TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"] = RANK_PREFIX_TEMPLATE
     env["PYTHONUNBUFFERED"] = "1"

@@ -86,6 +86,22 @@ def _claim(run: RunDir) -> Iterator[None]:
         yield
 
 
+STARTUP_HOOK = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "startup")
+"""``launcher/startup`` of this node side (installed, cached or sent): its ``sitecustomize.py``
+arms ``launcher stack``'s fallback in each rank. The node's own copy: a host of a fleet
+without a shared disk has no launcher at the launching machine's path."""
+
+
+def ranks_pythonpath(current: str | None) -> str:
+    """The job's ``PYTHONPATH``: the startup hook first (it imports the user's own
+    sitecustomize after it), the user's entries, then a sent node side's ``lib/``, so that
+    ``launcher.context()`` imports in the ranks."""
+    entries = [STARTUP_HOOK, *(p for p in (current or "").split(os.pathsep) if p and p != STARTUP_HOOK)]
+    if NODE_FALLBACK_VARIABLE in os.environ:
+        entries.append(os.path.join(os.path.dirname(os.environ[NODE_FALLBACK_VARIABLE]), "lib"))
+    return os.pathsep.join(entries)
+
+
 def _create_session(request: Start, run: RunDir) -> None:
     job = request.job
     try:
@@ -96,9 +112,7 @@ def _create_session(request: Start, run: RunDir) -> None:
     run.reset()
     env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE")}
     env.update(request.env)
-    if NODE_FALLBACK_VARIABLE in os.environ:  # a node side that was sent: the ranks import it too
-        lib = os.path.join(os.path.dirname(os.environ[NODE_FALLBACK_VARIABLE]), "lib")
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), lib]))
+    env["PYTHONPATH"] = ranks_pythonpath(env.get("PYTHONPATH"))
     env[JOB_MARKER] = job
     env[RUN_DIR_VARIABLE] = str(run.path)
     _write_inputs(run, request.files)

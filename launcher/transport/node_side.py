@@ -56,7 +56,7 @@ def __getattr__(name):
     raise AttributeError("launcher's node side has no attribute %r (the launching side is not installed here)" % name)
 '''
 _NODE_MODULES = ("_version.py", "errors.py", "run_context.py", "visible_gpus.py")
-_NODE_PACKAGES = ("node", "protocol")
+_NODE_PACKAGES = ("node", "protocol", "startup")  # startup: the ranks' stack hook
 
 # Runs on the host's Python, whichever it is: it must parse on an old one to say it is too old.
 # Its arguments: this launcher's version, the node side's content digest, the psutil build's tag.
