@@ -28,6 +28,12 @@ connect_timeout = click.option(
     help="Seconds for the TCP connection to a host (tried twice); a live host is waited for.",
 )
 as_json = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+only_ranks = click.option(
+    "--rank", "ranks", type=click.IntRange(min=0), multiple=True, help="Only this global rank (repeatable)."
+)
+only_hosts = click.option(
+    "--host", "only_hosts", multiple=True, metavar="HOST", help="Only this host, as labelled (repeatable)."
+)
 max_parallel = click.option(
     "--max-parallel", type=click.IntRange(min=1), default=128, show_default=True, help="SSH handshakes at once."
 )

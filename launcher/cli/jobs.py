@@ -11,7 +11,18 @@ from typing import Any
 import click
 
 from launcher.cli import render, syncing
-from launcher.cli.common import as_json, connect_timeout, find_by_hosts, find_job, max_parallel, run, ssh_for, warn
+from launcher.cli.common import (
+    as_json,
+    connect_timeout,
+    find_by_hosts,
+    find_job,
+    max_parallel,
+    only_hosts,
+    only_ranks,
+    run,
+    ssh_for,
+    warn,
+)
 from launcher.cli.launching import follow
 from launcher.cli.stack import roll_call_lines
 
@@ -22,8 +33,8 @@ from launcher.cli.stack import roll_call_lines
 @click.option(
     "-f", "--follow", "following", is_flag=True, help="Keep printing new lines until the job ends (Ctrl-C detaches)."
 )
-@click.option("--rank", "ranks", type=click.IntRange(min=0), multiple=True, help="Only this global rank (repeatable).")
-@click.option("--host", "only_hosts", multiple=True, metavar="HOST", help="Only this host, as labelled (repeatable).")
+@only_ranks
+@only_hosts
 @click.option(
     "--tail",
     type=click.IntRange(min=0),

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from launcher.cli.common import as_json, find_by_hosts, find_job, run, ssh_for
+from launcher.cli.common import as_json, find_by_hosts, find_job, only_hosts, only_ranks, run, ssh_for
 
 if TYPE_CHECKING:
     from launcher.job.stack import RollCall
@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 @find_by_hosts
 @as_json
 @click.option("--native", is_flag=True, help="Native frames too (C/C++ under Python; py-spy only).")
-@click.option("--rank", "ranks", type=click.IntRange(min=0), multiple=True, help="Only this global rank (repeatable).")
-@click.option("--host", "only_hosts", multiple=True, metavar="HOST", help="Only this host, as labelled (repeatable).")
+@only_ranks
+@only_hosts
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0.5),
