@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 from cluster import Cluster, start_cluster
+from local_node import LocalNode
 
 CLUSTER_HOSTS = 3
 
@@ -58,3 +59,13 @@ def user_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield running
     finally:
         running.close()
+
+
+@pytest.fixture
+def node() -> Iterator[LocalNode]:
+    """One local node of the middle layer: the real agent, its own tmux server and state."""
+    local = LocalNode.create()
+    try:
+        yield local
+    finally:
+        local.close()

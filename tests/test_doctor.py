@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import sys
-from collections.abc import Iterator
 from contextlib import redirect_stdout
 from dataclasses import replace
 from pathlib import Path
@@ -177,15 +176,6 @@ def test_the_cuda_line_of_torch_version_py(tmp_path: Path) -> None:
     assert node_doctor._CUDA.search("cuda: Optional[str] = '12.4'\n").group(1) == "12.4"  # type: ignore[union-attr]
     assert node_doctor._CUDA.search("cuda = '11.8'").group(1) == "11.8"  # type: ignore[union-attr]
     assert node_doctor._CUDA.search("cuda: Optional[str] = None\n") is None
-
-
-@pytest.fixture
-def node() -> Iterator[LocalNode]:
-    local = LocalNode.create()
-    try:
-        yield local
-    finally:
-        local.close()
 
 
 def test_the_agents_checkup_reports_this_machine(node: LocalNode, tmp_path: Path) -> None:

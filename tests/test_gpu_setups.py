@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,15 +34,6 @@ from launcher.protocol.messages import Prepare
 
 A100_0 = "GPU-02154b1f-d355-4a0a-ab84-a001670ab3ff"
 A100_5 = "GPU-52154b1f-d355-4a0a-ab84-a001670ab3ff"
-
-
-@pytest.fixture
-def node() -> Iterator[LocalNode]:
-    local = LocalNode.create()
-    try:
-        yield local
-    finally:
-        local.close()
 
 
 def stand_in(

@@ -211,15 +211,6 @@ def test_the_dry_run_says_what_is_chosen_at_launch() -> None:
 # ------------------------------------------------------------------ the agent's prepare (middle layer)
 
 
-@pytest.fixture
-def node() -> Iterator[LocalNode]:
-    local = LocalNode.create()
-    try:
-        yield local
-    finally:
-        local.close()
-
-
 def test_the_first_nodes_agent_holds_the_port_until_it_closes_and_another_reaches_it(node: LocalNode) -> None:
     async def scenario() -> tuple[Prepared, Prepared, bool]:
         first = await node.open()

@@ -56,15 +56,6 @@ time.sleep(600)
 
 
 @pytest.fixture
-def node() -> Iterator[LocalNode]:
-    local = LocalNode.create()
-    try:
-        yield local
-    finally:
-        local.close()
-
-
-@pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     (tmp_path / "chatty.py").write_text(CHATTY)
     (tmp_path / "stubborn.py").write_text(STUBBORN)

@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -40,15 +39,6 @@ _cloudpickle()
 print("up on", sys.version_info[:2], "node", launcher.context().node_rank, flush=True)
 time.sleep(600)
 """
-
-
-@pytest.fixture
-def node() -> Iterator[LocalNode]:
-    local = LocalNode.create()
-    try:
-        yield local
-    finally:
-        local.close()
 
 
 def bare_python(version: str, where: Path) -> str:
