@@ -69,3 +69,14 @@ def node() -> Iterator[LocalNode]:
         yield local
     finally:
         local.close()
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The usual umask: whatever is created without an explicit mode is readable by all (the
+    agents, tmux and supervisors a test starts inherit it)."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)

@@ -7,13 +7,12 @@ from __future__ import annotations
 import base64
 import os
 import pickle
-import select
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
+from nccl_pipe import answer_dump_requests
 
 from launcher.job.flight_recorder import analyze
 from launcher.node.nccl_dump import dump_flight_recorders
@@ -82,24 +81,7 @@ def test_a_broken_dump_is_one_line_of_why(tmp_path: Path) -> None:
 def test_the_node_dumps_through_the_ranks_debug_pipe(tmp_path: Path) -> None:
     run = RunDir(tmp_path / "run")
     run.reset()
-    pipe = run.path / "nccl_pipe_0.pipe"
-    os.mkfifo(pipe, 0o600)
-
-    held = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)  # held open, as torch's watchdog holds it
-
-    def watchdog() -> None:  # as torch's: read the pipe, then write the dump
-        while True:
-            select.select([held], [], [], 5)
-            try:
-                if os.read(held, 16):
-                    break
-            except BlockingIOError:
-                continue
-        os.close(held)
-        (run.path / "nccl_trace_rank_0").write_bytes(b"rank 0's dump")
-
-    reader = threading.Thread(target=watchdog, daemon=True)
-    reader.start()
+    reader = answer_dump_requests(run.path, 0, b"rank 0's dump")
     # rank 0: its watchdog answers; rank 1: no NCCL; rank 2: a dump a timeout left, no pipe
     (run.path / "nccl_trace_rank_2").write_bytes(b"rank 2's timeout dump")
     os.utime(run.path / "nccl_trace_rank_2", (1.0, 1.0))

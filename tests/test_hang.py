@@ -4,12 +4,11 @@ as a sign of life (a line, a heartbeat), the hang record, and the teardown lines
 from __future__ import annotations
 
 import os
-import select
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from nccl_pipe import answer_dump_requests
 
 from launcher.errors import UsageError
 from launcher.job.status import HostStatus, JobStatus, RankStatus, RootCause, same_failure, silent_ranks
@@ -176,22 +175,7 @@ def test_a_failure_the_same_on_many_ranks_is_named_once() -> None:
 
 
 def test_a_hang_makes_the_nccl_ranks_dump_their_flight_recorder(run: RunDir) -> None:
-    pipe = run.path / "nccl_pipe_0.pipe"
-    os.mkfifo(pipe, 0o600)
-    held = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)  # as torch's watchdog holds it
-
-    def watchdog() -> None:
-        while True:
-            select.select([held], [], [], 5)
-            try:
-                if os.read(held, 16):
-                    break
-            except BlockingIOError:
-                continue
-        os.close(held)
-        (run.path / "nccl_trace_rank_0").write_bytes(b"dump")
-
-    threading.Thread(target=watchdog, daemon=True).start()
+    answer_dump_requests(run.path, 0, b"dump")
     notes: list[str] = []
     taken = StackReport("h0", [RankStack(0, 123, "py-spy"), RankStack(1, 124, "py-spy")], "/s")
     watch = hang.HangWatch(run, "j", 1.0, True, hang.Activity(run), notes.append, lambda: None, lambda r: taken)

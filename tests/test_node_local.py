@@ -11,7 +11,6 @@ import shutil
 import stat
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -317,16 +316,6 @@ def modes(top: Path) -> dict[str, int]:
     for path in top.rglob("*"):
         found[str(path.relative_to(top))] = stat.S_IMODE(path.lstat().st_mode)
     return found
-
-
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    """The usual umask, for the agents, tmux and supervisors this test starts."""
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 @pytest.mark.usefixtures("umask_022")

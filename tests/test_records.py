@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -168,16 +167,6 @@ def test_files_that_are_not_records_are_ignored(jobs_dir: Path) -> None:
 
 
 # --- only this user can read them -------------------------------------------------------------
-
-
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    """The usual umask: whatever is created without an explicit mode is readable by all."""
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def mode(path: Path) -> int:
