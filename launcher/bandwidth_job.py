@@ -156,12 +156,14 @@ _MOST_ALONE = 8
 
 
 def _one_at_a_time(best: list[float], suspects: list[int], done: list[dict[str, float]]) -> list[list[tuple[int, int]]]:
-    """Each suspect with the fastest host it has not met yet, one pair per round."""
+    """Each suspect with the fastest host it has not met yet (the fastest again when it has met
+    them all, as among three hosts: a pair slowed once by its neighbours gets a quiet second
+    try), one pair per round."""
     met = {(int(p["a"]), int(p["b"])) for p in done} | {(int(p["b"]), int(p["a"])) for p in done}
     fast = sorted((r for r in range(len(best)) if r not in suspects), key=lambda r: -best[r])
     rounds = []
     for suspect in suspects[:_MOST_ALONE]:
-        partner = next((r for r in fast if (suspect, r) not in met), None)
+        partner = next((r for r in fast if (suspect, r) not in met), fast[0] if fast else None)
         if partner is not None:
             rounds.append([(suspect, partner)])
     return rounds

@@ -51,6 +51,13 @@ def test_suspects_meet_the_fastest_then_a_new_partner_one_pair_at_a_time() -> No
     assert _best_per_rank(4, pairs) == [5.0, 5.0, 1.5, 1.0]
 
 
+def test_a_suspect_that_met_every_host_is_measured_again_with_the_fastest() -> None:
+    # Three hosts: h1 met h0 and h2 in the first rounds, once slowed by the pair beside it.
+    best = [9e8, 3e8, 8e8]
+    done = [{"a": 0, "b": 1}, {"a": 1, "b": 2}, {"a": 0, "b": 2}]
+    assert _one_at_a_time(best, [1], done) == [[(1, 0)]]
+
+
 def test_the_host_slow_in_both_rounds_is_named_and_its_partners_are_not() -> None:
     # Round 1: h2 drags h3 down; round 2 pairs them with the fast ones: h2 stays slow.
     figures = _figures([(0, 1, GOOD), (2, 3, BAD), (2, 0, BAD), (3, 1, GOOD)])
