@@ -19,6 +19,11 @@ Children inherit it across double forks and ``setsid``, so ``kill`` finds proces
 left the tmux session's process tree; matching it exactly never touches another job.
 """
 
+ATTEMPT_VARIABLE = "LAUNCHER_ATTEMPT"
+"""Set in every process of a job to its attempt: 1 at launch, 2 after the first restart
+(``launch --restarts``), and so on. A restartable script resumes from its checkpoint when
+it is above 1 (``launcher.context().attempt``)."""
+
 RANK_PREFIX_TEMPLATE = "\x1e${rank}\x1f"
 """torchrun's ``TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE``: each worker line arrives as
 ``RS <global rank> US <text>``. Control characters cannot be confused with output."""
