@@ -46,9 +46,10 @@ A hand-written ``env://`` setup that sets ``RANK`` and ``WORLD_SIZE`` but not th
 ``GROUP_RANK`` and ``GROUP_WORLD_SIZE`` from the SLURM task when there is one, else from
 ``LOCAL_WORLD_SIZE``, else as on one node.
 
-An empty variable counts as unset. A value that is not a whole number, or numbers that
-contradict each other (``RANK=4`` with ``WORLD_SIZE=4``), raise ``ContextError``, which
-names the variable.
+Whatever the source, ``attempt`` is ``LAUNCHER_ATTEMPT``: 1 at launch (and when unset), 2
+after the first restart of ``launch --restarts``, and so on. An empty variable counts as unset.
+A value that is not a whole number, or numbers that contradict each other (``RANK=4`` with
+``WORLD_SIZE=4``, ``LAUNCHER_ATTEMPT=0``), raise ``ContextError``, which names the variable.
 
 Only the standard library is imported here: a script may ask for its context before
 (or without) importing torch. See ``visible_gpus.py`` for how ``device`` is chosen.
@@ -65,7 +66,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from launcher.errors import UsageError
-from launcher.protocol.base import JOB_MARKER, RUN_DIR_VARIABLE
+from launcher.protocol.base import ATTEMPT_VARIABLE, JOB_MARKER, RUN_DIR_VARIABLE
 from launcher.protocol.stack import HEARTBEAT_DIR
 from launcher.visible_gpus import visible_gpu_count
 
@@ -113,6 +114,8 @@ class RunContext:
     """The job's name when ``launcher launch`` started this process (``LAUNCHER_JOB``), else None."""
     source: Source
     """Which variables were read: ``"torchrun"``, ``"launcher"`` (``--runner python``), ``"slurm"`` or ``"single"``."""
+    attempt: int
+    """Which try of the job this is (``LAUNCHER_ATTEMPT``): 1 at launch, 2 after ``--restarts``' first restart..."""
     is_main: bool = field(init=False)
     """True for global rank 0: the one process that should log, save and report."""
 
@@ -152,6 +155,8 @@ def context(environ: Mapping[str, str] | None = None) -> RunContext:
     env = os.environ if environ is None else environ
     ranks = _read_ranks(env)
     gpus = visible_gpu_count(env)
+    if (attempt := _optional(env, ATTEMPT_VARIABLE)) == 0:
+        raise ContextError(ATTEMPT_VARIABLE, env[ATTEMPT_VARIABLE], f"{ATTEMPT_VARIABLE}=0: attempts count from 1")
     return RunContext(
         rank=ranks.rank,
         local_rank=ranks.local_rank,
@@ -164,11 +169,12 @@ def context(environ: Mapping[str, str] | None = None) -> RunContext:
         device=f"cuda:{ranks.local_rank}" if ranks.local_rank < gpus else "cpu",
         launcher_job=_get(env, JOB_VARIABLE),
         source=ranks.source,
+        attempt=1 if attempt is None else attempt,
     )
 
 
 def _read_ranks(env: Mapping[str, str]) -> _Ranks:
-    slurm_task = _get(env, "SLURM_PROCID") is not None and _slurm_step(env) is not None
+    slurm_task = bool(_get(env, "SLURM_PROCID") and (_get(env, "SLURM_STEP_ID") or _get(env, "SLURM_STEPID")))
     if _get(env, "RANK") is not None:
         ranks = _torchrun_ranks(env, slurm_task)
     elif _get(env, "NODE_RANK") is not None and _get(env, "NNODES") is not None:
@@ -281,10 +287,6 @@ def _slurm_ranks(env: Mapping[str, str]) -> _Ranks:
     )
 
 
-def _slurm_step(env: Mapping[str, str]) -> str | None:
-    return _get(env, "SLURM_STEP_ID") or _get(env, "SLURM_STEPID")
-
-
 def _slurm_nnodes_variable(env: Mapping[str, str]) -> str:
     # The step's node count: `srun -N 2` inside a 4-node allocation runs on 2.
     return "SLURM_STEP_NUM_NODES" if _get(env, "SLURM_STEP_NUM_NODES") else "SLURM_NNODES"
@@ -321,9 +323,8 @@ def _check_consistent(ranks: _Ranks, env: Mapping[str, str]) -> None:
         )
 
 
-def _get(env: Mapping[str, str], name: str, *, keep_empty: bool = False) -> str | None:
-    value = env.get(name)
-    return value if value or (keep_empty and value is not None) else None
+def _get(env: Mapping[str, str], name: str) -> str | None:
+    return env.get(name) or None  # empty counts as unset
 
 
 def _whole(env: Mapping[str, str], name: str) -> int:
@@ -345,6 +346,4 @@ def _required(env: Mapping[str, str], name: str, *, because: str) -> int:
 
 def _first(env: Mapping[str, str], name: str, fallback: str | None) -> int | None:
     value = _optional(env, name)
-    if value is None and fallback is not None:
-        value = _optional(env, fallback)
-    return value
+    return _optional(env, fallback) if value is None and fallback is not None else value

@@ -41,6 +41,7 @@ READ = (
     "NNODES",
     "NPROC_PER_NODE",
     "LAUNCHER_JOB",
+    "LAUNCHER_ATTEMPT",
     "CUDA_VISIBLE_DEVICES",
 )
 
@@ -218,6 +219,7 @@ def test_context_from_environment(
     got = context(env)
     assert (got.source, got.rank, got.local_rank, got.world_size, got.node_rank, got.nnodes) == expected
     assert got.launcher_job == job
+    assert got.attempt == 1  # no LAUNCHER_ATTEMPT: the first attempt
     assert got.is_main == (got.rank == 0)
     assert got.device == "cpu"
     assert got.host == env.get("SLURMD_NODENAME", socket.gethostname())
@@ -235,6 +237,26 @@ def test_nproc_per_node_gpu_counts_visible_gpus(monkeypatch: pytest.MonkeyPatch,
     fake_gpus(monkeypatch, tmp_path, 8)
     got = context({"NODE_RANK": "1", "NNODES": "2", "NPROC_PER_NODE": "gpu", "CUDA_VISIBLE_DEVICES": "0,1,2"})
     assert (got.rank, got.world_size, got.device) == (3, 6, "cuda:0")
+
+
+# id, environment, attempt
+ATTEMPTS: list[tuple[str, dict[str, str], int]] = [
+    ("unset: the first", {}, 1),
+    ("empty counts as unset", {"LAUNCHER_ATTEMPT": ""}, 1),
+    ("at launch", {"LAUNCHER_ATTEMPT": "1"}, 1),
+    ("after the first restart", {"LAUNCHER_ATTEMPT": "2"}, 2),
+    ("with surrounding blanks", {"LAUNCHER_ATTEMPT": " 12\n"}, 12),
+    ("under torchrun", {**TORCHRUN_NODE1_RANK6, "LAUNCHER_ATTEMPT": "3"}, 3),
+    ("under --runner python", {**RUNNER_PYTHON_NODE1, "LAUNCHER_ATTEMPT": "3"}, 3),
+    ("under srun", {**SRUN_TASK3_OF_4, "LAUNCHER_ATTEMPT": "4"}, 4),
+    ("torchrun's own restart count is not ours", {**TORCHRUN_NODE1_RANK6, "TORCHELASTIC_RESTART_COUNT": "5"}, 1),
+]
+
+
+@pytest.mark.usefixtures("no_gpus")
+@pytest.mark.parametrize(("env", "attempt"), [case[1:] for case in ATTEMPTS], ids=[case[0] for case in ATTEMPTS])
+def test_attempt_from_launcher_attempt_whatever_the_source(env: dict[str, str], attempt: int) -> None:
+    assert context(env).attempt == attempt
 
 
 BAD: list[tuple[str, dict[str, str], str, str]] = [
@@ -313,6 +335,16 @@ BAD: list[tuple[str, dict[str, str], str, str]] = [
         {**RUNNER_PYTHON_NODE1, "WORLD_SIZE": "4"},
         "NODE_RANK",
         "rank 4 (NODE_RANK) is not below the world size 4",
+    ),
+    ("LAUNCHER_ATTEMPT=0", {"LAUNCHER_ATTEMPT": "0"}, "LAUNCHER_ATTEMPT", "LAUNCHER_ATTEMPT=0: attempts count from 1"),
+    ("LAUNCHER_ATTEMPT=-1", {"LAUNCHER_ATTEMPT": "-1"}, "LAUNCHER_ATTEMPT", "'-1' is not a whole number"),
+    ("LAUNCHER_ATTEMPT=two", {"LAUNCHER_ATTEMPT": "two"}, "LAUNCHER_ATTEMPT", "'two' is not a whole number"),
+    ("LAUNCHER_ATTEMPT=1.0", {"LAUNCHER_ATTEMPT": "1.0"}, "LAUNCHER_ATTEMPT", "not a whole number"),
+    (
+        "bad LAUNCHER_ATTEMPT under torchrun",
+        {**TORCHRUN_NODE1_RANK6, "LAUNCHER_ATTEMPT": "$(id)"},
+        "LAUNCHER_ATTEMPT",
+        "'$(id)'",
     ),
 ]
 
@@ -409,6 +441,13 @@ def test_job_variable_is_the_marker_the_node_sets() -> None:
     assert ctx.JOB_VARIABLE == JOB_MARKER == "LAUNCHER_JOB"
 
 
+def test_attempt_is_read_from_the_variable_the_launch_sets() -> None:
+    from launcher.protocol.base import ATTEMPT_VARIABLE
+
+    assert ctx.ATTEMPT_VARIABLE == ATTEMPT_VARIABLE == "LAUNCHER_ATTEMPT"
+    assert context({ATTEMPT_VARIABLE: "7"}).attempt == 7
+
+
 # --- real processes ---------------------------------------------------------------------
 
 PRINT_CONTEXT = """\
@@ -457,7 +496,7 @@ def test_torchrun_two_ranks(tmp_path: Path) -> None:
             "2",
             script,
         ],
-        env=clean_env(LAUNCHER_JOB="ctx-test-job"),
+        env=clean_env(LAUNCHER_JOB="ctx-test-job", LAUNCHER_ATTEMPT="2"),
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -477,6 +516,7 @@ def test_torchrun_two_ranks(tmp_path: Path) -> None:
             "device": expected_device(rank),
             "launcher_job": "ctx-test-job",
             "source": "torchrun",
+            "attempt": 2,  # torchrun passes it on to its workers
             "is_main": rank == 0,
             "torch_imported": True,
         }
@@ -500,6 +540,7 @@ def test_plain_python_is_rank_0_of_1_on_cpu_and_imports_no_torch() -> None:
             "device": "cpu",
             "launcher_job": None,
             "source": "single",
+            "attempt": 1,
             "is_main": True,
             "torch_imported": False,
         }
