@@ -24,6 +24,7 @@ from launcher.job.records import JobRecord, all_records, load_record
 from launcher.job.result import JobResult, job_failed
 from launcher.job.stack import RollCall, take_stacks
 from launcher.job.status import JobStatus, job_status, wait_for_end
+from launcher.job.watcher import Attempt, attempts_of, wait_through_attempts
 from launcher.protocol.base import CALL_MODULE
 from launcher.transport.agent import NodeAgent, SshOptions
 
@@ -59,13 +60,19 @@ class Job:
         return tuple(host.label for host in self.record.hosts)
 
     @property
+    def attempts(self) -> tuple[Attempt, ...]:
+        """Its attempts so far, first to last, for a job launched with ``restarts=``: the hosts
+        each ran on, and how and why it ended. Empty for a job launched without restarts."""
+        return attempts_of(self._current())
+
+    @property
     def is_function(self) -> bool:
         """True for a job of ``launcher.submit``/``run``: ``result()`` brings its return values."""
         return self.record.script == CALL_MODULE
 
     def status(self) -> JobStatus:
         """How the job stands on every host now (a host that cannot be asked is ``unreachable``)."""
-        return run_sync(job_status(self.record, self.ssh))
+        return run_sync(job_status(self._current(), self.ssh))
 
     def wait(self, timeout: float | None = None) -> JobResult:
         """Block until the job has ended on every host; how it ended, per host and rank.
@@ -120,7 +127,7 @@ class Job:
         filter on the nodes, as ``launcher logs`` does. Without ``follow``, a host that
         cannot be read is a warning (all of them: JobError).
         """
-        record = self._on_host(host)
+        record = replace(self, record=self._current())._on_host(host)
         filters: dict[str, Any] = {
             "tail": tail,
             "ranks": [rank] if isinstance(rank, int) else list(rank or ()),
@@ -149,16 +156,26 @@ class Job:
 
     async def _ended(self, timeout: float | None) -> JobStatus:
         await self._wait_for_end(timeout)
-        return await job_status(self.record, self.ssh)
+        return await job_status(self._current(), self.ssh)
 
     async def _wait_for_end(
         self, timeout: float | None, then: Callable[[NodeAgent], Awaitable[None]] | None = None
     ) -> None:
+        """Until the job has ended everywhere (launched with ``restarts=``: until no attempt follows)."""
+        ssh = replace(self.ssh, keepalive=_KEEPALIVE_S)
+
+        async def one(attempt: JobRecord) -> None:
+            await wait_for_end(attempt, ssh, then=then)
+
         try:
             async with asyncio.timeout(timeout):
-                await wait_for_end(self.record, replace(self.ssh, keepalive=_KEEPALIVE_S), then=then)
+                await wait_through_attempts(self._current(), one)
         except TimeoutError:
             raise JobTimeoutError(self.name, timeout or 0.0) from None
+
+    def _current(self) -> JobRecord:
+        """The record as it is now: a job launched with ``restarts=`` moves between hosts."""
+        return load_record(self.name) if self.record.restarts else self.record
 
     def _on_host(self, host: str | None) -> JobRecord:
         if host is None:

@@ -110,15 +110,21 @@ def status(
     (a host unreachable or lost too).
     """
     from launcher.job.status import job_status, silent_ranks
+    from launcher.job.watcher import recovery_of
 
     record = find_job(name, hosts_arg)
     ssh = replace(ssh_for(record), connect_timeout=connect_timeout, max_parallel=max_parallel, retries=0)
     result = run(job_status(record, ssh))
     hang = asdict(result.hang) if result.hang is not None else None
+    recovery = recovery_of(record)
     if as_json:
-        click.echo(json.dumps({**render.status_json(result), "hang": hang, **syncing.code_json(record)}))
+        more = {"hang": hang, "recovery": asdict(recovery) if recovery else None, **syncing.code_json(record)}
+        click.echo(json.dumps({**render.status_json(result), **more}))
     else:
         render.print_status(result)
+        if recovery is not None:
+            for line in render.recovery_lines(recovery):
+                click.echo(line)
         if result.root_cause is not None and result.root_cause.same_on:
             click.echo(f"  same on ranks {', '.join(str(rank) for rank in result.root_cause.same_on)}")
         for host, rank, silent, peers in silent_ranks(result, time.time()):

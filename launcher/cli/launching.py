@@ -46,6 +46,15 @@ if TYPE_CHECKING:
     "--preflight", type=click.Choice(["bandwidth"]), help="First run doctor's checks and bandwidth test on the hosts."
 )
 @click.option("--exclude-slow", is_flag=True, help="With --preflight: leave out the hosts that failed it, not refuse.")
+@click.option(
+    "--restarts",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="N",
+    help="Launch the job again up to N times when it fails or loses a host, leaving a bad host out.",
+)
+@click.option("--spares", metavar="FILE|H1,H2", help="Hosts to take the place of one left out (with --restarts).")
 @click.option("--dry-run", is_flag=True, help="Print what each host would run; contact no host.")
 @click.option("--follow", "-f", is_flag=True, help="Follow the logs after launching (Ctrl-C detaches).")
 @click.option("--wait", is_flag=True, help="Wait for the job to end; exit 0 only if every host succeeded.")
@@ -78,6 +87,8 @@ def launch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **o
         remote_dir=options["remote_dir"],
         sync_max=options["sync_max"],
         allow_mismatch=options["allow_mismatch"],
+        restarts=options["restarts"],
+        spares=options["spares"],
     )
     if options["dry_run"]:
         render.print_dry_run(*dry_run(spec), cwd=spec.cwd)
@@ -99,6 +110,9 @@ def launch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **o
     click.echo(f"  logs        {me} logs --follow {record.name}")
     click.echo(f"  status      {me} status {record.name}")
     click.echo(f"  stop        {me} kill {record.name}")
+    if record.watcher is not None:
+        spares = f", spares {', '.join(h.label for h in record.spares)}" if record.spares else ""
+        click.echo(f"  recovery    up to {record.restarts} restart(s){spares}; watcher pid {record.watcher['pid']}")
     if options["follow"]:
         show = render.LinePrinter(set(), stderr_only=False, no_prefix=False)
         status = follow(record, show, max_parallel=options["max_parallel"])
@@ -119,9 +133,15 @@ def launch(ctx: click.Context, /, script: str, script_args: tuple[str, ...], **o
 async def wait_until_ended(record: JobRecord, max_parallel: int = 128) -> JobStatus:
     """Once the job has ended on every host: its status (``launch --wait``, ``sbatch --wait``)."""
     from launcher.job.status import job_status, wait_for_end
+    from launcher.job.watcher import wait_through_attempts
 
-    # Every host, not the first failure: a failed job may still be stopping elsewhere.
-    await wait_for_end(record, replace(ssh_for(record), keepalive=5.0, max_parallel=max_parallel), on_problem=warn)
+    async def one(attempt: JobRecord) -> None:
+        # Every host, not the first failure: a failed job may still be stopping elsewhere.
+        await wait_for_end(
+            attempt, replace(ssh_for(attempt), keepalive=5.0, max_parallel=max_parallel), on_problem=warn
+        )
+
+    record = await wait_through_attempts(record, one)  # --restarts: until no attempt follows
     return await job_status(record, replace(ssh_for(record), connect_timeout=5.0, max_parallel=max_parallel, retries=0))
 
 
@@ -134,16 +154,22 @@ def follow(
 
     from launcher.job.logs import follow_logs
     from launcher.job.status import job_status
+    from launcher.job.watcher import wait_through_attempts
 
     ssh = replace(ssh_for(record), keepalive=keepalive, max_parallel=max_parallel)
 
     async def stream() -> JobStatus:
-        async for line in follow_logs(record, ssh, on_problem=warn, **filters):
-            show(line)
-            sys.stdout.flush()
-        return await job_status(
-            record, replace(ssh_for(record), connect_timeout=5.0, max_parallel=max_parallel, retries=0)
-        )
+        async def one(attempt: JobRecord) -> None:
+            if attempt.restarts:  # each attempt's lines are marked with its number
+                show.attempt = attempt.attempt
+                hosts = ", ".join(h.label for h in attempt.hosts)
+                click.echo(f"--- attempt {attempt.attempt} of {attempt.restarts + 1} on {hosts} ---")
+            async for line in follow_logs(attempt, ssh, on_problem=warn, **filters):
+                show(line)
+                sys.stdout.flush()
+
+        last = await wait_through_attempts(record, one)
+        return await job_status(last, replace(ssh_for(last), connect_timeout=5.0, max_parallel=max_parallel, retries=0))
 
     try:
         return run(stream())

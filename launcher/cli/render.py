@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from launcher.job.logs import LogLine
     from launcher.job.records import JobRecord
     from launcher.job.status import JobStatus
+    from launcher.job.watcher import Recovery
 
 
 def print_dry_run(name: str, plans: list[Any], cwd: str) -> None:
@@ -114,13 +115,16 @@ class LinePrinter:
         self._no_prefix = no_prefix
         self._colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
         self._host_colours: dict[str, str] = {}
+        self.attempt: int | None = None
+        """Set while following a job launched with --restarts: lines read ``[a2 host rank R]``."""
 
     def __call__(self, line: LogLine) -> None:
         if (self._ranks and line.rank not in self._ranks) or (self._stderr_only and line.stream != "e"):
             return
         label = ""
         if not self._no_prefix:
-            label = f"[{line.host}]" if line.rank is None else f"[{line.host} rank {line.rank}]"
+            where = line.host if self.attempt is None else f"a{self.attempt} {line.host}"
+            label = f"[{where}]" if line.rank is None else f"[{where} rank {line.rank}]"
             if self._colour:
                 colour = self._host_colours.setdefault(
                     line.host, self._COLOURS[len(self._host_colours) % len(self._COLOURS)]
@@ -252,3 +256,20 @@ def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def recovery_lines(recovery: Recovery) -> list[str]:
+    """``status`` of a job launched with ``--restarts``: the attempt, who watches, what is out."""
+    if recovery.watched or recovery.finished:
+        doing = recovery.doing or "watching"
+    else:
+        doing = "no longer watched: its watcher is gone (this machine rebooted?); the attempt runs on without it"
+    lines = [f"Recovery: attempt {recovery.attempt} of {recovery.most}; {doing}"]
+    lines += [f"  {host} left out: {why}" for host, why in recovery.left_out.items()]
+    if recovery.spares_in_use:
+        lines.append(f"  spares in use: {', '.join(recovery.spares_in_use)}")
+    if recovery.spares_left:
+        lines.append(f"  spares left: {', '.join(recovery.spares_left)}")
+    for attempt in recovery.attempts[:-1] if recovery.attempts else ():
+        lines.append(f"  attempt {attempt.number} on {', '.join(attempt.hosts)}: {attempt.state}: {attempt.cause}")
+    return lines

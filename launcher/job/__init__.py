@@ -8,4 +8,5 @@ stack.py    where every rank is: stacks on every host, as a roll-call (``node/st
 kill.py     end a job on every host and verify it there (``node/processes.py``)
 result.py   how a job ended (``JobResult``) and the ``JobFailed`` a failure raises
 slurm.py    talking to SLURM: sbatch, scontrol, scancel
+watcher.py  the watcher of a job launched with ``--restarts``, seen from here: alive, stopped, its attempts
 """

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from launcher.errors import message_of
 from launcher.hosts.files import Host
-from launcher.job.records import JobRecord, remember_state
+from launcher.job.records import JobRecord, load_record, remember_state
+from launcher.job.watcher import stop_watcher
 from launcher.protocol.messages import Kill, KillAll, KillReport, LeftProcess
 from launcher.transport.agent import DEFAULT_SSH, SshOptions
 from launcher.transport.fanout import ask, for_each_host
@@ -26,12 +28,15 @@ class HostKill:
 async def kill_job(record: JobRecord, grace: float = 10.0, ssh: SshOptions = DEFAULT_SSH) -> list[HostKill]:
     """End the job on every host (SIGTERM, ``grace`` seconds, SIGKILL) and verify nothing is left.
 
-    A job that SLURM runs (``launcher sbatch --submit``) is first cancelled with scancel,
+    A job launched with ``--restarts`` first loses its watcher, so that no restart races
+    the kill. A job that SLURM runs (``launcher sbatch --submit``) is first cancelled with scancel,
     which SlurmError reports when refused; then the same verification runs on every host.
     """
+    if record.restarts:
+        # It rolls back a restart it is making; one it made runs on the hosts its record names now.
+        await asyncio.to_thread(stop_watcher, load_record(record.name))
+        record = load_record(record.name)
     if record.slurm_job_id is not None:
-        import asyncio
-
         from launcher.job import slurm as slurm_jobs
 
         await asyncio.to_thread(slurm_jobs.cancel, record.slurm_job_id, grace + 30)

@@ -39,6 +39,22 @@ class JobRecord:
     code_hosts: dict[str, str] = field(default_factory=dict)
     slurm_job_id: str | None = None
     """The SLURM job that runs it (``launcher sbatch --submit``): ``kill`` goes through scancel."""
+    attempt: int = 1
+    """Which attempt runs on ``hosts`` now: 1 at launch, one more at each restart (``--restarts``)."""
+    restarts: int = 0
+    """How many restarts ``launch --restarts`` allows in all (0: none, no watcher)."""
+    spares: tuple[Host, ...] = ()
+    """The spares not yet taken into the job (``--spares``), in the order given."""
+    left_out: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Hosts left out of the job, by label: ``reason``, ``at`` (epoch), ``times`` (how often),
+    ``until`` (epoch: not taken again before; doubles with each repeat)."""
+    attempts: tuple[dict[str, Any], ...] = ()
+    """One entry per attempt: ``number``, ``hosts`` (labels), ``started_at``, and once ended
+    ``ended_at``, ``state``, ``cause`` (its first failure, one line)."""
+    watcher: dict[str, Any] | None = None
+    """The process that recovers the job (``pid``, ``since``: its start, ``log``); None without ``--restarts``."""
+    recovery: str | None = None
+    """What the watcher does or did last, one line (``watching``, ``restarting: ...``, ``gave up: ...``)."""
 
 
 def unique_job_name(base: str) -> str:
@@ -107,8 +123,13 @@ def _from_json(data: Any) -> JobRecord:
     """Rebuild a record, checking types: a damaged file raises ValueError/KeyError/TypeError."""
     if not isinstance(data, dict):
         raise TypeError("not a JSON object")
-    hosts = tuple(Host(**{**h, "gpus": tuple(h["gpus"]) if h.get("gpus") is not None else None}) for h in data["hosts"])
-    record = JobRecord(**{**data, "hosts": hosts})
+    hosts, spares = _hosts(data["hosts"]), _hosts(data.get("spares", ()))
+    attempts = tuple(data.get("attempts", ()))
+    record = JobRecord(**{**data, "hosts": hosts, "spares": spares, "attempts": attempts})
     if not isinstance(record.launched_at, int | float) or not isinstance(record.name, str):
         raise TypeError("bad name or launch time")
     return record
+
+
+def _hosts(items: Any) -> tuple[Host, ...]:
+    return tuple(Host(**{**h, "gpus": tuple(h["gpus"]) if h.get("gpus") is not None else None}) for h in items)

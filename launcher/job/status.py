@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from launcher.errors import message_of
+from launcher.errors import UnreachableError, message_of
 from launcher.hosts.files import Host
 from launcher.job.records import JobRecord, remember_state
 from launcher.job.stack import RollCall, roll_call
@@ -87,9 +87,13 @@ class JobStatus:
     """A hung job: where its ranks were when the supervisors took their stacks."""
 
 
-async def job_status(record: JobRecord, ssh: SshOptions = DEFAULT_SSH) -> JobStatus:
+async def job_status(
+    record: JobRecord, ssh: SshOptions = DEFAULT_SSH, answers: Mapping[str, NodeStatus] | None = None
+) -> JobStatus:
     """Ask every host how the job stands; a host that cannot be asked is ``unreachable``.
 
+    ``answers``: what the hosts said already, by label; then no host is asked, and one
+    missing there is ``unreachable`` (``launch --restarts``: asked as the job ended).
     The state is remembered in the job's local record, for ``launcher list``.
     """
     failures: list[RootCause] = []
@@ -98,7 +102,12 @@ async def job_status(record: JobRecord, ssh: SshOptions = DEFAULT_SSH) -> JobSta
     every_failure: list[RankFailure] = []
 
     async def one(host: Host) -> HostStatus:
-        answer = await ask(host, ssh, Status(job=record.name))
+        if answers is None:
+            answer = await ask(host, ssh, Status(job=record.name))
+        elif host.label in answers:
+            answer = answers[host.label]
+        else:
+            raise UnreachableError(host.label, "it did not answer as the job ended")
         if answer.lost_node is not None and answer.last_heard is not None:
             losses.append((answer.lost_node, answer.last_heard))
         every_failure.extend(answer.rank_failures.values())

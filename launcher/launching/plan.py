@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from launcher.hosts.files import Host
 from launcher.launching import commands, rendezvous
 from launcher.launching.spec import LaunchSpec
+from launcher.protocol.base import ATTEMPT_VARIABLE
 from launcher.protocol.messages import Prepared
 from launcher.protocol.paths import run_dir_shown
 
@@ -57,7 +58,7 @@ def plan_nodes(
             max_restarts=spec.max_restarts,
             torchrun_args=spec.torchrun_args,
         )
-        env = {**commands.job_env(spec.env, log_dir), **command.env}
+        env = {**commands.job_env(spec.env, log_dir), **command.env, ATTEMPT_VARIABLE: str(spec.attempt)}
         interface = interfaces[index] if interfaces is not None else None
         env.update(rendezvous.interface_env(interface, spec.env, answer.preset_env if answer else ()))
         # nvidia-smi numbers GPUs in PCI bus order, CUDA by default fastest first: the same

@@ -72,6 +72,13 @@ class LaunchSpec:
     files: Mapping[str, str] = field(default_factory=dict)
     """Files for each node's run directory (``inputs/``), name -> content in base64: the
     pickled call of ``launcher.run``. ``make_spec`` sets none."""
+    restarts: int = 0
+    """How often the job may be launched again after it failed or lost a host (``--restarts``):
+    a watcher on this machine blames a host, replaces it, and relaunches (``recovery.py``)."""
+    spares: tuple[Host, ...] = ()
+    """Hosts that may take the place of a host left out (``--spares``)."""
+    attempt: int = 1
+    """Which attempt this launch is: the job's processes get it as ``LAUNCHER_ATTEMPT``."""
 
 
 def make_spec(
@@ -107,6 +114,8 @@ def make_spec(
     hang_timeout: float | str | None = None,
     on_hang: str = "stop",
     environ: Mapping[str, str] | None = None,
+    restarts: int = 0,
+    spares: HostsArg = None,
 ) -> LaunchSpec:
     """Check a launch's inputs and resolve them, as ``launcher launch`` does.
 
@@ -153,7 +162,27 @@ def make_spec(
         sync_dir=sync_dir,
         sync_max=parse_size(sync_max, "--sync-max"),
         allow_mismatch=allow_mismatch,
+        restarts=_check_count(restarts, "--restarts"),
+        spares=check_spares(spares, resolved, restarts, environ),
     )
+
+
+def check_spares(
+    spares: HostsArg, hosts: Sequence[Host], restarts: int, environ: Mapping[str, str]
+) -> tuple[Host, ...]:
+    """``--spares``: a hosts file or a list (one name is a list too), none of them a host of
+    the job, and only with ``--restarts`` (nothing else takes a spare)."""
+    if spares is None or spares == "" or spares == ():
+        return ()
+    if not restarts:
+        raise UsageError("--spares needs --restarts N (a spare replaces a host only at a restart)")
+    if isinstance(spares, str) and "," not in spares and not os.path.exists(spares) and spares != "slurm":
+        spares = f"{spares},"  # one host named inline
+    found = resolve_hosts(spares, environ)
+    taken = {h.label for h in hosts} & {h.label for h in found}
+    if taken:
+        raise UsageError(f"--spares: {', '.join(sorted(taken))} is already a host of the job")
+    return found
 
 
 def hang_env(timeout: float | str | None, on_hang: str) -> dict[str, str]:

@@ -16,11 +16,12 @@ from typing import Any
 
 from launcher.errors import HostError, JobRunningError, LauncherError
 from launcher.hosts.files import Host
-from launcher.job.records import JobRecord, make_records_dir, save_record, unique_job_name
+from launcher.job.records import JobRecord, load_record, make_records_dir, save_record, unique_job_name
 from launcher.launching import commands, rendezvous
 from launcher.launching.connect import connect_check_and_sync
 from launcher.launching.plan import NodePlan, dry_plan, plan_nodes
 from launcher.launching.spec import LaunchSpec
+from launcher.launching.watch import start_watcher
 from launcher.protocol.messages import Commit, Kill, Prepare, Prepared, Start, Teardown
 from launcher.sync.run import SyncProgress
 from launcher.transport.agent import NodeAgent, SshOptions, open_agent
@@ -134,19 +135,34 @@ async def launch_job(
         raise
     finally:
         await asyncio.gather(*(a.close() for a in agents if a is not None), return_exceptions=True)
-    record = JobRecord(
-        name=name,
-        hosts=spec.hosts,
-        launched_at=time.time(),
-        script=spec.script,
-        python=spec.python,
-        cwd=spec.cwd,
-        rdzv_endpoint=commands.rdzv_endpoint(*endpoint),
-        code=code.fingerprint,
-        code_digest=code.digest,
-        code_hosts=code.hosts,
-    )
+    now = time.time()
+    attempt = {"number": spec.attempt, "hosts": [h.label for h in spec.hosts], "started_at": now}
+    launched: dict[str, Any] = {
+        "hosts": spec.hosts,
+        "rdzv_endpoint": commands.rdzv_endpoint(*endpoint),
+        "code": code.fingerprint,
+        "code_digest": code.digest,
+        "code_hosts": code.hosts,
+        "attempt": spec.attempt,
+    }
+    if spec.attempt > 1:  # a restart (launching/controller.py): the job's record goes on
+        before = load_record(name)
+        record = replace(before, **launched, attempts=(*before.attempts, attempt), last_state="running")
+    else:
+        record = JobRecord(
+            name=name,
+            launched_at=now,
+            script=spec.script,
+            python=spec.python,
+            cwd=spec.cwd,
+            restarts=spec.restarts,
+            spares=spec.spares,
+            attempts=(attempt,) if spec.restarts else (),
+            **launched,
+        )
     save_record(record)
+    if spec.restarts and spec.attempt == 1:
+        record = await asyncio.to_thread(start_watcher, record, spec)
     return record
 
 
