@@ -18,6 +18,7 @@ while ``--nnodes MIN:MAX`` allows, and fails below MIN, naming every host left o
 from __future__ import annotations
 
 import re
+import signal
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -80,18 +81,36 @@ def judge(status: JobStatus, ordinary_before: int) -> Verdict:
 
 def host_fault(root: RootCause) -> bool:
     """A rank ended by a signal, or by a CUDA/NCCL error that is not out-of-memory."""
-    if root.signal:
+    if signal_of(root):
         return True
     text = " ".join((root.exception, *root.traceback[-5:]))
     return bool(_HOST_FAULT.search(text)) and not _NOT_THE_HOST.search(text)
 
 
+def signal_of(root: RootCause) -> str | None:
+    """The signal that ended the rank: as torchrun reported it, or from a shell's exit code
+    (128 + the signal's number; negative from Python's subprocess)."""
+    if root.signal:
+        return root.signal
+    code = root.exit_code
+    number = (
+        code - 128 if code is not None and 128 < code <= 128 + 64 else -code if code is not None and code < 0 else None
+    )
+    if number is None:
+        return None
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def cause_line(root: RootCause) -> str:
     where = root.host if root.rank is None else f"{root.host} rank {root.rank}"
-    how = root.exception or (f"killed by {root.signal}" if root.signal else f"exit code {root.exit_code}")
-    if root.signal and root.signal not in how:
-        how = f"{how} ({root.signal})"
-    return f"{where}: {how.splitlines()[0] if how else 'failed'}"
+    killer = signal_of(root)
+    how = root.exception.strip().splitlines()[0] if root.exception.strip() else ""
+    if killer and killer not in how:
+        how = f"{how} (killed by {killer})" if how else f"killed by {killer}"
+    return f"{where}: {how or f'exit code {root.exit_code}'}"
 
 
 def leave_out(left_out: Mapping[str, Mapping[str, Any]], label: str, reason: str, now: float) -> dict[str, Any]:
