@@ -12,6 +12,11 @@ or as a plain script (one process, world size 1)::
 
 The corpus is generated in code from a small grammar with a fixed seed, so every rank, on
 every host, builds the same text without downloading or shipping any data.
+
+It is restartable: with ``--checkpoint-dir DIR`` it saves its training state in DIR every
+``--checkpoint-every`` steps, and when started again (by ``launcher launch --restarts N``
+after a failure, or by hand) it continues from the latest complete checkpoint there, not
+from step 0. "checkpoints" below says how, also when the hosts share no disk.
 """
 
 from __future__ import annotations
@@ -19,12 +24,16 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import pickle
 import random
+import re
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -183,6 +192,8 @@ class Worker:
     """This process's place in the job."""
 
     rank: int
+    local_rank: int
+    """Rank among this host's processes: local rank 0 writes this host's checkpoints."""
     world_size: int
     device: torch.device
 
@@ -203,10 +214,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=10, help="steps between loss lines")
     parser.add_argument("--save", type=Path, help="write a checkpoint here (rank 0) at the end")
+    parser.add_argument(
+        "--checkpoint-dir", type=Path, help="save the training state here (each host its own copy) and resume from it"
+    )
+    parser.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
+    parser.add_argument(
+        "--step-delay", type=float, default=0.0, help="seconds to sleep after each step: a job slow enough to kill"
+    )
     args = parser.parse_args()
-    for name in ("steps", "batch_size", "seq_len", "d_model", "layers", "heads", "log_every"):
+    for name in ("steps", "batch_size", "seq_len", "d_model", "layers", "heads", "log_every", "checkpoint_every"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 <= args.step_delay < math.inf:  # also refuses nan
+        parser.error("--step-delay must be a number of seconds, at least 0")
     if args.d_model % args.heads:
         parser.error(f"--d-model ({args.d_model}) must be divisible by --heads ({args.heads})")
     return args
@@ -234,9 +254,19 @@ def init_distributed() -> Worker:
     else:
         # A one-process group over an in-memory store: the same DDP code path runs without
         # torchrun and without opening a port.
+        local_rank = 0
         device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-    return Worker(dist.get_rank(), dist.get_world_size(), device)
+    return Worker(dist.get_rank(), local_rank, dist.get_world_size(), device)
+
+
+def attempt() -> int:
+    """Which try of the job this is: 1, then 2 once ``launcher launch --restarts`` relaunched it..."""
+    try:
+        import launcher
+    except ImportError:  # launcher need not be installed where the job runs; this is all it reads
+        return int(os.environ.get("LAUNCHER_ATTEMPT") or 1)
+    return launcher.context().attempt
 
 
 def load_shards(seq_len: int, worker: Worker) -> tuple[CharTokenizer, torch.Tensor, torch.Tensor]:
@@ -264,19 +294,29 @@ def learning_rate(step: int, total_steps: int, peak: float) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train(model: GPT, train_shard: torch.Tensor, args: argparse.Namespace, worker: Worker) -> tuple[float, float]:
-    """Run args.steps optimiser steps; return the (first, last) loss, averaged over ranks."""
+def train(
+    model: GPT, tokenizer: CharTokenizer, train_shard: torch.Tensor, args: argparse.Namespace, worker: Worker
+) -> tuple[float, float]:
+    """Train up to step args.steps, from the latest checkpoint if there is one; return the
+    (first, last) loss of this run, averaged over ranks."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    start = 0
+    if args.checkpoint_dir is not None:
+        start = restore(args.checkpoint_dir, model, optimizer, worker)
+        if worker.is_main:
+            print(f"{'resumed' if start else 'starting'} from step {start} (attempt {attempt()})", flush=True)
     ddp_model = DistributedDataParallel(
         model, device_ids=[worker.device.index] if worker.device.type == "cuda" else None
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    # Each rank draws its own batch order from its own shard.
-    batch_generator = torch.Generator().manual_seed(args.seed * 1000 + worker.rank)
+    batch_generator = torch.Generator()
     tokens_per_step = worker.world_size * args.batch_size * args.seq_len
 
     first_loss = last_loss = math.nan
-    last_log_time, last_log_step = time.perf_counter(), 0
-    for step in range(1, args.steps + 1):
+    last_log_time, last_log_step = time.perf_counter(), start
+    for step in range(start + 1, args.steps + 1):
+        # Each rank draws its own batches from its own shard. Seeded by the step, not carried
+        # over from the steps before, so a resumed run draws what an unbroken one would have.
+        batch_generator.manual_seed((args.seed * 1000 + worker.rank) * 1_000_000 + step)
         rows = torch.randint(len(train_shard), (args.batch_size,), generator=batch_generator)
         batch = train_shard[rows].to(worker.device)
         for group in optimizer.param_groups:
@@ -289,16 +329,21 @@ def train(model: GPT, train_shard: torch.Tensor, args: argparse.Namespace, worke
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
 
-        if step == 1 or step % args.log_every == 0 or step == args.steps:
+        due = args.checkpoint_dir is not None and (step % args.checkpoint_every == 0 or step == args.steps)
+        if due and worker.local_rank == 0:  # every host's local rank 0: see "checkpoints" below
+            path = save_training_state(args.checkpoint_dir, step, model, optimizer, tokenizer)
+            print(f"saved checkpoint {path}", flush=True)
+        if step == start + 1 or step % args.log_every == 0 or step == args.steps:
             # Every rank takes part in the all-reduce; only rank 0 prints.
             last_loss = mean_over_ranks(loss.item(), worker.device)
-            if step == 1:
+            if step == start + 1:
                 first_loss = last_loss
             now = time.perf_counter()
             tokens_per_s = (step - last_log_step) * tokens_per_step / (now - last_log_time)
             last_log_time, last_log_step = now, step
             if worker.is_main:
                 print(f"step {step}/{args.steps} loss {last_loss:.3f} tokens/s {tokens_per_s:.0f}", flush=True)
+        time.sleep(args.step_delay)
     return first_loss, last_loss
 
 
@@ -331,16 +376,121 @@ def sample(model: GPT, tokenizer: CharTokenizer, prompt: str, length: int, seed:
     return tokenizer.decode(ids[0].tolist())
 
 
-def save_checkpoint(path: Path, model: GPT, tokenizer: CharTokenizer, steps: int) -> None:
+# --- checkpoints ------------------------------------------------------------------------
+#
+# Hosts need not share a disk, and a restart may run on other hosts than the last attempt
+# (a spare in place of a lost one), so every host's local rank 0 writes the checkpoint into
+# --checkpoint-dir on its own disk: DDP keeps the model and the optimizer the same on every
+# rank, so every copy is the same. At start every rank reads its own host's newest copy,
+# the ranks agree on the newest step any of them holds, and the lowest rank holding it
+# sends its state to those that lack it (hosts new to the job, or with an older copy).
+# On a shared disk the hosts write the same file name at the same time: each writes a temp
+# file of its own (host and pid in its name) and renames it into place with os.replace,
+# which is atomic; the contents are the same, so whichever rename lands last is as good.
+
+CHECKPOINT_NAME = re.compile(r"step-([0-9]+)\.pt")
+KEEP_CHECKPOINTS = 2  # the newest, and the one before it in case the newest cannot be read
+
+
+def checkpoint_state(model: GPT, tokenizer: CharTokenizer, steps: int) -> dict[str, Any]:
     # The config and vocabulary travel with the weights so the file alone rebuilds the model.
+    return {"model": model.state_dict(), "config": asdict(model.config), "vocab": tokenizer.chars, "steps": steps}
+
+
+def save_checkpoint(path: Path, model: GPT, tokenizer: CharTokenizer, steps: int) -> None:
+    atomic_save(checkpoint_state(model, tokenizer, steps), path)
+
+
+def atomic_save(state: dict[str, Any], path: Path) -> None:
+    """Write path whole or not at all: a crash mid-write leaves only a temp file, which no reader takes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint = {
-        "model": model.state_dict(),
-        "config": asdict(model.config),
-        "vocab": tokenizer.chars,
-        "steps": steps,
-    }
-    torch.save(checkpoint, path)
+    temp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+    try:
+        with open(temp, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())  # the bytes are on disk before the name points at them
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # and so is the rename
+    finally:
+        os.close(directory)
+
+
+def checkpoint_files(directory: Path) -> list[tuple[int, Path]]:
+    """The complete checkpoints in directory, newest first (temp files are not among them)."""
+    matches = (CHECKPOINT_NAME.fullmatch(path.name) for path in directory.glob("step-*.pt"))
+    return sorted(((int(m[1]), directory / m[0]) for m in matches if m), reverse=True)
+
+
+def save_training_state(
+    directory: Path, step: int, model: GPT, optimizer: torch.optim.Optimizer, tokenizer: CharTokenizer
+) -> Path:
+    state = checkpoint_state(model, tokenizer, step)
+    # The global generator is the same on every rank (seeded alike, drawn alike); this model
+    # draws nothing from it while training, one with dropout would.
+    state.update(optimizer=optimizer.state_dict(), rng=torch.get_rng_state())
+    path = directory / f"step-{step:08d}.pt"
+    atomic_save(state, path)
+    # The older ones only once the new one is in place. On a shared disk another host may
+    # have removed them already.
+    for _, old in checkpoint_files(directory)[KEEP_CHECKPOINTS:]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_latest(directory: Path) -> dict[str, Any] | None:
+    """The newest checkpoint in directory that can be read, or None."""
+    for _, path in checkpoint_files(directory):
+        try:
+            # weights_only: tensors and plain values only, so loading a file runs no code from it.
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as error:
+            print(f"train_llm: skipping unreadable checkpoint {path}: {error}", file=sys.stderr, flush=True)
+    return None
+
+
+def restore(directory: Path, model: GPT, optimizer: torch.optim.Optimizer, worker: Worker) -> int:
+    """Load the newest checkpoint any rank's host holds into model and optimizer; return its
+    step, 0 where none has one."""
+    state = newest_state(directory, worker)
+    if state is None:
+        return 0
+    if state["config"] != asdict(model.config):
+        raise SystemExit(f"train_llm: the checkpoint in {directory} is of another model: {state['config']}")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"])
+    return int(state["steps"])  # also the learning-rate schedule's position: a function of the step
+
+
+def newest_state(directory: Path, worker: Worker) -> dict[str, Any] | None:
+    """The newest training state any rank's host holds, the same on every rank; None: none has one."""
+    if worker.local_rank == 0:  # temp files of this host's earlier attempts, killed mid-write
+        for temp in directory.glob(f".step-*.pt.{socket.gethostname()}.*.tmp"):
+            temp.unlink(missing_ok=True)
+    state = load_latest(directory)
+    mine = state["steps"] if state is not None else 0
+    newest = reduce_int(mine, dist.ReduceOp.MAX, worker.device)
+    if newest == 0:
+        return None
+    if reduce_int(mine, dist.ReduceOp.MIN, worker.device) < newest:  # some rank lacks it
+        holder = reduce_int(worker.rank if mine == newest else worker.world_size, dist.ReduceOp.MIN, worker.device)
+        # Pickled between the job's own ranks, not read from a file.
+        box = [state if worker.rank == holder else None]
+        dist.broadcast_object_list(box, src=holder)
+        state = box[0]
+    return state
+
+
+def reduce_int(value: int, op: dist.ReduceOp.RedOpType, device: torch.device) -> int:
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=op)
+    return int(tensor.item())
 
 
 def main() -> int:
@@ -364,7 +514,7 @@ def main() -> int:
         )
 
     started = time.perf_counter()
-    first_loss, last_loss = train(model, train_shard, args, worker)
+    first_loss, last_loss = train(model, tokenizer, train_shard, args, worker)
     elapsed = time.perf_counter() - started
     val_loss = evaluate(model, val_shard, worker.device)
     if worker.is_main:
