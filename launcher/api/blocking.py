@@ -60,7 +60,8 @@ def launch(
     ``hosts``: a hosts file, an inline list (``"node1,node2:4"``), ``"localhost"`` (the
     default), ``"slurm"``, or Host records. ``env``: variables for the job, applied after
     the forwarded ones. ``options``: any keyword of ``make_spec``. Arguments are passed
-    as ``str(arg)``. Returns once the job runs everywhere; raises UsageError or
+    as ``str(arg)``. ``restarts=N`` and ``spares=`` (as ``--restarts``/``--spares``) launch
+    it again after a failure or a lost host: ``Job.attempts``. Returns once the job runs everywhere; raises UsageError or
     HostsFileError for bad input before any host is contacted, JobError when a host fails
     to start (nothing is left running then).
     """
