@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,6 +106,14 @@ def test_a_host_blamed_with_no_spare_and_no_room_fails_the_job_naming_it(here: L
         "gave up: 0 host(s) left, --nnodes needs 1 (left out: localhost: localhost: killed by SIGSEGV)"
     )
     assert str(seen["left_out"]["localhost"]).startswith("localhost: killed by SIGSEGV (left out at ")  # type: ignore[index]
+
+    assert load_record("segv").left_out["localhost"]["until"] > time.time()
+    wrong = cli(here, "readmit", "segv", "h9")
+    assert wrong.returncode != 0 and "Traceback" not in wrong.stderr
+    assert wrong.stderr.strip().splitlines()[-1] == "Error: h9: not left out of segv (left out: localhost)"
+    readmitted = cli(here, "readmit", "segv", "localhost")
+    assert readmitted.returncode == 0, readmitted.stderr
+    assert load_record("segv").left_out["localhost"]["until"] == 0.0  # the next restart may take it
 
 
 def test_kill_stops_the_watcher_and_the_attempt_and_leaves_nothing(here: LocalNode) -> None:

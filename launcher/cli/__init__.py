@@ -27,7 +27,7 @@ import click
 
 from launcher._version import __version__
 from launcher.cli.doctor import doctor
-from launcher.cli.jobs import attach, kill, list_jobs, logs, status
+from launcher.cli.jobs import attach, kill, list_jobs, logs, readmit, status
 from launcher.cli.launching import launch
 from launcher.cli.sbatch import sbatch
 from launcher.cli.setup import setup
@@ -48,7 +48,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
-for _command in (launch, sbatch, sync, logs, status, stack, kill, attach, list_jobs):
+for _command in (launch, sbatch, sync, logs, status, stack, kill, readmit, attach, list_jobs):
     cli.add_command(_command)
 cli.add_command(doctor)
 cli.add_command(setup)

@@ -210,6 +210,17 @@ def _all_known_hosts(hosts_arg: str | None) -> tuple[Any, ...]:
 
 
 @click.command()
+@click.argument("name")
+@click.argument("hosts", nargs=-1, required=True)
+def readmit(name: str, hosts: tuple[str, ...]) -> None:
+    """Let job NAME's watcher (launch --restarts) take HOSTS again, before their cooldown ends."""
+    from launcher.job.watcher import readmit as readmit_hosts
+
+    readmit_hosts(name, hosts)
+    click.echo(f"{', '.join(hosts)}: may be taken again at the next restart of {name}")
+
+
+@click.command()
 @click.argument("name", required=False)
 @click.option("--host", "host_label", metavar="HOST", help="Which host's session.  [default: the first]")
 @find_by_hosts

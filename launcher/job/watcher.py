@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psutil
 
-from launcher.job.records import JobRecord, load_record
+from launcher.errors import UsageError
+from launcher.job.records import JobRecord, load_record, save_record
 
 _SAME_START_S = 1.0
 """psutil's create time has clock-tick resolution: this close counts as the same process."""
@@ -168,3 +169,20 @@ async def wait_through_attempts(record: JobRecord, wait: Callable[[JobRecord], A
         if following is None:
             return load_record(record.name) if record.restarts else record
         record = following
+
+
+def readmit(name: str, labels: Sequence[str]) -> JobRecord:
+    """End the cooldown of hosts left out of job ``name`` (``launcher readmit``): its watcher
+    may take them again at its next restart. UsageError for a host that is not left out."""
+    record = load_record(name)
+    unknown = [label for label in labels if label not in record.left_out]
+    if unknown:
+        out = ", ".join(record.left_out) or "none"
+        raise UsageError(f"{', '.join(unknown)}: not left out of {name} (left out: {out})")
+    left_out = {
+        label: {**entry, "until": 0.0, "reason": f"{entry.get('reason')}; readmitted"} if label in labels else entry
+        for label, entry in record.left_out.items()
+    }
+    record = replace(load_record(name), left_out=left_out)
+    save_record(record)
+    return record
