@@ -28,6 +28,9 @@ sys.path.insert(0, str(REPO / "tests"))
 from cluster import Cluster, TestHost, start_cluster  # after the path above
 
 POLL_S = 0.05
+SETTLE_S = 2.0
+"""From the command running everywhere to the crash: the supervisors have met by then. A host
+that dies before it ever reached node 0 is lost after twice the heartbeat limit instead."""
 
 
 def running_on(host: TestHost, marker: str) -> bool:
@@ -49,6 +52,7 @@ def one_run(cluster: Cluster, n: int, limit: float, rep: int) -> dict[str, float
     victim = cluster.hosts[n - 1]
     while not all(running_on(h, f"sleep {seconds}") for h in cluster.hosts[:n]):
         time.sleep(POLL_S)
+    time.sleep(SETTLE_S)
     crashed_at = time.time()
     victim.crash()
     survivors = [*cluster.hosts[: n - 1], spare]

@@ -148,3 +148,27 @@ def test_kill_during_a_restart_leaves_nothing_running(cluster: Cluster, crashed:
     h3.unblock_all()
     for host in (h0, h3):
         assert not leftovers(host, (f"/{name}/", "sleep 301")), host.name
+
+
+def test_a_spare_that_fails_its_checks_is_skipped_with_its_reason(cluster: Cluster, crashed: list[str]) -> None:
+    name = job_name("skip")
+    h1, h2, h3 = cluster.hosts[1], cluster.hosts[2], cluster.hosts[3]
+    h2.block_tcp(22)  # the first spare cannot be logged into
+    launched = run_cli(
+        cluster, "launch", "--name", name, "--heartbeat-timeout", LIMIT_S, "--hosts", "h0,h1", "--spares", "h2,h3",
+        "--restarts", "1", "--connect-timeout", "2", "--runner", "exec", "sleep", "302",
+    )  # fmt: skip
+    assert launched.returncode == 0, launched.stderr
+    wait_for("the job on h1", lambda: leftovers(h1, ("sleep 302",)), timeout=30, every=0.2)
+    crashed.append(h1.name)
+    h1.crash()
+
+    wait_for("attempt 2 on h3", lambda: leftovers(h3, ("sleep 302",)), timeout=90, every=0.2)
+    seen = record(cluster, name)
+    assert seen["attempt"] == 2 and [h["name"] for h in seen["hosts"]] == ["h0", "h3"], seen  # type: ignore[union-attr]
+    left_out = seen["left_out"]
+    assert isinstance(left_out, dict) and list(left_out) == ["h1", "h2"], left_out
+    assert left_out["h2"]["reason"].startswith("failed its checks: "), left_out
+    text = run_cli(cluster, "status", name).stdout
+    assert "h2 left out: failed its checks: " in text and "spares in use: h3" in text, text
+    assert not leftovers(h2, ("sleep 302",))
