@@ -19,6 +19,7 @@ import psutil
 import pytest
 from local_node import LocalNode
 
+import launcher
 from launcher.job.records import load_record
 from launcher.job.watcher import stop_watcher
 
@@ -83,6 +84,12 @@ def test_a_failed_attempt_is_launched_again_and_the_next_one_succeeds(here: Loca
     assert attempts[0]["cause"] == "localhost: OSError: flaky disk (the same hosts again, once)"
     listed = json.loads(cli(here, "list", "--json").stdout)["jobs"]
     assert [j["name"] for j in listed] == ["again"]  # one job, not one per attempt
+    job = launcher.Job.get("again")
+    assert [(a.number, a.hosts, a.state) for a in job.attempts] == [
+        (1, ("localhost",), "failed"),
+        (2, ("localhost",), "succeeded"),
+    ]
+    assert job.wait().state == "succeeded"
 
 
 def test_an_ordinary_exception_twice_fails_the_job_without_spending_the_restarts(here: LocalNode) -> None:
