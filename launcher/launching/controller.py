@@ -176,6 +176,9 @@ def main(argv: Sequence[str]) -> int:
         return asyncio.run(run())
     except LauncherError as exc:
         return _finish(name, f"stopped: {exc}", 1)
+    except Exception as exc:  # a bug: the record says so, the log has the traceback
+        _finish(name, f"stopped: {type(exc).__name__}: {exc} (see {name}.watcher.log)", 1)
+        raise
 
 
 if __name__ == "__main__":
