@@ -39,6 +39,7 @@ from launcher.protocol.codec import ProtocolError, decode
 from launcher.protocol.logs import LogBatch
 from launcher.protocol.messages import Hello
 from launcher.protocol.registry import ANSWERS, encode_request
+from launcher.transport.answers import Answers
 from launcher.transport.connect import Dial, HostKeyChangedError, open_connection
 from launcher.transport.node_side import agent_argv, arrive
 from launcher.transport.ssh_library import asyncssh_module
@@ -96,35 +97,34 @@ class NodeAgent:
         self._writer = writer
         self._closer = closer
         self._explain = explain
-        self._lock = asyncio.Lock()
-        self._unanswered = 0
+        self._sending = asyncio.Lock()
+        self._answers = Answers(self._receive)
         self.patience = 0.0
         """The least a call waits (``SshOptions.patience``): a remote node may be slow, not
         dead; its connection's keepalives and the agent's end tell dead from slow."""
 
     async def call(self, request: Request[A], timeout: float | None = 60.0) -> A:
         """One request, one answer; a refusal or a lost agent raises a HostError.
-        ``timeout`` None: wait as long as the node takes (``Wait``)."""
+        ``timeout`` None: wait as long as the node takes (``Wait``). Calls made together
+        are all in flight at once, their answers matched to them in order (``answers.py``)."""
         timeout = None if timeout is None else max(timeout, self.patience)
-        async with self._lock:
+        async with self._sending:
+            expected = self._answers.expect()  # before the write: the answer may come as it drains
             try:
-                # A call cancelled (Ctrl-C) or timed out after its request went out leaves
-                # an answer on the way: it must not be taken for this request's.
-                while self._unanswered:
-                    await asyncio.wait_for(self._receive(), timeout)
-                    self._unanswered -= 1
                 await self._send(request)
-                self._unanswered += 1
-                answer = await asyncio.wait_for(self._receive(), timeout)
-                self._unanswered -= 1
-            except TimeoutError:
-                raise AgentError(self.host.label, f"no answer to {request.op} within {timeout:g} s") from None
+            except BaseException:
+                expected.cancel()  # its answer, if one comes, is dropped
+                raise
+        try:
+            answer = await self._answers.wait(expected, timeout)
+        except TimeoutError:
+            raise AgentError(self.host.label, f"no answer to {request.op} within {timeout:g} s") from None
         answer_type: type[A] = ANSWERS[type(request)]
         return self._checked(answer, answer_type, request.op)
 
     async def greeting(self, timeout: float) -> Hello:
         """The agent's first line, sent unasked; refuses a node with another launcher version."""
-        async with self._lock:
+        async with self._answers.reading:
             try:
                 raw = await asyncio.wait_for(self._receive(), timeout)
             except TimeoutError:
@@ -152,15 +152,18 @@ class NodeAgent:
             raise ConnectionLostError(self.host.label, f"connection lost: {exc}") from None
 
     async def stream(self, request: Request[A]) -> AsyncIterator[LogBatch | A]:
-        """A request answered by many ``LogBatch`` messages, then its answer."""
-        async with self._lock:
-            await self._send(request)
-            while True:
-                message = await self._receive()
-                if "ok" in message:
-                    yield self._checked(message, ANSWERS[type(request)], request.op)
-                    return
-                yield self._checked({**message, "ok": True}, LogBatch, request.op)
+        """A request answered by many ``LogBatch`` messages, then its answer; the calls
+        already in flight are answered first, and none is sent until the stream ends."""
+        async with self._sending, self._answers.reading:
+            await self._answers.drain()
+            try:
+                await self._send(request)
+                while "ok" not in (message := await self._receive()):
+                    yield self._checked({**message, "ok": True}, LogBatch, request.op)
+            except BaseException:
+                self._answers.left_stream()  # left before its answer: the rest is dropped
+                raise
+            yield self._checked(message, ANSWERS[type(request)], request.op)
 
     async def close(self) -> None:
         with contextlib.suppress(OSError, RuntimeError):
