@@ -5,6 +5,7 @@ between their choice and their use (``local_node.py``: the real agent and superv
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import socket
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from local_node import LocalNode
 
+from launcher.protocol.base import RENDEZVOUS_ADDRESS
 from launcher.protocol.messages import Commit, Ended, Prepare, Start, Teardown, Wait
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
@@ -59,3 +61,48 @@ def test_the_ports_are_held_from_the_prepare_until_the_commit(tmp_path: Path) ->
         node.close()
     assert seen == {"prepared": [True, True], "started": [True, True]}
     assert ended == Ended(state="succeeded")
+
+
+@pytest.mark.parametrize(("address", "endpoint"), [("10.1.2.3", "10.1.2.3:29500"), ("fd00::7", "[fd00::7]:29500")])
+def test_the_commit_brings_the_rendezvous_address_into_the_held_command(
+    tmp_path: Path, address: str, endpoint: str
+) -> None:
+    """A host starts as soon as it is prepared, before the rendezvous address is known; its
+    commit puts the address in the command, its variables and its teardown address."""
+    node = LocalNode.create()
+    show = "import os, sys; print('argv', sys.argv[1], 'env', os.environ['MASTER_ADDR'], os.environ['IFNAME'])"
+
+    async def launch() -> tuple[Ended, str, str]:
+        agent = await node.open()
+        try:
+            argv = [sys.executable, "-c", show, f"{RENDEZVOUS_ADDRESS}:29500"]
+            env = {"MASTER_ADDR": RENDEZVOUS_ADDRESS}
+            teardown = Teardown(node=1, address=RENDEZVOUS_ADDRESS, port=1, secret="", nodes=2)
+            started = await agent.call(
+                Start(job="meet", argv=argv, env=env, cwd=str(tmp_path), teardown=teardown, hold=60.0)
+            )
+            spec = Path(started.run_dir, "spec.json").read_text()
+            await agent.call(Commit(job="meet", address=address, env={"IFNAME": "eth7"}))
+            ended = await agent.call(Wait(job="meet"), timeout=60)
+            return (
+                ended,
+                spec,
+                Path(started.run_dir, "spec.json").read_text() + Path(started.run_dir, "output.log").read_text(),
+            )
+        finally:
+            await agent.close()
+
+    try:
+        node.jobs.add("meet")
+        with node.environment():
+            ended, held, after = asyncio.run(launch())
+    finally:
+        node.close()
+    assert ended == Ended(state="succeeded")
+    before = json.loads(held)
+    assert before["argv"][-1] == f"{RENDEZVOUS_ADDRESS}:29500" and before["env"]["MASTER_ADDR"] == RENDEZVOUS_ADDRESS
+    spec, _, _ = after.partition("\n")
+    completed = json.loads(spec)
+    assert completed["argv"][-1] == endpoint and completed["env"]["MASTER_ADDR"] == address
+    assert completed["teardown"]["address"] == address and completed["env"]["IFNAME"] == "eth7"
+    assert f"argv {endpoint} env {address} eth7" in after, after

@@ -39,37 +39,65 @@ def plan_nodes(
     """Every host's plan; ``endpoint`` is the rendezvous, ``run_dirs`` each node's run
     directory, ``prepared`` what each host's prepare found (its GPUs, its environment),
     ``interfaces`` the one each host reaches the rendezvous over."""
-    plans = []
-    for index, host in enumerate(spec.hosts):
-        answer = prepared[index] if prepared is not None else None
-        log_dir = f"{run_dirs[index]}/torchrun"
-        command = commands.node_command(
-            runner=spec.runner,
-            python=spec.python,
-            nnodes=len(spec.hosts),
-            nnodes_spec=spec.nnodes,
-            node_rank=index,
-            nproc_per_node=nproc_for(spec, host, answer.gpus if answer else None, placeholder=prepared is None),
-            endpoint=endpoint,
-            job=name,
-            log_dir=log_dir,
-            script=spec.script,
-            script_args=spec.script_args,
-            max_restarts=spec.max_restarts,
-            torchrun_args=spec.torchrun_args,
+    return [
+        plan_node(
+            spec,
+            name,
+            index,
+            endpoint,
+            run_dirs[index],
+            prepared[index] if prepared is not None else None,
+            interfaces[index] if interfaces is not None else None,
+            placeholder=prepared is None,
         )
-        env = {**commands.job_env(spec.env, log_dir), **command.env, ATTEMPT_VARIABLE: str(spec.attempt)}
-        interface = interfaces[index] if interfaces is not None else None
-        env.update(rendezvous.interface_env(interface, spec.env, answer.preset_env if answer else ()))
-        # nvidia-smi numbers GPUs in PCI bus order, CUDA by default fastest first: the same
-        # numbers must mean the same GPUs in --include, the node's answer and the ranks.
-        env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
-        if answer is not None and answer.cuda_visible is not None:
-            env["CUDA_VISIBLE_DEVICES"] = answer.cuda_visible  # the node's own ids (its allocation)
-        elif host.gpus is not None:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in host.gpus)
-        plans.append(NodePlan(host, command.argv, env))
-    return plans
+        for index in range(len(spec.hosts))
+    ]
+
+
+def plan_node(
+    spec: LaunchSpec,
+    name: str,
+    index: int,
+    endpoint: tuple[str, int | str],
+    run_dir: str,
+    answer: Prepared | None,
+    interface: str | None,
+    placeholder: bool = False,
+) -> NodePlan:
+    """Host ``index``'s plan (``plan_nodes``); ``placeholder``: a dry run (GPUs unknown)."""
+    host = spec.hosts[index]
+    log_dir = f"{run_dir}/torchrun"
+    command = commands.node_command(
+        runner=spec.runner,
+        python=spec.python,
+        nnodes=len(spec.hosts),
+        nnodes_spec=spec.nnodes,
+        node_rank=index,
+        nproc_per_node=nproc_for(spec, host, answer.gpus if answer else None, placeholder=placeholder),
+        endpoint=endpoint,
+        job=name,
+        log_dir=log_dir,
+        script=spec.script,
+        script_args=spec.script_args,
+        max_restarts=spec.max_restarts,
+        torchrun_args=spec.torchrun_args,
+    )
+    env = {**commands.job_env(spec.env, log_dir), **command.env, ATTEMPT_VARIABLE: str(spec.attempt)}
+    env.update(interface_env(spec, interface, answer))
+    # nvidia-smi numbers GPUs in PCI bus order, CUDA by default fastest first: the same
+    # numbers must mean the same GPUs in --include, the node's answer and the ranks.
+    env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    if answer is not None and answer.cuda_visible is not None:
+        env["CUDA_VISIBLE_DEVICES"] = answer.cuda_visible  # the node's own ids (its allocation)
+    elif host.gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in host.gpus)
+    return NodePlan(host, command.argv, env)
+
+
+def interface_env(spec: LaunchSpec, interface: str | None, answer: Prepared | None) -> dict[str, str]:
+    """The interface variables of one host (``rendezvous.interface_env``), known once every
+    host has reached the first: a launch sends them with the commit."""
+    return rendezvous.interface_env(interface, spec.env, answer.preset_env if answer else ())
 
 
 def dry_plan(spec: LaunchSpec, name: str) -> list[NodePlan]:

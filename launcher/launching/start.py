@@ -14,14 +14,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from launcher.errors import HostError, JobRunningError, LauncherError
+from launcher.errors import HostError, JobError, JobRunningError, LauncherError
 from launcher.hosts.files import Host
 from launcher.job.records import JobRecord, load_record, make_records_dir, save_record, unique_job_name
-from launcher.launching import commands, rendezvous
-from launcher.launching.connect import connect_check_and_sync
-from launcher.launching.plan import NodePlan, dry_plan, plan_nodes
+from launcher.launching import commands, plan, rendezvous
+from launcher.launching.connect import CodeRecord, connect_check_and_sync
+from launcher.launching.plan import NodePlan, dry_plan
+from launcher.launching.same_env import check_environment
 from launcher.launching.spec import LaunchSpec
 from launcher.launching.watch import start_watcher
+from launcher.protocol.base import RENDEZVOUS_ADDRESS
 from launcher.protocol.messages import Commit, Kill, Prepare, Prepared, Start, Teardown
 from launcher.sync.run import SyncProgress
 from launcher.transport.agent import NodeAgent, SshOptions, open_agent
@@ -75,60 +77,25 @@ async def launch_job(
     # Only these may be rolled back: elsewhere a job of the same name may be running already.
     starting: list[NodeAgent] = []
     try:
-        code = await connect_check_and_sync(spec, ssh, agents, on_sync)
-        prepared = await _connect_and_prepare(spec, name, ssh, agents, progress)
-        for host, answer in zip(spec.hosts, prepared, strict=True):
-            for note in answer.gpu_notes:  # MIG's one process, a GPU held from another pid namespace
-                progress(host.label, f"note: {note}")
-        first = prepared[0]
-        if first.port is None or first.watch_port is None:
-            raise HostError(spec.hosts[0].label, "the first host picked no rendezvous port")
+        # With --sync, every host must hold the code before its prepare checks the script:
+        # connect all, compare environments, sync (all or nothing), then prepare and start.
+        code = await connect_check_and_sync(spec, ssh, agents, on_sync) if spec.sync_dir else CodeRecord()
+        prepared = await _prepare_and_start(spec, name, ssh, agents, starting, progress)
+        if spec.sync_dir is None and not spec.allow_mismatch:  # every host has greeted by now
+            check_environment([a for a in agents if a is not None])
         meeting = _meeting_point(spec.hosts, agents, prepared)
         endpoint = (meeting.address, meeting.port)
-        plans = plan_nodes(spec, name, endpoint, [p.run_dir for p in prepared], prepared, meeting.interfaces)
-        watch_port = first.watch_port
-        watch = spec.teardown and len(spec.hosts) > 1
-        # One per launch, the same on every node; it travels only inside the Start requests.
-        secret = secrets.token_hex(32)
 
-        async def start(index: int, agent: NodeAgent, plan: NodePlan) -> None:
-            starting.append(agent)
-            teardown = (
-                Teardown(
-                    node=index,
-                    address=endpoint[0],
-                    port=watch_port,
-                    secret=secret,
-                    timeout=spec.heartbeat_timeout,
-                    nodes=len(spec.hosts),
-                )
-                if watch
-                else None
-            )
-            request = Start(job=name, argv=plan.argv, env=plan.env, cwd=spec.cwd, teardown=teardown, hold=held_for(ssh))
-            if spec.files:  # launcher.run's pickled call, for each node's run directory
-                request = replace(request, files=dict(spec.files))
-            try:
-                await agent.call(request, timeout=START_TIMEOUT_S)  # a remote agent: at least SshOptions.patience
-            except JobRunningError:
-                starting.remove(agent)  # another launch of this name owns it there: not ours to remove
-                raise
-            progress(agent.host.label, "started")
+        async def commit(index: int, agent: NodeAgent) -> None:
+            env = plan.interface_env(spec, meeting.interfaces[index], prepared[index])
+            await agent.call(Commit(job=name, address=meeting.address, env=env), timeout=90)
 
-        async def commit(agent: NodeAgent) -> None:
-            await agent.call(Commit(job=name), timeout=90)
-
-        started = [(i, a, p) for i, (a, p) in enumerate(zip(agents, plans, strict=True)) if a is not None]
-        # The first host first: of two launches of one name, the one that starts there wins,
-        # and the other stops before it touches any other host (no split with no winner).
-        await all_or_nothing([start(*started[0])], spec.hosts[:1], "launch failed, nothing left running")
-        if len(started) > 1:
-            rest = [start(*step) for step in started[1:]]
-            await all_or_nothing(rest, spec.hosts[1:], "launch failed, nothing left running")
         # Only now does any command run: a launcher that dies before this line leaves held
         # supervisors, which end when their agent does (or after held_for(ssh)).
         await all_or_nothing(
-            [commit(a) for a in agents if a is not None], spec.hosts, "launch failed, nothing left running"
+            [commit(i, a) for i, a in enumerate(agents) if a is not None],
+            spec.hosts,
+            "launch failed, nothing left running",
         )
     except BaseException:
         await asyncio.shield(_roll_back(name, starting))
@@ -174,36 +141,89 @@ def _job_name(spec: LaunchSpec) -> str:
     return unique_job_name(commands.default_job_name(spec.script))
 
 
-async def _connect_and_prepare(
+async def _prepare_and_start(
     spec: LaunchSpec,
     name: str,
     ssh: SshOptions,
     agents: list[NodeAgent | None],
+    starting: list[NodeAgent],
     progress: Callable[[str, str], None],
 ) -> list[Prepared]:
+    """Each host on its own: connect (unless connected), prepare, start held; no host waits
+    for the others but for the first, whose prepare picks the ports the others probe and
+    whose start goes first. The rendezvous address comes with the commit (``RENDEZVOUS_ADDRESS``).
+
+    Of two launches of one name, the one that starts on the first host wins, and the other
+    stops before it starts on any other host (no split with no winner). Only hosts in
+    ``starting`` are rolled back after a failure: elsewhere a job of that name may run already.
+    """
     gate = asyncio.Semaphore(ssh.max_parallel)
     script = commands.script_file(spec.runner, spec.script, spec.torchrun_args)
+    loop = asyncio.get_running_loop()
+    first_ready: asyncio.Future[Prepared] = loop.create_future()
+    first_started: asyncio.Future[None] = loop.create_future()
+    watch = spec.teardown and len(spec.hosts) > 1
+    secret = secrets.token_hex(32)  # one per launch, the same on every node; only inside Start requests
 
-    first_ready: asyncio.Future[Prepared] = asyncio.get_running_loop().create_future()
+    async def prepare(index: int, agent: NodeAgent) -> Prepared:
+        request = Prepare(
+            job=name, cwd=spec.cwd, replace=spec.force, script=script, **gpu_checks(spec, spec.hosts[index])
+        )
+        if index == 0:  # it listens on the rendezvous port from now until its start
+            answer = await agent.call(replace(request, want_port=True, port=spec.rdzv_port), PREPARE_TIMEOUT_S)
+            if answer.port is None or answer.watch_port is None:
+                raise HostError(spec.hosts[0].label, "the first host picked no rendezvous port")
+            first_ready.set_result(answer)
+            return answer
+        # The others connect to it before answering: no launch waits on a dropped port.
+        first = await asyncio.shield(first_ready)
+        first_address = agents[0].hello.address if agents[0] and agents[0].hello else None
+        probe = rendezvous.probe_addresses(first, first_address, agent.local_address)
+        return await agent.call(replace(request, probe=probe, probe_port=first.port), PREPARE_TIMEOUT_S)
 
-    async def prepare(index: int) -> Prepared:
+    async def one(index: int) -> Prepared:
         host = spec.hosts[index]
         agent = agents[index] or await open_agent(host, ssh, gate)
         agents[index] = agent
-        request = Prepare(job=name, cwd=spec.cwd, replace=spec.force, script=script, **gpu_checks(spec, host))
-        if index == 0:  # it listens on the rendezvous port from now until its start
-            answer = await agent.call(replace(request, want_port=True, port=spec.rdzv_port), PREPARE_TIMEOUT_S)
-            first_ready.set_result(answer)
-        else:  # the others connect to it before answering: no launch waits on a dropped port
-            first = await asyncio.shield(first_ready)
-            first_address = agents[0].hello.address if agents[0] and agents[0].hello else None
-            probe = rendezvous.probe_addresses(first, first_address, agent.local_address)
-            answer = await agent.call(replace(request, probe=probe, probe_port=first.port), PREPARE_TIMEOUT_S)
-        progress(agent.host.label, "connected")
+        answer = await prepare(index, agent)
+        progress(host.label, "connected")
+        for note in answer.gpu_notes:  # MIG's one process, a GPU held from another pid namespace
+            progress(host.label, f"note: {note}")
+        first = first_ready.result()
+        if index > 0:
+            await asyncio.shield(first_started)
+        node = plan.plan_node(spec, name, index, (RENDEZVOUS_ADDRESS, first.port or 0), answer.run_dir, answer, None)
+        teardown = (
+            Teardown(
+                node=index,
+                address=RENDEZVOUS_ADDRESS,
+                port=first.watch_port or 0,
+                secret=secret,
+                timeout=spec.heartbeat_timeout,
+                nodes=len(spec.hosts),
+            )
+            if watch
+            else None
+        )
+        request = Start(job=name, argv=node.argv, env=node.env, cwd=spec.cwd, teardown=teardown, hold=held_for(ssh))
+        if spec.files:  # launcher.run's pickled call, for each node's run directory
+            request = replace(request, files=dict(spec.files))
+        starting.append(agent)
+        try:
+            await agent.call(request, timeout=START_TIMEOUT_S)  # a remote agent: at least SshOptions.patience
+        except JobRunningError:
+            starting.remove(agent)  # another launch of this name owns it there: not ours to remove
+            raise
+        if index == 0:
+            first_started.set_result(None)
+        progress(host.label, "started")
         return answer
 
-    steps = [prepare(i) for i in range(len(spec.hosts))]
-    return await all_or_nothing(steps, spec.hosts, "launch failed, nothing was started")
+    try:
+        return await all_or_nothing([one(i) for i in range(len(spec.hosts))], spec.hosts, "launch failed")
+    except JobError as exc:  # say whether anything had started (held, then removed) anywhere
+        done = "nothing left running" if starting else "nothing was started"
+        raise JobError(f"launch failed, {done}", exc.errors) from None
 
 
 async def _roll_back(name: str, agents: Sequence[NodeAgent]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 from launcher.node import network, preflight, processes, status, tmux
 from launcher.node.errors import NodeError
 from launcher.node.rundir import JobSpec, RunDir
-from launcher.protocol.base import JOB_MARKER, RUN_DIR_VARIABLE, session_name
+from launcher.protocol.base import JOB_MARKER, RENDEZVOUS_ADDRESS, RUN_DIR_VARIABLE, session_name
 from launcher.protocol.messages import Commit, Prepare, Prepared, Start, Started
 from launcher.protocol.python_env import NODE_FALLBACK_VARIABLE, SENT_VARIABLES
 
@@ -161,11 +162,37 @@ def commit(request: Commit) -> Started:
     if not run.is_held() and not run.has_started():
         ended = run.read_exit()
         raise NodeError("start_failed", (ended.error if ended else None) or f"job {request.job} is not held here")
+    if request.address is not None or request.env:
+        _finish_spec(run, request)
     run.mark_committed()
     _release_ports(request.job)
     _wake(request.job, run.held_by())
     _wait_for_supervisor(request.job, run, held=False)
     return Started(session=session_name(request.job), run_dir=str(run.path))
+
+
+def _finish_spec(run: RunDir, request: Commit) -> None:
+    """The held command's spec, completed with what only the commit knows: the rendezvous
+    address in place of ``RENDEZVOUS_ADDRESS``, and the variables that depend on it. The
+    supervisor reads it again once committed."""
+    spec = run.read_spec()
+    if spec is None:
+        raise NodeError("start_failed", f"job {request.job} has no spec here")
+    address = request.address
+
+    def put(text: str) -> str:
+        if address is None or RENDEZVOUS_ADDRESS not in text:
+            return text
+        if ":" in address:  # IPv6: [address]:port in an endpoint, bare elsewhere (MASTER_ADDR)
+            text = text.replace(RENDEZVOUS_ADDRESS + ":", f"[{address}]:")
+        return text.replace(RENDEZVOUS_ADDRESS, address)
+
+    teardown = spec.teardown
+    if teardown is not None:
+        teardown = dataclasses.replace(teardown, address=put(teardown.address))
+    env = {name: put(value) for name, value in spec.env.items()}
+    env.update(request.env)
+    run.write_spec(dataclasses.replace(spec, argv=[put(a) for a in spec.argv], env=env, teardown=teardown))
 
 
 def _wake(job: str, pid: int | None) -> None:

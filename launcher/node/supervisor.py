@@ -63,6 +63,7 @@ def supervise(run: RunDir) -> int:
             log.note(refused)
             run.write_exit(ExitRecord(exit_code=1, time=time.time(), error=refused))
             return 1
+        spec = run.read_spec() or spec  # the commit completed it: the rendezvous address
     try:
         proc = subprocess.Popen(
             spec.argv,

@@ -8,9 +8,15 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar, Generic, Literal, TypeVar
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 """Bumped whenever a message changes; both sides must also run the same launcher version.
-3: ``Teardown.secret`` (required: teardown connections authenticate)."""
+3: ``Teardown.secret`` (required: teardown connections authenticate).
+4: ``Commit.address`` and ``Commit.env``: a host starts as soon as it is prepared, and the
+rendezvous address, known once every host has reached the first, comes with the commit."""
+
+RENDEZVOUS_ADDRESS = "{launcher.rendezvous}"
+"""In a ``Start``'s argv, variables and teardown address: where the hosts meet, unknown
+while hosts are still being prepared. The node puts ``Commit.address`` in its place."""
 
 JOB_MARKER = "LAUNCHER_JOB"
 """Environment variable set to the job name in every process of a job.

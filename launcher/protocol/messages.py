@@ -257,6 +257,11 @@ class Commit(Request[Started]):
 
     op: ClassVar[str] = "commit"
     job: str
+    address: str | None = None
+    """Where the hosts meet: replaces ``RENDEZVOUS_ADDRESS`` in the held command's argv,
+    variables and teardown address (None: the Start had none)."""
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    """More variables for the command, known only now (the interface it reaches the rendezvous over)."""
 
 
 @dataclasses.dataclass(frozen=True)
