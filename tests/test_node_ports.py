@@ -72,7 +72,7 @@ def test_the_commit_brings_the_rendezvous_address_into_the_held_command(
     node = LocalNode.create()
     show = "import os, sys; print('argv', sys.argv[1], 'env', os.environ['MASTER_ADDR'], os.environ['IFNAME'])"
 
-    async def launch() -> tuple[Ended, str, str]:
+    async def launch() -> tuple[Ended, str, str, str]:
         agent = await node.open()
         try:
             argv = [sys.executable, "-c", show, f"{RENDEZVOUS_ADDRESS}:29500"]
@@ -84,25 +84,21 @@ def test_the_commit_brings_the_rendezvous_address_into_the_held_command(
             spec = Path(started.run_dir, "spec.json").read_text()
             await agent.call(Commit(job="meet", address=address, env={"IFNAME": "eth7"}))
             ended = await agent.call(Wait(job="meet"), timeout=60)
-            return (
-                ended,
-                spec,
-                Path(started.run_dir, "spec.json").read_text() + Path(started.run_dir, "output.log").read_text(),
-            )
+            completed = Path(started.run_dir, "spec.json").read_text()
+            return ended, spec, completed, Path(started.run_dir, "output.log").read_text()
         finally:
             await agent.close()
 
     try:
         node.jobs.add("meet")
         with node.environment():
-            ended, held, after = asyncio.run(launch())
+            ended, held, after, log = asyncio.run(launch())
     finally:
         node.close()
     assert ended == Ended(state="succeeded")
     before = json.loads(held)
     assert before["argv"][-1] == f"{RENDEZVOUS_ADDRESS}:29500" and before["env"]["MASTER_ADDR"] == RENDEZVOUS_ADDRESS
-    spec, _, _ = after.partition("\n")
-    completed = json.loads(spec)
+    completed = json.loads(after)
     assert completed["argv"][-1] == endpoint and completed["env"]["MASTER_ADDR"] == address
     assert completed["teardown"]["address"] == address and completed["env"]["IFNAME"] == "eth7"
-    assert f"argv {endpoint} env {address} eth7" in after, after
+    assert f"argv {endpoint} env {address} eth7" in log, log
