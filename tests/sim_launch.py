@@ -36,6 +36,8 @@ class Measurement:
     baseline_fds: int = 0
     peak_fds: int = 0
     """The most open files seen (sampled every 50 ms, and at each phase's end)."""
+    rss_before_mb: float = 0.0
+    """This process's resident memory as the launch begins (its imports, the test's keys)."""
     peak_rss_mb: float = 0.0
     """This process's peak resident memory (``ru_maxrss``): its whole life, imports included."""
     status_states: Counter[str] = field(default_factory=Counter)
@@ -44,6 +46,13 @@ class Measurement:
 
 def open_files() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+def resident_mb() -> float:
+    """This process's resident memory now (``VmRSS``)."""
+    with open("/proc/self/status") as status:
+        kib = next(line.split()[1] for line in status if line.startswith("VmRSS:"))
+    return int(kib) / 1024
 
 
 def _cpu() -> float:
@@ -59,7 +68,7 @@ async def measure_launch(hosts: tuple[Host, ...], max_parallel: int, name: str =
     from launcher.launching.start import launch_job
     from launcher.transport.agent import SshOptions
 
-    result = Measurement(hosts=len(hosts), baseline_fds=open_files())
+    result = Measurement(hosts=len(hosts), baseline_fds=open_files(), rss_before_mb=resident_mb())
     ssh = SshOptions(max_parallel=max_parallel, patience=600.0)
     spec = LaunchSpec(script="sleep", script_args=("600",), hosts=hosts, name=name, runner="exec", cwd="/tmp", ssh=ssh)
     mark = [time.monotonic(), _cpu()]
