@@ -21,7 +21,8 @@ A failure anywhere (a host's full disk, a lost connection, a file that changed h
 it was read) leaves every host with its previous good copy, and names the host and file.
 
 Transport: chunks of base64 in the agent's JSON lines, several requests in flight per
-host (see the closing note of issue 9 for the measurement against SFTP).
+host (see the closing note of issue 9 for the measurement against SFTP), each chunk read,
+hashed and encoded once for all hosts (``chunks.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from launcher.hosts.files import Host
 from launcher.protocol.paths import sync_cache_dir
 from launcher.protocol.sync import STAGING_PREFIX, SyncCommitted, SyncNeeds, SyncPlan, display_path
 from launcher.sync import commit as steps
+from launcher.sync.chunks import Chunks
 from launcher.sync.send import Progress, stage_content
 from launcher.sync.send import SyncProgress as SyncProgress  # re-exported: launch and the CLI take it from here
 from launcher.sync.tree import Tree, scan_tree
@@ -228,13 +230,17 @@ async def _stage(
     sizes = [sum(tree.entries[i].size for i in plan.needed) for plan in plans]
     progress = Progress(sum(sizes), len(agents), on_progress)
     semaphore = asyncio.Semaphore(parallel)
+    chunks = Chunks(tree)  # each chunk read and encoded once for all the hosts
 
     async def stage(agent: NodeAgent, plan: SyncNeeds) -> None:
         async with semaphore:
-            await stage_content(agent, token, tree, plan.needed, progress)
+            await stage_content(agent, token, chunks, plan.needed, progress)
             progress.host_done()
 
-    await all_or_nothing([stage(a, p) for a, p in zip(agents, plans, strict=True)], _hosts(agents), steps.KEPT)
+    try:
+        await all_or_nothing([stage(a, p) for a, p in zip(agents, plans, strict=True)], _hosts(agents), steps.KEPT)
+    finally:
+        chunks.close()
 
 
 def _report(

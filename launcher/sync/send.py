@@ -1,24 +1,21 @@
 """Sending a tree's content to one host: chunks of base64 in the agent's JSON lines.
 
 Several ``SyncPut`` requests are in flight per host (the node writes one while the next
-arrives); each file is read once per host, hashed as it is read, and checked against the
-manifest, so a file that changed or vanished since the scan fails the sync.
+arrives); the chunks come from ``chunks.py``, read, hashed and encoded once for all hosts,
+and checked against the manifest, so a file that changed or vanished since the scan fails
+the sync.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from launcher.protocol.sync import SyncChunk, SyncPut, content_hasher
-from launcher.sync.tree import SyncSourceError, Tree
+from launcher.protocol.sync import SyncChunk, SyncPut
+from launcher.sync.chunks import Chunks
 from launcher.transport.agent import NodeAgent
 
-CHUNK = 1 << 20
-"""Bytes of one chunk (base64 in JSON makes 4/3 of it)."""
 BATCH = 4 << 20
 """Bytes of content per ``SyncPut``."""
 WINDOW = 3
@@ -33,16 +30,16 @@ class SyncProgress:
     hosts_total: int
 
 
-async def stage_content(agent: NodeAgent, token: str, tree: Tree, needed: list[int], progress: Progress) -> None:
+async def stage_content(agent: NodeAgent, token: str, chunks: Chunks, needed: list[int], progress: Progress) -> None:
     """Send the content ``needed``, ``WINDOW`` requests in flight."""
     in_flight: set[asyncio.Future[object]] = set()
     try:
-        async for chunks, size in _batches(tree, needed):
+        async for batch, size in _batches(chunks, needed):
             if len(in_flight) >= WINDOW:
                 done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     task.result()
-            task = asyncio.ensure_future(_put(agent, token, chunks, size, progress))
+            task = asyncio.ensure_future(_put(agent, token, batch, size, progress))
             in_flight.add(task)
         for task in asyncio.as_completed(in_flight):
             await task
@@ -58,47 +55,21 @@ async def _put(agent: NodeAgent, token: str, chunks: list[SyncChunk], size: int,
     return answer
 
 
-async def _batches(tree: Tree, needed: list[int]) -> AsyncIterator[tuple[list[SyncChunk], int]]:
-    chunks: list[SyncChunk] = []
+async def _batches(chunks: Chunks, needed: list[int]) -> AsyncIterator[tuple[list[SyncChunk], int]]:
+    batch: list[SyncChunk] = []
     size = 0
     for index in needed:
-        if tree.entries[index].kind != "f":
+        if chunks.tree.entries[index].kind != "f":
             continue  # a symlink travels in the manifest
-        for chunk in _read_chunks(tree, index):
-            chunks.append(chunk)
+        for chunk in chunks.of(index):
+            batch.append(chunk)
             size += len(chunk.data) * 3 // 4
             if size >= BATCH:
-                yield chunks, size
-                chunks, size = [], 0
+                yield batch, size
+                batch, size = [], 0
                 await asyncio.sleep(0)  # let the other hosts' sends run
-    if chunks:
-        yield chunks, size
-
-
-def _read_chunks(tree: Tree, index: int) -> Iterator[SyncChunk]:
-    """The file's chunks, checked against its manifest entry: a file that changed or
-    vanished since the scan fails the sync (every host keeps its previous copy)."""
-    entry = tree.entries[index]
-    path = os.path.join(tree.root, entry.path)
-    digest = content_hasher()
-    offset = 0
-    try:
-        with open(path, "rb") as file:
-            while True:
-                data = file.read(CHUNK)
-                if not data and offset:
-                    break
-                digest.update(data)
-                yield SyncChunk(index, offset, base64.b64encode(data).decode("ascii"))
-                offset += len(data)
-                if not data:
-                    break
-    except FileNotFoundError:
-        raise SyncSourceError(path, "vanished while syncing; every host keeps its previous copy") from None
-    except OSError as exc:
-        raise SyncSourceError(path, f"cannot read: {exc.strerror}") from None
-    if offset != entry.size or digest.hexdigest() != entry.digest:
-        raise SyncSourceError(path, "changed while syncing; every host keeps its previous copy (sync again)")
+    if batch:
+        yield batch, size
 
 
 class Progress:
