@@ -8,28 +8,25 @@ so that a status or a kill starts as little Python as it can.
 
 from __future__ import annotations
 
+import importlib
 import os
 import select
 import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from launcher._version import __version__
-from launcher.node import logs, processes, start, status
-from launcher.node.errors import HungUp, NodeError
+from launcher.node.errors import HungUp, Idle, NodeError
 from launcher.protocol import python_env
 from launcher.protocol.base import PROTOCOL_VERSION, Refusal, address_reached
 from launcher.protocol.codec import ProtocolError
-from launcher.protocol.doctor import Checkup
-from launcher.protocol.logs import Follow, LogBatch, ReadLogs, Tail
-from launcher.protocol.messages import Commit, Hello, Kill, KillAll, Prepare, ReadResults, Results, Start, Status, Wait
-from launcher.protocol.registry import decode_request, encode_answer, encode_batch
-from launcher.protocol.stack import TakeStacks
-from launcher.protocol.sync import SyncAbort, SyncCommit, SyncFinish, SyncLook, SyncPlan, SyncPut, SyncVerify
+from launcher.protocol.lines import decode_request, encode_answer, encode_batch
+from launcher.protocol.messages import Hello
 
-Idle = logs.Idle
+if TYPE_CHECKING:
+    from launcher.protocol.logs import LogBatch
 
 
 def hello() -> Hello:
@@ -51,59 +48,39 @@ def hello() -> Hello:
     )
 
 
-def _read_results(request: ReadResults) -> Results:
-    from launcher.node import results  # imported only for the jobs of launcher.run that ask
-
-    return results.read_results(request)
-
-
-Handler = Callable[[Any, Callable[[LogBatch], None], Idle], Any]
+Handler = Callable[[Any, Callable[["LogBatch"], None], Idle], Any]
 """``(request, emit, idle) -> answer``: ``emit`` sends a streamed batch, ``idle`` waits."""
 
 
-def _doctor() -> Any:
-    """``node/doctor.py``, imported by ``launcher doctor`` only."""
-    from launcher.node import doctor
-
-    return doctor
-
-
-def _stack() -> Any:
-    """``node/stack.py``, imported by ``launcher stack`` only."""
-    from launcher.node import stack
-
-    return stack
+def _module(name: str) -> Any:
+    """A handler's module of ``launcher.node``, imported by the first request it serves: an
+    agent imports what its operation needs (a launch's never loads the sync or the logs)."""
+    return importlib.import_module(f"launcher.node.{name}")
 
 
-def _sync() -> Any:
-    """``node/sync.py``, imported by the sync's first request: no other operation pays for it."""
-    from launcher.node import sync
-
-    return sync
-
-
-HANDLERS: dict[type[Any], Handler] = {
-    Prepare: lambda r, emit, idle: start.prepare(r),
-    Start: lambda r, emit, idle: start.start(r),
-    Commit: lambda r, emit, idle: start.commit(r),
-    Status: lambda r, emit, idle: status.job_status(r.job),
-    Kill: lambda r, emit, idle: processes.kill(r.job, r.grace),
-    KillAll: lambda r, emit, idle: processes.kill_all(r.grace),
-    ReadLogs: lambda r, emit, idle: logs.read_logs(r),
-    Tail: lambda r, emit, idle: logs.tail_logs(r, emit),
-    Follow: lambda r, emit, idle: logs.follow_logs(r, emit, idle),
-    Wait: lambda r, emit, idle: logs.wait_ended(r, idle),
-    ReadResults: lambda r, emit, idle: _read_results(r),
-    SyncPlan: lambda r, emit, idle: _sync().plan(r),
-    SyncLook: lambda r, emit, idle: _sync().look(r),
-    SyncPut: lambda r, emit, idle: _sync().put(r),
-    SyncCommit: lambda r, emit, idle: _sync().commit(r),
-    SyncVerify: lambda r, emit, idle: _sync().verify(r),
-    SyncFinish: lambda r, emit, idle: _sync().finish(r),
-    SyncAbort: lambda r, emit, idle: _sync().abort(r),
-    Checkup: lambda r, emit, idle: _doctor().checkup(r),
-    TakeStacks: lambda r, emit, idle: _stack().take_stacks(r),
+HANDLERS: dict[str, Handler] = {
+    "prepare": lambda r, emit, idle: _module("start").prepare(r),
+    "start": lambda r, emit, idle: _module("start").start(r),
+    "commit": lambda r, emit, idle: _module("start").commit(r),
+    "status": lambda r, emit, idle: _module("status").job_status(r.job),
+    "kill": lambda r, emit, idle: _module("processes").kill(r.job, r.grace),
+    "kill_all": lambda r, emit, idle: _module("processes").kill_all(r.grace),
+    "logs": lambda r, emit, idle: _module("logs").read_logs(r),
+    "tail": lambda r, emit, idle: _module("logs").tail_logs(r, emit),
+    "follow": lambda r, emit, idle: _module("logs").follow_logs(r, emit, idle),
+    "wait": lambda r, emit, idle: _module("logs").wait_ended(r, idle),
+    "results": lambda r, emit, idle: _module("results").read_results(r),
+    "sync_plan": lambda r, emit, idle: _module("sync").plan(r),
+    "sync_look": lambda r, emit, idle: _module("sync").look(r),
+    "sync_put": lambda r, emit, idle: _module("sync").put(r),
+    "sync_commit": lambda r, emit, idle: _module("sync").commit(r),
+    "sync_verify": lambda r, emit, idle: _module("sync").verify(r),
+    "sync_finish": lambda r, emit, idle: _module("sync").finish(r),
+    "sync_abort": lambda r, emit, idle: _module("sync").abort(r),
+    "checkup": lambda r, emit, idle: _module("doctor").checkup(r),
+    "stack": lambda r, emit, idle: _module("stack").take_stacks(r),
 }
+"""op -> its handler (``protocol/lines.py``'s ``OPS`` holds the same ops)."""
 
 
 def serve(stdin: IO[str], stdout: IO[str]) -> None:
@@ -124,7 +101,7 @@ def serve(stdin: IO[str], stdout: IO[str]) -> None:
             continue
         try:
             request = decode_request(line)
-            answer(HANDLERS[type(request)](request, emit, idle))
+            answer(HANDLERS[request.op](request, emit, idle))
         except ProtocolError as exc:
             answer(Refusal(kind="bad_request", error=str(exc)))
         except NodeError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from launcher.protocol.base import RefusalKind
 
 
@@ -15,3 +17,8 @@ class NodeError(Exception):
 
 class HungUp(Exception):
     """The launcher closed the connection while a request was waiting: nobody to answer."""
+
+
+Idle = Callable[[float], None]
+"""How a waiting request waits: up to that many seconds, raising HungUp once the launcher
+has gone (the agent's ``idle_until_hang_up``; ``time.sleep`` where nobody can hang up)."""

@@ -9,14 +9,13 @@ import time
 from collections.abc import Callable
 
 from launcher.node import logfile, status
+from launcher.node.errors import Idle
 from launcher.node.rundir import RunDir
 from launcher.protocol.logs import Follow, LogBatch, LogEnd, LogRecord, ReadLogs, Tail
 from launcher.protocol.messages import Ended, Wait
 
 Emit = Callable[[LogBatch], None]
 """Sends one message of a streamed answer."""
-Idle = Callable[[float], None]
-"""Waits up to the given seconds between polls; raises HungUp once the launcher is gone."""
 
 FOLLOW_POLL_S = 0.05
 WAIT_POLL_S = 0.25

@@ -10,7 +10,8 @@ no third-party package (``.importlinter``). Nothing here changes after import.
     stack.py       the stacks of a job's ranks (``launcher stack``): the request, a rank's frames
     sync.py        the sync's requests and answers, the manifest and its digest
     slurm.py       what a ``launcher sbatch`` task is told (no request: a command line)
-    registry.py    ``REQUESTS`` and ``ANSWERS`` from each module's table; a message <-> its line
+    registry.py    ``REQUESTS`` and ``ANSWERS`` from each module's table (the launching side's)
+    lines.py       a message <-> its line; a request's type by its op, its module imported then
     codec.py       frozen dataclasses <-> plain JSON values, checked against their type hints
     paths.py       every state directory: job records, sync cache, run directories
     private.py     directories and files no other user can read (both sides' state)

@@ -1,0 +1,42 @@
+"""The wire's lines (``protocol/lines.py``): a request found by its op without every module of
+messages, so that a node's agent imports only what its operation needs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from launcher.node.agent import HANDLERS
+from launcher.protocol.codec import ProtocolError
+from launcher.protocol.lines import OPS, decode_request, encode_request, request_type
+from launcher.protocol.messages import Commit
+from launcher.protocol.registry import REQUESTS
+
+
+def test_the_ops_table_names_every_request_of_every_module_of_messages() -> None:
+    assert {op: (cls.__module__.rsplit(".", 1)[1], cls.__name__) for op, cls in REQUESTS.items()} == OPS
+    assert all(request_type(op) is cls for op, cls in REQUESTS.items())
+    assert set(HANDLERS) == set(OPS)  # the agent serves every op, and no other
+
+
+def test_a_request_line_round_trips_and_an_unknown_op_is_refused() -> None:
+    line = encode_request(Commit(job="j", address="10.0.0.1", env={"A": "b"}))
+    assert decode_request(line) == Commit(job="j", address="10.0.0.1", env={"A": "b"})
+    with pytest.raises(ProtocolError, match="unknown request 'sync_everything'"):
+        decode_request('{"op": "sync_everything"}')
+
+
+def test_the_agent_loads_no_module_its_operation_does_not_need() -> None:
+    """A launch's agent (prepare, start, commit) never imports the sync's, the doctor's,
+    the stacks' or the logs' messages and handlers: each costs CPU on every node."""
+    script = (
+        "import sys; from launcher.node import agent; from launcher.protocol.lines import decode_request;"
+        ' decode_request(\'{"op": "commit", "job": "j"}\'); agent._module(\'start\');'
+        " print(' '.join(sorted(m for m in sys.modules if m.startswith('launcher.'))))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert "launcher.node.start" in loaded
+    for heavy in ("protocol.sync", "protocol.doctor", "node.sync", "node.doctor", "node.logs", "node.stack"):
+        assert f"launcher.{heavy}" not in loaded, heavy
