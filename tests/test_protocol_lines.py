@@ -40,3 +40,13 @@ def test_the_agent_loads_no_module_its_operation_does_not_need() -> None:
     assert "launcher.node.start" in loaded
     for heavy in ("protocol.sync", "protocol.doctor", "node.sync", "node.doctor", "node.logs", "node.stack"):
         assert f"launcher.{heavy}" not in loaded, heavy
+
+
+def test_the_supervisor_loads_no_message_but_its_own() -> None:
+    """Every job starts one supervisor per host: it reads ``Teardown`` alone, and takes stacks
+    (``--hang-timeout``) or kills stragglers with modules it imports only then."""
+    script = "import sys; import launcher.node.supervisor; print(' '.join(m for m in sys.modules if 'launcher.' in m))"
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert "launcher.protocol.teardown" in loaded
+    for heavy in ("protocol.messages", "node.stack", "node.processes"):
+        assert f"launcher.{heavy}" not in loaded, heavy

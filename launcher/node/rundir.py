@@ -36,8 +36,8 @@ from typing import IO, Any, TypeVar
 from launcher.node.errors import NodeError
 from launcher.protocol import private
 from launcher.protocol.codec import ProtocolError, decode, to_wire
-from launcher.protocol.messages import Teardown
 from launcher.protocol.paths import runs_dir
+from launcher.protocol.teardown import Teardown
 
 T = TypeVar("T")
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")

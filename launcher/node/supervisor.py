@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from launcher.node import hang, processes, stack, teardown, teardown_client
+from launcher.node import hang, teardown, teardown_client
 from launcher.node.logfile import RANK_PREFIX, OutputLog
 from launcher.node.rundir import ExitRecord, JobSpec, RunDir, SupervisorStarted
-from launcher.protocol.messages import Teardown
+from launcher.protocol.teardown import Teardown
 
 _COMMIT_POLL_S = 0.5
 """How often a held supervisor looks at its agent and the deadline (a commit wakes it at once)."""
@@ -253,6 +253,8 @@ class _Stopper:
         try:
             self._proc.wait(timeout=_STOP_GRACE_S)
         except subprocess.TimeoutExpired:
+            from launcher.node import processes  # only for a command that outlives its grace
+
             for proc in processes.job_processes(self._job):
                 if proc.pid != os.getpid():
                     processes.send_signal(proc, signal.SIGKILL)
@@ -265,6 +267,8 @@ def _watch_hangs(
     timeout, keep = hang.hang_settings(spec.env)
     if timeout is None:
         return None
+    from launcher.node import stack  # only a job with --hang-timeout takes stacks
+
     hangs = hang.HangWatch(run, spec.job, timeout, keep, activity, log.note, stopper.stop_hung, stack.take_stacks)
     if isinstance(watch, teardown_client.WatchClient):
         watch.activity = activity.last

@@ -5,6 +5,7 @@ no third-party package (``.importlinter``). Nothing here changes after import.
 
     base.py        the version, the job marker, the session name, a request's base and a refusal
     messages.py    the job's requests and answers: greeting, prepare, start, status, kill, wait, results
+    teardown.py    ``Teardown``: how the supervisors watch each other (the supervisor's one message)
     logs.py        a line of output, and the requests that read, tail and follow
     doctor.py      the ``launcher doctor`` checkup
     stack.py       the stacks of a job's ranks (``launcher stack``): the request, a rank's frames
