@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from launcher.node.agent import HANDLERS
-from launcher.protocol.codec import ProtocolError
+from launcher.protocol.codec import ProtocolError, decode
 from launcher.protocol.lines import OPS, decode_request, encode_request, request_type
 from launcher.protocol.messages import Commit
 from launcher.protocol.registry import REQUESTS
@@ -50,3 +50,27 @@ def test_the_supervisor_loads_no_message_but_its_own() -> None:
     assert "launcher.protocol.teardown" in loaded
     for heavy in ("protocol.messages", "node.stack", "node.processes"):
         assert f"launcher.{heavy}" not in loaded, heavy
+
+
+def test_a_bad_value_deep_in_a_message_is_named_by_its_path() -> None:
+    from launcher.protocol.logs import LogBatch, LogRecord
+    from launcher.protocol.messages import NodeStatus
+
+    good = [[1.5, 0, "o", "a"], [2, None, "e", "b"]]
+    assert decode(LogBatch, {"records": good, "offset": 7}) == LogBatch(
+        [LogRecord(1.5, 0, "o", "a"), LogRecord(2.0, None, "e", "b")], 7
+    )
+    cases = {
+        "LogBatch.records[1].time: expected a number, got str": {"records": [good[0], ["x", 0, "o", "a"]]},
+        "LogBatch.records[0].stream: 'x' is none of ('o', 'e')": {"records": [[1.0, 0, "x", "a"]]},
+        "LogBatch.records[0]: expected 4 items, got 2": {"records": [[1.0, 0]]},
+        "LogBatch.records[0].rank: unexpected str": {"records": [[1.0, "0", "o", "a"]]},
+        "LogBatch.records: expected a JSON array, got dict": {"records": {}},
+        "LogBatch: missing field 'records'": {"offset": 1},
+    }
+    for message, data in cases.items():
+        with pytest.raises(ProtocolError) as raised:
+            decode(LogBatch, data)
+        assert str(raised.value) == message
+    with pytest.raises(ProtocolError, match=r"^NodeStatus\.last_printed\.3: expected a number, got bool$"):
+        decode(NodeStatus, {"state": "running", "hostname": "h", "last_printed": {"3": True}})
