@@ -16,6 +16,9 @@ per 100 hosts. No assertion; the machine's other users make the times noisy.
 ``--known-hosts-once`` is a what-if: asyncssh reads and parses known_hosts (every key in
 it) at each connection, so with a line per host a launch's CPU grows with hosts squared;
 the option makes it read each file once per process, to show what that change would save.
+``--aliases`` names the hosts ``simN``, each with its own ``Host`` block in ~/.ssh/config
+(which asyncssh parses at each connection too); by default they are ``127.0.0.1:PORT``
+with an empty config.
 """
 
 from __future__ import annotations
@@ -72,12 +75,12 @@ def read_known_hosts_once() -> None:
     known_hosts.read_known_hosts = once
 
 
-def one_size(hosts: int, max_parallel: int) -> dict[str, float]:
+def one_size(hosts: int, max_parallel: int, aliases: bool) -> dict[str, float]:
     """Run in this process: servers up, then the launching side measured."""
     home = Path(tempfile.mkdtemp(prefix="bench-sim-"))
     undo = with_home(home)
     try:
-        with SimulatedHosts(hosts, home) as sim:
+        with SimulatedHosts(hosts, home, aliases) as sim:
             measured = asyncio.run(measure_launch(sim.hosts, max_parallel, name=f"sim-{hosts}"))
             seen = sim.stats()
     finally:
@@ -130,6 +133,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--hosts", type=_sizes, default=[250, 500, 1000], metavar="N,N,...")
     parser.add_argument("--max-parallel", type=int, default=128, metavar="N", help="as launch --max-parallel")
     parser.add_argument("--known-hosts-once", action="store_true", help="what-if: asyncssh reads known_hosts once")
+    parser.add_argument("--aliases", action="store_true", help="hosts named simN, one ~/.ssh/config block each")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the rows there")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child: one size, JSON out
     args = parser.parse_args(argv)
@@ -138,12 +142,13 @@ def main(argv: list[str]) -> int:
     if args.one:
         if args.known_hosts_once:
             read_known_hosts_once()
-        print(json.dumps(one_size(args.hosts[0], args.max_parallel)))
+        print(json.dumps(one_size(args.hosts[0], args.max_parallel, args.aliases)))
         return 0
     rows = []
     for hosts in args.hosts:
         child = [sys.executable, "-m", "bench.simulation", "--one", "--hosts", str(hosts)]
         child += ["--known-hosts-once"] if args.known_hosts_once else []
+        child += ["--aliases"] if args.aliases else []
         done = subprocess.run(
             [*child, "--max-parallel", str(args.max_parallel)], cwd=REPO, capture_output=True, text=True
         )

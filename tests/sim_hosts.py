@@ -3,9 +3,10 @@
 ``SimulatedHosts(n, home)`` starts a helper process (this file, run as a script) with one
 asyncssh server per simulated host on 127.0.0.1, each on its own port with its own host
 key. It writes into ``home`` what a user's ~/.ssh holds (a client key, which every server
-authorizes, an empty config, and a known_hosts naming each server's key), so that host
-keys are checked as in real use, and gives ``hosts``: one ``Host("127.0.0.1", port=...)``
-each. The servers run in their own process so that the launching side's CPU, memory and
+authorizes, a config, and a known_hosts naming each server's key), so that host keys
+are checked as in real use, and gives ``hosts``: one ``Host("127.0.0.1", port=...)`` each
+and an empty config, or with ``aliases``, ``Host("simN")`` each and a config with one
+``Host simN`` block per host (``HostName``, ``Port``), as many sites write theirs. The servers run in their own process so that the launching side's CPU, memory and
 open files are its own.
 
 Each server's exec session checks that it was asked to run the bootstrap
@@ -227,14 +228,13 @@ async def _serve(hosts: int, authorized: str) -> None:
 class SimulatedHosts:
     """The helper process and the ~/.ssh in ``home`` that reaches its servers."""
 
-    def __init__(self, hosts: int, home: Path) -> None:
+    def __init__(self, hosts: int, home: Path, aliases: bool = False) -> None:
         asyncssh = asyncssh_module()
         ssh = home / ".ssh"
         ssh.mkdir(mode=0o700, parents=True, exist_ok=True)
         client = asyncssh.generate_private_key("ssh-ed25519")
         client.write_private_key(ssh / "id_ed25519")
         client.write_public_key(ssh / "id_ed25519.pub")
-        (ssh / "config").write_text("")
         authorized = client.export_public_key().decode()
         self._process = subprocess.Popen(
             [sys.executable, __file__, str(hosts), authorized],
@@ -246,10 +246,14 @@ class SimulatedHosts:
             line = self._read_line()
             listing = json.loads(line)["hosts"]
             (ssh / "known_hosts").write_text("".join(f"[127.0.0.1]:{port} {key}\n" for port, key in listing))
+            blocks = [f"Host sim{i}\n  HostName 127.0.0.1\n  Port {port}\n" for i, (port, _) in enumerate(listing)]
+            (ssh / "config").write_text("".join(blocks) if aliases else "")
         except BaseException:
             self.close()
             raise
-        self.hosts = tuple(Host("127.0.0.1", port=port) for port, _ in listing)
+        self.hosts = tuple(
+            Host(f"sim{i}") if aliases else Host("127.0.0.1", port=port) for i, (port, _) in enumerate(listing)
+        )
         self.pid = self._process.pid
 
     def stats(self) -> dict[str, Any]:
