@@ -58,7 +58,7 @@ def logs(ctx: click.Context, /, name: str | None, hosts_arg: str | None, followi
     NAME defaults to the last job launched from here. With --follow it ends by itself
     when the job has ended on every host.
     """
-    from launcher.job.logs import read_logs
+    from launcher.job.logs import merged_logs, read_logs
 
     record = find_job(name, hosts_arg)
     if options["only_hosts"]:
@@ -70,9 +70,20 @@ def logs(ctx: click.Context, /, name: str | None, hosts_arg: str | None, followi
     filters = {"tail": options["tail"], "ranks": options["ranks"], "stderr_only": options["stderr_only"]}
     if not following:
         ssh = replace(ssh_for(record), max_parallel=options["max_parallel"])
-        lines, failures = run(read_logs(record, ssh, **filters))
-        for line in lines:
-            show(line)
+        failures: dict[str, str] = {}
+        if options["tail"] is None:  # printed as it comes, merged by time: no need to hold it all
+
+            async def stream() -> None:
+                async for line in merged_logs(
+                    record, ssh, failures, ranks=options["ranks"], stderr_only=filters["stderr_only"]
+                ):
+                    show(line)
+
+            run(stream())
+        else:
+            lines, failures = run(read_logs(record, ssh, **filters))
+            for line in lines:
+                show(line)
         for host, problem in failures.items():
             warn(host, problem)
         ctx.exit(1 if failures else 0)

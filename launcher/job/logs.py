@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -16,7 +17,7 @@ from launcher.transport.fanout import for_each_host, handshakes, reconnecting, r
 from launcher.transport.lost import LostHosts
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LogLine:
     """One line a job printed, labelled with where it came from."""
 
@@ -41,32 +42,90 @@ async def read_logs(
     ``tail``: only the last N lines of each rank (and of each node's own lines). The
     filters apply on the nodes, so only the lines shown cross the network.
     """
+    failures: dict[str, str] = {}
+    if tail is None:
+        return [
+            line async for line in merged_logs(record, ssh, failures, ranks=ranks, stderr_only=stderr_only)
+        ], failures
     filters: dict[str, Any] = {"ranks": list(ranks) or None, "stderr_only": stderr_only}
 
     async def one(host: Host) -> list[LogLine]:
         agent = await open_agent(host, ssh, handshakes(ssh))
         try:
-            lines: list[LogLine] = []
-            if tail is not None:
-                lines, _ = await _tail(agent, record.name, tail, filters)
-                return lines
-            offset = 0
-            while True:
-                answer = await agent.call(ReadLogs(job=record.name, offset=offset, **filters))
-                if answer.offset is None or answer.offset == offset:
-                    return lines
-                lines.extend(_log_lines(host.label, answer.records))
-                offset = answer.offset
+            lines, _ = await _tail(agent, record.name, tail, filters)
+            return lines
         finally:
             await agent.close()
 
     results = await for_each_host(record.hosts, one)
     lines = [line for r in results if isinstance(r, list) for line in r]
-    failures = {
-        h.label: message_of(r) for h, r in zip(record.hosts, results, strict=True) if isinstance(r, LauncherError)
-    }
+    failures.update(_failures(record, results))
     lines.sort(key=lambda line: line.time)
     return lines, failures
+
+
+async def merged_logs(
+    record: JobRecord,
+    ssh: SshOptions,
+    failures: dict[str, str],
+    *,
+    ranks: Sequence[int] = (),
+    stderr_only: bool = False,
+) -> AsyncIterator[LogLine]:
+    """What the job printed so far, every host's lines merged by time as they arrive: a
+    batch or two per host in memory, whatever the size of the logs (``read_logs`` keeps
+    them all). A host that cannot be read is put in ``failures``, by label."""
+    filters: dict[str, Any] = {"ranks": list(ranks) or None, "stderr_only": stderr_only}
+    batches: list[asyncio.Queue[list[LogLine] | None]] = [asyncio.Queue() for _ in record.hosts]
+    room = [asyncio.Semaphore(2) for _ in record.hosts]  # batches read ahead per host; the end needs none
+
+    async def read(indexed: tuple[int, Host]) -> None:
+        index, host = indexed
+        try:
+            agent = await open_agent(host, ssh, handshakes(ssh))
+            try:
+                offset = 0
+                while True:
+                    await room[index].acquire()
+                    answer = await agent.call(ReadLogs(job=record.name, offset=offset, **filters))
+                    if answer.offset is None or answer.offset == offset:
+                        return
+                    # A node's two streams are written by two threads: by time, as read_logs sorts.
+                    batch = sorted(_log_lines(host.label, answer.records), key=lambda line: line.time)
+                    batches[index].put_nowait(batch)
+                    offset = answer.offset
+            finally:
+                await agent.close()
+        finally:
+            batches[index].put_nowait(None)  # also when it failed or was cancelled: never waits
+
+    reading = asyncio.ensure_future(for_each_host(list(enumerate(record.hosts)), read))
+    try:
+        heap: list[tuple[float, int, int, list[LogLine]]] = []  # (time, host, position, its batch)
+
+        async def next_batch(index: int) -> None:
+            while (batch := await batches[index].get()) is not None:
+                room[index].release()
+                if batch:
+                    heapq.heappush(heap, (batch[0].time, index, 0, batch))
+                    return
+
+        await asyncio.gather(*(next_batch(i) for i in range(len(record.hosts))))
+        while heap:
+            _, index, position, batch = heapq.heappop(heap)
+            yield batch[position]
+            if position + 1 < len(batch):
+                heapq.heappush(heap, (batch[position + 1].time, index, position + 1, batch))
+            else:
+                await next_batch(index)
+        failures.update(_failures(record, await reading))
+    finally:
+        reading.cancel()
+        await asyncio.gather(reading, return_exceptions=True)
+
+
+def _failures(record: JobRecord, results: Sequence[object]) -> dict[str, str]:
+    return {h.label: message_of(r) for h, r in zip(record.hosts, results, strict=True) if isinstance(r, LauncherError)}
 
 
 async def follow_logs(

@@ -51,11 +51,10 @@ class OutputLog:
             text += b"\n"
         pieces = [text[i : i + MAX_LINE_BYTES] for i in range(0, len(text), MAX_LINE_BYTES)]
         rank_field = b"-" if rank is None else str(rank).encode()
-        header = b"%.3f %s %s " % (time.time(), rank_field, stream.encode())
-        records = b"".join(header + piece + (b"" if piece.endswith(b"\n") else b"\n") for piece in pieces)
         label = b"" if rank is None else b"[rank %d] " % rank
-        with self._lock:
-            self._file.write(records)
+        with self._lock:  # stamped under the lock: the file's order is the times' (read merges by time)
+            header = b"%.3f %s %s " % (time.time(), rank_field, stream.encode())
+            self._file.write(b"".join(header + piece + (b"" if piece.endswith(b"\n") else b"\n") for piece in pieces))
             if rank is not None:
                 self.ranks_written.add(rank)
             try:
