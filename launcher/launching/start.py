@@ -164,6 +164,7 @@ async def _prepare_and_start(
     first_started: asyncio.Future[None] = loop.create_future()
     watch = spec.teardown and len(spec.hosts) > 1
     secret = secrets.token_hex(32)  # one per launch, the same on every node; only inside Start requests
+    failed_starting: set[str] = set()  # hosts whose own start failed (others failed before theirs)
 
     async def prepare(index: int, agent: NodeAgent) -> Prepared:
         request = Prepare(
@@ -214,6 +215,9 @@ async def _prepare_and_start(
         except JobRunningError:
             starting.remove(agent)  # another launch of this name owns it there: not ours to remove
             raise
+        except HostError:
+            failed_starting.add(host.label)
+            raise
         if index == 0:
             first_started.set_result(None)
         progress(host.label, "started")
@@ -221,8 +225,10 @@ async def _prepare_and_start(
 
     try:
         return await all_or_nothing([one(i) for i in range(len(spec.hosts))], spec.hosts, "launch failed")
-    except JobError as exc:  # say whether anything had started (held, then removed) anywhere
-        done = "nothing left running" if starting else "nothing was started"
+    except JobError as exc:
+        # No command runs before the commit: a host that failed to connect or prepare started
+        # nothing, whatever the others had (held, then removed); one that failed its start may have.
+        done = "nothing left running" if failed_starting & set(exc.errors) else "nothing was started"
         raise JobError(f"launch failed, {done}", exc.errors) from None
 
 
