@@ -20,7 +20,7 @@ from launcher.errors import AgentError, HostError, VersionMismatchError
 from launcher.hosts.files import Host
 from launcher.node import agent as node_agent
 from launcher.node import logs as node_logs
-from launcher.node.errors import HungUp
+from launcher.node.errors import HungUp, sleep_or_wake
 from launcher.node.rundir import ExitRecord, RunDir, SupervisorStarted
 from launcher.protocol.base import PROTOCOL_VERSION
 from launcher.protocol.messages import Ended, Wait
@@ -198,7 +198,7 @@ def test_idle_ends_a_wait_only_when_the_launcher_has_gone() -> None:
 
 
 def test_idle_without_a_real_stdin_just_sleeps() -> None:
-    assert node_agent.idle_until_hang_up(io.StringIO()) is time.sleep
+    assert node_agent.idle_until_hang_up(io.StringIO()) is sleep_or_wake
 
 
 def test_wait_answers_when_the_job_ends_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

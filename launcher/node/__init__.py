@@ -11,6 +11,7 @@
     status.py           how the job stands here
     processes.py        the job's processes: find by marker, kill, verify (psutil)
     logs.py             the log requests (read, tail, follow, wait)
+    changes.py          a wait woken by the run directory's changes (inotify), not a poll
     logfile.py          ``output.log``'s format, its writer and readers
     rundir.py           the job's run directory: every file in it
     tmux.py             the node's tmux server (its client, argument lists)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
 from launcher._version import __version__
-from launcher.node.errors import HungUp, Idle, NodeError
+from launcher.node.errors import HungUp, Idle, NodeError, sleep_or_wake
 from launcher.protocol import python_env
 from launcher.protocol.base import PROTOCOL_VERSION, Refusal, address_reached
 from launcher.protocol.codec import ProtocolError
@@ -121,12 +121,12 @@ def idle_until_hang_up(stdin: IO[str]) -> Idle:
     try:
         fd = stdin.fileno()
     except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both
-        return time.sleep
+        return sleep_or_wake
 
-    def idle(seconds: float) -> None:
-        readable, _, _ = select.select([fd], [], [], seconds)
-        if not readable:
-            return
+    def idle(seconds: float, wake: int | None = None) -> None:
+        readable, _, _ = select.select([fd] if wake is None else [fd, wake], [], [], seconds)
+        if fd not in readable:
+            return  # the time is up, or ``wake`` woke it
         pending = bytearray(4)
         try:
             fcntl.ioctl(fd, termios.FIONREAD, pending)

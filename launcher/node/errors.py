@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import select
+from typing import Protocol
 
 from launcher.protocol.base import RefusalKind
 
@@ -19,6 +20,13 @@ class HungUp(Exception):
     """The launcher closed the connection while a request was waiting: nobody to answer."""
 
 
-Idle = Callable[[float], None]
-"""How a waiting request waits: up to that many seconds, raising HungUp once the launcher
-has gone (the agent's ``idle_until_hang_up``; ``time.sleep`` where nobody can hang up)."""
+class Idle(Protocol):
+    """How a waiting request waits: up to ``seconds``, or until ``wake`` (a file descriptor)
+    is readable; raising HungUp once the launcher has gone (the agent's ``idle_until_hang_up``;
+    ``sleep_or_wake`` where nobody can hang up)."""
+
+    def __call__(self, seconds: float, wake: int | None = None) -> None: ...
+
+
+def sleep_or_wake(seconds: float, wake: int | None = None) -> None:
+    select.select([] if wake is None else [wake], [], [], seconds)

@@ -9,7 +9,8 @@ import time
 from collections.abc import Callable
 
 from launcher.node import logfile, status
-from launcher.node.errors import Idle
+from launcher.node.changes import SAFETY_POLL_S, DirectoryWatch
+from launcher.node.errors import Idle, sleep_or_wake
 from launcher.node.rundir import RunDir
 from launcher.protocol.logs import Follow, LogBatch, LogEnd, LogRecord, ReadLogs, Tail
 from launcher.protocol.messages import Ended, Wait
@@ -61,32 +62,49 @@ def tail_logs(request: Tail, emit: Emit) -> LogEnd:
     return LogEnd(offset=end)
 
 
-def follow_logs(request: Follow, emit: Emit, idle: Idle = time.sleep) -> LogEnd:
+def follow_logs(request: Follow, emit: Emit, idle: Idle = sleep_or_wake) -> LogEnd:
     """Send batches of new records that pass the filters until the job has ended here;
-    each batch carries the offset to resume from."""
+    each batch carries the offset to resume from. Woken by the supervisor's writes
+    (``changes.py``), and then at most every ``FOLLOW_POLL_S``: a job that prints a line
+    at a time is sent in batches, not a line per wake."""
     run = RunDir.of(request.job)
     keep = logfile.record_filter(request.ranks, request.stderr_only)
     offset = request.offset
-    while True:
-        ended = status.node_state(run) != "running"
-        records, new_offset = logfile.read_forward(run.log_path, offset)
-        if new_offset != offset:
-            offset = new_offset
-            kept = [r for r in records if keep(r)]
-            if kept:
-                emit(LogBatch(records=kept, offset=offset))
-            continue
-        if ended:
-            record = run.read_exit()
-            return LogEnd(offset=offset, ended=True, lost_node=record.lost_node if record else None)
-        idle(FOLLOW_POLL_S)
+    with DirectoryWatch(run.path) as changes:
+        while True:
+            looked = time.monotonic()
+            ended = status.node_state(run) != "running"
+            records, new_offset = logfile.read_forward(run.log_path, offset)
+            if new_offset != offset:
+                offset = new_offset
+                kept = [r for r in records if keep(r)]
+                if kept:
+                    emit(LogBatch(records=kept, offset=offset))
+                continue
+            if ended:
+                record = run.read_exit()
+                return LogEnd(offset=offset, ended=True, lost_node=record.lost_node if record else None)
+            _until_changed(changes, idle, FOLLOW_POLL_S, looked)
 
 
-def wait_ended(request: Wait, idle: Idle = time.sleep) -> Ended:
+def wait_ended(request: Wait, idle: Idle = sleep_or_wake) -> Ended:
     """Answer once the job no longer runs here (for ``launch --wait``: one quiet
-    connection per host instead of a new login every poll)."""
+    connection per host instead of a new login every poll), woken by the supervisor's
+    ``exit.json`` (``changes.py``)."""
     run = RunDir.of(request.job)
-    while (state := status.node_state(run)) == "running":
-        idle(WAIT_POLL_S)
+    with DirectoryWatch(run.path) as changes:
+        while (state := status.node_state(run)) == "running":
+            _until_changed(changes, idle, WAIT_POLL_S, time.monotonic())
     ended = run.read_exit()
     return Ended(state=state, lost_node=ended.lost_node if ended else None)
+
+
+def _until_changed(changes: DirectoryWatch, idle: Idle, poll: float, looked: float) -> None:
+    """Until the run directory changes (at most ``SAFETY_POLL_S``), and ``poll`` seconds after
+    the last look (``looked``, monotonic) at the soonest: a job that prints all the time wakes
+    the wait at most once per ``poll``, as polling did. Without inotify: ``poll``."""
+    wake = changes.fileno()
+    if wake is not None:
+        idle(SAFETY_POLL_S, wake)
+        changes.drain()
+    idle(max(poll - (time.monotonic() - looked), 0.0))
