@@ -237,7 +237,10 @@ def _hints(cls: type[Any]) -> dict[str, Any]:
 
 
 def _evaluate(hint: Any, namespace: dict[str, Any]) -> Any:
-    """A string annotation evaluated with each ``a | b`` read as ``Union[a, b]``."""
+    """A string annotation evaluated with each ``a | b`` read as ``Union[a, b]`` (a NamedTuple's
+    come as ForwardRefs on 3.9)."""
+    if isinstance(hint, typing.ForwardRef):
+        hint = hint.__forward_arg__
     if not isinstance(hint, str):
         return hint
     tree = _UnionsSpelledOut().visit(ast.parse(hint, mode="eval"))
