@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import functools
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -85,6 +86,7 @@ def one_size(hosts: int, max_parallel: int, aliases: bool) -> dict[str, float]:
             seen = sim.stats()
     finally:
         undo()
+        shutil.rmtree(home, ignore_errors=True)
     if measured.killed != hosts or measured.status_states.get("running") != hosts:
         raise SystemExit(f"the simulation failed: {asdict(measured)}")
     phases = {p.name: p for p in measured.phases}
