@@ -63,3 +63,21 @@ def test_a_launch_on_100_hosts_reaches_each_once_with_bounded_handshakes_and_fil
 def test_a_launch_on_many_hosts_reaches_each_once_with_bounded_handshakes_and_files(home: Path) -> None:
     measured, seen = simulate(MANY, 128, home)
     check_bounded(MANY, 128, measured, seen)
+
+
+def test_known_hosts_is_read_once_for_all_the_hosts_of_a_command(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncssh given the files reads and decodes known_hosts at every connection (the
+    launching side's CPU grows with the hosts squared); the launcher reads it once per
+    command, and every host's key is still checked against it (``check_bounded``: a key
+    that did not match would have failed that host)."""
+    import asyncssh
+    import asyncssh.known_hosts
+
+    reads: list[object] = []
+    real = asyncssh.known_hosts.read_known_hosts
+    counted = lambda files: reads.append(files) or real(files)  # noqa: E731
+    monkeypatch.setattr(asyncssh, "read_known_hosts", counted)
+    monkeypatch.setattr(asyncssh.known_hosts, "read_known_hosts", counted)  # what asyncssh given paths calls
+    measured, seen = simulate(20, 8, home)
+    check_bounded(20, 8, measured, seen)
+    assert len(reads) == 1, len(reads)  # for the launch, the status and the kill of 20 hosts

@@ -60,7 +60,8 @@ class SshOptions:
     """Seconds a live host (its connection up, its agent running) is waited for: the SSH
     handshake, the agent's start, each answer. Keepalives notice a host that dies meanwhile."""
     max_parallel: int = 128
-    """Handshakes in flight at once: bounds CPU, open files and sshd's MaxStartups."""
+    """SSH handshakes in flight at once. Each host's sshd sees one connection per command
+    anyway: it bounds a ProxyCommand bastion's MaxStartups, not the total CPU or files."""
     retries: int = 1
     """Extra tries, with backoff, after a transient failure (timeout, connection reset)."""
     python: str = sys.executable

@@ -119,6 +119,7 @@ async def _connect(dial: Dial, options: Any) -> Any:
     settings: dict[str, Any] = {
         **_login(dial),
         "options": options,
+        "known_hosts": known_hosts_once(options.known_hosts),
         "connect_timeout": dial.patience,
         "keepalive_interval": keepalive,
         "keepalive_count_max": 3,
@@ -146,6 +147,35 @@ async def _connect(dial: Dial, options: Any) -> Any:
     except BaseException:
         sock.close()
         raise
+
+
+_KNOWN_HOSTS: dict[tuple[tuple[str, int, int], ...], Any] = {}
+
+
+def known_hosts_once(files: Any) -> Any:
+    """known_hosts, as asyncssh would read it for this connection, parsed once for every
+    connection of a command (again if a file changed): asyncssh given paths reads and
+    decodes every key of every file at each connection, which at 1,000 hosts was two thirds
+    of the launching side's CPU (it grows with the hosts squared). The keys are checked
+    all the same: asyncssh matches the host against the parsed file as against the paths.
+
+    ``files``: the connection's option; None (no checking, asked for) and an object are
+    kept as they are, and so is a file that cannot be read (asyncssh then says so)."""
+    if files is None or not isinstance(files, (str, list, tuple)):
+        return files
+    paths = [os.path.expanduser(f) for f in ([files] if isinstance(files, str) else files or ["~/.ssh/known_hosts"])]
+    try:
+        stamps = tuple((path, os.stat(path).st_mtime_ns, os.stat(path).st_size) for path in paths)
+        if not all(os.access(path, os.R_OK) for path in paths):
+            return files
+        parsed = _KNOWN_HOSTS.get(stamps)
+        if parsed is None:
+            if len(_KNOWN_HOSTS) > 16:
+                _KNOWN_HOSTS.clear()
+            parsed = _KNOWN_HOSTS[stamps] = asyncssh_module().read_known_hosts(paths)
+    except (OSError, ValueError):
+        return files
+    return parsed
 
 
 def _user(dial: Dial) -> dict[str, Any]:
