@@ -472,6 +472,32 @@ def test_a_node_that_ends_well_is_not_lost(watch: SimpleNamespace) -> None:
     assert staying.lost.values == staying.stops.values == []
 
 
+def test_a_node_that_ends_as_its_handshake_ends_is_not_lost(
+    watch: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command that ends at once: the node finishes while node 0 has counted it in but its
+    own side of the handshake is not over. One of the two still says ``bye`` (the full suite
+    once caught a node lost so, the other side of the race)."""
+    server_lost = Lost()
+    server = watch.server(Calls(), server_lost, 60.0)
+    made: list[WatchClient] = []
+    real = teardown_client.prove_to_node_0
+
+    def proved_then_finished(*args: Any) -> Any:
+        answer = real(*args)
+        assert eventually(lambda: bool(made) and len(server._peers) == 1)
+        made[0].finish()  # before the handshake's end is marked here
+        return answer
+
+    monkeypatch.setattr(teardown_client, "prove_to_node_0", proved_then_finished)
+    ending = watch.client(1, 60.0)
+    made.append(ending.client)
+
+    assert ending.ended()
+    assert eventually(lambda: not server._peers)  # node 0 let it go
+    assert not server_lost.wait(QUIET_S), server_lost.values
+
+
 def test_beats_keep_a_quiet_job_alive_past_the_limit(watch: SimpleNamespace) -> None:
     server_lost = Lost()
     server = watch.server(Calls(), server_lost, LIMIT_S)

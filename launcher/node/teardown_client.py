@@ -70,6 +70,8 @@ class WatchClient:
         self._stop_heard = threading.Event()
         """Set once node 0 proved the secret (and this node did)."""
         self._send_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        """Orders finish() and the handshake's end: exactly one of them says ``bye``."""
         self.activity: Callable[[], float] | None = None
         """When this node's ranks last printed, sent with each beat (``--hang-timeout``)."""
         self.on_hang: Callable[[float], None] | None = None
@@ -92,11 +94,15 @@ class WatchClient:
         return first if first is not None and first != self._node else None
 
     def finish(self) -> None:
-        self._closing = True
+        """This node ended well: say ``bye`` (node 0 counts a close without it as a death).
+        In the middle of the handshake, ``_connect`` says it once the handshake is over:
+        either that or this sees the other's mark, under ``_state_lock``."""
+        with self._state_lock:
+            self._closing = True
+            connected = self._connected.is_set()
         self._ended.set()
-        if self._sock is not None:
-            if self._connected.is_set():  # not in the middle of the handshake
-                self._say("bye\n")
+        if connected and self._sock is not None:
+            self._say("bye\n")
             close(self._sock)
 
     def _say(self, line: str) -> None:
@@ -108,8 +114,6 @@ class WatchClient:
         reader = self._connect()
         if reader is None:
             return
-        self._heard = time.time()
-        self._connected.set()
         threading.Thread(target=self._beat, daemon=True).start()
         done = False
         for line in reader.rest():
@@ -159,7 +163,12 @@ class WatchClient:
                     failure = f"handshake failed: {exc}"
                     self._note_refused(str(exc))
                 else:
-                    if self._closing:
+                    with self._state_lock:
+                        if not self._closing:
+                            self._heard = time.time()
+                            self._connected.set()
+                    if not self._connected.is_set():  # finish() came during the handshake
+                        send(sock, "bye\n")
                         close(sock)
                         return None
                     with contextlib.suppress(OSError):  # closed by finish(): the read ends at once
