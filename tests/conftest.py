@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +14,11 @@ CLUSTER_HOSTS = 3
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # A suite started in the background by a non-interactive shell (``sh -c '... &'``) has
+    # SIGINT ignored, and every process it starts inherits that: the tests that press
+    # Ctrl-C on the CLI (SIGINT to its pid, as a terminal does) would wait in vain.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     config.addinivalue_line(
         "markers",
         "e2e: end-to-end test against real hosts (network namespaces running sshd); needs root",
