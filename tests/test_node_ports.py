@@ -15,7 +15,7 @@ import pytest
 from local_node import LocalNode
 
 from launcher.protocol.base import RENDEZVOUS_ADDRESS
-from launcher.protocol.messages import Commit, Ended, Prepare, Start, Teardown, Wait
+from launcher.protocol.messages import Commit, Ended, Kill, KillReport, Prepare, Start, Teardown, Wait
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 
@@ -102,3 +102,30 @@ def test_the_commit_brings_the_rendezvous_address_into_the_held_command(
     assert completed["argv"][-1] == endpoint and completed["env"]["MASTER_ADDR"] == address
     assert completed["teardown"]["address"] == address and completed["env"]["IFNAME"] == "eth7"
     assert f"argv {endpoint} env {address} eth7" in log, log
+
+
+@pytest.mark.parametrize("forget", [True, False])
+def test_a_rolled_back_launch_leaves_no_run_directory(tmp_path: Path, forget: bool) -> None:
+    """A launch that fails after some hosts started (held) removes them: ``Kill(forget=True)``
+    takes the run directory of a job that never ran too; a user's kill keeps it (its logs)."""
+    node = LocalNode.create()
+
+    async def launch() -> tuple[str, KillReport]:
+        agent = await node.open()
+        try:
+            argv = [sys.executable, "-c", "print('never')"]
+            started = await agent.call(Start(job="back", argv=argv, env={}, cwd=str(tmp_path), hold=60.0))
+            report = await agent.call(Kill(job="back", grace=1.0, forget=forget), timeout=60)
+            return started.run_dir, report
+        finally:
+            await agent.close()
+
+    try:
+        node.jobs.add("back")
+        with node.environment():
+            run_dir, report = asyncio.run(launch())
+        assert report.left == [] and report.found >= 1
+        assert Path(run_dir).exists() is not forget
+        assert Path(run_dir).parent.exists() is not forget  # the job's directory, its lock file with it
+    finally:
+        node.close()

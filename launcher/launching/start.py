@@ -238,7 +238,7 @@ async def _roll_back(name: str, agents: Sequence[NodeAgent]) -> None:
     async def kill(agent: NodeAgent) -> None:
         # If that host's agent is gone, its connection went with it, and so did the start.
         with contextlib.suppress(LauncherError):
-            await agent.call(Kill(job=name, grace=3.0), timeout=30)
+            await agent.call(Kill(job=name, grace=3.0, forget=True), timeout=30)
 
     await asyncio.gather(*(kill(a) for a in agents))
 

@@ -63,7 +63,7 @@ HANDLERS: dict[str, Handler] = {
     "start": lambda r, emit, idle: _module("start").start(r),
     "commit": lambda r, emit, idle: _module("start").commit(r),
     "status": lambda r, emit, idle: _module("status").job_status(r.job),
-    "kill": lambda r, emit, idle: _module("processes").kill(r.job, r.grace),
+    "kill": lambda r, emit, idle: _module("processes").kill(r.job, r.grace, r.forget),
     "kill_all": lambda r, emit, idle: _module("processes").kill_all(r.grace),
     "logs": lambda r, emit, idle: _module("logs").read_logs(r),
     "tail": lambda r, emit, idle: _module("logs").tail_logs(r, emit),

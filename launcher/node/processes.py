@@ -44,8 +44,9 @@ def job_processes(job: str) -> list[Any]:
     return found
 
 
-def kill(job: str, grace: float) -> KillReport:
-    """End every process of the job here: SIGTERM, ``grace`` seconds, SIGKILL, verify."""
+def kill(job: str, grace: float, forget: bool = False) -> KillReport:
+    """End every process of the job here: SIGTERM, ``grace`` seconds, SIGKILL, verify.
+    ``forget``: a rolled-back launch; a run directory whose command never ran is removed."""
     run = RunDir.of(job)
     before = status.node_state(run)
     procs = job_processes(job)
@@ -69,6 +70,8 @@ def kill(job: str, grace: float) -> KillReport:
     with contextlib.suppress(tmux.TmuxMissing):
         tmux.kill_session(job)
     left = [LeftProcess(p.pid, _cmdline(p)) for p in job_processes(job)]
+    if forget and not left and run.exists() and not run.is_committed():
+        run.remove()
     gpu, unverified = gpu_holders({p.pid for p in procs} | forced)
     blocked = [p for p in left if p.pid in stuck and _in_disk_sleep(stuck[p.pid])]
     return KillReport(

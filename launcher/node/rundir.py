@@ -24,6 +24,7 @@ job printed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -115,6 +116,15 @@ class RunDir:
         if self.path.exists():
             shutil.rmtree(self.path)
         private.make_dir(self.path)
+
+    def remove(self) -> None:
+        """Gone, with its lock file, and the job's directory if no other host's is in it
+        (hosts that share a disk share it): a launch rolled back leaves nothing here."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (self.path.parent / f".{self.path.name}.lock").unlink()
+        with contextlib.suppress(OSError):
+            self.path.parent.rmdir()  # refused while another host's run is in it
 
     def open_lock(self) -> IO[bytes]:
         """The lock file beside the run directory (``.<hostname>.lock``), 0600, for ``flock``."""

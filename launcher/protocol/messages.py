@@ -256,6 +256,9 @@ class Kill(Request[KillReport]):
     job: str
     grace: float = 10.0
     """Seconds between SIGTERM and SIGKILL."""
+    forget: bool = False
+    """A launch rolled back: the run directory of a job that never ran (held, never
+    committed) goes too, as if the launch had not come."""
 
 
 @dataclasses.dataclass(frozen=True)
