@@ -85,7 +85,15 @@ def save_record(record: JobRecord) -> Path:
 def remember_state(record: JobRecord, state: str) -> None:
     """Note the job's last known state in its record, if it has one here."""
     if (records_dir() / f"{record.name}.json").exists():
-        save_record(replace(load_record(record.name), last_state=state))
+        update_record(record.name, last_state=state)
+
+
+def update_record(name: str, **changes: Any) -> JobRecord:
+    """Change job ``name``'s record as it is now on disk (a job's watcher, ``status`` and
+    ``kill`` write it too): the record as saved."""
+    record = replace(load_record(name), **changes)
+    save_record(record)
+    return record
 
 
 def load_record(name: str) -> JobRecord:

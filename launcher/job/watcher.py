@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import psutil
 
 from launcher.errors import UsageError
-from launcher.job.records import JobRecord, load_record, save_record
+from launcher.job.records import JobRecord, load_record, update_record
 
 _SAME_START_S = 1.0
 """psutil's create time has clock-tick resolution: this close counts as the same process."""
@@ -183,6 +183,4 @@ def readmit(name: str, labels: Sequence[str]) -> JobRecord:
         label: {**entry, "until": 0.0, "reason": f"{entry.get('reason')}; readmitted"} if label in labels else entry
         for label, entry in record.left_out.items()
     }
-    record = replace(load_record(name), left_out=left_out)
-    save_record(record)
-    return record
+    return update_record(name, left_out=left_out)

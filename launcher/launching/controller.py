@@ -23,13 +23,13 @@ from dataclasses import replace
 
 from launcher.errors import HostError, JobError, LauncherError
 from launcher.hosts.files import Host
-from launcher.job.records import JobRecord, load_record
+from launcher.job.records import JobRecord, load_record, update_record
 from launcher.job.status import JobStatus, job_status, wait_for_end
 from launcher.launching import recovery
 from launcher.launching.recovery import Verdict
 from launcher.launching.spec import LaunchSpec
 from launcher.launching.start import launch_job
-from launcher.launching.watch import load_spec, register, spec_path, update
+from launcher.launching.watch import load_spec, register, spec_path
 from launcher.protocol.messages import NodeStatus, Status
 from launcher.transport.agent import NodeAgent, SshOptions
 
@@ -99,16 +99,15 @@ async def _relaunch(
     spares = list(record.spares)
     while True:
         now = time.time()
-        returning = [
-            known[label] for label in left_out if label in known and label not in recovery.cooling(left_out, now)
-        ]
+        cooling = recovery.cooling(left_out, now)
+        returning = [known[label] for label in left_out if label in known and label not in cooling]
         try:
             hosts, taken = recovery.next_hosts(current, len(spec.hosts), minimum, spares, returning, left_out, now)
         except recovery.NoHostsLeft as exc:
             return _give_up(name, str(exc), left_out)
         spares = [h for h in spares if h not in taken]
         labels = ", ".join(h.label for h in hosts)
-        update(
+        update_record(
             name,
             hosts=hosts,
             spares=tuple(spares),
@@ -131,7 +130,7 @@ async def _relaunch(
             continue
         except LauncherError as exc:
             return _give_up(name, f"attempt {number} could not start: {exc}", left_out)
-        return update(name, recovery=f"watching attempt {number}", left_out=left_out)
+        return update_record(name, recovery=f"watching attempt {number}", left_out=left_out)
 
 
 def _close_attempt(record: JobRecord, state: str, verdict: Verdict) -> JobRecord:
@@ -139,19 +138,19 @@ def _close_attempt(record: JobRecord, state: str, verdict: Verdict) -> JobRecord
     history = list(load_record(record.name).attempts)
     if history and history[-1].get("number") == record.attempt:
         history[-1] = {**history[-1], "ended_at": time.time(), "state": state, "cause": verdict.reason}
-    return update(record.name, attempts=tuple(history))
+    return update_record(record.name, attempts=tuple(history))
 
 
 def _give_up(name: str, why: str, left_out: dict[str, dict[str, object]]) -> JobRecord | None:
     """None, once the record says the watcher gave up, and why."""
-    update(name, left_out=left_out)
+    update_record(name, left_out=left_out)
     _finish(name, f"gave up: {why}", 1)
     return None
 
 
 def _finish(name: str, recovery_line: str, code: int) -> int:
     _say(recovery_line)
-    update(name, recovery=recovery_line)
+    update_record(name, recovery=recovery_line)
     with contextlib.suppress(OSError):
         spec_path(name).unlink()
     return code

@@ -23,10 +23,9 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from launcher.errors import LauncherError
-from launcher.job.records import JobRecord, load_record, make_records_dir, save_record
+from launcher.job.records import JobRecord, load_record, make_records_dir, update_record
 from launcher.launching.spec import LaunchSpec
 from launcher.protocol import private
 
@@ -87,18 +86,11 @@ def load_spec(name: str) -> LaunchSpec:
     return spec
 
 
-def update(name: str, **changes: Any) -> JobRecord:
-    """Change the job's record as it is now on disk (``status`` and ``kill`` write it too)."""
-    record = replace(load_record(name), **changes)
-    save_record(record)
-    return record
-
-
 def register(name: str) -> JobRecord:
     """The watcher, in its own process: note its pid and start time in the record."""
     import psutil
 
     me = psutil.Process()
-    return update(
+    return update_record(
         name, watcher={"pid": me.pid, "since": me.create_time(), "log": str(log_path(name))}, recovery="watching"
     )
