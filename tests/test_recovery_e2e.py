@@ -59,6 +59,19 @@ def launch(cluster: Cluster, name: str, *args: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+def sleep_on_h0_h1_then_crash_h1(cluster: Cluster, crashed: list[str], name: str, seconds: int, *options: str) -> None:
+    """Launch ``sleep SECONDS`` on h0 and h1 with ``options``; once it runs on h1, crash h1."""
+    launched = run_cli(
+        cluster, "launch", "--name", name, "--heartbeat-timeout", LIMIT_S, "--hosts", "h0,h1", *options,
+        "--runner", "exec", "sleep", str(seconds),
+    )  # fmt: skip
+    assert launched.returncode == 0, launched.stderr
+    h1 = cluster.hosts[1]
+    wait_for("the job on h1", lambda: leftovers(h1, (f"sleep {seconds}",)), timeout=30, every=0.2)
+    crashed.append(h1.name)
+    h1.crash()
+
+
 def test_a_crashed_host_is_replaced_by_the_spare_and_the_job_resumes_from_its_checkpoint(
     cluster: Cluster, crashed: list[str]
 ) -> None:
@@ -128,16 +141,11 @@ def test_without_spares_the_job_goes_on_with_fewer_hosts_within_nnodes(cluster: 
 
 def test_kill_during_a_restart_leaves_nothing_running(cluster: Cluster, crashed: list[str]) -> None:
     name = job_name("midway")
-    h0, h1, h3 = cluster.hosts[0], cluster.hosts[1], cluster.hosts[3]
+    h0, h3 = cluster.hosts[0], cluster.hosts[3]
     h3.block_tcp(22)  # the spare's login hangs: the restart stays in its prepare
-    launched = run_cli(
-        cluster, "launch", "--name", name, "--heartbeat-timeout", LIMIT_S, "--hosts", "h0,h1", "--spares", "h3",
-        "--restarts", "2", "--connect-timeout", "60", "--runner", "exec", "sleep", "301",
-    )  # fmt: skip
-    assert launched.returncode == 0, launched.stderr
-    wait_for("the job on h1", lambda: leftovers(h1, ("sleep 301",)), timeout=30, every=0.2)
-    crashed.append(h1.name)
-    h1.crash()
+    sleep_on_h0_h1_then_crash_h1(
+        cluster, crashed, name, 301, "--spares", "h3", "--restarts", "2", "--connect-timeout", "60"
+    )
     wait_for("the restart", lambda: str(record(cluster, name)["recovery"]).startswith("restarting"), timeout=60)
     watcher = int(record(cluster, name)["watcher"]["pid"])  # type: ignore[index]
 
@@ -152,16 +160,11 @@ def test_kill_during_a_restart_leaves_nothing_running(cluster: Cluster, crashed:
 
 def test_a_spare_that_fails_its_checks_is_skipped_with_its_reason(cluster: Cluster, crashed: list[str]) -> None:
     name = job_name("skip")
-    h1, h2, h3 = cluster.hosts[1], cluster.hosts[2], cluster.hosts[3]
+    h2, h3 = cluster.hosts[2], cluster.hosts[3]
     h2.block_tcp(22)  # the first spare cannot be logged into
-    launched = run_cli(
-        cluster, "launch", "--name", name, "--heartbeat-timeout", LIMIT_S, "--hosts", "h0,h1", "--spares", "h2,h3",
-        "--restarts", "1", "--connect-timeout", "2", "--runner", "exec", "sleep", "302",
-    )  # fmt: skip
-    assert launched.returncode == 0, launched.stderr
-    wait_for("the job on h1", lambda: leftovers(h1, ("sleep 302",)), timeout=30, every=0.2)
-    crashed.append(h1.name)
-    h1.crash()
+    sleep_on_h0_h1_then_crash_h1(
+        cluster, crashed, name, 302, "--spares", "h2,h3", "--restarts", "1", "--connect-timeout", "2"
+    )
 
     wait_for("attempt 2 on h3", lambda: leftovers(h3, ("sleep 302",)), timeout=90, every=0.2)
     seen = record(cluster, name)
