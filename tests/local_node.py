@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import psutil
 
 from launcher.hosts.files import LOCALHOST
+from launcher.node.rundir import RunDir
 from launcher.protocol.base import JOB_MARKER, Request
 from launcher.transport.agent import NodeAgent, SshOptions, open_agent
 
@@ -109,14 +110,29 @@ class LocalNode:
         listed = self.tmux("list-sessions", "-F", "#{session_name}")
         return listed.stdout.split() if listed.returncode == 0 else []
 
+    def supervisor(self, job: str) -> psutil.Process | None:
+        """The job's supervisor, forked from the agent (no marker): by the pid it recorded."""
+        with self.environment():
+            recorded = RunDir.of(job).read_supervisor()
+        if recorded is None:
+            return None
+        try:
+            proc = psutil.Process(recorded.pid)
+            alive = abs(proc.create_time() - recorded.create_time) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return None
+        return proc if alive else None
+
     def job_processes(self, job: str) -> list[psutil.Process]:
-        """Live processes of ``job`` started from this node (the marker, and this node's state dir)."""
-        found = []
+        """Live processes of ``job`` started from this node (the marker, and this node's state
+        dir), its supervisor first."""
+        supervisor = self.supervisor(job)
+        found = [] if supervisor is None else [supervisor]
         for proc in psutil.process_iter():
             try:
                 env = proc.environ()
                 mine = env.get(JOB_MARKER) == job and env.get("XDG_STATE_HOME") == str(self.state_dir)
-                if mine and proc.status() != psutil.STATUS_ZOMBIE:
+                if mine and proc.status() != psutil.STATUS_ZOMBIE and proc not in found:
                     found.append(proc)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue

@@ -176,11 +176,16 @@ def test_launch_sync_and_the_rest_raise_the_soft_limit_to_the_hard_one(fan_out: 
     assert limited(256, 2048, 200, fan_out) == "soft: 2048\n"
 
 
+def test_ten_thousand_hosts_fit_a_hard_limit_of_twenty_thousand() -> None:
+    """A socket per host: the estimate must not double it (it once refused this)."""
+    assert limited(1024, 20000, 10000, "for_each_host") == "soft: 20000\n"
+
+
 @pytest.mark.parametrize("fan_out", ["all_or_nothing", "for_each_host"])
 def test_a_limit_too_low_for_the_hosts_is_named(fan_out: str) -> None:
-    need = fanout.open_files_needed(600)
-    assert limited(256, 1024, 600, fan_out) == (
-        f"error: 600 hosts need ~{need} open files; the limit is 1024 (ulimit -n)\nsoft: 1024\n"
+    need = fanout.open_files_needed(1000)
+    assert limited(256, 1024, 1000, fan_out) == (
+        f"error: 1000 hosts need ~{need} open files; the limit is 1024 (ulimit -n)\nsoft: 1024\n"
     )
 
 

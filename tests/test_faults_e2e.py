@@ -176,10 +176,10 @@ def test_node_0_cut_off_is_lost_and_every_host_stops(cluster: Cluster, revive: l
     assert status["root_cause"]["exception"].startswith("h0 lost: no heartbeat since")
 
 
-SLOW_SUPERVISOR = """\
+SLOW_AGENT = """\
 #!/bin/bash
-# The interpreter on every host; on h2 the job's supervisor starts {delay} s late.
-case " $* " in *" launcher.node.supervisor "*) [ "$(hostname)" = h2 ] && sleep {delay} ;; esac
+# The interpreter on every host; on h2 the node agent starts {delay} s late.
+case " $* " in *"# launcher.node serve"*) [ "$(hostname)" = h2 ] && sleep {delay} ;; esac
 exec -a "$0" {python} "$@"
 """
 
@@ -187,8 +187,8 @@ exec -a "$0" {python} "$@"
 def test_a_launcher_killed_mid_launch_leaves_nothing_running(cluster: Cluster) -> None:
     """h0 and h1 have started (their supervisors hold the command for the commit) when
     the launcher is SIGKILLed, waiting for h2: what started ends by itself, at once."""
-    python = Path(cluster.project_dir) / "slow-supervisor-python"
-    python.write_text(SLOW_SUPERVISOR.format(delay=4, python=sys.executable))
+    python = Path(cluster.project_dir) / "slow-agent-python"
+    python.write_text(SLOW_AGENT.format(delay=4, python=sys.executable))
     python.chmod(0o755)
     name = job_name("sigkill")
     runs = Path(cluster.node_state_dir) / "launcher" / "runs" / name

@@ -15,7 +15,8 @@
     logfile.py          ``output.log``'s format, its writer and readers
     rundir.py           the job's run directory: every file in it
     tmux.py             the node's tmux server (its client, argument lists)
-    supervisor.py       what a job's tmux session runs (``python -m launcher.node.supervisor``)
+    supervisor.py       runs the job's command, labels its lines, records how it ended
+    detach.py           the supervisor forked from the agent and detached; the tmux pane shows its lines
     teardown.py         the supervisors watch each other, one failure stops all: node 0's side
     teardown_client.py  node i's side: beats, reports its failure, stops when told
     teardown_auth.py    the watchers' handshake (the job's secret) and their socket helpers

@@ -64,6 +64,12 @@ def release(key: str) -> None:
         sock.close()
 
 
+def release_all() -> None:
+    """Close every port held: a supervisor forked from the agent holds none (``detach.py``)."""
+    for key in list(_held):
+        release(key)
+
+
 def candidate_addresses(ssh_address: str | None) -> list[str]:
     """Addresses of this node that others may reach it at, the likeliest first: the one
     the launching machine reached it at, those its hostname resolves to (what torch's

@@ -2,7 +2,9 @@
 
 A process belongs to a job when its environment carries ``LAUNCHER_JOB=<job>``: children
 inherit it across double forks and ``setsid``, so nothing escapes by leaving the tmux
-session's process tree, and matching it exactly never touches another job.
+session's process tree, and matching it exactly never touches another job. The supervisor,
+forked from the agent without it (``detach.py``), is known by the pid and create time it
+recorded in the run directory.
 """
 
 from __future__ import annotations
@@ -25,19 +27,26 @@ _SWEEPS = 5
 
 
 def job_processes(job: str) -> list[Any]:
-    """Every live process of this user whose environment carries the job's marker."""
+    """Every live process of this user whose environment carries the job's marker, and the
+    job's supervisor."""
     import psutil
 
     me = os.getpid()
     uid = os.getuid()
     found = []
+    forked = RunDir.of(job).read_supervisor()
+    if forked is not None and forked.pid != me and status.process_alive(forked.pid, forked.create_time):
+        with contextlib.suppress(psutil.Error):
+            supervisor = psutil.Process(forked.pid)
+            if supervisor.status() != psutil.STATUS_ZOMBIE:
+                found.append(supervisor)
     for proc in psutil.process_iter(["uids", "status"]):
         try:
             if proc.pid == me or proc.info["uids"] is None or proc.info["uids"].real != uid:
                 continue
             if proc.info["status"] == psutil.STATUS_ZOMBIE:
                 continue
-            if proc.environ().get(JOB_MARKER) == job:
+            if proc.environ().get(JOB_MARKER) == job and proc not in found:
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue

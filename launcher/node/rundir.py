@@ -5,6 +5,8 @@
 NFS: two nodes of a job never write the same file. The supervisor writes; the agent reads.
 
     spec.json      JobSpec: what the supervisor runs (argv, env, cwd, teardown)
+    supervisor.json  SupervisorProcess: the supervisor forked from the agent (``detach.py``)
+    pane           a FIFO: the supervisor writes the job's lines, the tmux pane's ``cat`` shows them
     held           the supervisor's pid, while it holds the command for ``Commit``
     committed      present once the launcher committed the start (every host started)
     started.json   SupervisorStarted: written once the command runs
@@ -58,6 +60,15 @@ class JobSpec:
     """The agent that started the job (with ``agent_create_time``): gone before the commit
     means the launcher is gone (its SSH session closed), so the job ends at once."""
     agent_create_time: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SupervisorProcess:
+    """The supervisor, written by itself as its first act: forked from the agent, its
+    ``/proc/<pid>/environ`` is the agent's and lacks the job marker, so the kill finds it here."""
+
+    pid: int
+    create_time: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +152,16 @@ class RunDir:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
         except private.NotPrivateError as exc:
             raise NodeError("start_failed", str(exc)) from None
+
+    @property
+    def pane_path(self) -> Path:
+        return self.path / "pane"
+
+    def write_supervisor(self, supervisor: SupervisorProcess) -> None:
+        self._write("supervisor.json", supervisor)
+
+    def read_supervisor(self) -> SupervisorProcess | None:
+        return self._read("supervisor.json", SupervisorProcess)
 
     def write_spec(self, spec: JobSpec) -> None:
         self._write("spec.json", spec)

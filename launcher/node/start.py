@@ -8,23 +8,18 @@ import contextlib
 import dataclasses
 import os
 import signal
-import sys
 import time
 from collections.abc import Iterator
 
-from launcher.node import network, preflight, processes, status, tmux
+from launcher.node import detach, network, preflight, processes, status, tmux
 from launcher.node.errors import NodeError
 from launcher.node.rundir import JobSpec, RunDir
 from launcher.protocol.base import JOB_MARKER, RENDEZVOUS_ADDRESS, RUN_DIR_VARIABLE, session_name
 from launcher.protocol.messages import Commit, Prepare, Prepared, Start, Started
-from launcher.protocol.python_env import NODE_FALLBACK_VARIABLE, SENT_VARIABLES
+from launcher.protocol.python_env import NODE_FALLBACK_VARIABLE
 
 SUPERVISOR_START_S = 600.0
-"""Only a backstop: while its tmux session lives the supervisor is starting, however slowly
-(on a busy node, 32 torch imports sharing two cores, it took longer than 15 s); a session
-that ended is noticed within ``_SESSION_CHECK_S``."""
-_SESSION_CHECK_S = 0.5
-"""Asking tmux forks a client (~1.6 ms of CPU): now and then, not every poll."""
+"""Only a backstop: the supervisor's pipe tells at once of its steps and of its end."""
 
 
 def prepare(request: Prepare) -> Prepared:
@@ -66,15 +61,47 @@ def _release_ports(job: str) -> None:
 
 
 def start(request: Start) -> Started:
-    """Start the job's tmux session running the supervisor, and wait until it runs."""
+    """Start the job's tmux session and its supervisor, and wait until it runs (or holds)."""
     job = request.job
     if request.hold is None:  # the command runs now; held, it runs at the commit, which releases them
         _release_ports(job)
     run = RunDir.of(job)
     with _claim(run):  # two launches of one name: the second finds the first's session
+        _forget_ready(job)
         _create_session(request, run)
-    _wait_for_supervisor(job, run, held=request.hold is not None)
+        try:
+            with _signals_held():
+                _ready[job] = detach.spawn(run)
+        except OSError as exc:
+            tmux.kill_session(job)  # its pane waits for a supervisor that will not come
+            raise NodeError("start_failed", f"cannot fork the job's supervisor: {exc}") from None
+    _wait_for_supervisor(run, held=request.hold is not None, ready=_ready.get(job))
+    if request.hold is None:
+        _forget_ready(job)
     return Started(session=session_name(job), run_dir=str(run.path))
+
+
+_ready: dict[str, int] = {}
+"""The pipe each supervisor this agent forked tells of its steps, by job (the commit waits on it too)."""
+
+
+def _forget_ready(job: str) -> None:
+    fd = _ready.pop(job, None)
+    if fd is not None:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGHUP, SIGINT and SIGTERM wait while the agent forks the supervisor: an agent ended
+    between the session and the fork would leave the pane waiting for it forever. (Not
+    around tmux: what it starts would inherit them blocked, the pane's ``cat`` among them.)"""
+    held = {signal.SIGHUP, signal.SIGINT, signal.SIGTERM}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 @contextlib.contextmanager
@@ -129,31 +156,9 @@ def _create_session(request: Start, run: RunDir) -> None:
         agent_create_time=agent_create_time,
     )
     run.write_spec(spec)
-    supervisor = [*python_module("launcher.node.supervisor"), str(run.path)]
-    complaint = tmux.new_session(job, request.cwd, supervisor)
+    complaint = tmux.new_session(job, request.cwd, ["cat", detach.make_pane(run)])
     if complaint is not None:
         raise NodeError("start_failed", f"tmux new-session failed: {complaint}")
-
-
-# ``-P`` (from Python 3.11): a ``launcher`` directory in the job's cwd must not shadow the
-# package; before 3.11 the same by hand. -W ignore: no third-party warning in the job's log.
-# A node side that was sent appends its own psutil to sys.path, after the job's (NODE_FALLBACK_VARIABLE).
-_SAFE_RUN = (
-    "import os, runpy, sys; sys.path.pop(0) if sys.path[0] in ('', '.') else None;"
-    f" sys.path.extend(p for p in [os.environ.get({NODE_FALLBACK_VARIABLE!r})] if p);"
-    " runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)"
-)
-
-
-def python_module(module: str) -> list[str]:
-    """``python -P -m module`` on this Python, 3.9 or later. A node side that the launching
-    machine sent to this host travels in the environment (SENT_VARIABLES): tmux starts the
-    command in its server's environment, which an earlier agent may have started without it."""
-    sent = [f"{name}={os.environ[name]}" for name in SENT_VARIABLES if name in os.environ]
-    env = ["env", *sent] if NODE_FALLBACK_VARIABLE in os.environ else []
-    if sys.version_info >= (3, 11) and not env:
-        return [sys.executable, "-P", "-W", "ignore", "-m", module]
-    return [*env, sys.executable, "-W", "ignore", "-c", _SAFE_RUN, module]
 
 
 def commit(request: Commit) -> Started:
@@ -166,8 +171,11 @@ def commit(request: Commit) -> Started:
         _finish_spec(run, request)
     run.mark_committed()
     _release_ports(request.job)
-    _wake(request.job, run.held_by())
-    _wait_for_supervisor(request.job, run, held=False)
+    _wake(run)
+    try:
+        _wait_for_supervisor(run, held=False, ready=_ready.get(request.job))
+    finally:
+        _forget_ready(request.job)
     return Started(session=session_name(request.job), run_dir=str(run.path))
 
 
@@ -195,18 +203,19 @@ def _finish_spec(run: RunDir, request: Commit) -> None:
     run.write_spec(dataclasses.replace(spec, argv=[put(a) for a in spec.argv], env=env, teardown=teardown))
 
 
-def _wake(job: str, pid: int | None) -> None:
-    """SIGUSR1 to the holding supervisor, if that pid is still one of the job's processes."""
-    import psutil
-
-    if pid is None:
+def _wake(run: RunDir) -> None:
+    """SIGUSR1 to the holding supervisor, if that pid is still the supervisor (pids are reused)."""
+    held, forked = run.held_by(), run.read_supervisor()
+    if held is None or forked is None or held != forked.pid:
         return
-    try:
-        supervisor = psutil.Process(pid)
-        if supervisor.environ().get(JOB_MARKER) == job:
-            supervisor.send_signal(signal.SIGUSR1)
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        pass  # it ended or will see the file at its next look
+    if status.process_alive(forked.pid, forked.create_time):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(forked.pid, signal.SIGUSR1)  # else it ended, or sees the file at its next look
+
+
+def _supervisor_alive(run: RunDir) -> bool:
+    forked = run.read_supervisor()
+    return forked is not None and status.process_alive(forked.pid, forked.create_time)
 
 
 def _me() -> tuple[int, float]:
@@ -227,22 +236,27 @@ def _write_inputs(run: RunDir, files: dict[str, str]) -> None:
         raise NodeError("bad_request", f"bad job file: {exc}") from None
 
 
-def _wait_for_supervisor(job: str, run: RunDir, held: bool) -> None:
+def _wait_for_supervisor(run: RunDir, held: bool, ready: int | None) -> None:
+    """Until the command runs (or, ``held``, is held): woken by the supervisor's pipe at
+    each of its steps and at its end; without it (a commit through another agent), a look
+    every 10 ms."""
+    import select
+
     deadline = time.monotonic() + SUPERVISOR_START_S
-    next_session_check = time.monotonic() + _SESSION_CHECK_S
+    ended_early = False
     while not run.has_started() and not (held and run.is_held()):
         ended = run.read_exit()
         if ended is not None:  # the command could not start (written before started.json otherwise)
             raise NodeError("start_failed", ended.error or f"the job's command could not start (see {run.path})")
-        now = time.monotonic()
-        if now > deadline:
+        if ended_early:
+            raise NodeError("start_failed", f"the job's supervisor ended before the command started (see {run.path})")
+        left = deadline - time.monotonic()
+        if left <= 0:
             raise NodeError(
                 "start_failed", f"the job's supervisor did not start within {SUPERVISOR_START_S:g} s (see {run.path})"
             )
-        if now > next_session_check:
-            if not tmux.has_session(job) and not run.has_started():
-                raise NodeError(
-                    "start_failed", f"the job's tmux session ended before its supervisor started (see {run.path})"
-                )
-            next_session_check = now + _SESSION_CHECK_S
-        time.sleep(0.01)
+        if ready is None:
+            ended_early = not _supervisor_alive(run)
+            time.sleep(0 if ended_early else 0.01)
+        elif select.select([ready], [], [], left)[0] and not os.read(ready, 64):
+            ended_early = True  # one more look at its files decides

@@ -1,4 +1,5 @@
-"""What a job's tmux session runs on each node: ``python -m launcher.node.supervisor RUN_DIR``.
+"""The job's supervisor on each node: forked from the agent that starts the job (``detach.py``),
+or run by a SLURM task (``slurm_task.py``) or by hand (``python -m launcher.node.supervisor RUN_DIR``).
 
 It starts the job's command from the run directory's spec and writes every output line
 to ``output.log``, labelled with its global rank (torchrun prefixes each worker line with
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -48,8 +50,10 @@ def pump(stream: IO[bytes], kind: str, log: OutputLog, activity: hang.Activity |
         log.write(rank, kind, RANK_PREFIX.sub(b"", raw))
 
 
-def supervise(run: RunDir) -> int:
-    """Run the job's command, label and record its output, record how it ended."""
+def supervise(run: RunDir, notify: Callable[[], None] = lambda: None) -> int:
+    """Run the job's command, label and record its output, record how it ended.
+    ``notify`` is called once it holds the command and once the command runs (the agent
+    that forked it waits for those, ``detach.py``)."""
     import psutil
 
     spec = run.read_spec()
@@ -58,7 +62,7 @@ def supervise(run: RunDir) -> int:
         return 2
     log = OutputLog.open(run.log_path)
     if spec.hold is not None:
-        refused = _wait_for_commit(run, spec, spec.hold)
+        refused = _wait_for_commit(run, spec, spec.hold, notify)
         if refused is not None:
             log.note(refused)
             run.write_exit(ExitRecord(exit_code=1, time=time.time(), error=refused))
@@ -80,6 +84,7 @@ def supervise(run: RunDir) -> int:
         return 127
     me = psutil.Process()
     run.write_started(SupervisorStarted(pid=me.pid, create_time=me.create_time(), child=proc.pid, time=time.time()))
+    notify()
 
     for forwarded in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(forwarded, lambda signum, _frame: proc.send_signal(signum))
@@ -125,7 +130,7 @@ def supervise(run: RunDir) -> int:
     return 0
 
 
-def _wait_for_commit(run: RunDir, spec: JobSpec, hold: float) -> str | None:
+def _wait_for_commit(run: RunDir, spec: JobSpec, hold: float, notify: Callable[[], None]) -> str | None:
     """Hold the command until the launcher commits the start (every host started); why
     not, when it never does: the agent that started us ended first (the launcher died or
     was cut off: its SSH session closed), or ``spec.hold`` seconds passed (a machine that
@@ -133,6 +138,7 @@ def _wait_for_commit(run: RunDir, spec: JobSpec, hold: float) -> str | None:
     deadline = time.monotonic() + hold
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})  # the agent's "committed"
     run.mark_held(os.getpid())
+    notify()
     try:
         while not run.is_committed():
             if _agent_gone(spec) and not run.is_committed():

@@ -15,8 +15,6 @@ import sys
 NODE_FALLBACK_VARIABLE = "LAUNCHER_NODE_FALLBACK"
 """Set where the node side runs as the launching machine sent it: a directory of libraries
 (psutil) appended to ``sys.path``, after the job's own (``launcher/node/__init__.py``)."""
-SENT_VARIABLES = ("PYTHONPATH", NODE_FALLBACK_VARIABLE)
-"""What a node side that was sent needs in the environment of each process it starts."""
 
 _PREFIX = "torch-"
 _SUFFIXES = (".dist-info", ".egg-info")
