@@ -3,16 +3,19 @@ messages, so that a node's agent imports only what its operation needs."""
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
 import sys
 
 import pytest
 
 from launcher.node.agent import HANDLERS
-from launcher.protocol.codec import ProtocolError, decode
+from launcher.protocol.codec import ProtocolError, decode, to_wire
 from launcher.protocol.lines import OPS, decode_request, encode_request, request_type
 from launcher.protocol.messages import Commit
 from launcher.protocol.registry import REQUESTS
+from launcher.protocol.sync import SyncChunk, SyncPut
 
 
 def test_the_ops_table_names_every_request_of_every_module_of_messages() -> None:
@@ -26,6 +29,19 @@ def test_a_request_line_round_trips_and_an_unknown_op_is_refused() -> None:
     assert decode_request(line) == Commit(job="j", address="10.0.0.1", env={"A": "b"})
     with pytest.raises(ProtocolError, match="unknown request 'sync_everything'"):
         decode_request('{"op": "sync_everything"}')
+
+
+@pytest.mark.parametrize(
+    "data",
+    [base64.b64encode(bytes(range(256)) * 50).decode(), "", 'not "base64"\\', "two\nlines", "r\u00e9sum\u00e9"],
+)
+def test_a_sync_put_writes_the_line_json_would(data: str) -> None:
+    """Its own line (megabytes of base64, once per host) is JSON's, byte for byte, or JSON's."""
+    put = SyncPut(token='a "token"', chunks=[SyncChunk(0, 0, data), SyncChunk(7, 1 << 20, "QUJD")])
+    line = encode_request(put)
+    assert line == json.dumps({"op": put.op, **to_wire(put)}) + "\n"
+    assert decode_request(line) == put
+    assert (put.wire_line() is not None) == (data.isascii() and not any(c in data for c in '"\\\n'))
 
 
 def test_the_agent_loads_no_module_its_operation_does_not_need() -> None:

@@ -55,8 +55,11 @@ def request_type(op: str) -> type[Any] | None:
 
 
 def encode_request(request: Any) -> str:
-    """``{"op": ..., fields...}`` and a newline."""
-    return json.dumps({"op": request.op, **to_wire(request)}) + "\n"
+    """``{"op": ..., fields...}`` and a newline; a request that writes its own line faster
+    (``wire_line``, the same line: a test compares them) writes it."""
+    own = getattr(request, "wire_line", None)
+    line = own() if own is not None else None
+    return line if line is not None else json.dumps({"op": request.op, **to_wire(request)}) + "\n"
 
 
 def encode_answer(answer: Any) -> str:

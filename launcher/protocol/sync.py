@@ -20,6 +20,7 @@ So every host ends with the new tree, or every host keeps its previous one.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
 
 from launcher.protocol.base import Request
@@ -132,6 +133,19 @@ class SyncPut(Request[SyncStaged]):
     op: ClassVar[str] = "sync_put"
     token: str
     chunks: list[SyncChunk]
+
+    def wire_line(self) -> str | None:
+        """The line JSON would write, without its scan of megabytes of base64 for characters
+        to escape, once per host (~3 ms per MB): base64 has none, so the chunks go as they
+        are. None (JSON writes it) when a chunk holds what would end the string or the line;
+        any other character that is not base64 the node refuses either way."""
+        if not all(c.data.isascii() and not any(x in c.data for x in _UNSAFE) for c in self.chunks):
+            return None
+        chunks = ", ".join('[%d, %d, "%s"]' % chunk for chunk in self.chunks)  # noqa: UP031 - one copy
+        return '{"op": "sync_put", "token": %s, "chunks": [%s]}\n' % (json.dumps(self.token), chunks)  # noqa: UP031
+
+
+_UNSAFE = ('"', "\\", "\n", "\r")
 
 
 @dataclasses.dataclass(frozen=True)
