@@ -8,11 +8,15 @@ channel, its lock, its ports.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
 import socket
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 from local_node import LocalNode
 
@@ -154,3 +158,29 @@ def test_a_kill_of_a_launched_job_leaves_no_supervisor(node: LocalNode, workdir:
     assert kill.verified, kill.message
     assert node.job_processes("gone") == []
     assert node.supervisor("gone") is None
+
+
+def test_a_held_supervisor_survives_sigusr1_at_any_moment(node: LocalNode, workdir: Path) -> None:
+    """The commit's SIGUSR1 goes to the process: any thread that does not block it may take
+    it, and its default ends the process. The pane's watcher thread must block it (it once
+    did not: a commit that came while the main thread was between two waits killed the job)."""
+    node.jobs.add("woken")
+    cwd = str(workdir)
+
+    async def hold_and_signal() -> bool:
+        agent = await node.open()
+        try:
+            await agent.call(Prepare(job="woken", cwd=cwd))
+            await agent.call(Start(job="woken", argv=["sleep", "600"], env={}, cwd=cwd, hold=120.0))
+            supervisor = node.supervisor("woken")
+            assert supervisor is not None
+            until = time.monotonic() + 1.0  # without a pause: one wakes it, the next comes while it looks
+            with contextlib.suppress(ProcessLookupError):
+                while time.monotonic() < until:
+                    os.kill(supervisor.pid, signal.SIGUSR1)
+            return supervisor.is_running() and supervisor.status() != psutil.STATUS_ZOMBIE
+        finally:
+            await agent.close()
+
+    with node.environment():
+        assert asyncio.run(hold_and_signal())

@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from launcher.node.rundir import RunDir, SupervisorProcess
+from launcher.node.rundir import ExitRecord, RunDir, SupervisorProcess
 
 PANE_OPEN_S = 10.0
 """How long the supervisor waits for the pane's ``cat`` to open the FIFO; then it runs without."""
@@ -75,10 +75,13 @@ def _supervise(run: RunDir, ready: int) -> int:
 
         _watch_pane(lambda: os.kill(os.getpid(), signal.SIGHUP))  # what tmux sent the pane's process
         return supervisor.supervise(run, notify=lambda: _tell(ready))
-    except BaseException:  # noqa: BLE001 - whatever it was, the pane (and a reader) sees it
+    except BaseException as exc:  # noqa: BLE001 - whatever it was, the agent (and status) tell it
         import traceback
 
         traceback.print_exc()
+        if not run.has_ended():
+            error = f"the job's supervisor failed: {type(exc).__name__}: {exc}"
+            run.write_exit(ExitRecord(exit_code=1, time=time.time(), error=error))
         return 1
 
 
@@ -144,8 +147,16 @@ def _watch_pane(gone: Callable[[], None]) -> None:
                 gone()
                 return
 
-    if stat.S_ISFIFO(os.fstat(1).st_mode):
+    if not stat.S_ISFIFO(os.fstat(1).st_mode):
+        return
+    # Started with every signal blocked, which it keeps: a signal for the process (the
+    # commit's SIGUSR1, which the held supervisor waits for in its main thread) must never
+    # be taken by this thread, where SIGUSR1's default would end the process.
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
         threading.Thread(target=watch, daemon=True).start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def retitle(title: str) -> None:
