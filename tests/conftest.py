@@ -19,6 +19,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # Ctrl-C on the CLI (SIGINT to its pid, as a terminal does) would wait in vain.
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    # The same for SIGHUP under ``nohup``: a tmux session killed by a test would leave its
+    # pane's process and the job (which tmux hangs up) running.
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
     config.addinivalue_line(
         "markers",
         "e2e: end-to-end test against real hosts (network namespaces running sshd); needs root",

@@ -24,6 +24,7 @@ from launcher.job.kill import kill_job
 from launcher.launching.spec import make_spec
 from launcher.launching.start import launch_job
 from launcher.node import processes
+from launcher.node.rundir import RunDir
 from launcher.protocol.base import session_name
 from launcher.protocol.messages import Commit, Ended, Kill, KillReport, Prepare, Start, Status, Wait
 
@@ -184,3 +185,20 @@ def test_a_held_supervisor_survives_sigusr1_at_any_moment(node: LocalNode, workd
 
     with node.environment():
         assert asyncio.run(hold_and_signal())
+
+
+def test_the_command_starts_with_no_signal_ignored_or_blocked_by_the_agent(node: LocalNode, workdir: Path) -> None:
+    """An agent started under ``nohup`` ignores SIGHUP, and ignored signals pass through
+    fork and exec: the command must start as tmux would start it, or a killed session (or
+    a hang-up) would not stop it."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the local agent inherits it
+    try:
+        launch(node, workdir, "nohup", 600)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    with node.environment():
+        started = RunDir.of("nohup").read_started()
+    assert started is not None
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{started.child}/status").read_text().splitlines())
+    assert int(status["SigBlk"], 16) == 0
+    assert not int(status["SigIgn"], 16) & (1 << (signal.SIGHUP - 1))

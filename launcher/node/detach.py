@@ -70,7 +70,7 @@ def spawn(run: RunDir) -> int:
 def _supervise(run: RunDir, ready: int) -> int:
     """The detached supervisor's life: never returns into the agent's code."""
     try:
-        _leave_agent(run, ready)
+        ready = _leave_agent(run, ready)
         from launcher.node import supervisor
 
         _watch_pane(lambda: os.kill(os.getpid(), signal.SIGHUP))  # what tmux sent the pane's process
@@ -85,19 +85,28 @@ def _supervise(run: RunDir, ready: int) -> int:
         return 1
 
 
-def _leave_agent(run: RunDir, ready: int) -> None:
+def _leave_agent(run: RunDir, ready: int) -> int:
+    """Leave the agent's state behind; the ready pipe's descriptor, above 2."""
+    import fcntl
+
     import psutil
 
     me = psutil.Process()
     run.write_supervisor(SupervisorProcess(pid=me.pid, create_time=me.create_time()))
     retitle(f"{sys.executable} -m launcher.node.supervisor {run.path}")
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())  # the agent held some while it forked
+    _fresh_signals()
     network = sys.modules.get("launcher.node.network")
     if network is not None:
         network.release_all()  # through their sockets: a closed descriptor's number is reused
+    if ready <= 2:  # an agent started with a standard stream closed: the pipe took its number
+        ready = fcntl.fcntl(ready, fcntl.F_DUPFD, 3)
     devnull = os.open(os.devnull, os.O_RDWR)
-    pane = _open_pane(run) or devnull
+    pane = _open_pane(run)
+    if pane is None:  # tmux never started the pane's cat: a session left waiting would block the name
+        from launcher.node import tmux
+
+        tmux.kill_session(run.path.parent.name)
+        pane = devnull
     os.dup2(devnull, 0)
     os.dup2(pane, 1)
     os.dup2(pane, 2)
@@ -109,6 +118,20 @@ def _leave_agent(run: RunDir, ready: int) -> None:
     spec = run.read_spec()
     if spec is not None and os.path.isdir(spec.cwd):
         os.chdir(spec.cwd)
+    return ready
+
+
+def _fresh_signals() -> None:
+    """Signals as a process that tmux starts has them, and so the job's command: none
+    blocked (the agent held some while it forked), none ignored (an agent started under
+    ``nohup`` ignores SIGHUP, which ignored would pass on through exec to the command).
+    SIGPIPE ignored, as Python starts (the agent's is the default)."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    for signum in signal.valid_signals():
+        if signum not in (signal.SIGKILL, signal.SIGSTOP) and signal.getsignal(signum) == signal.SIG_IGN:
+            with contextlib.suppress(OSError, ValueError):
+                signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
 
 def _open_pane(run: RunDir) -> int | None:
