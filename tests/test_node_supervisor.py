@@ -26,7 +26,8 @@ from launcher.launching.start import launch_job
 from launcher.node import processes
 from launcher.node.rundir import RunDir
 from launcher.protocol.base import session_name
-from launcher.protocol.messages import Commit, Ended, Kill, KillReport, Prepare, Start, Status, Wait
+from launcher.protocol.messages import Commit, Ended, Kill, KillReport, Prepare, Prepared, Start, Status, Wait
+from launcher.transport.agent import NodeAgent
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 
@@ -49,6 +50,19 @@ def launch(node: LocalNode, workdir: Path, name: str, seconds: float) -> None:
     spec = make_spec("talk.py", [str(seconds)], hosts="localhost", name=name, runner="python", cwd=str(workdir))
     with node.environment():
         asyncio.run(launch_job(spec))
+
+
+async def start_held(
+    node: LocalNode, agent: NodeAgent, job: str, cwd: str, want_port: bool = False
+) -> tuple[Prepared, psutil.Process]:
+    """Prepare ``job`` and start it held for its commit (``sleep 600``): the prepare's answer
+    and the supervisor, as it holds."""
+    node.jobs.add(job)
+    prepared = await agent.call(Prepare(job=job, cwd=cwd, want_port=want_port))
+    await agent.call(Start(job=job, argv=["sleep", "600"], env={}, cwd=cwd, hold=120.0))
+    supervisor = node.supervisor(job)
+    assert supervisor is not None
+    return prepared, supervisor
 
 
 def pane_text(node: LocalNode, job: str) -> str:
@@ -91,17 +105,12 @@ def test_the_forked_supervisor_keeps_nothing_of_the_agents(node: LocalNode, work
 def test_a_held_supervisor_holds_no_port_of_the_agents(node: LocalNode, workdir: Path) -> None:
     """The agent holds the rendezvous and watch ports from the prepare to the commit; a fork
     that kept them would make the job's own bind fail."""
-    node.jobs.add("ports")
-    cwd = str(workdir)
 
-    async def start_held() -> list[int]:
+    async def hold_then_commit() -> list[int]:
         agent = await node.open()
         try:
-            prepared = await agent.call(Prepare(job="ports", cwd=cwd, script="talk.py", want_port=True))
+            prepared, supervisor = await start_held(node, agent, "ports", str(workdir), want_port=True)
             ports = [p for p in (prepared.port, prepared.watch_port) if p]
-            await agent.call(Start(job="ports", argv=["sleep", "600"], env={}, cwd=cwd, hold=60.0))
-            supervisor = node.supervisor("ports")
-            assert supervisor is not None
             assert {c.laddr.port for c in supervisor.net_connections("inet")} & set(ports) == set()
             await agent.call(Commit(job="ports"))
             return ports
@@ -109,7 +118,7 @@ def test_a_held_supervisor_holds_no_port_of_the_agents(node: LocalNode, workdir:
             await agent.close()
 
     with node.environment():
-        ports = asyncio.run(start_held())
+        ports = asyncio.run(hold_then_commit())
     assert ports
     for port in ports:  # released by the agent at the commit, held by nobody else
         with socket.socket(socket.AF_INET6 if socket.has_dualstack_ipv6() else socket.AF_INET) as probe:
@@ -118,16 +127,11 @@ def test_a_held_supervisor_holds_no_port_of_the_agents(node: LocalNode, workdir:
 
 def test_a_kill_finds_the_held_supervisor_without_the_job_marker(node: LocalNode, workdir: Path) -> None:
     """Held, the supervisor is the job's only process besides the pane's ``cat``."""
-    node.jobs.add("held")
-    cwd = str(workdir)
 
-    async def start_held_then_kill() -> tuple[list[int], int, KillReport]:
+    async def hold_then_kill() -> tuple[list[int], int, KillReport]:
         agent = await node.open()
         try:
-            await agent.call(Prepare(job="held", cwd=cwd))
-            await agent.call(Start(job="held", argv=["sleep", "600"], env={}, cwd=cwd, hold=120.0))
-            supervisor = node.supervisor("held")
-            assert supervisor is not None
+            _, supervisor = await start_held(node, agent, "held", str(workdir))
             found = [p.pid for p in processes.job_processes("held")]
             killer = await node.open()
             try:
@@ -138,7 +142,7 @@ def test_a_kill_finds_the_held_supervisor_without_the_job_marker(node: LocalNode
             await agent.close()
 
     with node.environment():
-        found, supervisor, report = asyncio.run(start_held_then_kill())
+        found, supervisor, report = asyncio.run(hold_then_kill())
 
     assert supervisor in found
     assert (report.found, report.left) == (2, [])  # the supervisor and the pane's cat
@@ -165,16 +169,11 @@ def test_a_held_supervisor_survives_sigusr1_at_any_moment(node: LocalNode, workd
     """The commit's SIGUSR1 goes to the process: any thread that does not block it may take
     it, and its default ends the process. The pane's watcher thread must block it (it once
     did not: a commit that came while the main thread was between two waits killed the job)."""
-    node.jobs.add("woken")
-    cwd = str(workdir)
 
     async def hold_and_signal() -> bool:
         agent = await node.open()
         try:
-            await agent.call(Prepare(job="woken", cwd=cwd))
-            await agent.call(Start(job="woken", argv=["sleep", "600"], env={}, cwd=cwd, hold=120.0))
-            supervisor = node.supervisor("woken")
-            assert supervisor is not None
+            _, supervisor = await start_held(node, agent, "woken", str(workdir))
             until = time.monotonic() + 1.0  # without a pause: one wakes it, the next comes while it looks
             with contextlib.suppress(ProcessLookupError):
                 while time.monotonic() < until:
