@@ -6,7 +6,7 @@ line (interpreter, site, imports), on every host of every launch. The fork leave
 behind: a session of its own (``setsid``, then a second fork, so that nobody waits for it),
 the SSH channel's descriptors replaced (sshd ends the session when the agent's close; a
 supervisor holding them would keep it open), the ports the agent holds and every other
-descriptor closed, SIGPIPE ignored again (the agent's is the default).
+descriptor closed, its signals as a process that tmux starts has them (``_fresh_signals``).
 
 Its output reaches the job's tmux session through a FIFO in the run directory, which the
 pane's ``cat`` reads: the pane shows the job's labelled lines and ends with the supervisor,
@@ -48,8 +48,8 @@ def make_pane(run: RunDir) -> str:
 
 
 def spawn(run: RunDir) -> int:
-    """Fork the supervisor of ``run``; the read end of a pipe that gets a byte at each of its
-    steps (held, started, could not start) and its end when the supervisor ends."""
+    """Fork the supervisor of ``run``; the read end of a pipe that gets a byte when the
+    supervisor holds the command and when the command runs, and its end when it ends."""
     ready_read, ready_write = os.pipe()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()  # nothing of the agent's buffered output may reach the pane twice
